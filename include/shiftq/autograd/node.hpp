@@ -1,0 +1,58 @@
+// Reverse-mode autograd: graph nodes, grad mode, and the helper that records an op on the tape.
+//
+// The tape is dynamic: each differentiable op that sees an input requiring grad (and grad mode on)
+// attaches a Node to its output. backward() walks the nodes in reverse topological order.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "shiftq/core/tensor.hpp"
+
+namespace shiftq {
+
+// One recorded op: maps the gradient of its output to the gradients of its inputs.
+struct Node {
+  using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_output)>;
+
+  const char* op_name = "op";
+  std::vector<std::shared_ptr<AutogradMeta>> inputs;  // null where an input needs no gradient
+  std::vector<Shape> input_shapes;
+  BackwardFn backward;  // returns one gradient per input (undefined where not needed); freed after use
+
+  // Releases the graph behind this node iteratively: a plain member-wise destructor would recurse
+  // once per graph level (Node -> input meta -> its grad_fn -> ...) and overflow the stack.
+  ~Node();
+};
+
+// Whether ops record the tape on this thread (default true).
+bool grad_mode_enabled();
+
+// Disables tape recording on this thread for its lifetime (evaluation, optimizer updates).
+class NoGradGuard {
+ public:
+  NoGradGuard();
+  ~NoGradGuard();
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+
+// True when grad mode is on and any of the inputs requires grad.
+bool any_requires_grad(std::initializer_list<const Tensor*> inputs);
+
+// Attaches a node to `output` if any input requires grad (and grad mode is on); returns output.
+// `backward` must not capture `output` itself (capture output.detach() instead).
+Tensor record(const char* op_name, Tensor output, std::initializer_list<const Tensor*> inputs,
+              Node::BackwardFn backward);
+Tensor record(const char* op_name, Tensor output, const std::vector<Tensor>& inputs,
+              Node::BackwardFn backward);
+
+// Computes the gradients of `output` with respect to its graph's leaves (accumulated into their
+// grad()). `gradient` may be undefined for a one-element output. Same as output.backward(...).
+void backward(const Tensor& output, const Tensor& gradient = Tensor(), bool retain_graph = false);
+
+}  // namespace shiftq

@@ -1,0 +1,47 @@
+// Integer GEMMs with int32 accumulation on raw row-major buffers:
+//   C[M,N] = op(A) · op(B) (+ co[n] when `col_offset` is given), no saturation, no scaling.
+// Transposition and leading dimensions as in gemm_f32 (gemm.hpp). The reference implementations
+// are plain loops; the optimized ones call oneDNN's JIT int8 GEMM (AVX-512 VNNI / AVX-VNNI).
+#pragma once
+
+#include <cstdint>
+
+#include "shiftq/kernels/gemm.hpp"
+
+namespace shiftq::kernels {
+
+// Largest K for which sum_k a*b cannot overflow int32 when |a|, |b| <= 127: 2^31 / 127^2.
+inline constexpr std::int64_t kMaxGemmKs8s8 = 133144;
+// With a u8 operand (up to 255): 2^31 / (255 * 127).
+inline constexpr std::int64_t kMaxGemmKu8s8 = 66313;
+
+void gemm_s8s8s32(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64_t K,
+                  const std::int8_t* A, std::int64_t lda, const std::int8_t* B, std::int64_t ldb,
+                  std::int32_t* C, std::int64_t ldc);
+// `col_offset` (may be null): co[n] added to every element of column n (e.g. a zero-point
+// compensation). Throws ValueError for K above kMaxGemmKu8s8.
+void gemm_u8s8s32(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64_t K,
+                  const std::uint8_t* A, std::int64_t lda, const std::int8_t* B, std::int64_t ldb,
+                  std::int32_t* C, std::int64_t ldc, const std::int32_t* col_offset = nullptr);
+
+// The implementations, callable directly (tests and benchmarks). No argument checks.
+void gemm_s8s8s32_ref(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64_t K,
+                      const std::int8_t* A, std::int64_t lda, const std::int8_t* B, std::int64_t ldb,
+                      std::int32_t* C, std::int64_t ldc);
+void gemm_u8s8s32_ref(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64_t K,
+                      const std::uint8_t* A, std::int64_t lda, const std::int8_t* B, std::int64_t ldb,
+                      std::int32_t* C, std::int64_t ldc, const std::int32_t* col_offset);
+void gemm_s8s8s32_onednn(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64_t K,
+                         const std::int8_t* A, std::int64_t lda, const std::int8_t* B,
+                         std::int64_t ldb, std::int32_t* C, std::int64_t ldc);
+void gemm_u8s8s32_onednn(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64_t K,
+                         const std::uint8_t* A, std::int64_t lda, const std::int8_t* B,
+                         std::int64_t ldb, std::int32_t* C, std::int64_t ldc,
+                         const std::int32_t* col_offset);
+
+// Whether the CPU has int8 dot-product instructions (AVX-512 VNNI or AVX-VNNI). Without them
+// oneDNN's u8·s8 kernels may saturate in int16 intermediates, so the integer GEMMs use the
+// reference loops instead (exact, slower).
+bool cpu_has_int8_dot_product();
+
+}  // namespace shiftq::kernels

@@ -1,0 +1,23 @@
+// im2col / col2im for 2-D convolution as GEMM.
+#pragma once
+
+#include <cstdint>
+
+namespace shiftq::kernels {
+
+struct Conv2dGeometry {
+  std::int64_t channels, height, width;        // input C, H, W
+  std::int64_t kernel_h, kernel_w;
+  std::int64_t stride_h, stride_w;
+  std::int64_t pad_h, pad_w;
+  std::int64_t out_h() const { return (height + 2 * pad_h - kernel_h) / stride_h + 1; }
+  std::int64_t out_w() const { return (width + 2 * pad_w - kernel_w) / stride_w + 1; }
+  std::int64_t patch() const { return channels * kernel_h * kernel_w; }
+};
+
+// x: [C, H, W] of one image -> cols: [OH*OW, C*KH*KW] (row = output pixel, zero padding).
+void im2col_f32(const Conv2dGeometry& g, const float* x, float* cols);
+// Adds cols: [OH*OW, C*KH*KW] back into dx: [C, H, W] (dx must be zeroed by the caller).
+void col2im_f32(const Conv2dGeometry& g, const float* cols, float* dx);
+
+}  // namespace shiftq::kernels

@@ -1,0 +1,58 @@
+// Quantization kernels on raw row-major f32 buffers (the math is in docs/shiftquant.md).
+// Each kernel works on the row range [r0, r1) so callers can split rows across threads. The
+// `_ref` variants are plain scalar loops; the others are written for auto-vectorization and
+// compiled for AVX-512, AVX2 and baseline x86-64 with runtime selection (cpuid).
+// Both produce bit-identical results.
+#pragma once
+
+#include <cstdint>
+
+namespace shiftq::kernels {
+
+// A 32-bit integer hash (Wellons' lowbias32): the counter-based generator of stochastic rounding.
+constexpr std::uint32_t hash32(std::uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352dU;
+  x ^= x >> 15;
+  x *= 0x846ca68bU;
+  x ^= x >> 16;
+  return x;
+}
+
+// Uniform in [0, 1) (24-bit resolution) for element `index` under a 64-bit key. Depends only on
+// (key, index): the same element gets the same draw whatever the thread split.
+constexpr float stochastic_uniform(std::uint64_t key, std::uint64_t index) {
+  const std::uint32_t h = hash32(hash32(static_cast<std::uint32_t>(index) ^ static_cast<std::uint32_t>(key)) ^
+                                 static_cast<std::uint32_t>(key >> 32) ^ static_cast<std::uint32_t>(index >> 32));
+  return static_cast<float>(static_cast<std::int32_t>(h >> 8)) * (1.0f / 16777216.0f);
+}
+
+// col_max[c] = max(col_max[c], max_{r in [r0,r1)} |x[r,c]| * row_weight[r]) (row_weight may be
+// null = 1). Returns false if a non-finite x was seen.
+bool absmax_cols_f32(const float* x, std::int64_t r0, std::int64_t r1, std::int64_t cols,
+                     const float* row_weight, float* col_max);
+// row_max[r] = max_c |x[r,c]| * col_weight[c] for r in [r0, r1) (col_weight may be null = 1).
+// Returns false if a non-finite x was seen.
+bool absmax_rows_f32(const float* x, std::int64_t r0, std::int64_t r1, std::int64_t cols,
+                     const float* col_weight, float* row_max);
+
+struct QuantizePackArgs {
+  const float* x;          // [rows, cols]
+  std::int64_t rows, cols;
+  const float* row_mul;    // [rows] y = (x * row_mul[r]) * col_mul[c]
+  const float* col_mul;    // [cols]
+  const float* row_pack;   // [rows] v = (q * row_pack[r]) * col_pack[c]  (powers of two)
+  const float* col_pack;   // [cols]
+  float qmax;              // q in [-qmax, qmax]
+  bool stochastic;         // q = floor(y + u) with u = stochastic_uniform(key, r * cols + c)
+  std::uint64_t key;
+  std::int8_t* out;        // [rows, cols] packed values v
+};
+// Nearest-even: q = round(clamp(y, -qmax, qmax)); stochastic: q = floor(clamp(y, -qmax, qmax) + u).
+void quantize_pack_f32_s8(const QuantizePackArgs& args, std::int64_t r0, std::int64_t r1);
+void quantize_pack_f32_s8_ref(const QuantizePackArgs& args, std::int64_t r0, std::int64_t r1);
+
+// The instruction set the dispatched kernels use here: "avx512", "avx2" or "x86-64".
+const char* quantize_isa_name();
+
+}  // namespace shiftq::kernels

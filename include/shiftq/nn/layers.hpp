@@ -1,0 +1,187 @@
+// Float layers. Options structs follow libtorch: `Linear(LinearOptions{784, 10}.bias(false), gen)`.
+#pragma once
+
+#include "shiftq/autograd/ops.hpp"
+#include "shiftq/core/generator.hpp"
+#include "shiftq/nn/module.hpp"
+
+namespace shiftq::nn {
+
+struct LinearOptions {
+  LinearOptions(std::int64_t in_features, std::int64_t out_features)
+      : in_features_(in_features), out_features_(out_features) {}
+  SHIFTQ_ARG(std::int64_t, in_features);
+  SHIFTQ_ARG(std::int64_t, out_features);
+  SHIFTQ_ARG(bool, bias) = true;
+};
+
+// y = x W^T + b. x: [..., in] -> [..., out]. W: [out, in], kaiming-uniform as in PyTorch.
+class Linear : public Module {
+ public:
+  Linear(const LinearOptions& options, Generator& gen);
+  Tensor forward(const Tensor& x) override;
+  const LinearOptions& options() const { return options_; }
+  Tensor weight;  // [out, in]
+  Tensor bias;    // [out] or undefined
+
+ private:
+  LinearOptions options_;
+};
+
+struct Conv2dOptions {
+  Conv2dOptions(std::int64_t in_channels, std::int64_t out_channels, std::int64_t kernel_size)
+      : in_channels_(in_channels), out_channels_(out_channels), kernel_size_(kernel_size) {}
+  SHIFTQ_ARG(std::int64_t, in_channels);
+  SHIFTQ_ARG(std::int64_t, out_channels);
+  SHIFTQ_ARG(std::int64_t, kernel_size);
+  SHIFTQ_ARG(std::int64_t, stride) = 1;
+  SHIFTQ_ARG(std::int64_t, padding) = 0;
+  SHIFTQ_ARG(bool, bias) = true;
+};
+
+// x: [N, C_in, H, W] -> [N, C_out, OH, OW]. W: [C_out, C_in, K, K].
+class Conv2d : public Module {
+ public:
+  Conv2d(const Conv2dOptions& options, Generator& gen);
+  Tensor forward(const Tensor& x) override;
+  const Conv2dOptions& options() const { return options_; }
+  Tensor weight;
+  Tensor bias;
+
+ private:
+  Conv2dOptions options_;
+};
+
+struct BatchNormOptions {
+  explicit BatchNormOptions(std::int64_t num_features) : num_features_(num_features) {}
+  SHIFTQ_ARG(std::int64_t, num_features);
+  SHIFTQ_ARG(float, eps) = 1e-5f;
+  SHIFTQ_ARG(float, momentum) = 0.1f;
+  SHIFTQ_ARG(bool, affine) = true;
+};
+
+// x: [N, C, H, W]. Batch statistics in training (updating running_mean/var), running ones in eval.
+class BatchNorm2d : public Module {
+ public:
+  explicit BatchNorm2d(const BatchNormOptions& options);
+  Tensor forward(const Tensor& x) override;
+  const BatchNormOptions& options() const { return options_; }
+  Tensor weight, bias;                // gamma, beta: [C]
+  Tensor running_mean, running_var;   // buffers: [C]
+
+ private:
+  BatchNormOptions options_;
+};
+
+struct LayerNormOptions {
+  explicit LayerNormOptions(std::int64_t normalized_size) : normalized_size_(normalized_size) {}
+  SHIFTQ_ARG(std::int64_t, normalized_size);
+  SHIFTQ_ARG(float, eps) = 1e-5f;
+  SHIFTQ_ARG(bool, elementwise_affine) = true;
+};
+
+// Normalizes the last dim: x: [..., D].
+class LayerNorm : public Module {
+ public:
+  explicit LayerNorm(const LayerNormOptions& options);
+  Tensor forward(const Tensor& x) override;
+  Tensor weight, bias;  // [D]
+
+ private:
+  LayerNormOptions options_;
+};
+
+struct EmbeddingOptions {
+  EmbeddingOptions(std::int64_t num_embeddings, std::int64_t embedding_dim)
+      : num_embeddings_(num_embeddings), embedding_dim_(embedding_dim) {}
+  SHIFTQ_ARG(std::int64_t, num_embeddings);
+  SHIFTQ_ARG(std::int64_t, embedding_dim);
+  SHIFTQ_ARG(float, init_std) = 1.0f;
+};
+
+// indices: s32 [...] -> [..., D]. weight: [V, D] ~ N(0, init_std^2).
+class Embedding : public Module {
+ public:
+  Embedding(const EmbeddingOptions& options, Generator& gen);
+  Tensor forward(const Tensor& indices) override;
+  Tensor weight;
+
+ private:
+  EmbeddingOptions options_;
+};
+
+// Inverted dropout with its own generator stream (forked from `gen` at construction).
+class Dropout : public Module {
+ public:
+  Dropout(float p, Generator& gen);
+  Tensor forward(const Tensor& x) override;
+  Generator& generator() { return gen_; }
+
+ private:
+  float p_;
+  Generator gen_;
+};
+
+class ReLU : public Module {
+ public:
+  ReLU() : Module("ReLU") {}
+  Tensor forward(const Tensor& x) override { return relu(x); }
+};
+class GELU : public Module {
+ public:
+  GELU() : Module("GELU") {}
+  Tensor forward(const Tensor& x) override { return gelu(x); }
+};
+class Tanh : public Module {
+ public:
+  Tanh() : Module("Tanh") {}
+  Tensor forward(const Tensor& x) override { return tanh(x); }
+};
+class Flatten : public Module {
+ public:
+  explicit Flatten(std::int64_t start_dim = 1) : Module("Flatten"), start_dim_(start_dim) {}
+  Tensor forward(const Tensor& x) override { return flatten(x, start_dim_); }
+
+ private:
+  std::int64_t start_dim_;
+};
+class MaxPool2d : public Module {
+ public:
+  explicit MaxPool2d(const Pool2dParams& params = {}) : Module("MaxPool2d"), params_(params) {}
+  Tensor forward(const Tensor& x) override { return max_pool2d(x, params_); }
+
+ private:
+  Pool2dParams params_;
+};
+class AvgPool2d : public Module {
+ public:
+  explicit AvgPool2d(const Pool2dParams& params = {}) : Module("AvgPool2d"), params_(params) {}
+  Tensor forward(const Tensor& x) override { return avg_pool2d(x, params_); }
+
+ private:
+  Pool2dParams params_;
+};
+// [N, C, H, W] -> [N, C]
+class GlobalAvgPool2d : public Module {
+ public:
+  GlobalAvgPool2d() : Module("GlobalAvgPool2d") {}
+  Tensor forward(const Tensor& x) override { return global_avg_pool2d(x); }
+};
+
+// Chains one-input modules; children are named "0", "1", ...
+class Sequential : public Module {
+ public:
+  Sequential() : Module("Sequential") {}
+  Sequential(std::initializer_list<std::shared_ptr<Module>> modules);
+  template <class M>
+  std::shared_ptr<M> push_back(std::shared_ptr<M> module) {
+    return register_module(std::to_string(size_++), std::move(module));
+  }
+  Tensor forward(const Tensor& x) override;
+  std::size_t size() const { return size_; }
+
+ private:
+  std::size_t size_ = 0;
+};
+
+}  // namespace shiftq::nn

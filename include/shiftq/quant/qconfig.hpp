@@ -1,0 +1,36 @@
+// QConfig: how a model's weights, activations and gradients are quantized for integer training.
+#pragma once
+
+#include <string>
+
+#include "shiftq/quant/qtensor.hpp"
+
+namespace shiftq::quant {
+
+enum class QuantizerKind : std::uint8_t { none, per_tensor, per_row, shiftquant };
+
+// One tensor role (weights, activations or gradients).
+struct TensorQConfig {
+  QuantizerKind kind = QuantizerKind::shiftquant;
+  int bits = 8;
+  int shift_budget = 0;  // ShiftQuant's S; b + S <= 8
+  Rounding rounding = Rounding::nearest_even;
+  void validate(const char* role) const;
+};
+
+struct QConfig {
+  TensorQConfig weights;
+  TensorQConfig activations;
+  TensorQConfig gradients;
+  // Bits of the first and last layer (common practice keeps them at 8); 0 = same as the rest.
+  int first_last_bits = 8;
+
+  // The paper's defaults for b-bit training: ShiftQuant weights (S = 8 - b over Cout) with
+  // nearest rounding, per-tensor activations, ShiftQuant gradients (S = 8 - b, per-row outer,
+  // stochastic rounding).
+  static QConfig bits(int b);
+  void validate() const;
+  std::string str() const;  // "W4A4G4 (gradients: shiftquant S=4, stochastic; first/last 8-bit)"
+};
+
+}  // namespace shiftq::quant

@@ -1,0 +1,80 @@
+// Quantized tensors and the quantizers of docs/shiftquant.md (per-tensor, per-row, ShiftQuant).
+//
+// A matrix X[R, C] is quantized along an *inner* axis (the GEMM contraction axis it will be used
+// with) whose indices get power-of-two group exponents e, and an *outer* axis with free float
+// scales s (one per outer index, or one per tensor):
+//     v = round(X * 2^e / s) << (S - e),    X^ = s * 2^-S * v,    |v| <= qmax * 2^S <= 127.
+// With S = 0 this is plain per-row (or per-column) or per-tensor symmetric quantization.
+#pragma once
+
+#include <cstdint>
+
+#include "shiftq/core/tensor.hpp"
+
+namespace shiftq::quant {
+
+enum class Rounding : std::uint8_t { nearest_even, stochastic };
+
+// How the outer (non-contraction) axis is scaled.
+enum class OuterScale : std::uint8_t {
+  per_index,   // one scale per outer index (per row when inner_axis = 1)
+  per_tensor,  // one scale for the whole tensor
+};
+
+// Key of the counter-based generator behind stochastic rounding: each element's draw depends only
+// on (seed, step, tensor_id, element index), never on the thread count.
+struct StochasticKey {
+  std::uint64_t seed = 0;
+  std::uint64_t step = 0;
+  std::uint64_t tensor_id = 0;
+  std::uint64_t derive() const;  // the 64-bit kernel key
+};
+
+struct QuantizeParams {
+  int bits = 8;                 // b in [2, 8]
+  int shift_budget = 0;         // S >= 0 with b + S <= 8 (S = 0: no power-of-two groups)
+  int inner_axis = 1;           // 1: groups along columns, scales per row; 0: the transpose
+  OuterScale outer = OuterScale::per_index;
+  Rounding rounding = Rounding::nearest_even;
+  StochasticKey key;            // used when rounding == stochastic
+
+  // The three quantizers of the spec.
+  static QuantizeParams per_tensor(int bits);
+  static QuantizeParams per_row(int bits);  // per outer index, inner_axis = 1
+  static QuantizeParams shiftquant(int bits, int shift_budget, int inner_axis = 1,
+                                   OuterScale outer = OuterScale::per_index);
+  QuantizeParams& with_rounding(Rounding r, StochasticKey k = {}) {
+    rounding = r;
+    key = k;
+    return *this;
+  }
+  // Throws ValueError for bits outside [2, 8], S < 0, b + S > 8 or inner_axis not 0/1.
+  void validate() const;
+};
+
+// An int8 matrix with its metadata. codes: s8 [R, C] packed values v; scales: f32 outer scales
+// ([R] when inner_axis = 1, [C] when inner_axis = 0, [1] per tensor); exponents: s8 e along the
+// inner axis ([C] or [R]), kept for inspection (they are folded into v).
+struct QTensor {
+  Tensor codes;
+  Tensor scales;
+  Tensor exponents;
+  int bits = 8;
+  int shift_budget = 0;
+  int inner_axis = 1;
+  OuterScale outer = OuterScale::per_index;
+
+  std::int64_t rows() const { return codes.size(0); }
+  std::int64_t cols() const { return codes.size(1); }
+  // Axis the outer scales run along (0: one per row, 1: one per column), or -1 for per-tensor.
+  int scale_axis() const { return outer == OuterScale::per_tensor ? -1 : 1 - inner_axis; }
+  int qmax() const { return (1 << (bits - 1)) - 1; }
+  // X^[r, c] = s * 2^-S * v[r, c] (f32 [R, C]).
+  Tensor dequantize() const;
+};
+
+// Quantizes x: f32 [R, C]. Throws ShapeError for a non-2-D or empty x, ValueError for invalid
+// params, NumericError (naming `name` when given) if x holds NaN or Inf.
+QTensor quantize(const Tensor& x, const QuantizeParams& params, const char* name = nullptr);
+
+}  // namespace shiftq::quant

@@ -1,0 +1,23 @@
+// Umbrella header: everything a training program needs.
+#pragma once
+
+#include "shiftq/autograd/node.hpp"
+#include "shiftq/autograd/ops.hpp"
+#include "shiftq/core/dtype.hpp"
+#include "shiftq/core/error.hpp"
+#include "shiftq/core/generator.hpp"
+#include "shiftq/core/parallel.hpp"
+#include "shiftq/core/shape.hpp"
+#include "shiftq/core/tensor.hpp"
+#include "shiftq/data/idx.hpp"
+#include "shiftq/kernels/gemm.hpp"
+#include "shiftq/kernels/gemm_int.hpp"
+#include "shiftq/nn/init.hpp"
+#include "shiftq/nn/layers.hpp"
+#include "shiftq/nn/module.hpp"
+#include "shiftq/optim/optimizer.hpp"
+#include "shiftq/optim/schedule.hpp"
+#include "shiftq/quant/qconfig.hpp"
+#include "shiftq/quant/qtensor.hpp"
+#include "shiftq/quant/shiftmm.hpp"
+#include "shiftq/version.hpp"

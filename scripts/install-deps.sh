@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs shiftq's build, test and demo dependencies from Debian 12 packages.
+# A no-op when everything is present. Needs root (or sudo) only when something is missing.
+set -euo pipefail
+
+packages=(
+  build-essential cmake pkg-config
+  libeigen3-dev      # Eigen 3.4: reference fp32 GEMM
+  libdnnl-dev        # oneDNN 2.6.3: optimized GEMMs
+  libgtest-dev       # GoogleTest
+  libbenchmark-dev   # Google Benchmark
+  zlib1g-dev         # .gz datasets
+  dataset-fashion-mnist  # demo / example data
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [[ "$status" == "install ok installed" ]] || missing+=("$p")
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+  exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}"
+sudo_cmd=()
+if [[ $(id -u) -ne 0 ]]; then
+  if command -v sudo >/dev/null 2>&1; then sudo_cmd=(sudo); else
+    echo "install-deps: missing packages (${missing[*]}) and not root; run as root or install them yourself" >&2
+    exit 1
+  fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+"${sudo_cmd[@]}" apt-get update
+"${sudo_cmd[@]}" apt-get install -y --no-install-recommends "${missing[@]}"

@@ -1,0 +1,161 @@
+// The backward engine: topological order over the recorded nodes, gradient accumulation.
+#include <unordered_map>
+#include <unordered_set>
+
+#include "detail/parallel.hpp"
+#include "shiftq/autograd/node.hpp"
+
+namespace shiftq {
+namespace {
+thread_local bool t_grad_mode = true;
+
+void accumulate_into(Tensor& acc, const Tensor& g) {
+  float* a = acc.data<float>();
+  const float* b = g.data<float>();
+  detail::parallel_for(acc.numel(), 1 << 15, [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t i = begin; i < end; ++i) a[i] += b[i];
+  });
+}
+
+// Metas reachable from `root` through grad_fn edges, in reverse topological order (root first).
+std::vector<AutogradMeta*> reverse_topological_order(AutogradMeta* root) {
+  std::vector<AutogradMeta*> post_order;
+  std::unordered_set<AutogradMeta*> visited;
+  std::vector<std::pair<AutogradMeta*, std::size_t>> stack{{root, 0}};
+  visited.insert(root);
+  while (!stack.empty()) {
+    auto& [meta, next_input] = stack.back();
+    const Node* node = meta->grad_fn.get();
+    if (node && next_input < node->inputs.size()) {
+      AutogradMeta* child = node->inputs[next_input++].get();
+      if (child && visited.insert(child).second) stack.push_back({child, 0});
+      continue;
+    }
+    post_order.push_back(meta);
+    stack.pop_back();
+  }
+  return {post_order.rbegin(), post_order.rend()};
+}
+}  // namespace
+
+Node::~Node() {
+  // Nodes that only this teardown still owns; their inputs are released here, in a loop, so that
+  // each destructor invoked below finds no inputs left to recurse into.
+  std::vector<std::shared_ptr<Node>> pending;
+  auto release_inputs = [&pending](std::vector<std::shared_ptr<AutogradMeta>>& metas) {
+    for (std::shared_ptr<AutogradMeta>& meta : metas) {
+      if (meta && meta.use_count() == 1 && meta->grad_fn) pending.push_back(std::move(meta->grad_fn));
+      meta.reset();
+    }
+  };
+  release_inputs(inputs);
+  while (!pending.empty()) {
+    std::shared_ptr<Node> node = std::move(pending.back());
+    pending.pop_back();
+    if (node.use_count() == 1) release_inputs(node->inputs);
+  }
+}
+
+bool grad_mode_enabled() { return t_grad_mode; }
+
+NoGradGuard::NoGradGuard() : previous_(t_grad_mode) { t_grad_mode = false; }
+NoGradGuard::~NoGradGuard() { t_grad_mode = previous_; }
+
+bool any_requires_grad(std::initializer_list<const Tensor*> inputs) {
+  if (!t_grad_mode) return false;
+  for (const Tensor* t : inputs)
+    if (t && t->defined() && t->requires_grad()) return true;
+  return false;
+}
+
+Tensor record(const char* op_name, Tensor output, const std::vector<Tensor>& inputs,
+              Node::BackwardFn backward) {
+  if (!t_grad_mode) return output;
+  bool needed = false;
+  for (const Tensor& t : inputs) needed |= t.defined() && t.requires_grad();
+  if (!needed) return output;
+  auto node = std::make_shared<Node>();
+  node->op_name = op_name;
+  for (const Tensor& t : inputs) {
+    node->inputs.push_back(t.defined() && t.requires_grad() ? t.meta() : nullptr);
+    node->input_shapes.push_back(t.defined() ? t.shape() : Shape{});
+  }
+  node->backward = std::move(backward);
+  AutogradMeta& meta = output.mutable_meta();
+  meta.requires_grad = true;
+  meta.grad_fn = std::move(node);
+  return output;
+}
+
+Tensor record(const char* op_name, Tensor output, std::initializer_list<const Tensor*> inputs,
+              Node::BackwardFn backward) {
+  std::vector<Tensor> copies;
+  copies.reserve(inputs.size());
+  for (const Tensor* t : inputs) copies.push_back(t ? *t : Tensor());
+  return record(op_name, std::move(output), copies, std::move(backward));
+}
+
+void backward(const Tensor& output, const Tensor& gradient, bool retain_graph) {
+  check_defined(output, "backward", "output");
+  SHIFTQ_CHECK(output.requires_grad(), AutogradError,
+               "backward: the tensor does not require grad (no input of its graph requires grad)");
+  Tensor seed;
+  if (gradient.defined()) {
+    check_same_shape(output, gradient, "backward(gradient)");
+    seed = gradient.clone();
+  } else {
+    SHIFTQ_CHECK(output.numel() == 1, AutogradError, "backward: output ", output.str(),
+                 " is not a scalar; pass a gradient of the same shape");
+    seed = Tensor::ones(output.shape());
+  }
+
+  NoGradGuard no_grad;  // backward functions compute plain tensors
+  AutogradMeta* root = output.meta().get();
+  std::unordered_map<AutogradMeta*, Tensor> grads{{root, seed}};
+  // Gradients returned by backward functions may alias each other (add() hands the same tensor to
+  // both inputs); a slot is cloned before its first in-place accumulation and recorded here.
+  std::unordered_set<AutogradMeta*> owned{root};
+  for (AutogradMeta* meta : reverse_topological_order(root)) {
+    auto it = grads.find(meta);
+    if (it == grads.end()) continue;  // no path carried a gradient here
+    Tensor grad = std::move(it->second);
+    grads.erase(it);
+    if (!meta->grad_fn) {  // leaf
+      if (!meta->requires_grad) continue;
+      if (meta->grad)
+        accumulate_into(*meta->grad, grad);
+      else
+        meta->grad = std::make_shared<Tensor>(owned.count(meta) ? grad : grad.clone());
+      continue;
+    }
+    Node& node = *meta->grad_fn;
+    SHIFTQ_CHECK(node.backward, AutogradError, "backward: the graph of '", node.op_name,
+                 "' was already freed by an earlier backward(); pass retain_graph=true to the first");
+    std::vector<Tensor> input_grads = node.backward(grad);
+    SHIFTQ_CHECK(input_grads.size() == node.inputs.size(), AutogradError, "backward of '",
+                 node.op_name, "' returned ", input_grads.size(), " gradients for ",
+                 node.inputs.size(), " inputs");
+    for (std::size_t i = 0; i < node.inputs.size(); ++i) {
+      AutogradMeta* input = node.inputs[i].get();
+      if (!input) continue;
+      Tensor& g = input_grads[i];
+      SHIFTQ_CHECK(g.defined() && g.shape() == node.input_shapes[i], AutogradError, "backward of '",
+                   node.op_name, "': gradient ", g.str(), " for input ", i, " of shape ",
+                   shape_str(node.input_shapes[i]));
+      auto [slot, inserted] = grads.try_emplace(input, g);
+      if (!inserted) {
+        if (owned.insert(input).second) slot->second = slot->second.clone();
+        accumulate_into(slot->second, g);
+      }
+    }
+    if (!retain_graph) node.backward = nullptr;  // frees the saved tensors
+  }
+}
+
+void Tensor::backward() const { shiftq::backward(*this); }
+
+void Tensor::backward(const Tensor& gradient, bool retain_graph) const {
+  shiftq::backward(*this, gradient, retain_graph);
+}
+
+}  // namespace shiftq

@@ -1,0 +1,194 @@
+// Elementwise arithmetic and activations.
+#include <numbers>
+
+#include "ops_util.hpp"
+
+namespace shiftq {
+using detail::check_f32;
+using detail::map_binary;
+using detail::map_binary_same;
+using detail::map_unary;
+
+Tensor add(const Tensor& a, const Tensor& b) {
+  check_f32(a, "add", "a");
+  check_f32(b, "add", "b");
+  Tensor out = map_binary(a, b, [](float x, float y) { return x + y; });
+  return record("add", out, {&a, &b}, [sa = a.shape(), sb = b.shape()](const Tensor& g) {
+    return std::vector<Tensor>{sum_to(g, sa), sum_to(g, sb)};
+  });
+}
+
+Tensor sub(const Tensor& a, const Tensor& b) {
+  check_f32(a, "sub", "a");
+  check_f32(b, "sub", "b");
+  Tensor out = map_binary(a, b, [](float x, float y) { return x - y; });
+  return record("sub", out, {&a, &b}, [sa = a.shape(), sb = b.shape()](const Tensor& g) {
+    return std::vector<Tensor>{sum_to(g, sa), neg(sum_to(g, sb))};
+  });
+}
+
+Tensor mul(const Tensor& a, const Tensor& b) {
+  check_f32(a, "mul", "a");
+  check_f32(b, "mul", "b");
+  Tensor out = map_binary(a, b, [](float x, float y) { return x * y; });
+  const bool ga = a.requires_grad(), gb = b.requires_grad();
+  return record("mul", out, {&a, &b}, [a = a.detach(), b = b.detach(), ga, gb](const Tensor& g) {
+    return std::vector<Tensor>{ga ? sum_to(mul(g, b), a.shape()) : Tensor(),
+                               gb ? sum_to(mul(g, a), b.shape()) : Tensor()};
+  });
+}
+
+Tensor div(const Tensor& a, const Tensor& b) {
+  check_f32(a, "div", "a");
+  check_f32(b, "div", "b");
+  Tensor out = map_binary(a, b, [](float x, float y) { return x / y; });
+  const bool ga = a.requires_grad(), gb = b.requires_grad();
+  return record("div", out, {&a, &b}, [a = a.detach(), b = b.detach(), ga, gb](const Tensor& g) {
+    Tensor grad_b;
+    if (gb) grad_b = sum_to(neg(div(mul(g, a), mul(b, b))), b.shape());
+    return std::vector<Tensor>{ga ? sum_to(div(g, b), a.shape()) : Tensor(), grad_b};
+  });
+}
+
+Tensor add(const Tensor& a, float b) {
+  check_f32(a, "add", "a");
+  Tensor out = map_unary(a, [b](float x) { return x + b; });
+  return record("add_scalar", out, {&a}, [](const Tensor& g) { return std::vector<Tensor>{g}; });
+}
+
+Tensor mul(const Tensor& a, float b) {
+  check_f32(a, "mul", "a");
+  Tensor out = map_unary(a, [b](float x) { return x * b; });
+  return record("mul_scalar", out, {&a}, [b](const Tensor& g) {
+    return std::vector<Tensor>{mul(g, b)};
+  });
+}
+
+Tensor neg(const Tensor& a) { return mul(a, -1.0f); }
+
+Tensor exp(const Tensor& a) {
+  check_f32(a, "exp", "a");
+  Tensor out = map_unary(a, [](float x) { return std::exp(x); });
+  return record("exp", out, {&a}, [y = out.detach()](const Tensor& g) {
+    return std::vector<Tensor>{mul(g, y)};
+  });
+}
+
+Tensor log(const Tensor& a) {
+  check_f32(a, "log", "a");
+  Tensor out = map_unary(a, [](float x) { return std::log(x); });
+  return record("log", out, {&a}, [a = a.detach()](const Tensor& g) {
+    return std::vector<Tensor>{div(g, a)};
+  });
+}
+
+Tensor sqrt(const Tensor& a) {
+  check_f32(a, "sqrt", "a");
+  Tensor out = map_unary(a, [](float x) { return std::sqrt(x); });
+  return record("sqrt", out, {&a}, [y = out.detach()](const Tensor& g) {
+    return std::vector<Tensor>{map_binary_same(g, y, [](float gi, float yi) { return 0.5f * gi / yi; })};
+  });
+}
+
+Tensor square(const Tensor& a) {
+  check_f32(a, "square", "a");
+  Tensor out = map_unary(a, [](float x) { return x * x; });
+  return record("square", out, {&a}, [a = a.detach()](const Tensor& g) {
+    return std::vector<Tensor>{map_binary_same(g, a, [](float gi, float xi) { return 2.0f * gi * xi; })};
+  });
+}
+
+// ---- activations ----
+
+Tensor relu(const Tensor& x) {
+  check_f32(x, "relu", "x");
+  Tensor out = map_unary(x, [](float v) { return v > 0.0f ? v : 0.0f; });
+  return record("relu", out, {&x}, [y = out.detach()](const Tensor& g) {
+    return std::vector<Tensor>{map_binary_same(g, y, [](float gi, float yi) { return yi > 0.0f ? gi : 0.0f; })};
+  });
+}
+
+namespace {
+constexpr float kGeluC = 0.7978845608028654f;  // sqrt(2/pi)
+constexpr float kGeluA = 0.044715f;
+float gelu_value(float x) { return 0.5f * x * (1.0f + std::tanh(kGeluC * (x + kGeluA * x * x * x))); }
+float gelu_derivative(float x) {
+  const float u = kGeluC * (x + kGeluA * x * x * x);
+  const float t = std::tanh(u);
+  const float du = kGeluC * (1.0f + 3.0f * kGeluA * x * x);
+  return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
+}
+}  // namespace
+
+Tensor gelu(const Tensor& x) {
+  check_f32(x, "gelu", "x");
+  Tensor out = map_unary(x, gelu_value);
+  return record("gelu", out, {&x}, [x = x.detach()](const Tensor& g) {
+    return std::vector<Tensor>{map_binary_same(g, x, [](float gi, float xi) { return gi * gelu_derivative(xi); })};
+  });
+}
+
+Tensor tanh(const Tensor& x) {
+  check_f32(x, "tanh", "x");
+  Tensor out = map_unary(x, [](float v) { return std::tanh(v); });
+  return record("tanh", out, {&x}, [y = out.detach()](const Tensor& g) {
+    return std::vector<Tensor>{map_binary_same(g, y, [](float gi, float yi) { return gi * (1.0f - yi * yi); })};
+  });
+}
+
+Tensor sigmoid(const Tensor& x) {
+  check_f32(x, "sigmoid", "x");
+  Tensor out = map_unary(x, [](float v) { return 1.0f / (1.0f + std::exp(-v)); });
+  return record("sigmoid", out, {&x}, [y = out.detach()](const Tensor& g) {
+    return std::vector<Tensor>{map_binary_same(g, y, [](float gi, float yi) { return gi * yi * (1.0f - yi); })};
+  });
+}
+
+namespace {
+// Softmax or log-softmax along `axis`, numerically stable.
+Tensor softmax_forward(const Tensor& x, std::int64_t axis, bool log_space) {
+  const detail::AxisSplit s = detail::split_at(x.shape(), axis);
+  Tensor out = Tensor::empty(x.shape());
+  const float* px = x.data<float>();
+  float* po = out.data<float>();
+  detail::parallel_for(s.outer * s.inner, 64, [&](std::int64_t b, std::int64_t e) {
+    for (std::int64_t r = b; r < e; ++r) {
+      const std::int64_t base = (r / s.inner) * s.dim * s.inner + r % s.inner;
+      float max_v = -INFINITY;
+      for (std::int64_t j = 0; j < s.dim; ++j) max_v = std::max(max_v, px[base + j * s.inner]);
+      if (max_v == -INFINITY) max_v = 0.0f;  // all masked: avoid (-inf) - (-inf)
+      double total = 0.0;
+      for (std::int64_t j = 0; j < s.dim; ++j) total += std::exp(px[base + j * s.inner] - max_v);
+      const float log_total = static_cast<float>(std::log(total));
+      for (std::int64_t j = 0; j < s.dim; ++j) {
+        const float z = px[base + j * s.inner] - max_v - log_total;
+        po[base + j * s.inner] = log_space ? z : std::exp(z);
+      }
+    }
+  });
+  return out;
+}
+}  // namespace
+
+Tensor softmax(const Tensor& x, std::int64_t dim) {
+  check_f32(x, "softmax", "x");
+  const std::int64_t axis = normalize_dim(dim, x.dim());
+  Tensor out = softmax_forward(x, axis, false);
+  return record("softmax", out, {&x}, [y = out.detach(), axis](const Tensor& g) {
+    // dx = y * (g - sum(g * y, axis))
+    Tensor gy = mul(g, y);
+    return std::vector<Tensor>{mul(y, sub(g, sum(gy, {axis}, true)))};
+  });
+}
+
+Tensor log_softmax(const Tensor& x, std::int64_t dim) {
+  check_f32(x, "log_softmax", "x");
+  const std::int64_t axis = normalize_dim(dim, x.dim());
+  Tensor out = softmax_forward(x, axis, true);
+  return record("log_softmax", out, {&x}, [y = out.detach(), axis](const Tensor& g) {
+    // dx = g - softmax * sum(g, axis)
+    return std::vector<Tensor>{sub(g, mul(exp(y), sum(g, {axis}, true)))};
+  });
+}
+
+}  // namespace shiftq

@@ -1,0 +1,190 @@
+// Standard (L2) BatchNorm2d and LayerNorm with hand-written backward.
+#include "ops_util.hpp"
+
+namespace shiftq {
+namespace {
+void check_affine(const Tensor& p, std::int64_t C, const char* op, const char* arg) {
+  if (!p.defined()) return;
+  detail::check_f32(p, op, arg);
+  SHIFTQ_CHECK(p.shape() == Shape{C}, ShapeError, op, ": ", arg, " ", p.str(), " must be [", C, "]");
+}
+
+// Normalization set of one channel/row `c`: `count` elements at base(c) + i-th offset.
+// BatchNorm: elements x[n, c, :, :]; LayerNorm: x[r, :]. Both are walked as [outer, c, inner].
+struct NormLayout {
+  std::int64_t outer, channels, inner;  // x viewed as [outer, channels, inner], normalized per channel
+  std::int64_t count() const { return outer * inner; }
+  template <class F>
+  void for_each(std::int64_t c, F f) const {
+    for (std::int64_t o = 0; o < outer; ++o) {
+      const std::int64_t base = (o * channels + c) * inner;
+      for (std::int64_t i = 0; i < inner; ++i) f(base + i);
+    }
+  }
+};
+
+// xhat = (x - mean) * invstd per channel; returns xhat and fills mean/var (biased) and invstd.
+Tensor normalize(const Tensor& x, const NormLayout& l, float eps, std::vector<float>& mean,
+                 std::vector<float>& var, std::vector<float>& invstd) {
+  Tensor xhat = Tensor::empty(x.shape());
+  const float* px = x.data<float>();
+  float* ph = xhat.data<float>();
+  mean.assign(l.channels, 0.0f);
+  var.assign(l.channels, 0.0f);
+  invstd.assign(l.channels, 0.0f);
+  const std::int64_t grain = std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(l.count(), 1));
+  detail::parallel_for(l.channels, grain, [&](std::int64_t b, std::int64_t e) {
+    for (std::int64_t c = b; c < e; ++c) {
+      double s = 0.0, ss = 0.0;
+      l.for_each(c, [&](std::int64_t i) { s += px[i]; });
+      const double mu = s / static_cast<double>(l.count());
+      l.for_each(c, [&](std::int64_t i) { ss += (px[i] - mu) * (px[i] - mu); });
+      const double v = ss / static_cast<double>(l.count());
+      const float inv = static_cast<float>(1.0 / std::sqrt(v + eps));
+      mean[c] = static_cast<float>(mu);
+      var[c] = static_cast<float>(v);
+      invstd[c] = inv;
+      l.for_each(c, [&](std::int64_t i) { ph[i] = static_cast<float>((px[i] - mu) * inv); });
+    }
+  });
+  return xhat;
+}
+
+// y = gamma * xhat + beta per channel.
+Tensor affine(const Tensor& xhat, const NormLayout& l, const Tensor& gamma, const Tensor& beta) {
+  Tensor y = Tensor::empty(xhat.shape());
+  const float* ph = xhat.data<float>();
+  const float* pg = gamma.defined() ? gamma.data<float>() : nullptr;
+  const float* pb = beta.defined() ? beta.data<float>() : nullptr;
+  float* py = y.data<float>();
+  detail::parallel_for(l.outer, 1, [&](std::int64_t b, std::int64_t e) {
+    for (std::int64_t o = b; o < e; ++o)
+      for (std::int64_t c = 0; c < l.channels; ++c) {
+        const float gm = pg ? pg[c] : 1.0f, bt = pb ? pb[c] : 0.0f;
+        const std::int64_t base = (o * l.channels + c) * l.inner;
+        for (std::int64_t i = 0; i < l.inner; ++i) py[base + i] = gm * ph[base + i] + bt;
+      }
+  });
+  return y;
+}
+
+// Backward of batch-statistics normalization followed by the affine map.
+std::vector<Tensor> normalize_backward(const Tensor& g, const Tensor& xhat, const NormLayout& l,
+                                       const std::vector<float>& invstd, const Tensor& gamma,
+                                       bool need_gamma, bool need_beta) {
+  Tensor dx = Tensor::empty(xhat.shape());
+  Tensor dgamma = need_gamma ? Tensor::empty({l.channels}) : Tensor();
+  Tensor dbeta = need_beta ? Tensor::empty({l.channels}) : Tensor();
+  const float* pg = g.data<float>();
+  const float* ph = xhat.data<float>();
+  const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
+  float* pdx = dx.data<float>();
+  const double m = static_cast<double>(l.count());
+  const std::int64_t grain = std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(l.count(), 1));
+  detail::parallel_for(l.channels, grain, [&](std::int64_t b, std::int64_t e) {
+    for (std::int64_t c = b; c < e; ++c) {
+      double sum_g = 0.0, sum_gx = 0.0;
+      l.for_each(c, [&](std::int64_t i) {
+        sum_g += pg[i];
+        sum_gx += static_cast<double>(pg[i]) * ph[i];
+      });
+      if (need_gamma) dgamma.data<float>()[c] = static_cast<float>(sum_gx);
+      if (need_beta) dbeta.data<float>()[c] = static_cast<float>(sum_g);
+      const float w = gm ? gm[c] : 1.0f;
+      // dx = gamma * invstd * (g - mean(g) - xhat * mean(g * xhat))
+      const float mean_g = static_cast<float>(sum_g / m), mean_gx = static_cast<float>(sum_gx / m);
+      const float k = w * invstd[c];
+      l.for_each(c, [&](std::int64_t i) { pdx[i] = k * (pg[i] - mean_g - ph[i] * mean_gx); });
+    }
+  });
+  return {dx, dgamma, dbeta};
+}
+}  // namespace
+
+Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, BatchNormState& state,
+                    bool training) {
+  detail::check_f32(x, "batch_norm2d", "x");
+  check_rank(x, 4, "batch_norm2d", "x");
+  const std::int64_t C = x.size(1);
+  check_affine(gamma, C, "batch_norm2d", "gamma");
+  check_affine(beta, C, "batch_norm2d", "beta");
+  check_affine(state.running_mean, C, "batch_norm2d", "running_mean");
+  check_affine(state.running_var, C, "batch_norm2d", "running_var");
+  const NormLayout layout{x.size(0), C, x.size(2) * x.size(3)};
+  const bool need_gamma = gamma.defined() && gamma.requires_grad();
+  const bool need_beta = beta.defined() && beta.requires_grad();
+
+  if (!training) {
+    SHIFTQ_CHECK(state.running_mean.defined() && state.running_var.defined(), ValueError,
+                 "batch_norm2d: eval mode needs running_mean and running_var");
+    std::vector<float> invstd(C);
+    const float* rm = state.running_mean.data<float>();
+    const float* rv = state.running_var.data<float>();
+    for (std::int64_t c = 0; c < C; ++c) invstd[c] = 1.0f / std::sqrt(rv[c] + state.eps);
+    Tensor xhat = Tensor::empty(x.shape());
+    const float* px = x.data<float>();
+    float* ph = xhat.data<float>();
+    for (std::int64_t c = 0; c < C; ++c)
+      layout.for_each(c, [&](std::int64_t i) { ph[i] = (px[i] - rm[c]) * invstd[c]; });
+    Tensor y = affine(xhat, layout, gamma, beta);
+    return record("batch_norm2d_eval", y, {&x, &gamma, &beta},
+                  [xhat, layout, invstd, gamma = gamma.detach(), need_gamma, need_beta](const Tensor& g) {
+      Tensor dx = Tensor::empty(g.shape());
+      const float* pg = g.data<float>();
+      const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
+      float* pdx = dx.data<float>();
+      for (std::int64_t c = 0; c < layout.channels; ++c) {
+        const float k = (gm ? gm[c] : 1.0f) * invstd[c];
+        layout.for_each(c, [&](std::int64_t i) { pdx[i] = k * pg[i]; });
+      }
+      Tensor dgamma = need_gamma ? sum(mul(g, xhat), {0, 2, 3}) : Tensor();
+      Tensor dbeta = need_beta ? sum(g, {0, 2, 3}) : Tensor();
+      return std::vector<Tensor>{dx, dgamma, dbeta};
+    });
+  }
+
+  SHIFTQ_CHECK(layout.count() > 1, ShapeError, "batch_norm2d: training needs more than one value per channel, got ", x.str());
+  std::vector<float> mean, var, invstd;
+  Tensor xhat = normalize(x, layout, state.eps, mean, var, invstd);
+  if (state.running_mean.defined()) {
+    float* rm = state.running_mean.data<float>();
+    float* rv = state.running_var.data<float>();
+    const float unbias = static_cast<float>(layout.count()) / static_cast<float>(layout.count() - 1);
+    for (std::int64_t c = 0; c < C; ++c) {
+      rm[c] = (1.0f - state.momentum) * rm[c] + state.momentum * mean[c];
+      rv[c] = (1.0f - state.momentum) * rv[c] + state.momentum * var[c] * unbias;
+    }
+  }
+  Tensor y = affine(xhat, layout, gamma, beta);
+  return record("batch_norm2d", y, {&x, &gamma, &beta},
+                [xhat, layout, invstd, gamma = gamma.detach(), need_gamma, need_beta](const Tensor& g) {
+    return normalize_backward(g, xhat, layout, invstd, gamma, need_gamma, need_beta);
+  });
+}
+
+Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps) {
+  detail::check_f32(x, "layer_norm", "x");
+  SHIFTQ_CHECK(x.dim() >= 1, ShapeError, "layer_norm: x must have rank >= 1");
+  const std::int64_t D = x.size(-1), rows = x.numel() / std::max<std::int64_t>(D, 1);
+  check_affine(gamma, D, "layer_norm", "gamma");
+  check_affine(beta, D, "layer_norm", "beta");
+  // Per-row statistics: view x as [1, rows, D] (channel = row), then the affine runs per feature.
+  const NormLayout stats{1, rows, D};
+  std::vector<float> mean, var, invstd;
+  Tensor xhat = normalize(x, stats, eps, mean, var, invstd);
+  const NormLayout features{rows, D, 1};
+  Tensor y = affine(xhat, features, gamma, beta);
+  const bool need_gamma = gamma.defined() && gamma.requires_grad();
+  const bool need_beta = beta.defined() && beta.requires_grad();
+  return record("layer_norm", y, {&x, &gamma, &beta},
+                [xhat, rows, D, invstd, gamma = gamma.detach(), need_gamma, need_beta](const Tensor& g) {
+    // g * gamma per feature, then the per-row normalization backward with gamma = 1.
+    Tensor gg = gamma.defined() ? detail::map_binary(g, gamma, [](float a, float b) { return a * b; }) : g;
+    std::vector<Tensor> grads = normalize_backward(gg, xhat, NormLayout{1, rows, D}, invstd, Tensor(), false, false);
+    Tensor dgamma = need_gamma ? sum(mul(g, xhat).view({rows, D}), {0}) : Tensor();
+    Tensor dbeta = need_beta ? sum(g.view({rows, D}), {0}) : Tensor();
+    return std::vector<Tensor>{grads[0], dgamma, dbeta};
+  });
+}
+
+}  // namespace shiftq

@@ -1,0 +1,108 @@
+#include "shiftq/nn/layers.hpp"
+
+#include <cmath>
+
+#include "shiftq/nn/init.hpp"
+
+namespace shiftq::nn {
+namespace {
+void check_positive(std::int64_t v, const char* module, const char* what) {
+  SHIFTQ_CHECK(v > 0, ValueError, module, ": ", what, " must be > 0, got ", v);
+}
+
+// PyTorch's default for Linear/Conv: kaiming_uniform(a = sqrt(5)) weights, U(-1/sqrt(fan_in), ...) bias.
+void default_init(Tensor& weight, Tensor* bias, Generator& gen) {
+  init::kaiming_uniform_(weight, gen, std::sqrt(5.0f));
+  if (bias && bias->defined()) {
+    const float bound = 1.0f / std::sqrt(static_cast<float>(init::fans(weight).first));
+    init::uniform_(*bias, -bound, bound, gen);
+  }
+}
+}  // namespace
+
+Linear::Linear(const LinearOptions& options, Generator& gen) : Module("Linear"), options_(options) {
+  check_positive(options.in_features(), "Linear", "in_features");
+  check_positive(options.out_features(), "Linear", "out_features");
+  Tensor w = Tensor::empty({options.out_features(), options.in_features()});
+  Tensor b = options.bias() ? Tensor::empty({options.out_features()}) : Tensor();
+  default_init(w, &b, gen);
+  weight = register_parameter("weight", w);
+  if (b.defined()) bias = register_parameter("bias", b);
+}
+
+Tensor Linear::forward(const Tensor& x) { return linear(x, weight, bias); }
+
+Conv2d::Conv2d(const Conv2dOptions& options, Generator& gen) : Module("Conv2d"), options_(options) {
+  check_positive(options.in_channels(), "Conv2d", "in_channels");
+  check_positive(options.out_channels(), "Conv2d", "out_channels");
+  check_positive(options.kernel_size(), "Conv2d", "kernel_size");
+  check_positive(options.stride(), "Conv2d", "stride");
+  SHIFTQ_CHECK(options.padding() >= 0, ValueError, "Conv2d: padding must be >= 0");
+  const std::int64_t k = options.kernel_size();
+  Tensor w = Tensor::empty({options.out_channels(), options.in_channels(), k, k});
+  Tensor b = options.bias() ? Tensor::empty({options.out_channels()}) : Tensor();
+  default_init(w, &b, gen);
+  weight = register_parameter("weight", w);
+  if (b.defined()) bias = register_parameter("bias", b);
+}
+
+Tensor Conv2d::forward(const Tensor& x) {
+  return conv2d(x, weight, bias, Conv2dParams{options_.stride(), options_.padding()});
+}
+
+BatchNorm2d::BatchNorm2d(const BatchNormOptions& options) : Module("BatchNorm2d"), options_(options) {
+  check_positive(options.num_features(), "BatchNorm2d", "num_features");
+  SHIFTQ_CHECK(options.eps() > 0.0f && options.momentum() >= 0.0f && options.momentum() <= 1.0f,
+               ValueError, "BatchNorm2d: eps must be > 0 and momentum in [0, 1]");
+  const std::int64_t C = options.num_features();
+  if (options.affine()) {
+    weight = register_parameter("weight", Tensor::ones({C}));
+    bias = register_parameter("bias", Tensor::zeros({C}));
+  }
+  running_mean = register_buffer("running_mean", Tensor::zeros({C}));
+  running_var = register_buffer("running_var", Tensor::ones({C}));
+}
+
+Tensor BatchNorm2d::forward(const Tensor& x) {
+  BatchNormState state{running_mean, running_var, options_.momentum(), options_.eps()};
+  return batch_norm2d(x, weight, bias, state, is_training());
+}
+
+LayerNorm::LayerNorm(const LayerNormOptions& options) : Module("LayerNorm"), options_(options) {
+  check_positive(options.normalized_size(), "LayerNorm", "normalized_size");
+  SHIFTQ_CHECK(options.eps() > 0.0f, ValueError, "LayerNorm: eps must be > 0");
+  if (options.elementwise_affine()) {
+    weight = register_parameter("weight", Tensor::ones({options.normalized_size()}));
+    bias = register_parameter("bias", Tensor::zeros({options.normalized_size()}));
+  }
+}
+
+Tensor LayerNorm::forward(const Tensor& x) { return layer_norm(x, weight, bias, options_.eps()); }
+
+Embedding::Embedding(const EmbeddingOptions& options, Generator& gen) : Module("Embedding"), options_(options) {
+  check_positive(options.num_embeddings(), "Embedding", "num_embeddings");
+  check_positive(options.embedding_dim(), "Embedding", "embedding_dim");
+  Tensor w = Tensor::empty({options.num_embeddings(), options.embedding_dim()});
+  init::normal_(w, 0.0f, options.init_std(), gen);
+  weight = register_parameter("weight", w);
+}
+
+Tensor Embedding::forward(const Tensor& indices) { return embedding(weight, indices); }
+
+Dropout::Dropout(float p, Generator& gen) : Module("Dropout"), p_(p), gen_(gen.fork()) {
+  SHIFTQ_CHECK(p >= 0.0f && p < 1.0f, ValueError, "Dropout: p must be in [0, 1), got ", p);
+}
+
+Tensor Dropout::forward(const Tensor& x) { return dropout(x, p_, is_training(), gen_); }
+
+Sequential::Sequential(std::initializer_list<std::shared_ptr<Module>> modules) : Module("Sequential") {
+  for (const auto& m : modules) push_back(m);
+}
+
+Tensor Sequential::forward(const Tensor& x) {
+  Tensor h = x;
+  for (const auto& [name, child] : named_children()) h = child->forward(h);
+  return h;
+}
+
+}  // namespace shiftq::nn

@@ -1,0 +1,55 @@
+#include "shiftq/quant/qconfig.hpp"
+
+namespace shiftq::quant {
+namespace {
+const char* kind_name(QuantizerKind k) {
+  switch (k) {
+    case QuantizerKind::none: return "fp32";
+    case QuantizerKind::per_tensor: return "per-tensor";
+    case QuantizerKind::per_row: return "per-row";
+    case QuantizerKind::shiftquant: return "shiftquant";
+  }
+  return "?";
+}
+}  // namespace
+
+void TensorQConfig::validate(const char* role) const {
+  if (kind == QuantizerKind::none) return;
+  SHIFTQ_CHECK(bits >= 2 && bits <= 8, ValueError, "QConfig: ", role, " bits must be in [2, 8], got ", bits);
+  const int s = kind == QuantizerKind::shiftquant ? shift_budget : 0;
+  SHIFTQ_CHECK(s >= 0 && bits + s <= 8, ValueError, "QConfig: ", role, " shift budget S=", shift_budget,
+               " with ", bits, " bits needs b + S <= 8");
+  SHIFTQ_CHECK(kind == QuantizerKind::shiftquant || shift_budget == 0, ValueError, "QConfig: ", role,
+               " shift budget is only meaningful for shiftquant");
+}
+
+QConfig QConfig::bits(int b) {
+  SHIFTQ_CHECK(b >= 2 && b <= 8, ValueError, "QConfig::bits: b must be in [2, 8], got ", b);
+  QConfig c;
+  c.weights = {QuantizerKind::shiftquant, b, 8 - b, Rounding::nearest_even};
+  c.activations = {QuantizerKind::per_tensor, b, 0, Rounding::nearest_even};
+  c.gradients = {QuantizerKind::shiftquant, b, 8 - b, Rounding::stochastic};
+  return c;
+}
+
+void QConfig::validate() const {
+  weights.validate("weights");
+  activations.validate("activations");
+  gradients.validate("gradients");
+  SHIFTQ_CHECK(first_last_bits == 0 || (first_last_bits >= 2 && first_last_bits <= 8), ValueError,
+               "QConfig: first_last_bits must be 0 or in [2, 8], got ", first_last_bits);
+}
+
+std::string QConfig::str() const {
+  auto role = [](const TensorQConfig& t) {
+    if (t.kind == QuantizerKind::none) return std::string(kind_name(t.kind));
+    return detail::cat(kind_name(t.kind), " ", t.bits, "-bit",
+                       t.kind == QuantizerKind::shiftquant ? detail::cat(" S=", t.shift_budget) : std::string(),
+                       t.rounding == Rounding::stochastic ? " stochastic" : " nearest");
+  };
+  return detail::cat("weights: ", role(weights), "; activations: ", role(activations), "; gradients: ",
+                     role(gradients), "; first/last layer: ",
+                     first_last_bits ? detail::cat(first_last_bits, "-bit") : std::string("same"));
+}
+
+}  // namespace shiftq::quant

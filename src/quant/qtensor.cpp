@@ -1,0 +1,209 @@
+// The quantizers: three passes over x (inner ranges, outer scales, quantize + pack), each split
+// over row blocks.
+#include "shiftq/quant/qtensor.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <vector>
+
+#include "detail/parallel.hpp"
+#include "shiftq/kernels/gemm.hpp"
+#include "shiftq/kernels/quantize.hpp"
+
+namespace shiftq::quant {
+namespace {
+constexpr std::int64_t kParallelElements = 1 << 15;
+
+std::uint64_t splitmix64(std::uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// floor(log2(m / r)) for 0 < r <= m, exactly (no rounding of the quotient).
+int floor_log2_ratio(float m, float r) {
+  int em = 0, er = 0;
+  const float fm = std::frexp(m, &em), fr = std::frexp(r, &er);
+  return em - er - (fm < fr ? 1 : 0);
+}
+
+// Calls fn(r0, r1) on row blocks of x, in parallel for large tensors.
+template <class F>
+void for_row_blocks(std::int64_t rows, std::int64_t cols, F fn) {
+  if (rows * cols < kParallelElements) {
+    fn(std::int64_t{0}, rows);
+    return;
+  }
+  detail::parallel_for(rows, std::max<std::int64_t>(1, kParallelElements / std::max<std::int64_t>(cols, 1)), fn);
+}
+
+// max over rows of |x[r, c]| * row_weight[r], per column, with per-block partial maxima.
+std::vector<float> column_absmax(const float* x, std::int64_t rows, std::int64_t cols, const float* row_weight,
+                                 bool& finite) {
+  const std::int64_t blocks = rows * cols < kParallelElements ? 1 : std::min<std::int64_t>(get_num_threads(), rows);
+  std::vector<std::vector<float>> partial(blocks, std::vector<float>(cols, 0.0f));
+  std::vector<char> ok(blocks, 1);
+  detail::parallel_for(blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
+    for (std::int64_t b = b0; b < b1; ++b) {
+      const std::int64_t r0 = rows * b / blocks, r1 = rows * (b + 1) / blocks;
+      ok[b] = kernels::absmax_cols_f32(x, r0, r1, cols, row_weight, partial[b].data());
+    }
+  });
+  finite = std::all_of(ok.begin(), ok.end(), [](char v) { return v != 0; });
+  for (std::int64_t b = 1; b < blocks; ++b)
+    for (std::int64_t c = 0; c < cols; ++c) partial[0][c] = std::max(partial[0][c], partial[b][c]);
+  return std::move(partial[0]);
+}
+
+std::vector<float> row_absmax(const float* x, std::int64_t rows, std::int64_t cols, const float* col_weight,
+                              bool& finite) {
+  std::vector<float> out(rows);
+  std::atomic<bool> all_finite{true};
+  for_row_blocks(rows, cols, [&](std::int64_t r0, std::int64_t r1) {
+    if (!kernels::absmax_rows_f32(x, r0, r1, cols, col_weight, out.data())) all_finite = false;
+  });
+  finite = all_finite;
+  return out;
+}
+
+[[noreturn]] void throw_nonfinite(const Tensor& x, const char* name) {
+  x.check_finite(std::string("quantize: input") + (name ? std::string(" '") + name + "'" : std::string()));
+  throw NumericError("quantize: non-finite input");  // unreachable: check_finite throws
+}
+}  // namespace
+
+std::uint64_t StochasticKey::derive() const {
+  return splitmix64(seed ^ splitmix64(step ^ splitmix64(tensor_id)));
+}
+
+QuantizeParams QuantizeParams::per_tensor(int bits) {
+  QuantizeParams p;
+  p.bits = bits;
+  p.outer = OuterScale::per_tensor;
+  return p;
+}
+
+QuantizeParams QuantizeParams::per_row(int bits) {
+  QuantizeParams p;
+  p.bits = bits;
+  return p;
+}
+
+QuantizeParams QuantizeParams::shiftquant(int bits, int shift_budget, int inner_axis, OuterScale outer) {
+  QuantizeParams p;
+  p.bits = bits;
+  p.shift_budget = shift_budget;
+  p.inner_axis = inner_axis;
+  p.outer = outer;
+  return p;
+}
+
+void QuantizeParams::validate() const {
+  SHIFTQ_CHECK(bits >= 2 && bits <= 8, ValueError, "quantize: bits must be in [2, 8], got ", bits);
+  SHIFTQ_CHECK(shift_budget >= 0 && bits + shift_budget <= 8, ValueError, "quantize: shift budget S=", shift_budget,
+               " with b=", bits, " bits needs S >= 0 and b + S <= 8 (int8 operands)");
+  SHIFTQ_CHECK(inner_axis == 0 || inner_axis == 1, ValueError, "quantize: inner_axis must be 0 or 1, got ",
+               inner_axis);
+}
+
+QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
+  check_dtype(x, DType::f32, "quantize", name ? name : "x");
+  SHIFTQ_CHECK(x.dim() == 2 && x.numel() > 0, ShapeError, "quantize: expects a non-empty 2-D tensor, got ", x.str(),
+               name ? std::string(" ('") + name + "')" : std::string());
+  p.validate();
+  const std::int64_t R = x.size(0), C = x.size(1);
+  const int S = p.shift_budget;
+  const float qmax = static_cast<float>((1 << (p.bits - 1)) - 1);
+  const bool groups_on_cols = p.inner_axis == 1;
+  const std::int64_t inner_len = groups_on_cols ? C : R, outer_len = groups_on_cols ? R : C;
+  const float* px = x.data<float>();
+
+  // 1. Inner ranges r_k and their max m.
+  bool finite = true;
+  const std::vector<float> ranges = groups_on_cols ? column_absmax(px, R, C, nullptr, finite)
+                                                   : row_absmax(px, R, C, nullptr, finite);
+  if (!finite) throw_nonfinite(x, name);
+  const float m = *std::max_element(ranges.begin(), ranges.end());
+
+  QTensor q;
+  q.bits = p.bits;
+  q.shift_budget = S;
+  q.inner_axis = p.inner_axis;
+  q.outer = p.outer;
+  q.codes = Tensor::zeros({R, C}, DType::s8);
+  q.exponents = Tensor::empty({inner_len}, DType::s8);
+  q.scales = Tensor::ones({p.outer == OuterScale::per_tensor ? 1 : outer_len});
+
+  // 2. Exponents e_k = min(S, floor(log2(m / r_k))) (S where r_k = 0), as factors 2^e and 2^(S-e).
+  std::vector<float> pow_e(inner_len), pack(inner_len);
+  std::int8_t* e_out = q.exponents.data<std::int8_t>();
+  for (std::int64_t k = 0; k < inner_len; ++k) {
+    const int e = (ranges[k] == 0.0f || m == 0.0f) ? S : std::min(S, floor_log2_ratio(m, ranges[k]));
+    e_out[k] = static_cast<std::int8_t>(e);
+    pow_e[k] = std::ldexp(1.0f, e);
+    pack[k] = std::ldexp(1.0f, S - e);
+  }
+  if (m == 0.0f) return q;  // all zero
+
+  // 3. Outer scales: s = max(|x| * 2^e) / qmax over each outer index (or the whole tensor).
+  std::vector<float> outer_max;
+  if (p.outer == OuterScale::per_tensor) {
+    float mx = 0.0f;
+    for (std::int64_t k = 0; k < inner_len; ++k) mx = std::max(mx, ranges[k] * pow_e[k]);
+    outer_max.assign(1, mx);
+  } else {
+    outer_max = groups_on_cols ? row_absmax(px, R, C, pow_e.data(), finite)
+                               : column_absmax(px, R, C, pow_e.data(), finite);
+  }
+  float* scales = q.scales.data<float>();
+  std::vector<float> inv_scale(outer_len);
+  for (std::size_t i = 0; i < outer_max.size(); ++i) {
+    scales[i] = outer_max[i] > 0.0f ? outer_max[i] / qmax : 1.0f;
+    inv_scale[i] = 1.0f / scales[i];
+  }
+  if (p.outer == OuterScale::per_tensor) std::fill(inv_scale.begin(), inv_scale.end(), inv_scale[0]);
+
+  // 4. v = round(x * 2^e / s) * 2^(S - e), as y = (x * row_mul) * col_mul, v = (q * row_pack) * col_pack.
+  const std::vector<float> ones_outer(outer_len, 1.0f);
+  kernels::QuantizePackArgs args{};
+  args.x = px;
+  args.rows = R;
+  args.cols = C;
+  args.row_mul = groups_on_cols ? inv_scale.data() : pow_e.data();
+  args.col_mul = groups_on_cols ? pow_e.data() : inv_scale.data();
+  args.row_pack = groups_on_cols ? ones_outer.data() : pack.data();
+  args.col_pack = groups_on_cols ? pack.data() : ones_outer.data();
+  args.qmax = qmax;
+  args.stochastic = p.rounding == Rounding::stochastic;
+  args.key = p.key.derive();
+  args.out = q.codes.data<std::int8_t>();
+  const bool reference = kernels::kernel_path() == kernels::KernelPath::reference;
+  for_row_blocks(R, C, [&](std::int64_t r0, std::int64_t r1) {
+    if (reference)
+      kernels::quantize_pack_f32_s8_ref(args, r0, r1);
+    else
+      kernels::quantize_pack_f32_s8(args, r0, r1);
+  });
+  return q;
+}
+
+Tensor QTensor::dequantize() const {
+  check_dtype(codes, DType::s8, "QTensor::dequantize", "codes");
+  const std::int64_t R = rows(), C = cols();
+  Tensor out = Tensor::empty({R, C});
+  const std::int8_t* v = codes.data<std::int8_t>();
+  const float* s = scales.data<float>();
+  const float shift = std::ldexp(1.0f, -shift_budget);
+  float* o = out.data<float>();
+  const int axis = scale_axis();
+  for (std::int64_t r = 0; r < R; ++r)
+    for (std::int64_t c = 0; c < C; ++c) {
+      const float scale = axis < 0 ? s[0] : (axis == 0 ? s[r] : s[c]);
+      o[r * C + c] = scale * shift * static_cast<float>(v[r * C + c]);
+    }
+  return out;
+}
+
+}  // namespace shiftq::quant

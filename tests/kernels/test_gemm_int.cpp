@@ -1,0 +1,122 @@
+// Integer GEMMs: the optimized (oneDNN) kernels are bit-exact against the reference loops.
+#include <gtest/gtest.h>
+
+#include <shiftq/kernels/gemm_int.hpp>
+#include <shiftq/shiftq.hpp>
+
+namespace shiftq::kernels {
+namespace {
+
+template <class T>
+std::vector<T> random_ints(std::int64_t n, int lo, int hi, Generator& gen) {
+  std::vector<T> v(n);
+  for (auto& x : v) x = static_cast<T>(lo + static_cast<int>(gen.randint(hi - lo + 1)));
+  return v;
+}
+
+struct Case {
+  std::int64_t M, N, K;
+};
+const std::vector<Case> kCases = {{1, 1, 1}, {3, 17, 5}, {17, 3, 64}, {64, 65, 130}, {5, 7, 1000}, {1, 1030, 33}, {1031, 2, 9}};
+
+class GemmIntTest : public ::testing::TestWithParam<std::tuple<Trans, Trans>> {};
+
+TEST_P(GemmIntTest, DispatchedS8S8MatchesReferenceBitExact) {
+  const auto [ta, tb] = GetParam();
+  Generator gen(1);
+  for (const Case& c : kCases) {
+    const auto A = random_ints<std::int8_t>(c.M * c.K, -128, 127, gen);
+    const auto B = random_ints<std::int8_t>(c.K * c.N, -128, 127, gen);
+    const std::int64_t lda = ta == Trans::N ? c.K : c.M, ldb = tb == Trans::N ? c.N : c.K;
+    std::vector<std::int32_t> fast(c.M * c.N, -1), ref(c.M * c.N, -2);
+    gemm_s8s8s32(ta, tb, c.M, c.N, c.K, A.data(), lda, B.data(), ldb, fast.data(), c.N);
+    gemm_s8s8s32_ref(ta, tb, c.M, c.N, c.K, A.data(), lda, B.data(), ldb, ref.data(), c.N);
+    EXPECT_EQ(fast, ref) << "M=" << c.M << " N=" << c.N << " K=" << c.K;
+  }
+}
+
+TEST_P(GemmIntTest, DispatchedU8S8WithColumnOffsetsMatchesReferenceBitExact) {
+  const auto [ta, tb] = GetParam();
+  Generator gen(2);
+  for (const Case& c : kCases) {
+    const auto A = random_ints<std::uint8_t>(c.M * c.K, 0, 255, gen);
+    const auto B = random_ints<std::int8_t>(c.K * c.N, -127, 127, gen);
+    const auto co = random_ints<std::int32_t>(c.N, -100000, 100000, gen);
+    const std::int64_t lda = ta == Trans::N ? c.K : c.M, ldb = tb == Trans::N ? c.N : c.K;
+    for (const std::int32_t* offsets : {static_cast<const std::int32_t*>(nullptr), co.data()}) {
+      std::vector<std::int32_t> fast(c.M * c.N, -1), ref(c.M * c.N, -2);
+      gemm_u8s8s32(ta, tb, c.M, c.N, c.K, A.data(), lda, B.data(), ldb, fast.data(), c.N, offsets);
+      gemm_u8s8s32_ref(ta, tb, c.M, c.N, c.K, A.data(), lda, B.data(), ldb, ref.data(), c.N, offsets);
+      EXPECT_EQ(fast, ref) << "M=" << c.M << " N=" << c.N << " K=" << c.K << " offsets=" << (offsets != nullptr);
+    }
+  }
+}
+
+TEST_P(GemmIntTest, OneDnnKernelsDirectlyWhenTheCpuHasVnni) {
+  // The dispatcher only routes to oneDNN on CPUs with int8 dot products; check those kernels
+  // directly there, and the fallback to the reference elsewhere.
+  const auto [ta, tb] = GetParam();
+  Generator gen(3);
+  const Case c{37, 29, 300};
+  const auto A = random_ints<std::int8_t>(c.M * c.K, -128, 127, gen);
+  const auto Au = random_ints<std::uint8_t>(c.M * c.K, 0, 255, gen);
+  const auto B = random_ints<std::int8_t>(c.K * c.N, -128, 127, gen);
+  const std::int64_t lda = ta == Trans::N ? c.K : c.M, ldb = tb == Trans::N ? c.N : c.K;
+  std::vector<std::int32_t> fast(c.M * c.N), ref(c.M * c.N);
+  if (!cpu_has_int8_dot_product()) {
+    set_kernel_path(KernelPath::optimized);
+    gemm_s8s8s32(ta, tb, c.M, c.N, c.K, A.data(), lda, B.data(), ldb, fast.data(), c.N);
+    gemm_s8s8s32_ref(ta, tb, c.M, c.N, c.K, A.data(), lda, B.data(), ldb, ref.data(), c.N);
+    EXPECT_EQ(fast, ref);
+    return;
+  }
+  gemm_s8s8s32_onednn(ta, tb, c.M, c.N, c.K, A.data(), lda, B.data(), ldb, fast.data(), c.N);
+  gemm_s8s8s32_ref(ta, tb, c.M, c.N, c.K, A.data(), lda, B.data(), ldb, ref.data(), c.N);
+  EXPECT_EQ(fast, ref);
+  gemm_u8s8s32_onednn(ta, tb, c.M, c.N, c.K, Au.data(), lda, B.data(), ldb, fast.data(), c.N, nullptr);
+  gemm_u8s8s32_ref(ta, tb, c.M, c.N, c.K, Au.data(), lda, B.data(), ldb, ref.data(), c.N, nullptr);
+  EXPECT_EQ(fast, ref);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllTranspositions, GemmIntTest,
+                         ::testing::Combine(::testing::Values(Trans::N, Trans::T), ::testing::Values(Trans::N, Trans::T)));
+
+TEST(GemmInt, ExtremeValuesDoNotSaturate) {
+  // Every product at its maximum: sum = K * 128 * 128 (s8) and K * 255 * 127 (u8), far above int16.
+  const std::int64_t M = 4, N = 4, K = 4096;
+  std::vector<std::int8_t> A(M * K, -128), B(K * N, -128);
+  std::vector<std::int32_t> C(M * N);
+  gemm_s8s8s32(Trans::N, Trans::N, M, N, K, A.data(), K, B.data(), N, C.data(), N);
+  for (std::int32_t v : C) EXPECT_EQ(v, K * 128 * 128);
+  std::vector<std::uint8_t> Au(M * K, 255);
+  std::vector<std::int8_t> Bp(K * N, 127);
+  gemm_u8s8s32(Trans::N, Trans::N, M, N, K, Au.data(), K, Bp.data(), N, C.data(), N);
+  for (std::int32_t v : C) EXPECT_EQ(v, K * 255 * 127);
+}
+
+TEST(GemmInt, ReferencePathCanBeForced) {
+  set_kernel_path(KernelPath::reference);
+  EXPECT_EQ(kernel_path(), KernelPath::reference);
+  std::vector<std::int8_t> A{1, 2, 3, 4}, B{5, 6, 7, 8};  // [2,2] x [2,2]
+  std::vector<std::int32_t> C(4);
+  gemm_s8s8s32(Trans::N, Trans::N, 2, 2, 2, A.data(), 2, B.data(), 2, C.data(), 2);
+  EXPECT_EQ(C, (std::vector<std::int32_t>{19, 22, 43, 50}));
+  set_kernel_path(KernelPath::optimized);
+}
+
+TEST(GemmInt, BadArgumentsThrow) {
+  std::vector<std::int8_t> A(4), B(4);
+  std::vector<std::uint8_t> Au(4);
+  std::vector<std::int32_t> C(4);
+  EXPECT_THROW(gemm_s8s8s32(Trans::N, Trans::N, -1, 2, 2, A.data(), 2, B.data(), 2, C.data(), 2), ShapeError);
+  EXPECT_THROW(gemm_s8s8s32(Trans::N, Trans::N, 2, 2, 2, A.data(), 1, B.data(), 2, C.data(), 2), ShapeError);
+  EXPECT_THROW(gemm_s8s8s32(Trans::N, Trans::N, 1, 1, kMaxGemmKs8s8 + 1, A.data(), kMaxGemmKs8s8 + 1, B.data(), 1,
+                            C.data(), 1),
+               ValueError);
+  EXPECT_THROW(gemm_u8s8s32(Trans::N, Trans::N, 1, 1, kMaxGemmKu8s8 + 1, Au.data(), kMaxGemmKu8s8 + 1, B.data(), 1,
+                            C.data(), 1),
+               ValueError);
+}
+
+}  // namespace
+}  // namespace shiftq::kernels

@@ -1,0 +1,286 @@
+// ShiftQuant / per-tensor / per-row quantizers: range and packing invariants, exactness of the
+// spec's definitions, optimized kernels bit-exact against the scalar reference, stochastic rounding
+// unbiased and thread-count independent, MSE against per-tensor and ideal per-channel scales.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+
+#include <shiftq/kernels/quantize.hpp>
+#include <shiftq/quant/qtensor.hpp>
+#include <shiftq/shiftq.hpp>
+
+namespace shiftq::quant {
+namespace {
+
+// G[rows, cols] = U(-1, 1) * range[c]: the inner axis (columns = channels) spans many octaves.
+Tensor channel_spread(std::int64_t rows, std::int64_t cols, const std::vector<float>& range, Generator& gen) {
+  Tensor g = Tensor::empty({rows, cols});
+  float* p = g.data<float>();
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 0; c < cols; ++c) p[r * cols + c] = gen.uniform(-1.0f, 1.0f) * range[c];
+  return g;
+}
+
+std::vector<float> log_uniform_ranges(std::int64_t n, float lo_exp, float hi_exp, Generator& gen) {
+  std::vector<float> r(n);
+  for (auto& v : r) v = std::exp2(gen.uniform(lo_exp, hi_exp));
+  return r;
+}
+
+double mse(const Tensor& a, const Tensor& b) {
+  const float* pa = a.data<float>();
+  const float* pb = b.data<float>();
+  double acc = 0.0;
+  for (std::int64_t i = 0; i < a.numel(); ++i) acc += (double(pa[i]) - pb[i]) * (double(pa[i]) - pb[i]);
+  return acc / static_cast<double>(a.numel());
+}
+
+// Ideal per-channel quantization: one float scale per column (what group quantization approaches).
+Tensor ideal_per_channel(const Tensor& g, int bits, Rounding rounding, std::uint64_t seed) {
+  const std::int64_t R = g.size(0), C = g.size(1);
+  const float qmax = static_cast<float>((1 << (bits - 1)) - 1);
+  Tensor out = Tensor::empty({R, C});
+  const float* p = g.data<float>();
+  float* o = out.data<float>();
+  Generator gen(seed);
+  for (std::int64_t c = 0; c < C; ++c) {
+    float m = 0.0f;
+    for (std::int64_t r = 0; r < R; ++r) m = std::max(m, std::fabs(p[r * C + c]));
+    const float s = m > 0 ? m / qmax : 1.0f;
+    for (std::int64_t r = 0; r < R; ++r) {
+      const float y = p[r * C + c] / s;
+      const float q = rounding == Rounding::stochastic ? std::floor(y + gen.uniform()) : std::nearbyint(y);
+      o[r * C + c] = std::min(qmax, std::max(-qmax, q)) * s;
+    }
+  }
+  return out;
+}
+
+void check_invariants(const Tensor& x, const QTensor& q) {
+  const std::int64_t R = x.size(0), C = x.size(1);
+  const int S = q.shift_budget, qmax = q.qmax();
+  const bool on_cols = q.inner_axis == 1;
+  const std::int64_t inner_len = on_cols ? C : R;
+  const float* px = x.data<float>();
+  const std::int8_t* v = q.codes.data<std::int8_t>();
+  const std::int8_t* e = q.exponents.data<std::int8_t>();
+  // Inner ranges and the exponent definition: 2^e r_k in (m/2, m] unless capped at S.
+  std::vector<float> r(inner_len, 0.0f);
+  for (std::int64_t i = 0; i < R; ++i)
+    for (std::int64_t j = 0; j < C; ++j) {
+      float& slot = r[on_cols ? j : i];
+      slot = std::max(slot, std::fabs(px[i * C + j]));
+    }
+  const float m = *std::max_element(r.begin(), r.end());
+  for (std::int64_t k = 0; k < inner_len; ++k) {
+    ASSERT_GE(e[k], 0);
+    ASSERT_LE(e[k], S);
+    if (r[k] == 0.0f) {
+      EXPECT_EQ(e[k], S);
+      continue;
+    }
+    const double scaled = std::ldexp(static_cast<double>(r[k]), e[k]);
+    EXPECT_LE(scaled, m) << "k=" << k;
+    if (e[k] < S) EXPECT_GT(scaled, m / 2.0) << "k=" << k;
+    else EXPECT_LE(std::ldexp(static_cast<double>(r[k]), S), m);
+  }
+  // Packing: |v| <= qmax 2^S <= 127 and v is a multiple of 2^(S - e).
+  for (std::int64_t i = 0; i < R; ++i)
+    for (std::int64_t j = 0; j < C; ++j) {
+      const int val = v[i * C + j], ek = e[on_cols ? j : i];
+      ASSERT_LE(std::abs(val), qmax << S);
+      ASSERT_EQ(val % (1 << (S - ek)), 0) << "v=" << val << " e=" << ek;
+    }
+}
+
+TEST(Quantize, InvariantsForEveryBitWidthBudgetAxisAndOuterScale) {
+  Generator gen(1);
+  const Tensor x = channel_spread(37, 29, log_uniform_ranges(29, -8, 0, gen), gen);
+  for (int bits = 2; bits <= 8; ++bits)
+    for (int S = 0; bits + S <= 8; ++S)
+      for (int axis : {0, 1})
+        for (OuterScale outer : {OuterScale::per_index, OuterScale::per_tensor})
+          for (Rounding rounding : {Rounding::nearest_even, Rounding::stochastic}) {
+            SCOPED_TRACE(testing::Message() << "b=" << bits << " S=" << S << " axis=" << axis);
+            const QTensor q = quantize(x, QuantizeParams::shiftquant(bits, S, axis, outer).with_rounding(rounding, {7, 1, 2}));
+            check_invariants(x, q);
+          }
+}
+
+TEST(Quantize, NearestRoundingErrorIsAtMostHalfAStep) {
+  // X^ = s 2^-e q with q = round(X 2^e / s): |X^ - X| <= s 2^-e / 2 per element.
+  Generator gen(2);
+  const Tensor x = channel_spread(64, 48, log_uniform_ranges(48, -10, 2, gen), gen);
+  for (int axis : {0, 1}) {
+    const QTensor q = quantize(x, QuantizeParams::shiftquant(4, 4, axis));
+    const Tensor xh = q.dequantize();
+    const float* s = q.scales.data<float>();
+    const std::int8_t* e = q.exponents.data<std::int8_t>();
+    for (std::int64_t i = 0; i < 64; ++i)
+      for (std::int64_t j = 0; j < 48; ++j) {
+        const float scale = axis == 1 ? s[i] : s[j];
+        const int ek = axis == 1 ? e[j] : e[i];
+        const double step = std::ldexp(static_cast<double>(scale), -ek);
+        ASSERT_LE(std::fabs(xh.at({i, j}) - x.at({i, j})), 0.5 * step * (1 + 1e-5)) << i << "," << j;
+      }
+  }
+}
+
+TEST(Quantize, PerRowAndPerTensorAreTheSZeroCases) {
+  Generator gen(3);
+  const Tensor x = Tensor::randn({9, 13}, gen);
+  const QTensor pt = quantize(x, QuantizeParams::per_tensor(8));
+  const QTensor pr = quantize(x, QuantizeParams::per_row(8));
+  EXPECT_EQ(pt.scales.numel(), 1);
+  EXPECT_EQ(pr.scales.numel(), 9);
+  float m = 0.0f;
+  for (float v : x.to_vector<float>()) m = std::max(m, std::fabs(v));
+  EXPECT_FLOAT_EQ(pt.scales.item(), m / 127.0f);
+  for (std::int64_t r = 0; r < 9; ++r) {
+    float row_max = 0.0f;
+    for (std::int64_t c = 0; c < 13; ++c) row_max = std::max(row_max, std::fabs(x.at({r, c})));
+    EXPECT_FLOAT_EQ(pr.scales.data<float>()[r], row_max / 127.0f);
+    int code_max = 0;
+    for (std::int64_t c = 0; c < 13; ++c) code_max = std::max(code_max, std::abs(int{pr.codes.data<std::int8_t>()[r * 13 + c]}));
+    EXPECT_EQ(code_max, 127);  // each row uses the full range
+  }
+}
+
+TEST(Quantize, AllZeroInputGivesZeroCodes) {
+  const QTensor q = quantize(Tensor::zeros({4, 5}), QuantizeParams::shiftquant(4, 4));
+  for (std::int8_t v : q.codes.to_vector<std::int8_t>()) EXPECT_EQ(v, 0);
+  for (float v : q.dequantize().to_vector<float>()) EXPECT_EQ(v, 0.0f);
+}
+
+TEST(Quantize, OptimizedKernelsBitExactAgainstReference) {
+  Generator gen(4);
+  for (auto [R, C] : {std::pair<std::int64_t, std::int64_t>{1, 1}, {3, 17}, {17, 3}, {130, 1001}, {1024, 64}}) {
+    const Tensor x = channel_spread(R, C, log_uniform_ranges(C, -12, 3, gen), gen);
+    for (int axis : {0, 1})
+      for (Rounding rounding : {Rounding::nearest_even, Rounding::stochastic}) {
+        const QuantizeParams p = QuantizeParams::shiftquant(4, 4, axis).with_rounding(rounding, {1, 2, 3});
+        kernels::set_kernel_path(kernels::KernelPath::reference);
+        const QTensor ref = quantize(x, p);
+        kernels::set_kernel_path(kernels::KernelPath::optimized);
+        const QTensor fast = quantize(x, p);
+        EXPECT_EQ(fast.codes.to_vector<std::int8_t>(), ref.codes.to_vector<std::int8_t>())
+            << "R=" << R << " C=" << C << " axis=" << axis << " isa=" << kernels::quantize_isa_name();
+        EXPECT_EQ(fast.scales.to_vector<float>(), ref.scales.to_vector<float>());
+      }
+  }
+}
+
+TEST(Quantize, StochasticRoundingIsUnbiased) {
+  // Mean of the dequantized values over many independent keys -> x. The per-draw error lies in
+  // (-step, step), so the mean of n draws is within 5 * step / (2 sqrt(n)) except with tiny probability.
+  Generator gen(5);
+  const std::int64_t R = 16, C = 32, n = 2000;
+  const Tensor x = channel_spread(R, C, log_uniform_ranges(C, -6, 0, gen), gen);
+  std::vector<double> acc(R * C, 0.0);
+  QTensor q;
+  for (std::int64_t t = 0; t < n; ++t) {
+    q = quantize(x, QuantizeParams::shiftquant(4, 4, 1).with_rounding(Rounding::stochastic, {9, static_cast<std::uint64_t>(t), 0}));
+    const Tensor xh = q.dequantize();
+    for (std::int64_t i = 0; i < R * C; ++i) acc[i] += xh.data<float>()[i];
+  }
+  double bias_sum = 0.0;
+  for (std::int64_t i = 0; i < R; ++i)
+    for (std::int64_t j = 0; j < C; ++j) {
+      const double step = std::ldexp(static_cast<double>(q.scales.data<float>()[i]), -q.exponents.data<std::int8_t>()[j]);
+      const double mean = acc[i * C + j] / n, err = mean - x.at({i, j});
+      EXPECT_LE(std::fabs(err), 5.0 * step / (2.0 * std::sqrt(double(n))) + 1e-7) << i << "," << j;
+      bias_sum += err / step;
+    }
+  // Average normalized bias over all 512 elements: ~N(0, 1/(4 n 512)); bound at 5 sigma.
+  EXPECT_LE(std::fabs(bias_sum / (R * C)), 5.0 / (2.0 * std::sqrt(double(n) * R * C)));
+}
+
+TEST(Quantize, StochasticRoundingIndependentOfThreadCount) {
+  Generator gen(6);
+  const Tensor x = channel_spread(512, 256, log_uniform_ranges(256, -8, 0, gen), gen);  // large: parallel split
+  const QuantizeParams p = QuantizeParams::shiftquant(4, 4, 1).with_rounding(Rounding::stochastic, {3, 4, 5});
+  const int previous = get_num_threads();
+  set_num_threads(1);
+  const QTensor one = quantize(x, p);
+  set_num_threads(2);
+  const QTensor two = quantize(x, p);
+  set_num_threads(previous);
+  EXPECT_EQ(one.codes.to_vector<std::int8_t>(), two.codes.to_vector<std::int8_t>());
+  // Different steps give different draws.
+  QuantizeParams next = p;
+  next.key.step = 5;
+  EXPECT_NE(quantize(x, next).codes.to_vector<std::int8_t>(), one.codes.to_vector<std::int8_t>());
+}
+
+struct MseRatios {
+  double vs_per_tensor, vs_ideal;
+};
+
+MseRatios mse_ratios(const Tensor& g, int bits, int S, Rounding rounding) {
+  const QTensor sq = quantize(g, QuantizeParams::shiftquant(bits, S, 1).with_rounding(rounding, {1, 0, 0}));
+  const QTensor pt = quantize(g, QuantizeParams::per_tensor(bits).with_rounding(rounding, {1, 0, 1}));
+  const double e_sq = mse(sq.dequantize(), g), e_pt = mse(pt.dequantize(), g);
+  const double e_ideal = mse(ideal_per_channel(g, bits, rounding, 2), g);
+  return {e_pt / e_sq, e_sq / e_ideal};
+}
+
+TEST(Quantize, ShiftQuantMseOnLogUniformChannels) {
+  // (a) G[1024, 512], channel ranges log-uniform over 2^-8..1; 4 bits, S = 4.
+  Generator gen(7);
+  const Tensor g = channel_spread(1024, 512, log_uniform_ranges(512, -8, 0, gen), gen);
+  for (Rounding rounding : {Rounding::stochastic, Rounding::nearest_even}) {
+    const MseRatios r = mse_ratios(g, 4, 4, rounding);
+    std::printf("[ratios] (a) %s: per-tensor/ShiftQuant = %.2f, ShiftQuant/ideal = %.2f\n",
+                rounding == Rounding::stochastic ? "stochastic" : "nearest", r.vs_per_tensor, r.vs_ideal);
+    EXPECT_GE(r.vs_per_tensor, 3.0);
+    EXPECT_LE(r.vs_ideal, 2.0);
+  }
+}
+
+TEST(Quantize, ShiftQuantMseWithOutlierChannels) {
+  // (b) 2 outlier channels at range 1, the rest log-uniform over 2^-8..2^-4; 4 bits, S = 4.
+  Generator gen(8);
+  std::vector<float> ranges = log_uniform_ranges(512, -8, -4, gen);
+  ranges[0] = ranges[1] = 1.0f;
+  const Tensor g = channel_spread(1024, 512, ranges, gen);
+  for (Rounding rounding : {Rounding::stochastic, Rounding::nearest_even}) {
+    const MseRatios r = mse_ratios(g, 4, 4, rounding);
+    std::printf("[ratios] (b) %s: per-tensor/ShiftQuant = %.2f, ShiftQuant/ideal = %.2f\n",
+                rounding == Rounding::stochastic ? "stochastic" : "nearest", r.vs_per_tensor, r.vs_ideal);
+    EXPECT_GE(r.vs_per_tensor, 12.0);
+    EXPECT_LE(r.vs_ideal, 2.0);
+  }
+  // At 6 bits the int8 budget allows only S = 2: outliers 2^4..2^8 apart cannot all be shifted up,
+  // and ShiftQuant falls well behind ideal group scales (what an int16 path would lift).
+  const MseRatios six = mse_ratios(g, 6, 2, Rounding::stochastic);
+  std::printf("[ratios] (b) 6-bit S=2 stochastic: per-tensor/ShiftQuant = %.2f, ShiftQuant/ideal = %.2f\n",
+              six.vs_per_tensor, six.vs_ideal);
+  EXPECT_GT(six.vs_ideal, 3.0);
+}
+
+TEST(Quantize, BadInputThrows) {
+  Generator gen(9);
+  const Tensor x = Tensor::randn({4, 4}, gen);
+  EXPECT_THROW(quantize(x, QuantizeParams::per_tensor(1)), ValueError);
+  EXPECT_THROW(quantize(x, QuantizeParams::per_tensor(9)), ValueError);
+  EXPECT_THROW(quantize(x, QuantizeParams::shiftquant(4, 5)), ValueError);   // b + S > 8
+  EXPECT_THROW(quantize(x, QuantizeParams::shiftquant(4, -1)), ValueError);
+  EXPECT_THROW(quantize(x, QuantizeParams::shiftquant(4, 2, 2)), ValueError);  // axis
+  EXPECT_THROW(quantize(Tensor::zeros({0, 4}), QuantizeParams::per_tensor(8)), ShapeError);
+  EXPECT_THROW(quantize(Tensor::zeros({8}), QuantizeParams::per_tensor(8)), ShapeError);
+  EXPECT_THROW(quantize(Tensor::zeros({2, 2}, DType::s32), QuantizeParams::per_tensor(8)), DTypeError);
+  for (float bad : {NAN, INFINITY, -INFINITY}) {
+    Tensor y = x.clone();
+    y.data<float>()[5] = bad;
+    try {
+      quantize(y, QuantizeParams::shiftquant(4, 4), "fc1.grad");
+      ADD_FAILURE() << "no exception for " << bad;
+    } catch (const NumericError& e) {
+      EXPECT_NE(std::string(e.what()).find("fc1.grad"), std::string::npos) << e.what();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace shiftq::quant
