@@ -88,9 +88,10 @@ void BM_Gemm_u8s8s32(benchmark::State& state) {
   report_gemm(state, s);
 }
 
-// W: [N, K] quantized for op(B) = W^T: groups along K (inner_axis 1), one scale per output channel.
+// W: [N, K] quantized for op(B) = W^T: groups along K (inner_axis 1), one scale per output channel,
+// with the sums that give the u8 GEMM's compensation.
 quant::QTensor quantize_weights(const Tensor& w) {
-  return quant::quantize(w, quant::QuantizeParams::shiftquant(4, 4, 1));
+  return quant::quantize(w, quant::QuantizeParams::shiftquant(4, 4, 1)).compute_sums();
 }
 
 void BM_Gemm_shiftquant(benchmark::State& state) {
@@ -102,7 +103,9 @@ void BM_Gemm_shiftquant(benchmark::State& state) {
   std::uint64_t step = 0;
   for (auto _ : state) {
     const quant::QTensor xq = quant::quantize(
-        x, quant::QuantizeParams::shiftquant(4, 4, 1).with_rounding(quant::Rounding::stochastic, {1, step++, 0}));
+        x, quant::QuantizeParams::shiftquant(4, 4, 1)
+               .with_rounding(quant::Rounding::stochastic, {1, step++, 0})
+               .with_unsigned_codes());
     const Tensor y = quant::shiftmm(xq, Trans::N, wq, Trans::T);
     benchmark::DoNotOptimize(y.data<float>());
   }

@@ -12,11 +12,11 @@ namespace shiftq {
 
 // ---- Storage ----------------------------------------------------------------------------------
 
-Storage::Storage(std::size_t nbytes) : nbytes_(nbytes) {
-  const std::size_t padded = ((nbytes + 63) / 64) * 64;  // aligned_alloc needs a multiple of 64
-  data_ = std::aligned_alloc(64, padded == 0 ? 64 : padded);
+Storage::Storage(std::size_t nbytes, bool zero_fill) : nbytes_(nbytes) {
+  const std::size_t padded = nbytes == 0 ? 64 : ((nbytes + 63) / 64) * 64;  // aligned_alloc: multiple of 64
+  data_ = std::aligned_alloc(64, padded);
   if (data_ == nullptr) throw std::bad_alloc();
-  std::memset(data_, 0, padded == 0 ? 64 : padded);
+  if (zero_fill) std::memset(data_, 0, padded);
 }
 
 Storage::~Storage() { std::free(data_); }
@@ -29,6 +29,11 @@ Tensor::Tensor(std::shared_ptr<Storage> storage, Shape shape, DType dtype)
 Tensor Tensor::empty(const Shape& shape, DType dtype) {
   const std::int64_t n = shape_numel(shape);
   return Tensor(std::make_shared<Storage>(static_cast<std::size_t>(n) * dtype_size(dtype)), shape, dtype);
+}
+
+Tensor Tensor::uninitialized(const Shape& shape, DType dtype) {
+  const std::int64_t n = shape_numel(shape);
+  return Tensor(std::make_shared<Storage>(static_cast<std::size_t>(n) * dtype_size(dtype), false), shape, dtype);
 }
 
 Tensor Tensor::zeros(const Shape& shape, DType dtype) { return empty(shape, dtype); }

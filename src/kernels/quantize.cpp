@@ -65,7 +65,7 @@ void quantize_pack_f32_s8_ref(const QuantizePackArgs& a, std::int64_t r0, std::i
       const float q = a.stochastic
                           ? std::floor(y + stochastic_uniform(a.key, static_cast<std::uint64_t>(r * a.cols + c)))
                           : std::nearbyint(y);
-      a.out[r * a.cols + c] = static_cast<std::int8_t>(std::lrint((q * a.row_pack[r]) * a.col_pack[c]));
+      a.out[r * a.cols + c] = static_cast<std::int8_t>(static_cast<std::int32_t>(std::lrint((q * a.row_pack[r]) * a.col_pack[c])) ^ a.xor_mask);
     }
 }
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "detail/parallel.hpp"
@@ -132,7 +133,7 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
   q.shift_budget = S;
   q.inner_axis = p.inner_axis;
   q.outer = p.outer;
-  q.codes = Tensor::zeros({R, C}, DType::s8);
+  const DType code_type = p.unsigned_codes ? DType::u8 : DType::s8;
   q.exponents = Tensor::empty({inner_len}, DType::s8);
   q.scales = Tensor::ones({p.outer == OuterScale::per_tensor ? 1 : outer_len});
 
@@ -145,27 +146,31 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
     pow_e[k] = std::ldexp(1.0f, e);
     pack[k] = std::ldexp(1.0f, S - e);
   }
-  if (m == 0.0f) return q;  // all zero
+  if (m == 0.0f) {  // all zero: v = 0
+    q.codes = Tensor::empty({R, C}, code_type);
+    if (p.unsigned_codes) std::memset(q.codes.data<std::uint8_t>(), 0x80, static_cast<std::size_t>(R * C));
+    return q;
+  }
+  q.codes = Tensor::uninitialized({R, C}, code_type);
 
-  // 3. Outer scales: s = max(|x| * 2^e) / qmax over each outer index (or the whole tensor).
-  std::vector<float> outer_max;
-  if (p.outer == OuterScale::per_tensor) {
+  // 3. Outer scales s = max(|x| * 2^e) / qmax, and 4. v = round(x * 2^e / s) * 2^(S - e), computed
+  // as y = (x * row_mul) * col_mul, v = (q * row_pack) * col_pack.
+  float* scales = q.scales.data<float>();
+  std::vector<float> inv_scale(outer_len, 1.0f);
+  auto set_scale = [&](std::int64_t i, float outer_max) {
+    scales[i] = outer_max > 0.0f ? outer_max / qmax : 1.0f;
+    inv_scale[i] = 1.0f / scales[i];
+  };
+  const bool per_tensor = p.outer == OuterScale::per_tensor;
+  if (per_tensor) {
     float mx = 0.0f;
     for (std::int64_t k = 0; k < inner_len; ++k) mx = std::max(mx, ranges[k] * pow_e[k]);
-    outer_max.assign(1, mx);
-  } else {
-    outer_max = groups_on_cols ? row_absmax(px, R, C, pow_e.data(), finite)
-                               : column_absmax(px, R, C, pow_e.data(), finite);
+    set_scale(0, mx);
+    std::fill(inv_scale.begin(), inv_scale.end(), inv_scale[0]);
+  } else if (!groups_on_cols) {  // one scale per column: needs every row first
+    const std::vector<float> col_max = column_absmax(px, R, C, pow_e.data(), finite);
+    for (std::int64_t c = 0; c < C; ++c) set_scale(c, col_max[c]);
   }
-  float* scales = q.scales.data<float>();
-  std::vector<float> inv_scale(outer_len);
-  for (std::size_t i = 0; i < outer_max.size(); ++i) {
-    scales[i] = outer_max[i] > 0.0f ? outer_max[i] / qmax : 1.0f;
-    inv_scale[i] = 1.0f / scales[i];
-  }
-  if (p.outer == OuterScale::per_tensor) std::fill(inv_scale.begin(), inv_scale.end(), inv_scale[0]);
-
-  // 4. v = round(x * 2^e / s) * 2^(S - e), as y = (x * row_mul) * col_mul, v = (q * row_pack) * col_pack.
   const std::vector<float> ones_outer(outer_len, 1.0f);
   kernels::QuantizePackArgs args{};
   args.x = px;
@@ -178,22 +183,65 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
   args.qmax = qmax;
   args.stochastic = p.rounding == Rounding::stochastic;
   args.key = p.key.derive();
-  args.out = q.codes.data<std::int8_t>();
+  args.xor_mask = p.unsigned_codes ? 0x80 : 0x00;
+  args.out = p.unsigned_codes ? reinterpret_cast<std::int8_t*>(q.codes.data<std::uint8_t>()) : q.codes.data<std::int8_t>();
   const bool reference = kernels::kernel_path() == kernels::KernelPath::reference;
+  const bool fused_row_scales = groups_on_cols && !per_tensor;
+  std::vector<float> row_max(fused_row_scales ? R : 0);
+  // Rows go in tiles of ~16 KiB of input: per-row scales are taken while the tile is in L1.
+  const std::int64_t tile = std::max<std::int64_t>(1, 4096 / C);
   for_row_blocks(R, C, [&](std::int64_t r0, std::int64_t r1) {
-    if (reference)
-      kernels::quantize_pack_f32_s8_ref(args, r0, r1);
-    else
-      kernels::quantize_pack_f32_s8(args, r0, r1);
+    for (std::int64_t t0 = r0; t0 < r1; t0 += tile) {
+      const std::int64_t t1 = std::min(r1, t0 + tile);
+      if (fused_row_scales) {
+        kernels::absmax_rows_f32(px, t0, t1, C, pow_e.data(), row_max.data());
+        for (std::int64_t r = t0; r < t1; ++r) set_scale(r, row_max[r]);
+      }
+      if (reference)
+        kernels::quantize_pack_f32_s8_ref(args, t0, t1);
+      else
+        kernels::quantize_pack_f32_s8(args, t0, t1);
+    }
   });
   return q;
 }
 
+Tensor QTensor::signed_codes() const {
+  if (!unsigned_codes()) return codes;
+  Tensor out = Tensor::uninitialized(codes.shape(), DType::s8);
+  const std::uint8_t* src = codes.data<std::uint8_t>();
+  std::int8_t* dst = out.data<std::int8_t>();
+  detail::parallel_for(codes.numel(), 1 << 16, [&](std::int64_t i0, std::int64_t i1) {
+    for (std::int64_t i = i0; i < i1; ++i) dst[i] = static_cast<std::int8_t>(src[i] ^ 0x80u);
+  });
+  return out;
+}
+
+QTensor& QTensor::compute_sums() {
+  const Tensor v = signed_codes();
+  const std::int64_t R = rows(), C = cols();
+  row_sums = Tensor::empty({R}, DType::s32);
+  col_sums = Tensor::empty({C}, DType::s32);
+  const std::int8_t* pv = v.data<std::int8_t>();
+  std::int32_t* rs = row_sums.data<std::int32_t>();
+  std::int32_t* cs = col_sums.data<std::int32_t>();
+  for (std::int64_t r = 0; r < R; ++r) {
+    std::int32_t acc = 0;
+    for (std::int64_t c = 0; c < C; ++c) {
+      acc += pv[r * C + c];
+      cs[c] += pv[r * C + c];
+    }
+    rs[r] = acc;
+  }
+  return *this;
+}
+
 Tensor QTensor::dequantize() const {
-  check_dtype(codes, DType::s8, "QTensor::dequantize", "codes");
+  const Tensor v = signed_codes();
+  check_dtype(v, DType::s8, "QTensor::dequantize", "codes");
   const std::int64_t R = rows(), C = cols();
   Tensor out = Tensor::empty({R, C});
-  const std::int8_t* v = codes.data<std::int8_t>();
+  const std::int8_t* pv = v.data<std::int8_t>();
   const float* s = scales.data<float>();
   const float shift = std::ldexp(1.0f, -shift_budget);
   float* o = out.data<float>();
@@ -201,7 +249,7 @@ Tensor QTensor::dequantize() const {
   for (std::int64_t r = 0; r < R; ++r)
     for (std::int64_t c = 0; c < C; ++c) {
       const float scale = axis < 0 ? s[0] : (axis == 0 ? s[r] : s[c]);
-      o[r * C + c] = scale * shift * static_cast<float>(v[r * C + c]);
+      o[r * C + c] = scale * shift * static_cast<float>(pv[r * C + c]);
     }
   return out;
 }

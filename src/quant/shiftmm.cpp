@@ -1,5 +1,6 @@
 #include "shiftq/quant/shiftmm.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -8,31 +9,43 @@
 
 namespace shiftq::quant {
 namespace {
-// -128 * sum_k op(B)[k, n]: compensates A stored as u8 = v + 128.
-std::vector<std::int32_t> u8_compensation(const std::int8_t* B, Trans tb, std::int64_t K, std::int64_t N) {
+// -128 * sum_k op(B)[k, n]: compensates A stored as u8 = v + 128. Uses B's precomputed sums when
+// it has them (weights packed once per step).
+std::vector<std::int32_t> u8_compensation(const QTensor& b, const std::int8_t* B, Trans tb, std::int64_t K,
+                                          std::int64_t N) {
+  const Tensor& cached = tb == Trans::N ? b.col_sums : b.row_sums;
   std::vector<std::int32_t> sums(N, 0);
-  if (tb == Trans::N) {  // B: [K, N]
+  if (cached.defined() && cached.numel() == N) {
+    std::copy_n(cached.data<std::int32_t>(), N, sums.begin());
+  } else if (tb == Trans::N) {  // B: [K, N]
     for (std::int64_t k = 0; k < K; ++k)
       for (std::int64_t n = 0; n < N; ++n) sums[n] += B[k * N + n];
   } else {  // B: [N, K]
-    for (std::int64_t n = 0; n < N; ++n) {
-      std::int32_t s = 0;
-      for (std::int64_t k = 0; k < K; ++k) s += B[n * K + k];
-      sums[n] = s;
-    }
+    detail::parallel_for(N, 64, [&](std::int64_t n0, std::int64_t n1) {
+      for (std::int64_t n = n0; n < n1; ++n) {
+        std::int32_t acc = 0;
+        for (std::int64_t k = 0; k < K; ++k) acc += B[n * K + k];
+        sums[n] = acc;
+      }
+    });
   }
-  for (auto& s : sums) s *= -128;
+  for (auto& v : sums) v *= -128;
   return sums;
 }
 
 void check_operand(const QTensor& q, const char* which) {
-  check_dtype(q.codes, DType::s8, "shiftmm", which);
+  check_defined(q.codes, "shiftmm", which);
+  SHIFTQ_CHECK(q.codes.dtype() == DType::s8 || q.codes.dtype() == DType::u8, DTypeError, "shiftmm: operand ", which,
+               " codes must be s8 or u8, got ", q.codes.str());
   SHIFTQ_CHECK(q.codes.dim() == 2, ShapeError, "shiftmm: operand ", which, " must be 2-D, got ", q.codes.str());
   check_dtype(q.scales, DType::f32, "shiftmm", which);
 }
-}  // namespace
 
-ShiftMMResult shiftmm_s32(const QTensor& a, Trans ta, const QTensor& b, Trans tb) {
+struct GemmShape {
+  std::int64_t M, N, K;
+};
+
+GemmShape check_operands(const QTensor& a, Trans ta, const QTensor& b, Trans tb) {
   check_operand(a, "a");
   check_operand(b, "b");
   const std::int64_t M = ta == Trans::N ? a.rows() : a.cols(), K = ta == Trans::N ? a.cols() : a.rows();
@@ -48,50 +61,71 @@ ShiftMMResult shiftmm_s32(const QTensor& a, Trans ta, const QTensor& b, Trans tb
                tb == Trans::N ? 0 : 1, " (power-of-two groups along K) instead");
   SHIFTQ_CHECK(K <= kernels::kMaxGemmKs8s8, ValueError, "shiftmm: K=", K, " exceeds ", kernels::kMaxGemmKs8s8,
                ", the largest contraction whose int32 accumulation cannot overflow");
+  return {M, N, K};
+}
 
+// acc[M, N] = sum_k vA vB into `c` (ldc = N).
+void integer_product(const QTensor& a, Trans ta, const QTensor& b, Trans tb, const GemmShape& s, std::int32_t* c) {
+  const Tensor vb = b.signed_codes();
+  const std::int8_t* pb = vb.data<std::int8_t>();
+  const std::int64_t lda = a.cols(), ldb = b.cols();
+  const bool u8_path = kernels::kernel_path() == kernels::KernelPath::optimized &&
+                       kernels::cpu_has_int8_dot_product() && s.K <= kernels::kMaxGemmKu8s8;
+  if (!u8_path) {
+    const Tensor va = a.signed_codes();
+    kernels::gemm_s8s8s32(ta, tb, s.M, s.N, s.K, va.data<std::int8_t>(), lda, pb, ldb, c, s.N);
+    return;
+  }
+  // oneDNN's fastest int8 GEMM takes an unsigned A: A as u8 = v + 128 (quantize it that way to skip
+  // the conversion), with 128 * colsum(B) subtracted through the GEMM's column offsets. Exact.
+  Tensor a_u8 = a.codes;
+  if (!a.unsigned_codes()) {
+    a_u8 = Tensor::uninitialized(a.codes.shape(), DType::u8);
+    const std::uint8_t* src = reinterpret_cast<const std::uint8_t*>(a.codes.data<std::int8_t>());
+    std::uint8_t* dst = a_u8.data<std::uint8_t>();
+    detail::parallel_for(a.codes.numel(), 1 << 16, [&](std::int64_t i0, std::int64_t i1) {
+      for (std::int64_t i = i0; i < i1; ++i) dst[i] = src[i] ^ 0x80u;
+    });
+  }
+  const std::vector<std::int32_t> offsets = u8_compensation(b, pb, tb, s.K, s.N);
+  kernels::gemm_u8s8s32(ta, tb, s.M, s.N, s.K, a_u8.data<std::uint8_t>(), lda, pb, ldb, c, s.N, offsets.data());
+}
+}  // namespace
+
+ShiftMMResult shiftmm_s32(const QTensor& a, Trans ta, const QTensor& b, Trans tb) {
+  const GemmShape s = check_operands(a, ta, b, tb);
   ShiftMMResult out;
-  out.acc = Tensor::empty({M, N}, DType::s32);
+  out.acc = Tensor::uninitialized({s.M, s.N}, DType::s32);
   out.row_scale = a.scales;
   out.col_scale = b.scales;
   out.shift_scale = std::ldexp(1.0f, -(a.shift_budget + b.shift_budget));
-  const std::int64_t lda = a.cols(), ldb = b.cols();
-  const std::int8_t* pa = a.codes.data<std::int8_t>();
-  const std::int8_t* pb = b.codes.data<std::int8_t>();
-  std::int32_t* pc = out.acc.data<std::int32_t>();
-  const bool u8_path = kernels::kernel_path() == kernels::KernelPath::optimized &&
-                       kernels::cpu_has_int8_dot_product() && K <= kernels::kMaxGemmKu8s8;
-  if (!u8_path) {
-    kernels::gemm_s8s8s32(ta, tb, M, N, K, pa, lda, pb, ldb, pc, N);
-    return out;
-  }
-  // oneDNN's fastest int8 GEMM takes an unsigned A: store A as v + 128 (= v ^ 0x80) and subtract
-  // 128 * colsum(B) through the GEMM's column offsets. Exact: the sum is the same integer.
-  Tensor a_u8 = Tensor::empty(a.codes.shape(), DType::u8);
-  const std::uint8_t* src = reinterpret_cast<const std::uint8_t*>(pa);
-  std::uint8_t* dst = a_u8.data<std::uint8_t>();
-  detail::parallel_for(a.codes.numel(), 1 << 16, [&](std::int64_t i0, std::int64_t i1) {
-    for (std::int64_t i = i0; i < i1; ++i) dst[i] = src[i] ^ 0x80u;
-  });
-  const std::vector<std::int32_t> offsets = u8_compensation(pb, tb, K, N);
-  kernels::gemm_u8s8s32(ta, tb, M, N, K, dst, lda, pb, ldb, pc, N, offsets.data());
+  integer_product(a, ta, b, tb, s, out.acc.data<std::int32_t>());
   return out;
 }
 
 Tensor shiftmm(const QTensor& a, Trans ta, const QTensor& b, Trans tb) {
-  const ShiftMMResult r = shiftmm_s32(a, ta, b, tb);
-  const std::int64_t M = r.acc.size(0), N = r.acc.size(1);
-  Tensor out = Tensor::empty({M, N});
-  const std::int32_t* acc = r.acc.data<std::int32_t>();
-  const float* rs = r.row_scale.data<float>();
-  const float* cs = r.col_scale.data<float>();
-  const bool row_per_index = r.row_scale.numel() > 1 || M == 1, col_per_index = r.col_scale.numel() > 1 || N == 1;
+  const GemmShape s = check_operands(a, ta, b, tb);
+  // The int32 accumulator is written into the output's own storage, then scaled to f32 in place
+  // (each element is read as int32 before the float is stored to the same address).
+  Tensor out = Tensor::uninitialized({s.M, s.N}, DType::f32);
+  std::int32_t* acc = static_cast<std::int32_t*>(static_cast<void*>(out.data<float>()));
+  integer_product(a, ta, b, tb, s, acc);
+  const float* rs = a.scales.data<float>();
+  const float* cs = b.scales.data<float>();
+  const bool row_per_index = a.scale_axis() >= 0, col_per_index = b.scale_axis() >= 0;
+  const float shift = std::ldexp(1.0f, -(a.shift_budget + b.shift_budget));
   float* o = out.data<float>();
   // C = acc * ((s_m * 2^-(S_A+S_B)) * t_n)
-  detail::parallel_for(M, std::max<std::int64_t>(1, 16384 / std::max<std::int64_t>(N, 1)), [&](std::int64_t m0, std::int64_t m1) {
+  detail::parallel_for(s.M, std::max<std::int64_t>(1, 16384 / std::max<std::int64_t>(s.N, 1)),
+                       [&](std::int64_t m0, std::int64_t m1) {
     for (std::int64_t m = m0; m < m1; ++m) {
-      const float row = (row_per_index ? rs[m] : rs[0]) * r.shift_scale;
-      for (std::int64_t n = 0; n < N; ++n)
-        o[m * N + n] = static_cast<float>(acc[m * N + n]) * (row * (col_per_index ? cs[n] : cs[0]));
+      const float row = (row_per_index ? rs[m] : rs[0]) * shift;
+      const std::int32_t* in = acc + m * s.N;
+      float* dst = o + m * s.N;
+      if (col_per_index)
+        for (std::int64_t n = 0; n < s.N; ++n) dst[n] = static_cast<float>(in[n]) * (row * cs[n]);
+      else
+        for (std::int64_t n = 0; n < s.N; ++n) dst[n] = static_cast<float>(in[n]) * (row * cs[0]);
     }
   });
   return out;

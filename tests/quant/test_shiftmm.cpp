@@ -110,6 +110,37 @@ TEST(ShiftMM, ShiftQuantProductBeatsPerTensorOnHeavyTailedGradients) {
   EXPECT_LT(err(QuantizeParams::shiftquant(4, 4, 1)) * 3.0, err(QuantizeParams::per_tensor(4)));
 }
 
+TEST(ShiftMM, UnsignedCodesAndPrecomputedSumsGiveTheSameProduct) {
+  // A quantized straight to u8 (v + 128) and B with cached row/column sums take the fast path's
+  // shortcuts; the result must be identical to the plain s8 operands.
+  Generator gen(5);
+  for (Trans tb : {Trans::N, Trans::T}) {
+    const Tensor A = heavy_tailed(33, 70, gen);
+    const Tensor B = tb == Trans::N ? heavy_tailed(70, 21, gen) : heavy_tailed(21, 70, gen);
+    const QuantizeParams pa = QuantizeParams::shiftquant(4, 4, 1).with_rounding(Rounding::stochastic, {4, 4, 4});
+    const QTensor a_s8 = quantize(A, pa);
+    QuantizeParams pa_u8 = pa;
+    const QTensor a_u8 = quantize(A, pa_u8.with_unsigned_codes());
+    ASSERT_EQ(a_u8.codes.dtype(), DType::u8);
+    EXPECT_EQ(a_u8.signed_codes().to_vector<std::int8_t>(), a_s8.codes.to_vector<std::int8_t>());
+    EXPECT_EQ(a_u8.dequantize().to_vector<float>(), a_s8.dequantize().to_vector<float>());
+    const QTensor b_plain = quantize(B, QuantizeParams::shiftquant(4, 4, tb == Trans::N ? 0 : 1));
+    QTensor b_sums = b_plain;
+    b_sums.compute_sums();
+    const std::vector<float> expected = shiftmm(a_s8, Trans::N, b_plain, tb).to_vector<float>();
+    EXPECT_EQ(shiftmm(a_u8, Trans::N, b_plain, tb).to_vector<float>(), expected);
+    EXPECT_EQ(shiftmm(a_u8, Trans::N, b_sums, tb).to_vector<float>(), expected);
+    EXPECT_EQ(shiftmm(a_s8, Trans::N, b_sums, tb).to_vector<float>(), expected);
+    // The sums themselves.
+    const std::int8_t* v = b_plain.codes.data<std::int8_t>();
+    std::int32_t row0 = 0, col0 = 0;
+    for (std::int64_t c = 0; c < b_plain.cols(); ++c) row0 += v[c];
+    for (std::int64_t r = 0; r < b_plain.rows(); ++r) col0 += v[r * b_plain.cols()];
+    EXPECT_EQ(b_sums.row_sums.data<std::int32_t>()[0], row0);
+    EXPECT_EQ(b_sums.col_sums.data<std::int32_t>()[0], col0);
+  }
+}
+
 TEST(ShiftMM, RejectsScalesAlongTheContractionAxisAndMismatchedShapes) {
   Generator gen(4);
   const Tensor A = Tensor::randn({8, 16}, gen), B = Tensor::randn({16, 4}, gen);

@@ -21,10 +21,10 @@ class Generator;
 class Tensor;
 struct Node;  // autograd graph node, defined in shiftq/autograd/node.hpp
 
-// 64-byte aligned, zero-initialized buffer shared by tensor handles.
+// 64-byte aligned buffer shared by tensor handles, zero-initialized unless asked otherwise.
 class Storage {
  public:
-  explicit Storage(std::size_t nbytes);
+  explicit Storage(std::size_t nbytes, bool zero_fill = true);
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -51,6 +51,8 @@ class Tensor {
 
   // ---- factories (no autograd history) ----
   static Tensor empty(const Shape& shape, DType dtype = DType::f32);  // zero-filled
+  // Contents unspecified: for outputs a kernel overwrites completely (saves a memory pass).
+  static Tensor uninitialized(const Shape& shape, DType dtype = DType::f32);
   static Tensor zeros(const Shape& shape, DType dtype = DType::f32);
   static Tensor ones(const Shape& shape);
   static Tensor full(const Shape& shape, float value);

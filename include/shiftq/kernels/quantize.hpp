@@ -46,7 +46,8 @@ struct QuantizePackArgs {
   float qmax;              // q in [-qmax, qmax]
   bool stochastic;         // q = floor(y + u) with u = stochastic_uniform(key, r * cols + c)
   std::uint64_t key;
-  std::int8_t* out;        // [rows, cols] packed values v
+  std::uint8_t xor_mask;   // 0: store v as s8; 0x80: store v + 128 as u8
+  std::int8_t* out;        // [rows, cols] packed values
 };
 // Nearest-even: q = round(clamp(y, -qmax, qmax)); stochastic: q = floor(clamp(y, -qmax, qmax) + u).
 void quantize_pack_f32_s8(const QuantizePackArgs& args, std::int64_t r0, std::int64_t r1);

@@ -37,6 +37,8 @@ struct QuantizeParams {
   OuterScale outer = OuterScale::per_index;
   Rounding rounding = Rounding::nearest_even;
   StochasticKey key;            // used when rounding == stochastic
+  // Store codes as u8 = v + 128 (the A operand of the fast u8·s8 GEMM) instead of s8 = v.
+  bool unsigned_codes = false;
 
   // The three quantizers of the spec.
   static QuantizeParams per_tensor(int bits);
@@ -48,17 +50,25 @@ struct QuantizeParams {
     key = k;
     return *this;
   }
+  QuantizeParams& with_unsigned_codes(bool on = true) {
+    unsigned_codes = on;
+    return *this;
+  }
   // Throws ValueError for bits outside [2, 8], S < 0, b + S > 8 or inner_axis not 0/1.
   void validate() const;
 };
 
-// An int8 matrix with its metadata. codes: s8 [R, C] packed values v; scales: f32 outer scales
-// ([R] when inner_axis = 1, [C] when inner_axis = 0, [1] per tensor); exponents: s8 e along the
-// inner axis ([C] or [R]), kept for inspection (they are folded into v).
+// An int8 matrix with its metadata. codes: [R, C] packed values, s8 = v or u8 = v + 128;
+// scales: f32 outer scales ([R] when inner_axis = 1, [C] when inner_axis = 0, [1] per tensor);
+// exponents: s8 e along the inner axis ([C] or [R]), kept for inspection (folded into v).
+// row_sums / col_sums: optional s32 sums of v over each row ([R]) / column ([C]), precomputed by
+// compute_sums() for operands reused across GEMMs (weights): they give the u8 GEMM's compensation.
 struct QTensor {
   Tensor codes;
   Tensor scales;
   Tensor exponents;
+  Tensor row_sums;
+  Tensor col_sums;
   int bits = 8;
   int shift_budget = 0;
   int inner_axis = 1;
@@ -69,6 +79,11 @@ struct QTensor {
   // Axis the outer scales run along (0: one per row, 1: one per column), or -1 for per-tensor.
   int scale_axis() const { return outer == OuterScale::per_tensor ? -1 : 1 - inner_axis; }
   int qmax() const { return (1 << (bits - 1)) - 1; }
+  bool unsigned_codes() const { return codes.dtype() == DType::u8; }
+  // The packed values v as s8 (a copy when the codes are stored as u8).
+  Tensor signed_codes() const;
+  // Fills row_sums and col_sums.
+  QTensor& compute_sums();
   // X^[r, c] = s * 2^-S * v[r, c] (f32 [R, C]).
   Tensor dequantize() const;
 };
