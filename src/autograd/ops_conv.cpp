@@ -1,4 +1,5 @@
 // 2-D convolution (im2col + GEMM) and pooling, NCHW.
+#include "detail/conv_layout.hpp"
 #include "ops_util.hpp"
 #include "shiftq/kernels/gemm.hpp"
 #include "shiftq/kernels/im2col.hpp"
@@ -44,53 +45,31 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const C
     detail::check_f32(bias, "conv2d", "bias");
     SHIFTQ_CHECK(bias.shape() == Shape{O}, ShapeError, "conv2d: bias ", bias.str(), " must be [", O, "]");
   }
-  Tensor y_rows = Tensor::empty({N * P, O});
+  Tensor y_rows = Tensor::uninitialized({N * P, O});
   {
     const Tensor cols = im2col_batch(g, x);
     // y_rows: [N*P, O] = cols: [N*P, patch] · W^T
     kernels::gemm_f32(Trans::N, Trans::T, N * P, O, patch, 1.0f, cols.data<float>(), patch,
                       weight.data<float>(), patch, 0.0f, y_rows.data<float>(), O);
   }
-  Tensor out = Tensor::empty({N, O, g.out_h(), g.out_w()});
-  const float* pr = y_rows.data<float>();
-  const float* pb = bias.defined() ? bias.data<float>() : nullptr;
-  float* po = out.data<float>();
-  detail::parallel_for(N, 1, [&](std::int64_t b, std::int64_t e) {
-    for (std::int64_t n = b; n < e; ++n)
-      for (std::int64_t p = 0; p < P; ++p)
-        for (std::int64_t o = 0; o < O; ++o)
-          po[(n * O + o) * P + p] = pr[(n * P + p) * O + o] + (pb ? pb[o] : 0.0f);
-  });
+  Tensor out = detail::rows_to_nchw(y_rows, bias, N, O, g.out_h(), g.out_w());
   const bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
   return record("conv2d", out, {&x, &weight, &bias},
                 [x = x.detach(), w = weight.detach(), g, gx, gw, gb, N, O, P, patch](const Tensor& grad) {
-    // grad: [N, O, P] -> g_rows: [N*P, O]
-    Tensor g_rows = Tensor::empty({N * P, O});
-    const float* pg = grad.data<float>();
-    float* pgr = g_rows.data<float>();
-    detail::parallel_for(N, 1, [&](std::int64_t b, std::int64_t e) {
-      for (std::int64_t n = b; n < e; ++n)
-        for (std::int64_t o = 0; o < O; ++o)
-          for (std::int64_t p = 0; p < P; ++p) pgr[(n * P + p) * O + o] = pg[(n * O + o) * P + p];
-    });
+    const Tensor g_rows = detail::nchw_to_rows(grad, N, O, P);  // [N*P, O]
+    const float* pgr = g_rows.data<float>();
     Tensor dx, dw, db;
     if (gw) {  // dW: [O, patch] = g_rows^T · cols (cols recomputed: saves N*P*patch floats)
       const Tensor cols = im2col_batch(g, x);
-      dw = Tensor::empty(w.shape());
+      dw = Tensor::uninitialized(w.shape());
       kernels::gemm_f32(Trans::T, Trans::N, O, patch, N * P, 1.0f, pgr, O, cols.data<float>(), patch,
                         0.0f, dw.data<float>(), patch);
     }
     if (gx) {  // dcols: [N*P, patch] = g_rows · W, then col2im
-      Tensor dcols = Tensor::empty({N * P, patch});
+      Tensor dcols = Tensor::uninitialized({N * P, patch});
       kernels::gemm_f32(Trans::N, Trans::N, N * P, patch, O, 1.0f, pgr, O, w.data<float>(), patch,
                         0.0f, dcols.data<float>(), patch);
-      dx = Tensor::zeros(x.shape());
-      const std::int64_t image = g.channels * g.height * g.width;
-      const float* pc = dcols.data<float>();
-      float* pdx = dx.data<float>();
-      detail::parallel_for(N, 1, [&](std::int64_t b, std::int64_t e) {
-        for (std::int64_t n = b; n < e; ++n) kernels::col2im_f32(g, pc + n * P * patch, pdx + n * image);
-      });
+      dx = detail::col2im_batch(g, dcols, x.shape());
     }
     if (gb) db = sum(g_rows, {0});
     return std::vector<Tensor>{dx, dw, db};

@@ -99,6 +99,73 @@ std::vector<Tensor> normalize_backward(const Tensor& g, const Tensor& xhat, cons
   });
   return {dx, dgamma, dbeta};
 }
+// L1 statistics: xhat = (x - mean) / sigma with sigma = c * mean|x - mean| + eps. Also returns
+// mean(sgn(x - mean)) per channel for the backward.
+Tensor l1_normalize(const Tensor& x, const NormLayout& l, float eps, float c, std::vector<float>& mean,
+                    std::vector<float>& sigma, std::vector<float>& mean_sign) {
+  Tensor xhat = Tensor::uninitialized(x.shape());
+  const float* px = x.data<float>();
+  float* ph = xhat.data<float>();
+  mean.assign(l.channels, 0.0f);
+  sigma.assign(l.channels, 0.0f);
+  mean_sign.assign(l.channels, 0.0f);
+  const std::int64_t grain = std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(l.count(), 1));
+  detail::parallel_for(l.channels, grain, [&](std::int64_t b, std::int64_t e) {
+    for (std::int64_t ch = b; ch < e; ++ch) {
+      double s = 0.0;
+      l.for_each(ch, [&](std::int64_t i) { s += px[i]; });
+      const float mu = static_cast<float>(s / static_cast<double>(l.count()));
+      double abs_sum = 0.0;
+      std::int64_t sign_sum = 0;
+      l.for_each(ch, [&](std::int64_t i) {
+        const float d = px[i] - mu;
+        abs_sum += std::fabs(d);
+        sign_sum += (d > 0.0f) - (d < 0.0f);
+      });
+      const float sig = c * static_cast<float>(abs_sum / static_cast<double>(l.count())) + eps;
+      const float inv = 1.0f / sig;
+      mean[ch] = mu;
+      sigma[ch] = sig;
+      mean_sign[ch] = static_cast<float>(static_cast<double>(sign_sum) / static_cast<double>(l.count()));
+      l.for_each(ch, [&](std::int64_t i) { ph[i] = (px[i] - mu) * inv; });
+    }
+  });
+  return xhat;
+}
+
+// dx = (1/sigma) [g - mean(g) - c * mean(g * xhat) * (sgn(d) - mean(sgn(d)))], g = gamma * dy.
+std::vector<Tensor> l1_normalize_backward(const Tensor& dy, const Tensor& xhat, const NormLayout& l,
+                                          const std::vector<float>& sigma, const std::vector<float>& mean_sign,
+                                          float c, const Tensor& gamma, bool need_gamma, bool need_beta) {
+  Tensor dx = Tensor::uninitialized(xhat.shape());
+  Tensor dgamma = need_gamma ? Tensor::empty({l.channels}) : Tensor();
+  Tensor dbeta = need_beta ? Tensor::empty({l.channels}) : Tensor();
+  const float* pg = dy.data<float>();
+  const float* ph = xhat.data<float>();
+  const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
+  float* pdx = dx.data<float>();
+  const double m = static_cast<double>(l.count());
+  const std::int64_t grain = std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(l.count(), 1));
+  detail::parallel_for(l.channels, grain, [&](std::int64_t b, std::int64_t e) {
+    for (std::int64_t ch = b; ch < e; ++ch) {
+      double sum_dy = 0.0, sum_dyx = 0.0;
+      l.for_each(ch, [&](std::int64_t i) {
+        sum_dy += pg[i];
+        sum_dyx += static_cast<double>(pg[i]) * ph[i];
+      });
+      if (need_gamma) dgamma.data<float>()[ch] = static_cast<float>(sum_dyx);
+      if (need_beta) dbeta.data<float>()[ch] = static_cast<float>(sum_dy);
+      const float w = gm ? gm[ch] : 1.0f, inv = 1.0f / sigma[ch];
+      const float mean_g = w * static_cast<float>(sum_dy / m), mean_gx = w * static_cast<float>(sum_dyx / m);
+      const float k = c * mean_gx, ms = mean_sign[ch];
+      l.for_each(ch, [&](std::int64_t i) {
+        const float sgn = static_cast<float>((ph[i] > 0.0f) - (ph[i] < 0.0f));
+        pdx[i] = inv * (w * pg[i] - mean_g - k * (sgn - ms));
+      });
+    }
+  });
+  return {dx, dgamma, dbeta};
+}
 }  // namespace
 
 Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, BatchNormState& state,
@@ -181,6 +248,77 @@ Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, floa
     // g * gamma per feature, then the per-row normalization backward with gamma = 1.
     Tensor gg = gamma.defined() ? detail::map_binary(g, gamma, [](float a, float b) { return a * b; }) : g;
     std::vector<Tensor> grads = normalize_backward(gg, xhat, NormLayout{1, rows, D}, invstd, Tensor(), false, false);
+    Tensor dgamma = need_gamma ? sum(mul(g, xhat).view({rows, D}), {0}) : Tensor();
+    Tensor dbeta = need_beta ? sum(g.view({rows, D}), {0}) : Tensor();
+    return std::vector<Tensor>{grads[0], dgamma, dbeta};
+  });
+}
+
+}  // namespace shiftq
+
+namespace shiftq {
+
+Tensor l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, L1BatchNormState& state,
+                       bool training) {
+  detail::check_f32(x, "l1_batch_norm2d", "x");
+  check_rank(x, 4, "l1_batch_norm2d", "x");
+  const std::int64_t C = x.size(1);
+  check_affine(gamma, C, "l1_batch_norm2d", "gamma");
+  check_affine(beta, C, "l1_batch_norm2d", "beta");
+  check_affine(state.running_mean, C, "l1_batch_norm2d", "running_mean");
+  check_affine(state.running_sigma, C, "l1_batch_norm2d", "running_sigma");
+  SHIFTQ_CHECK(state.c > 0.0f && state.eps > 0.0f, ValueError, "l1_batch_norm2d: c and eps must be > 0");
+  const NormLayout layout{x.size(0), C, x.size(2) * x.size(3)};
+  const bool need_gamma = gamma.defined() && gamma.requires_grad();
+  const bool need_beta = beta.defined() && beta.requires_grad();
+  if (!training) {  // (x - running_mean) / running_sigma: an affine map per channel
+    SHIFTQ_CHECK(state.running_mean.defined() && state.running_sigma.defined(), ValueError,
+                 "l1_batch_norm2d: eval mode needs running_mean and running_sigma");
+    const Tensor scale = reshape(div(Tensor::ones({C}), state.running_sigma.detach()), {1, C, 1, 1});
+    const Tensor shift = reshape(state.running_mean.detach(), {1, C, 1, 1});
+    Tensor xhat = mul(sub(x, shift), scale);
+    if (gamma.defined()) xhat = mul(xhat, reshape(gamma, {1, C, 1, 1}));
+    return beta.defined() ? add(xhat, reshape(beta, {1, C, 1, 1})) : xhat;
+  }
+  SHIFTQ_CHECK(layout.count() > 1, ShapeError, "l1_batch_norm2d: training needs more than one value per channel, got ",
+               x.str());
+  std::vector<float> mean, sigma, mean_sign;
+  Tensor xhat = l1_normalize(x, layout, state.eps, state.c, mean, sigma, mean_sign);
+  if (state.running_mean.defined()) {
+    float* rm = state.running_mean.data<float>();
+    float* rs = state.running_sigma.data<float>();
+    for (std::int64_t ch = 0; ch < C; ++ch) {
+      rm[ch] = (1.0f - state.momentum) * rm[ch] + state.momentum * mean[ch];
+      rs[ch] = (1.0f - state.momentum) * rs[ch] + state.momentum * sigma[ch];
+    }
+    state.running_mean.bump_version();
+    state.running_sigma.bump_version();
+  }
+  Tensor y = affine(xhat, layout, gamma, beta);
+  return record("l1_batch_norm2d", y, {&x, &gamma, &beta},
+                [xhat, layout, sigma, mean_sign, c = state.c, gamma = gamma.detach(), need_gamma, need_beta](const Tensor& g) {
+    return l1_normalize_backward(g, xhat, layout, sigma, mean_sign, c, gamma, need_gamma, need_beta);
+  });
+}
+
+Tensor l1_layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps, float c) {
+  detail::check_f32(x, "l1_layer_norm", "x");
+  SHIFTQ_CHECK(x.dim() >= 1, ShapeError, "l1_layer_norm: x must have rank >= 1");
+  SHIFTQ_CHECK(c > 0.0f && eps > 0.0f, ValueError, "l1_layer_norm: c and eps must be > 0");
+  const std::int64_t D = x.size(-1), rows = x.numel() / std::max<std::int64_t>(D, 1);
+  check_affine(gamma, D, "l1_layer_norm", "gamma");
+  check_affine(beta, D, "l1_layer_norm", "beta");
+  std::vector<float> mean, sigma, mean_sign;
+  Tensor xhat = l1_normalize(x, NormLayout{1, rows, D}, eps, c, mean, sigma, mean_sign);
+  Tensor y = affine(xhat, NormLayout{rows, D, 1}, gamma, beta);
+  const bool need_gamma = gamma.defined() && gamma.requires_grad();
+  const bool need_beta = beta.defined() && beta.requires_grad();
+  return record("l1_layer_norm", y, {&x, &gamma, &beta},
+                [xhat, rows, D, sigma, mean_sign, c, gamma = gamma.detach(), need_gamma, need_beta](const Tensor& g) {
+    // gamma is per feature (not per row): fold it into the incoming gradient first.
+    Tensor gg = gamma.defined() ? detail::map_binary(g, gamma, [](float a, float b) { return a * b; }) : g;
+    std::vector<Tensor> grads = l1_normalize_backward(gg, xhat, NormLayout{1, rows, D}, sigma, mean_sign, c, Tensor(),
+                                                      false, false);
     Tensor dgamma = need_gamma ? sum(mul(g, xhat).view({rows, D}), {0}) : Tensor();
     Tensor dbeta = need_beta ? sum(g.view({rows, D}), {0}) : Tensor();
     return std::vector<Tensor>{grads[0], dgamma, dbeta};

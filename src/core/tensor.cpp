@@ -190,6 +190,7 @@ void Tensor::fill_(float value) {
   detail::parallel_for(numel_, 1 << 16, [&](std::int64_t b, std::int64_t e) {
     for (std::int64_t i = b; i < e; ++i) p[i] = value;
   });
+  bump_version();
 }
 
 void Tensor::copy_(const Tensor& src) {
@@ -197,6 +198,7 @@ void Tensor::copy_(const Tensor& src) {
   SHIFTQ_CHECK(src.shape_ == shape_ && src.dtype_ == dtype_, ShapeError, "copy_: source ", src.str(),
                " does not match destination ", str());
   if (src.storage_ != storage_) std::memcpy(storage_->data(), src.storage_->data(), nbytes());
+  bump_version();
 }
 
 bool Tensor::all_finite() const {

@@ -30,7 +30,10 @@ Linear::Linear(const LinearOptions& options, Generator& gen) : Module("Linear"),
   if (b.defined()) bias = register_parameter("bias", b);
 }
 
-Tensor Linear::forward(const Tensor& x) { return linear(x, weight, bias); }
+Tensor Linear::forward(const Tensor& x) {
+  if (!quant_) return linear(x, weight, bias);
+  return quant::quantized_linear(x, weight, bias, packed_, *quant_, is_training() ? calls_++ : calls_);
+}
 
 Conv2d::Conv2d(const Conv2dOptions& options, Generator& gen) : Module("Conv2d"), options_(options) {
   check_positive(options.in_channels(), "Conv2d", "in_channels");
@@ -47,7 +50,9 @@ Conv2d::Conv2d(const Conv2dOptions& options, Generator& gen) : Module("Conv2d"),
 }
 
 Tensor Conv2d::forward(const Tensor& x) {
-  return conv2d(x, weight, bias, Conv2dParams{options_.stride(), options_.padding()});
+  const Conv2dParams params{options_.stride(), options_.padding()};
+  if (!quant_) return conv2d(x, weight, bias, params);
+  return quant::quantized_conv2d(x, weight, bias, params, packed_, *quant_, is_training() ? calls_++ : calls_);
 }
 
 BatchNorm2d::BatchNorm2d(const BatchNormOptions& options) : Module("BatchNorm2d"), options_(options) {
@@ -67,6 +72,35 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
   BatchNormState state{running_mean, running_var, options_.momentum(), options_.eps()};
   return batch_norm2d(x, weight, bias, state, is_training());
 }
+
+L1BatchNorm2d::L1BatchNorm2d(const L1BatchNormOptions& options) : Module("L1BatchNorm2d"), options_(options) {
+  check_positive(options.num_features(), "L1BatchNorm2d", "num_features");
+  SHIFTQ_CHECK(options.eps() > 0.0f && options.c() > 0.0f && options.momentum() >= 0.0f && options.momentum() <= 1.0f,
+               ValueError, "L1BatchNorm2d: eps and c must be > 0 and momentum in [0, 1]");
+  const std::int64_t C = options.num_features();
+  if (options.affine()) {
+    weight = register_parameter("weight", Tensor::ones({C}));
+    bias = register_parameter("bias", Tensor::zeros({C}));
+  }
+  running_mean = register_buffer("running_mean", Tensor::zeros({C}));
+  running_sigma = register_buffer("running_sigma", Tensor::ones({C}));
+}
+
+Tensor L1BatchNorm2d::forward(const Tensor& x) {
+  L1BatchNormState state{running_mean, running_sigma, options_.momentum(), options_.eps(), options_.c()};
+  return l1_batch_norm2d(x, weight, bias, state, is_training());
+}
+
+L1LayerNorm::L1LayerNorm(const L1LayerNormOptions& options) : Module("L1LayerNorm"), options_(options) {
+  check_positive(options.normalized_size(), "L1LayerNorm", "normalized_size");
+  SHIFTQ_CHECK(options.eps() > 0.0f && options.c() > 0.0f, ValueError, "L1LayerNorm: eps and c must be > 0");
+  if (options.elementwise_affine()) {
+    weight = register_parameter("weight", Tensor::ones({options.normalized_size()}));
+    bias = register_parameter("bias", Tensor::zeros({options.normalized_size()}));
+  }
+}
+
+Tensor L1LayerNorm::forward(const Tensor& x) { return l1_layer_norm(x, weight, bias, options_.eps(), options_.c()); }
 
 LayerNorm::LayerNorm(const LayerNormOptions& options) : Module("LayerNorm"), options_(options) {
   check_positive(options.normalized_size(), "LayerNorm", "normalized_size");
@@ -103,6 +137,29 @@ Tensor Sequential::forward(const Tensor& x) {
   Tensor h = x;
   for (const auto& [name, child] : named_children()) h = child->forward(h);
   return h;
+}
+
+namespace {
+void collect_quantizable(Module& m, std::vector<QuantizableLayer*>& out) {
+  if (auto* q = dynamic_cast<QuantizableLayer*>(&m)) out.push_back(q);
+  for (const auto& [name, child] : m.named_children()) collect_quantizable(*child, out);
+}
+}  // namespace
+
+int quantize_model(Module& model, const quant::QConfig& config, std::uint64_t seed) {
+  std::vector<QuantizableLayer*> layers;
+  collect_quantizable(model, layers);
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    const bool first_or_last = i == 0 || i + 1 == layers.size();
+    layers[i]->set_quantization(quant::layer_quant(config, first_or_last, seed, i));
+  }
+  return static_cast<int>(layers.size());
+}
+
+void dequantize_model(Module& model) {
+  std::vector<QuantizableLayer*> layers;
+  collect_quantizable(model, layers);
+  for (QuantizableLayer* layer : layers) layer->set_quantization(std::nullopt);
 }
 
 }  // namespace shiftq::nn

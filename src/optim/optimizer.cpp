@@ -35,7 +35,9 @@ void Optimizer::step() {
   ++steps_;
   for (Param& p : params_) {
     const Tensor g = p.value.grad();
-    if (g.defined()) update(p, g, steps_);
+    if (!g.defined()) continue;
+    update(p, g, steps_);
+    p.value.bump_version();
   }
 }
 

@@ -59,8 +59,6 @@ GemmShape check_operands(const QTensor& a, Trans ta, const QTensor& b, Trans tb)
   SHIFTQ_CHECK(b.scale_axis() < 0 || b.scale_axis() == b_axis, ValueError,
                "shiftmm: B's outer scales run along the contraction axis; quantize B with inner_axis=",
                tb == Trans::N ? 0 : 1, " (power-of-two groups along K) instead");
-  SHIFTQ_CHECK(K <= kernels::kMaxGemmKs8s8, ValueError, "shiftmm: K=", K, " exceeds ", kernels::kMaxGemmKs8s8,
-               ", the largest contraction whose int32 accumulation cannot overflow");
   return {M, N, K};
 }
 
@@ -90,10 +88,36 @@ void integer_product(const QTensor& a, Trans ta, const QTensor& b, Trans tb, con
   const std::vector<std::int32_t> offsets = u8_compensation(b, pb, tb, s.K, s.N);
   kernels::gemm_u8s8s32(ta, tb, s.M, s.N, s.K, a_u8.data<std::uint8_t>(), lda, pb, ldb, c, s.N, offsets.data());
 }
+
+// K too long for one int32 accumulation: s8 GEMMs over K chunks, summed exactly in int64, then
+// scaled. Rare (conv weight gradients over > 133k pixels); the chunks are pointer offsets.
+void chunked_product_f32(const QTensor& a, Trans ta, const QTensor& b, Trans tb, const GemmShape& s, float* out,
+                         float shift) {
+  const Tensor va = a.signed_codes(), vb = b.signed_codes();
+  const std::int8_t* pa = va.data<std::int8_t>();
+  const std::int8_t* pb = vb.data<std::int8_t>();
+  const std::int64_t lda = a.cols(), ldb = b.cols(), chunk = kernels::kMaxGemmKs8s8;
+  std::vector<std::int64_t> total(static_cast<std::size_t>(s.M * s.N), 0);
+  std::vector<std::int32_t> part(static_cast<std::size_t>(s.M * s.N));
+  for (std::int64_t k0 = 0; k0 < s.K; k0 += chunk) {
+    const std::int64_t kc = std::min(chunk, s.K - k0);
+    kernels::gemm_s8s8s32(ta, tb, s.M, s.N, kc, pa + (ta == Trans::N ? k0 : k0 * lda), lda,
+                          pb + (tb == Trans::N ? k0 * ldb : k0), ldb, part.data(), s.N);
+    for (std::size_t i = 0; i < part.size(); ++i) total[i] += part[i];
+  }
+  const float* rs = a.scales.data<float>();
+  const float* cs = b.scales.data<float>();
+  for (std::int64_t m = 0; m < s.M; ++m)
+    for (std::int64_t n = 0; n < s.N; ++n)
+      out[m * s.N + n] = static_cast<float>(total[m * s.N + n]) *
+                         (((a.scale_axis() >= 0 ? rs[m] : rs[0]) * shift) * (b.scale_axis() >= 0 ? cs[n] : cs[0]));
+}
 }  // namespace
 
 ShiftMMResult shiftmm_s32(const QTensor& a, Trans ta, const QTensor& b, Trans tb) {
   const GemmShape s = check_operands(a, ta, b, tb);
+  SHIFTQ_CHECK(s.K <= kernels::kMaxGemmKs8s8, ValueError, "shiftmm_s32: K=", s.K, " exceeds ", kernels::kMaxGemmKs8s8,
+               ", the largest contraction whose int32 accumulation cannot overflow (shiftmm() splits it)");
   ShiftMMResult out;
   out.acc = Tensor::uninitialized({s.M, s.N}, DType::s32);
   out.row_scale = a.scales;
@@ -108,12 +132,16 @@ Tensor shiftmm(const QTensor& a, Trans ta, const QTensor& b, Trans tb) {
   // The int32 accumulator is written into the output's own storage, then scaled to f32 in place
   // (each element is read as int32 before the float is stored to the same address).
   Tensor out = Tensor::uninitialized({s.M, s.N}, DType::f32);
+  const float shift = std::ldexp(1.0f, -(a.shift_budget + b.shift_budget));
+  if (s.K > kernels::kMaxGemmKs8s8) {
+    chunked_product_f32(a, ta, b, tb, s, out.data<float>(), shift);
+    return out;
+  }
   std::int32_t* acc = static_cast<std::int32_t*>(static_cast<void*>(out.data<float>()));
   integer_product(a, ta, b, tb, s, acc);
   const float* rs = a.scales.data<float>();
   const float* cs = b.scales.data<float>();
   const bool row_per_index = a.scale_axis() >= 0, col_per_index = b.scale_axis() >= 0;
-  const float shift = std::ldexp(1.0f, -(a.shift_budget + b.shift_budget));
   float* o = out.data<float>();
   // C = acc * ((s_m * 2^-(S_A+S_B)) * t_n)
   detail::parallel_for(s.M, std::max<std::int64_t>(1, 16384 / std::max<std::int64_t>(s.N, 1)),

@@ -210,3 +210,36 @@ TEST(Gradcheck, DetectsAWrongGradient) {
 
 }  // namespace
 }  // namespace shiftq
+
+namespace shiftq {
+namespace {
+using testing::make_input;
+using Inputs = std::vector<Tensor>;
+
+TEST(Gradcheck, L1BatchNorm2dTrainAndEval) {
+  Generator gen(20);
+  Inputs in{make_input({4, 3, 3, 2}, gen, -2.0f, 2.0f), make_input({3}, gen, 0.5f, 1.5f), make_input({3}, gen)};
+  EXPECT_GRADCHECK([](const Inputs& x) {
+    L1BatchNormState state;  // batch statistics only
+    return l1_batch_norm2d(x[0], x[1], x[2], state, true);
+  }, in);
+  EXPECT_GRADCHECK([](const Inputs& x) {
+    L1BatchNormState state{Tensor::full({3}, 0.1f), Tensor::full({3}, 0.7f)};
+    return l1_batch_norm2d(x[0], x[1], x[2], state, false);
+  }, in);
+  EXPECT_GRADCHECK([](const Inputs& x) {  // another c
+    L1BatchNormState state;
+    state.c = 1.0f;
+    return l1_batch_norm2d(x[0], Tensor(), Tensor(), state, true);
+  }, Inputs{in[0]});
+}
+
+TEST(Gradcheck, L1LayerNorm) {
+  Generator gen(21);
+  Inputs in{make_input({2, 3, 8}, gen, -2.0f, 2.0f), make_input({8}, gen, 0.5f, 1.5f), make_input({8}, gen)};
+  EXPECT_GRADCHECK([](const Inputs& x) { return l1_layer_norm(x[0], x[1], x[2]); }, in);
+  EXPECT_GRADCHECK([](const Inputs& x) { return l1_layer_norm(x[0], Tensor(), Tensor(), 1e-5f, 1.0f); }, Inputs{in[0]});
+}
+
+}  // namespace
+}  // namespace shiftq

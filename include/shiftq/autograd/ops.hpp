@@ -114,6 +114,22 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, Ba
 // Normalizes over the last dim. x: [..., D]; gamma, beta: [D] or undefined.
 Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps = 1e-5f);
 
+// ---- L1 normalization (mean absolute deviation; ../shared/spec/l1norm.md) ----
+inline constexpr float kL1NormC = 1.2533141373155003f;  // sqrt(pi / 2)
+struct L1BatchNormState {
+  Tensor running_mean;   // [C], updated in training mode when defined
+  Tensor running_sigma;  // [C]: running C * mean|x - mu| + eps
+  float momentum = 0.1f;
+  float eps = 1e-5f;
+  float c = kL1NormC;    // sigma = c * mean|d| + eps
+};
+// x: [N, C, H, W]: per channel over N, H, W, sigma = c * mean|x - mu| + eps. Eval: running stats.
+Tensor l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, L1BatchNormState& state,
+                       bool training);
+// Over the last dim of x: [..., D].
+Tensor l1_layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps = 1e-5f,
+                     float c = kL1NormC);
+
 // ---- attention ----
 // q: [B, H, Tq, Dh], k, v: [B, H, Tk, Dh] -> [B, H, Tq, Dh]. softmax(q k^T / sqrt(Dh)) v; with
 // `causal`, query i attends to keys j <= i (+ Tk - Tq).

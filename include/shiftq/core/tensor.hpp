@@ -31,10 +31,15 @@ class Storage {
   void* data() { return data_; }
   const void* data() const { return data_; }
   std::size_t nbytes() const { return nbytes_; }
+  // Incremented by every in-place update made through shiftq (fill_, copy_, optimizer steps), so
+  // caches derived from the data (packed quantized weights) know when they are stale.
+  std::uint64_t version() const { return version_; }
+  void bump_version() { ++version_; }
 
  private:
   void* data_ = nullptr;
   std::size_t nbytes_ = 0;
+  std::uint64_t version_ = 0;
 };
 
 // Autograd state of one tensor. A leaf has no grad_fn; its gradient accumulates into `grad`.
@@ -101,6 +106,13 @@ class Tensor {
   Tensor view(const Shape& shape) const;    // same storage, new shape (same numel), no history
   Tensor to(DType dtype) const;             // converted copy (float -> int rounds to nearest-even, saturating)
   bool shares_storage(const Tensor& other) const { return storage_ == other.storage_; }
+  // Identity and version of the storage (see Storage::version). Code that writes through data()
+  // directly must call bump_version() so that caches notice.
+  const void* storage_id() const { return storage_.get(); }
+  std::uint64_t version() const { return storage_ ? storage_->version() : 0; }
+  void bump_version() {
+    if (storage_) storage_->bump_version();
+  }
   void fill_(float value);
   void copy_(const Tensor& src);            // same shape and dtype
   // Throws NumericError naming `what` if any element is NaN or Inf (f32 only; integer tensors pass).

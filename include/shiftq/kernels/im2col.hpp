@@ -17,6 +17,8 @@ struct Conv2dGeometry {
 
 // x: [C, H, W] of one image -> cols: [OH*OW, C*KH*KW] (row = output pixel, zero padding).
 void im2col_f32(const Conv2dGeometry& g, const float* x, float* cols);
+// The same for 8-bit codes; padding positions get `pad` (the code of 0: 0 for s8, 128 for u8 = v + 128).
+void im2col_u8(const Conv2dGeometry& g, const std::uint8_t* x, std::uint8_t* cols, std::uint8_t pad);
 // Adds cols: [OH*OW, C*KH*KW] back into dx: [C, H, W] (dx must be zeroed by the caller).
 void col2im_f32(const Conv2dGeometry& g, const float* cols, float* dx);
 

@@ -1,9 +1,12 @@
 // Float layers. Options structs follow libtorch: `Linear(LinearOptions{784, 10}.bias(false), gen)`.
 #pragma once
 
+#include <optional>
+
 #include "shiftq/autograd/ops.hpp"
 #include "shiftq/core/generator.hpp"
 #include "shiftq/nn/module.hpp"
+#include "shiftq/quant/qlayers.hpp"
 
 namespace shiftq::nn {
 
@@ -16,9 +19,28 @@ struct LinearOptions {
 };
 
 // y = x W^T + b. x: [..., in] -> [..., out]. W: [out, in], kaiming-uniform as in PyTorch.
-class Linear : public Module {
+// Shared by the layers whose GEMMs can run on int8 (Linear, Conv2d): the layer's resolved
+// quantization (none = fp32), its packed weight (re-quantized once per optimizer step) and the
+// call counter that keys stochastic rounding.
+class QuantizableLayer {
+ public:
+  void set_quantization(std::optional<quant::LayerQuant> q) {
+    if (q) q->validate();
+    quant_ = std::move(q);
+  }
+  const std::optional<quant::LayerQuant>& quantization() const { return quant_; }
+  const quant::PackedWeight& packed_weight() const { return packed_; }
+
+ protected:
+  std::optional<quant::LayerQuant> quant_;
+  quant::PackedWeight packed_;
+  std::uint64_t calls_ = 0;
+};
+
+class Linear : public Module, public QuantizableLayer {
  public:
   Linear(const LinearOptions& options, Generator& gen);
+  // fp32, or int8 GEMMs forward and backward once set_quantization() / quantize_model() gave it a config.
   Tensor forward(const Tensor& x) override;
   const LinearOptions& options() const { return options_; }
   Tensor weight;  // [out, in]
@@ -40,7 +62,7 @@ struct Conv2dOptions {
 };
 
 // x: [N, C_in, H, W] -> [N, C_out, OH, OW]. W: [C_out, C_in, K, K].
-class Conv2d : public Module {
+class Conv2d : public Module, public QuantizableLayer {
  public:
   Conv2d(const Conv2dOptions& options, Generator& gen);
   Tensor forward(const Tensor& x) override;
@@ -73,6 +95,28 @@ class BatchNorm2d : public Module {
   BatchNormOptions options_;
 };
 
+struct L1BatchNormOptions {
+  explicit L1BatchNormOptions(std::int64_t num_features) : num_features_(num_features) {}
+  SHIFTQ_ARG(std::int64_t, num_features);
+  SHIFTQ_ARG(float, eps) = 1e-5f;
+  SHIFTQ_ARG(float, momentum) = 0.1f;
+  SHIFTQ_ARG(bool, affine) = true;
+  SHIFTQ_ARG(float, c) = kL1NormC;  // sigma = c * mean|x - mu| + eps (sqrt(pi/2) matches L2 for Gaussians)
+};
+
+// BatchNorm with the mean absolute deviation instead of the standard deviation. x: [N, C, H, W].
+class L1BatchNorm2d : public Module {
+ public:
+  explicit L1BatchNorm2d(const L1BatchNormOptions& options);
+  Tensor forward(const Tensor& x) override;
+  const L1BatchNormOptions& options() const { return options_; }
+  Tensor weight, bias;                 // [C]
+  Tensor running_mean, running_sigma;  // buffers: [C]
+
+ private:
+  L1BatchNormOptions options_;
+};
+
 struct LayerNormOptions {
   explicit LayerNormOptions(std::int64_t normalized_size) : normalized_size_(normalized_size) {}
   SHIFTQ_ARG(std::int64_t, normalized_size);
@@ -89,6 +133,25 @@ class LayerNorm : public Module {
 
  private:
   LayerNormOptions options_;
+};
+
+struct L1LayerNormOptions {
+  explicit L1LayerNormOptions(std::int64_t normalized_size) : normalized_size_(normalized_size) {}
+  SHIFTQ_ARG(std::int64_t, normalized_size);
+  SHIFTQ_ARG(float, eps) = 1e-5f;
+  SHIFTQ_ARG(bool, elementwise_affine) = true;
+  SHIFTQ_ARG(float, c) = kL1NormC;
+};
+
+// LayerNorm with the mean absolute deviation over the last dim of x: [..., D].
+class L1LayerNorm : public Module {
+ public:
+  explicit L1LayerNorm(const L1LayerNormOptions& options);
+  Tensor forward(const Tensor& x) override;
+  Tensor weight, bias;  // [D]
+
+ private:
+  L1LayerNormOptions options_;
 };
 
 struct EmbeddingOptions {
@@ -183,5 +246,12 @@ class Sequential : public Module {
  private:
   std::size_t size_ = 0;
 };
+
+// Gives every Linear and Conv2d under `model` (in registration order) the quantization of
+// `config`; the first and the last of them use config.first_last_bits. Stochastic rounding is keyed
+// by (seed, call, layer index). Returns the number of layers quantized.
+int quantize_model(Module& model, const quant::QConfig& config, std::uint64_t seed = 0);
+// Back to fp32 GEMMs.
+void dequantize_model(Module& model);
 
 }  // namespace shiftq::nn

@@ -21,9 +21,10 @@ struct ShiftMMResult {
 // op(A) = A (Trans::N) or A^T: [M, K]; op(B): [K, N]. The outer scales of op(A) must run along M
 // and those of op(B) along N (or be per-tensor): scales along K cannot be factored out of the sum,
 // which is exactly what ShiftQuant's power-of-two groups avoid. Throws ValueError otherwise,
-// ShapeError when K differs, ValueError when K exceeds the int32 bound.
+// ShapeError when K differs; shiftmm_s32 throws ValueError when K exceeds kMaxGemmKs8s8 (int32
+// bound).
 ShiftMMResult shiftmm_s32(const QTensor& a, Trans ta, const QTensor& b, Trans tb);
-// The f32 product [M, N].
+// The f32 product [M, N]. Any K: beyond the int32 bound the GEMM runs over K chunks summed in int64.
 Tensor shiftmm(const QTensor& a, Trans ta, const QTensor& b, Trans tb);
 
 }  // namespace shiftq::quant

@@ -1,0 +1,63 @@
+// Quantized training ops: Linear and Conv2d whose forward and backward GEMMs all run on int8
+// operands with int32 accumulation (ShiftMM), per the table of docs/shiftquant.md:
+//   forward  Y  = X W^T   X: activations (u8 codes), W: packed once per optimizer step
+//   backward dX = dY W    dY: ShiftQuant, groups over C_out, one scale per row, stochastic
+//            dW = dY^T X  dY: ShiftQuant, groups over rows, one scale per C_out, stochastic; X: the
+//                         int8 codes saved by the forward (never fp32)
+// Straight-through estimator through the forward quantizers; bias, master weights and the
+// optimizer stay fp32.
+#pragma once
+
+#include <cstdint>
+
+#include "shiftq/autograd/ops.hpp"
+#include "shiftq/quant/qconfig.hpp"
+#include "shiftq/quant/qtensor.hpp"
+
+namespace shiftq::quant {
+
+// The resolved quantization of one layer.
+struct LayerQuant {
+  TensorQConfig weights, activations, gradients;
+  std::uint64_t seed = 0;      // stochastic-rounding key: (seed, step, 2 * layer_id + gemm)
+  std::uint64_t layer_id = 0;
+  // Throws ValueError for combinations whose scales would fall on a contraction axis (per-row
+  // weights or activations: their product would not be a single int8 GEMM).
+  void validate() const;
+};
+
+// The layer config for `config` at a position in the model (first/last layers use first_last_bits).
+LayerQuant layer_quant(const QConfig& config, bool first_or_last, std::uint64_t seed, std::uint64_t layer_id);
+
+// A weight quantized once and reused until the weight's storage version changes (an optimizer
+// step, copy_, fill_, load_state_dict), i.e. once per optimizer step.
+class PackedWeight {
+ public:
+  // w viewed as [rows, cols] (rows = output channels).
+  const QTensor& get(const Tensor& w, std::int64_t rows, std::int64_t cols, const TensorQConfig& config);
+  std::int64_t packs() const { return packs_; }  // how many times it quantized (for tests)
+  const QTensor& value() const { return packed_; }  // the last packed weight
+
+ private:
+  QTensor packed_;
+  const void* storage_ = nullptr;
+  std::uint64_t version_ = 0;
+  std::int64_t packs_ = 0;
+};
+
+// x: [..., in], weight: [out, in], bias: [out] or undefined -> [..., out]. `step` keys the
+// stochastic rounding of this call's gradients.
+Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, PackedWeight& packed,
+                        const LayerQuant& quant, std::uint64_t step);
+
+// x: [N, C, H, W], weight: [O, C, KH, KW], bias: [O] or undefined -> [N, O, OH, OW]. The input is
+// quantized once (before im2col) and the im2col matrix is built directly from its int8 codes.
+Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& params,
+                        PackedWeight& packed, const LayerQuant& quant, std::uint64_t step);
+
+// Bytes of the tensors the last quantized_* calls on this thread saved for backward (for the
+// saved-activation measurement); reset by reset_saved_activation_bytes().
+std::int64_t saved_activation_bytes();
+void reset_saved_activation_bytes();
+
+}  // namespace shiftq::quant

@@ -1,0 +1,186 @@
+#include "shiftq/quant/qlayers.hpp"
+
+#include "detail/conv_layout.hpp"
+#include "detail/parallel.hpp"
+#include "shiftq/quant/shiftmm.hpp"
+
+namespace shiftq::quant {
+namespace {
+thread_local std::int64_t t_saved_bytes = 0;
+
+// Both axes' roles: `inner_axis` gets the power-of-two groups, the other the float scales.
+QuantizeParams params_for(const TensorQConfig& c, int inner_axis, OuterScale outer) {
+  switch (c.kind) {
+    case QuantizerKind::shiftquant:
+      return QuantizeParams::shiftquant(c.bits, c.shift_budget, inner_axis, outer);
+    case QuantizerKind::per_row:
+      return QuantizeParams::shiftquant(c.bits, 0, inner_axis, outer);
+    case QuantizerKind::per_tensor:
+    case QuantizerKind::none:
+      break;
+  }
+  return QuantizeParams::per_tensor(c.bits);
+}
+
+// W: [out, in]: groups over the output channels, one per-tensor base (reused as B in Y = X W^T and
+// dX = dY W, where either axis is the contraction axis).
+QuantizeParams weight_params(const TensorQConfig& c) { return params_for(c, 0, OuterScale::per_tensor); }
+
+// Activations [rows, in] (Linear) or [N*C, H*W] (Conv2d): a per-tensor base, groups along `inner_axis`.
+QuantizeParams activation_params(const TensorQConfig& c, int inner_axis) {
+  QuantizeParams p = params_for(c, inner_axis, OuterScale::per_tensor);
+  return p.with_rounding(c.rounding).with_unsigned_codes();
+}
+
+// dY [rows, out] as A of dX = dY W (groups over out, scale per row) or of dW = dY^T X (groups over
+// rows, scale per output channel).
+QuantizeParams gradient_params(const TensorQConfig& c, bool for_weight_grad, const LayerQuant& q, std::uint64_t step) {
+  const OuterScale outer = c.kind == QuantizerKind::per_tensor ? OuterScale::per_tensor : OuterScale::per_index;
+  QuantizeParams p = params_for(c, for_weight_grad ? 0 : 1, outer);
+  return p.with_rounding(c.rounding, {q.seed, step, 2 * q.layer_id + (for_weight_grad ? 1 : 0)}).with_unsigned_codes();
+}
+
+QTensor with_signed_codes(const QTensor& q) {
+  QTensor s = q;
+  s.codes = q.signed_codes();
+  return s;
+}
+}  // namespace
+
+void LayerQuant::validate() const {
+  weights.validate("weights");
+  activations.validate("activations");
+  gradients.validate("gradients");
+  SHIFTQ_CHECK(weights.kind != QuantizerKind::none && activations.kind != QuantizerKind::none &&
+                   gradients.kind != QuantizerKind::none,
+               ValueError, "quantized layer: weights, activations and gradients all need a quantizer");
+  SHIFTQ_CHECK(weights.kind != QuantizerKind::per_row && activations.kind != QuantizerKind::per_row, ValueError,
+               "quantized layer: per-row weights or activations would put float scales on a contraction axis of "
+               "a backward GEMM; use per_tensor or shiftquant");
+}
+
+LayerQuant layer_quant(const QConfig& config, bool first_or_last, std::uint64_t seed, std::uint64_t layer_id) {
+  config.validate();
+  LayerQuant q{config.weights, config.activations, config.gradients, seed, layer_id};
+  if (first_or_last && config.first_last_bits != 0) {
+    for (TensorQConfig* t : {&q.weights, &q.activations, &q.gradients}) {
+      t->bits = config.first_last_bits;
+      if (t->kind == QuantizerKind::shiftquant) t->shift_budget = 8 - config.first_last_bits;
+    }
+  }
+  q.validate();
+  return q;
+}
+
+const QTensor& PackedWeight::get(const Tensor& w, std::int64_t rows, std::int64_t cols, const TensorQConfig& config) {
+  if (packed_.codes.defined() && storage_ == w.storage_id() && version_ == w.version() && packed_.bits == config.bits &&
+      packed_.shift_budget == (config.kind == QuantizerKind::shiftquant ? config.shift_budget : 0))
+    return packed_;
+  packed_ = quantize(w.view({rows, cols}), weight_params(config), w.name().empty() ? "weight" : w.name().c_str());
+  packed_.compute_sums();
+  storage_ = w.storage_id();
+  version_ = w.version();
+  ++packs_;
+  return packed_;
+}
+
+std::int64_t saved_activation_bytes() { return t_saved_bytes; }
+void reset_saved_activation_bytes() { t_saved_bytes = 0; }
+
+Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, PackedWeight& packed,
+                        const LayerQuant& quant, std::uint64_t step) {
+  check_dtype(x, DType::f32, "quantized_linear", "x");
+  check_dtype(weight, DType::f32, "quantized_linear", "weight");
+  check_rank(weight, 2, "quantized_linear", "weight");
+  const std::int64_t out_f = weight.size(0), in_f = weight.size(1);
+  SHIFTQ_CHECK(x.dim() >= 1 && x.size(-1) == in_f, ShapeError, "quantized_linear: input ", x.str(),
+               " does not end in in_features=", in_f, " of weight ", weight.str());
+  if (bias.defined())
+    SHIFTQ_CHECK(bias.shape() == Shape{out_f}, ShapeError, "quantized_linear: bias ", bias.str(), " must be [", out_f, "]");
+  const std::int64_t rows = x.numel() / in_f;
+  Shape out_shape = x.shape();
+  out_shape.back() = out_f;
+
+  // Y: [rows, out] = X: [rows, in] · W^T, X as u8 codes with a per-tensor scale.
+  const QTensor xq = quantize(x.view({rows, in_f}), activation_params(quant.activations, 1), "linear input");
+  const QTensor wq = packed.get(weight, out_f, in_f, quant.weights);
+  Tensor y = shiftmm(xq, Trans::N, wq, Trans::T);
+  if (bias.defined()) y = add(y.detach(), bias.detach()).detach();
+  y = y.view(out_shape);
+  const bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
+  if (any_requires_grad({&x, &weight, &bias})) t_saved_bytes += static_cast<std::int64_t>(xq.codes.nbytes());
+  return record("quantized_linear", y, {&x, &weight, &bias},
+                [xq, wq, quant, step, gx, gw, gb, rows, out_f, in_shape = x.shape()](const Tensor& g) {
+    const Tensor g2 = g.view({rows, out_f});
+    Tensor dx, dw, db;
+    if (gx) {  // dX: [rows, in] = dY · W
+      const QTensor gq = quantize(g2, gradient_params(quant.gradients, false, quant, step), "linear output gradient");
+      dx = shiftmm(gq, Trans::N, wq, Trans::N).view(in_shape);
+    }
+    if (gw) {  // dW: [out, in] = dY^T · X (X from its saved int8 codes)
+      const QTensor gq = quantize(g2, gradient_params(quant.gradients, true, quant, step), "linear output gradient");
+      dw = shiftmm(gq, Trans::T, with_signed_codes(xq), Trans::N);
+    }
+    if (gb) db = sum(g2, {0});
+    return std::vector<Tensor>{dx, dw, db};
+  });
+}
+
+Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& params,
+                        PackedWeight& packed, const LayerQuant& quant, std::uint64_t step) {
+  check_dtype(x, DType::f32, "quantized_conv2d", "x");
+  check_rank(x, 4, "quantized_conv2d", "x");
+  check_dtype(weight, DType::f32, "quantized_conv2d", "weight");
+  check_rank(weight, 4, "quantized_conv2d", "weight");
+  SHIFTQ_CHECK(params.stride >= 1 && params.padding >= 0, ValueError, "quantized_conv2d: stride must be >= 1 and padding >= 0");
+  const kernels::Conv2dGeometry g{x.size(1), x.size(2), x.size(3), weight.size(2), weight.size(3),
+                                  params.stride, params.stride, params.padding, params.padding};
+  SHIFTQ_CHECK(weight.size(1) == g.channels, ShapeError, "quantized_conv2d: weight ", weight.str(), " expects ",
+               weight.size(1), " input channels, input is ", x.str());
+  SHIFTQ_CHECK(g.height + 2 * g.pad_h >= g.kernel_h && g.width + 2 * g.pad_w >= g.kernel_w, ShapeError,
+               "quantized_conv2d: kernel larger than the padded input ", x.str());
+  const std::int64_t N = x.size(0), O = weight.size(0), P = g.out_h() * g.out_w(), patch = g.patch();
+  if (bias.defined())
+    SHIFTQ_CHECK(bias.shape() == Shape{O}, ShapeError, "quantized_conv2d: bias ", bias.str(), " must be [", O, "]");
+
+  // The activation is quantized once, as [N*C, H*W] with groups per (sample, channel) plane and a
+  // per-tensor base; the im2col matrix is then built from its u8 codes (the exponents ride along).
+  const QTensor xq = quantize(x.view({N * g.channels, g.height * g.width}), activation_params(quant.activations, 0),
+                              "conv2d input");
+  auto im2col_codes = [g, N, P, patch](const QTensor& codes) {
+    QTensor cols = codes;
+    cols.codes = Tensor::uninitialized({N * P, patch}, DType::u8);
+    cols.inner_axis = 1;
+    cols.exponents = Tensor();
+    const std::uint8_t* src = codes.codes.data<std::uint8_t>();
+    std::uint8_t* dst = cols.codes.data<std::uint8_t>();
+    const std::int64_t image = g.channels * g.height * g.width;
+    detail::parallel_for(N, 1, [&](std::int64_t b, std::int64_t e) {
+      for (std::int64_t n = b; n < e; ++n) kernels::im2col_u8(g, src + n * image, dst + n * P * patch, 0x80);
+    });
+    return cols;
+  };
+  const QTensor wq = packed.get(weight, O, patch, quant.weights);
+  const Tensor y_rows = shiftmm(im2col_codes(xq), Trans::N, wq, Trans::T);  // [N*P, O]
+  Tensor out = detail::rows_to_nchw(y_rows, bias, N, O, g.out_h(), g.out_w());
+  const bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
+  if (any_requires_grad({&x, &weight, &bias})) t_saved_bytes += static_cast<std::int64_t>(xq.codes.nbytes());
+  return record("quantized_conv2d", out, {&x, &weight, &bias},
+                [xq, wq, quant, step, g, gx, gw, gb, N, O, P, im2col_codes, x_shape = x.shape(), w_shape = weight.shape()](
+                    const Tensor& grad) {
+    const Tensor g_rows = detail::nchw_to_rows(grad, N, O, P);  // [N*P, O]
+    Tensor dx, dw, db;
+    if (gx) {  // dcols: [N*P, patch] = dY · W, then col2im
+      const QTensor gq = quantize(g_rows, gradient_params(quant.gradients, false, quant, step), "conv2d output gradient");
+      dx = detail::col2im_batch(g, shiftmm(gq, Trans::N, wq, Trans::N), x_shape);
+    }
+    if (gw) {  // dW: [O, patch] = dY^T · cols, cols rebuilt from the saved int8 codes
+      const QTensor gq = quantize(g_rows, gradient_params(quant.gradients, true, quant, step), "conv2d output gradient");
+      dw = shiftmm(gq, Trans::T, with_signed_codes(im2col_codes(xq)), Trans::N).view(w_shape);
+    }
+    if (gb) db = sum(g_rows, {0});
+    return std::vector<Tensor>{dx, dw, db};
+  });
+}
+
+}  // namespace shiftq::quant
