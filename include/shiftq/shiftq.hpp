@@ -6,6 +6,7 @@
 #include "shiftq/core/dtype.hpp"
 #include "shiftq/core/error.hpp"
 #include "shiftq/core/generator.hpp"
+#include "shiftq/core/memory.hpp"
 #include "shiftq/core/parallel.hpp"
 #include "shiftq/core/shape.hpp"
 #include "shiftq/core/tensor.hpp"

@@ -23,7 +23,7 @@ Conv2dGeometry conv_geometry(const Tensor& x, std::int64_t kh, std::int64_t kw, 
 // cols: [N*OH*OW, C*KH*KW] for the whole batch.
 Tensor im2col_batch(const Conv2dGeometry& g, const Tensor& x) {
   const std::int64_t N = x.size(0), P = g.out_h() * g.out_w(), image = g.channels * g.height * g.width;
-  Tensor cols = Tensor::empty({N * P, g.patch()});
+  Tensor cols = Tensor::uninitialized({N * P, g.patch()});
   const float* px = x.data<float>();
   float* pc = cols.data<float>();
   detail::parallel_for(N, 1, [&](std::int64_t b, std::int64_t e) {
@@ -104,8 +104,8 @@ Conv2dGeometry pool_geometry(const Tensor& x, const Pool2dParams& p, const char*
 Tensor max_pool2d(const Tensor& x, const Pool2dParams& params) {
   const Conv2dGeometry g = pool_geometry(x, params, "max_pool2d");
   const std::int64_t planes = x.size(0) * x.size(1), hw = g.height * g.width;
-  Tensor out = Tensor::empty({x.size(0), x.size(1), g.out_h(), g.out_w()});
-  Tensor argmax = Tensor::empty(out.shape(), DType::s32);  // flat index within the input plane
+  Tensor out = Tensor::uninitialized({x.size(0), x.size(1), g.out_h(), g.out_w()});
+  Tensor argmax = Tensor::uninitialized(out.shape(), DType::s32);  // flat index within the input plane
   const float* px = x.data<float>();
   float* po = out.data<float>();
   std::int32_t* pa = argmax.data<std::int32_t>();
@@ -137,7 +137,7 @@ Tensor avg_pool2d(const Tensor& x, const Pool2dParams& params) {
   const Conv2dGeometry g = pool_geometry(x, params, "avg_pool2d");
   const std::int64_t planes = x.size(0) * x.size(1), hw = g.height * g.width;
   const float inv_area = 1.0f / static_cast<float>(params.kernel * params.kernel);
-  Tensor out = Tensor::empty({x.size(0), x.size(1), g.out_h(), g.out_w()});
+  Tensor out = Tensor::uninitialized({x.size(0), x.size(1), g.out_h(), g.out_w()});
   const float* px = x.data<float>();
   float* po = out.data<float>();
   for_each_pool_window(g, planes, [&](std::int64_t plane, std::int64_t o, std::int64_t ya, std::int64_t yb,

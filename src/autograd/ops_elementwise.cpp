@@ -148,7 +148,7 @@ namespace {
 // Softmax or log-softmax along `axis`, numerically stable.
 Tensor softmax_forward(const Tensor& x, std::int64_t axis, bool log_space) {
   const detail::AxisSplit s = detail::split_at(x.shape(), axis);
-  Tensor out = Tensor::empty(x.shape());
+  Tensor out = Tensor::uninitialized(x.shape());
   const float* px = x.data<float>();
   float* po = out.data<float>();
   detail::parallel_for(s.outer * s.inner, 64, [&](std::int64_t b, std::int64_t e) {

@@ -41,7 +41,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   const std::int64_t batch = a.numel() / std::max<std::int64_t>(M * K, 1);
   Shape out_shape(a.shape().begin(), a.shape().end() - 1);
   out_shape.push_back(N);
-  Tensor out = Tensor::empty(out_shape);
+  Tensor out = Tensor::uninitialized(out_shape);
   if (shared_b)  // one GEMM over all rows of a
     batched_gemm(Trans::N, Trans::N, 1, batch * M, N, K, a.data<float>(), 0, b.data<float>(), 0,
                  0.0f, out.data<float>(), 0);
@@ -53,7 +53,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
                 [a = a.detach(), b = b.detach(), ga, gb, shared_b, batch, M, N, K](const Tensor& g) {
     Tensor da, db;
     if (ga) {  // da = g b^T
-      da = Tensor::empty(a.shape());
+      da = Tensor::uninitialized(a.shape());
       if (shared_b)
         batched_gemm(Trans::N, Trans::T, 1, batch * M, K, N, g.data<float>(), 0, b.data<float>(), 0,
                      0.0f, da.data<float>(), 0);
@@ -62,7 +62,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
                      K * N, 0.0f, da.data<float>(), M * K);
     }
     if (gb) {  // db = a^T g (summed over batches when b is shared)
-      db = Tensor::empty(b.shape());
+      db = Tensor::uninitialized(b.shape());
       if (shared_b)
         batched_gemm(Trans::T, Trans::N, 1, K, N, batch * M, a.data<float>(), 0, g.data<float>(), 0,
                      0.0f, db.data<float>(), 0);
@@ -89,7 +89,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   const std::int64_t rows = x.numel() / std::max<std::int64_t>(in_features, 1);
   Shape out_shape = x.shape();
   out_shape.back() = out_features;
-  Tensor y = Tensor::empty(out_shape);
+  Tensor y = Tensor::uninitialized(out_shape);
   // y: [rows, out] = x: [rows, in] · W^T
   kernels::gemm_f32(Trans::N, Trans::T, rows, out_features, in_features, 1.0f, x.data<float>(),
                     in_features, weight.data<float>(), in_features, 0.0f, y.data<float>(), out_features);
@@ -99,12 +99,12 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
                 [x = x.detach(), w = weight.detach(), gx, gw, gbias, rows, out_features, in_features](const Tensor& g) {
     Tensor dx, dw, db;
     if (gx) {  // dx: [rows, in] = g: [rows, out] · W: [out, in]
-      dx = Tensor::empty(x.shape());
+      dx = Tensor::uninitialized(x.shape());
       kernels::gemm_f32(Trans::N, Trans::N, rows, in_features, out_features, 1.0f, g.data<float>(),
                         out_features, w.data<float>(), in_features, 0.0f, dx.data<float>(), in_features);
     }
     if (gw) {  // dW: [out, in] = g^T · x
-      dw = Tensor::empty(w.shape());
+      dw = Tensor::uninitialized(w.shape());
       kernels::gemm_f32(Trans::T, Trans::N, out_features, in_features, rows, 1.0f, g.data<float>(),
                         out_features, x.data<float>(), in_features, 0.0f, dw.data<float>(), in_features);
     }

@@ -72,7 +72,7 @@ Tensor embedding(const Tensor& weight, const Tensor& indices) {
                  i, " is outside the vocabulary [0, ", V, ")");
   Shape out_shape = indices.shape();
   out_shape.push_back(D);
-  Tensor out = Tensor::empty(out_shape);
+  Tensor out = Tensor::uninitialized(out_shape);
   const float* w = weight.data<float>();
   float* o = out.data<float>();
   detail::parallel_for(n, 64, [&](std::int64_t b, std::int64_t e) {
@@ -96,7 +96,7 @@ Tensor dropout(const Tensor& x, float p, bool training, Generator& gen) {
   detail::check_f32(x, "dropout", "x");
   SHIFTQ_CHECK(p >= 0.0f && p < 1.0f, ValueError, "dropout: p must be in [0, 1), got ", p);
   if (!training || p == 0.0f) return x;
-  Tensor mask = Tensor::empty(x.shape());
+  Tensor mask = Tensor::uninitialized(x.shape());
   float* m = mask.data<float>();
   const float keep_scale = 1.0f / (1.0f - p);
   for (std::int64_t i = 0; i < x.numel(); ++i) m[i] = gen.uniform() < p ? 0.0f : keep_scale;

@@ -26,7 +26,7 @@ struct NormLayout {
 // xhat = (x - mean) * invstd per channel; returns xhat and fills mean/var (biased) and invstd.
 Tensor normalize(const Tensor& x, const NormLayout& l, float eps, std::vector<float>& mean,
                  std::vector<float>& var, std::vector<float>& invstd) {
-  Tensor xhat = Tensor::empty(x.shape());
+  Tensor xhat = Tensor::uninitialized(x.shape());
   const float* px = x.data<float>();
   float* ph = xhat.data<float>();
   mean.assign(l.channels, 0.0f);
@@ -52,7 +52,7 @@ Tensor normalize(const Tensor& x, const NormLayout& l, float eps, std::vector<fl
 
 // y = gamma * xhat + beta per channel.
 Tensor affine(const Tensor& xhat, const NormLayout& l, const Tensor& gamma, const Tensor& beta) {
-  Tensor y = Tensor::empty(xhat.shape());
+  Tensor y = Tensor::uninitialized(xhat.shape());
   const float* ph = xhat.data<float>();
   const float* pg = gamma.defined() ? gamma.data<float>() : nullptr;
   const float* pb = beta.defined() ? beta.data<float>() : nullptr;
@@ -72,7 +72,7 @@ Tensor affine(const Tensor& xhat, const NormLayout& l, const Tensor& gamma, cons
 std::vector<Tensor> normalize_backward(const Tensor& g, const Tensor& xhat, const NormLayout& l,
                                        const std::vector<float>& invstd, const Tensor& gamma,
                                        bool need_gamma, bool need_beta) {
-  Tensor dx = Tensor::empty(xhat.shape());
+  Tensor dx = Tensor::uninitialized(xhat.shape());
   Tensor dgamma = need_gamma ? Tensor::empty({l.channels}) : Tensor();
   Tensor dbeta = need_beta ? Tensor::empty({l.channels}) : Tensor();
   const float* pg = g.data<float>();
@@ -188,7 +188,7 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, Ba
     const float* rm = state.running_mean.data<float>();
     const float* rv = state.running_var.data<float>();
     for (std::int64_t c = 0; c < C; ++c) invstd[c] = 1.0f / std::sqrt(rv[c] + state.eps);
-    Tensor xhat = Tensor::empty(x.shape());
+    Tensor xhat = Tensor::uninitialized(x.shape());
     const float* px = x.data<float>();
     float* ph = xhat.data<float>();
     for (std::int64_t c = 0; c < C; ++c)
@@ -196,7 +196,7 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, Ba
     Tensor y = affine(xhat, layout, gamma, beta);
     return record("batch_norm2d_eval", y, {&x, &gamma, &beta},
                   [xhat, layout, invstd, gamma = gamma.detach(), need_gamma, need_beta](const Tensor& g) {
-      Tensor dx = Tensor::empty(g.shape());
+      Tensor dx = Tensor::uninitialized(g.shape());
       const float* pg = g.data<float>();
       const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
       float* pdx = dx.data<float>();

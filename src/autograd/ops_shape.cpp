@@ -45,7 +45,7 @@ Tensor permute_copy(const Tensor& x, const std::vector<std::int64_t>& perm) {
   const std::int64_t rank = x.dim();
   Shape out_shape(rank);
   for (std::int64_t d = 0; d < rank; ++d) out_shape[d] = x.shape()[perm[d]];
-  Tensor out = Tensor::empty(out_shape);
+  Tensor out = Tensor::uninitialized(out_shape);
   if (out.numel() == 0) return out;
   const Shape in_strides = x.strides();
   Shape src_strides(rank);  // stride in x of each output dim
@@ -113,7 +113,7 @@ Tensor slice(const Tensor& x, std::int64_t dim, std::int64_t start, std::int64_t
                end, ") out of bounds for dim ", axis, " of ", x.str());
   Shape out_shape = x.shape();
   out_shape[axis] = end - start;
-  Tensor out = Tensor::empty(out_shape);
+  Tensor out = Tensor::uninitialized(out_shape);
   const detail::AxisSplit s = detail::split_at(x.shape(), axis);
   copy_axis_block(x.data<float>(), extent, start, out.data<float>(), end - start, 0, end - start,
                   s.outer, s.inner);
@@ -139,7 +139,7 @@ Tensor concat(const std::vector<Tensor>& xs, std::int64_t dim) {
                  " differ outside dim ", axis);
     out_shape[axis] += x.shape()[axis];
   }
-  Tensor out = Tensor::empty(out_shape);
+  Tensor out = Tensor::uninitialized(out_shape);
   const detail::AxisSplit s = detail::split_at(out_shape, axis);
   std::vector<std::int64_t> starts;
   std::int64_t offset = 0;
@@ -154,7 +154,7 @@ Tensor concat(const std::vector<Tensor>& xs, std::int64_t dim) {
   return record("concat", out, xs, [shapes, starts, axis, s, total = out_shape[axis]](const Tensor& g) {
     std::vector<Tensor> grads;
     for (std::size_t i = 0; i < shapes.size(); ++i) {
-      Tensor dx = Tensor::empty(shapes[i]);
+      Tensor dx = Tensor::uninitialized(shapes[i]);
       copy_axis_block(g.data<float>(), total, starts[i], dx.data<float>(), shapes[i][axis], 0,
                       shapes[i][axis], s.outer, s.inner);
       grads.push_back(dx);

@@ -13,7 +13,7 @@ constexpr std::int64_t kElementwiseGrain = 1 << 15;
 // out[i] = f(x[i]) for an f32 tensor, in parallel.
 template <class F>
 Tensor map_unary(const Tensor& x, F f) {
-  Tensor out = Tensor::empty(x.shape());
+  Tensor out = Tensor::uninitialized(x.shape());
   const float* px = x.data<float>();
   float* po = out.data<float>();
   parallel_for(x.numel(), kElementwiseGrain, [&](std::int64_t b, std::int64_t e) {
@@ -25,7 +25,7 @@ Tensor map_unary(const Tensor& x, F f) {
 // out[i] = f(x[i], y[i]) for two f32 tensors of the same shape, in parallel.
 template <class F>
 Tensor map_binary_same(const Tensor& x, const Tensor& y, F f) {
-  Tensor out = Tensor::empty(x.shape());
+  Tensor out = Tensor::uninitialized(x.shape());
   const float* px = x.data<float>();
   const float* py = y.data<float>();
   float* po = out.data<float>();
@@ -50,7 +50,7 @@ template <class F>
 Tensor map_binary(const Tensor& a, const Tensor& b, F f) {
   if (a.shape() == b.shape()) return map_binary_same(a, b, f);
   const Shape out_shape = broadcast_shapes(a.shape(), b.shape());
-  Tensor out = Tensor::empty(out_shape);
+  Tensor out = Tensor::uninitialized(out_shape);
   const float* pa = a.data<float>();
   const float* pb = b.data<float>();
   float* po = out.data<float>();

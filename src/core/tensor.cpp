@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 
+#include "detail/memory.hpp"
 #include "detail/parallel.hpp"
 #include "shiftq/core/generator.hpp"
 
@@ -13,13 +14,12 @@ namespace shiftq {
 // ---- Storage ----------------------------------------------------------------------------------
 
 Storage::Storage(std::size_t nbytes, bool zero_fill) : nbytes_(nbytes) {
-  const std::size_t padded = nbytes == 0 ? 64 : ((nbytes + 63) / 64) * 64;  // aligned_alloc: multiple of 64
-  data_ = std::aligned_alloc(64, padded);
-  if (data_ == nullptr) throw std::bad_alloc();
-  if (zero_fill) std::memset(data_, 0, padded);
+  const std::size_t size = detail::block_size(nbytes);
+  data_ = detail::allocate_block(size);
+  if (zero_fill) std::memset(data_, 0, size);
 }
 
-Storage::~Storage() { std::free(data_); }
+Storage::~Storage() { detail::free_block(data_, detail::block_size(nbytes_)); }
 
 // ---- construction -----------------------------------------------------------------------------
 

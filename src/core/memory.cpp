@@ -1,0 +1,102 @@
+#include "shiftq/core/memory.hpp"
+
+#include <cstdlib>
+#include <mutex>
+#include <new>
+#include <unordered_map>
+
+#include "detail/memory.hpp"
+
+namespace shiftq {
+namespace {
+constexpr std::size_t kMinCached = std::size_t{64} << 10;
+
+struct BlockCache {
+  std::mutex mu;
+  std::unordered_multimap<std::size_t, void*> idle;  // size -> block
+  std::size_t idle_bytes = 0;
+#if defined(__SANITIZE_ADDRESS__)
+  std::size_t limit = 0;  // let AddressSanitizer see every free
+#else
+  std::size_t limit = std::size_t{2} << 30;
+#endif
+
+  void trim_to(std::size_t bytes) {  // caller holds mu
+    for (auto it = idle.begin(); it != idle.end() && idle_bytes > bytes;) {
+      idle_bytes -= it->first;
+      std::free(it->second);
+      it = idle.erase(it);
+    }
+  }
+};
+
+// Never destroyed: tensors may be freed during static destruction.
+BlockCache& cache() {
+  static BlockCache* c = new BlockCache;
+  return *c;
+}
+}  // namespace
+
+namespace detail {
+std::size_t block_size(std::size_t nbytes) {
+  const std::size_t padded = nbytes == 0 ? 64 : ((nbytes + 63) / 64) * 64;
+  return padded < kMinCached ? padded : ((padded + kMinCached - 1) / kMinCached) * kMinCached;
+}
+
+void* allocate_block(std::size_t size) {
+  if (size >= kMinCached) {
+    BlockCache& c = cache();
+    std::lock_guard<std::mutex> lock(c.mu);
+    auto it = c.idle.find(size);
+    if (it != c.idle.end()) {
+      void* p = it->second;
+      c.idle.erase(it);
+      c.idle_bytes -= size;
+      return p;
+    }
+  }
+  void* p = std::aligned_alloc(64, size);
+  if (p == nullptr) throw std::bad_alloc();
+  return p;
+}
+
+void free_block(void* p, std::size_t size) {
+  if (size >= kMinCached) {
+    BlockCache& c = cache();
+    std::lock_guard<std::mutex> lock(c.mu);
+    if (c.idle_bytes + size <= c.limit) {
+      c.idle.emplace(size, p);
+      c.idle_bytes += size;
+      return;
+    }
+  }
+  std::free(p);
+}
+}  // namespace detail
+
+void set_memory_cache_limit(std::size_t bytes) {
+  BlockCache& c = cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  c.limit = bytes;
+  c.trim_to(bytes);
+}
+
+std::size_t memory_cache_limit() {
+  BlockCache& c = cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  return c.limit;
+}
+
+std::size_t cached_memory_bytes() {
+  BlockCache& c = cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  return c.idle_bytes;
+}
+
+void release_cached_memory() {
+  BlockCache& c = cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  c.trim_to(0);
+}
+
+}  // namespace shiftq
