@@ -22,6 +22,8 @@ void run_layer(benchmark::State& state, Layer& layer, const Tensor& x, bool quan
   const Tensor grad = Tensor::randn(layer.forward(x).shape(), gen);
   for (auto _ : state) {
     layer.weight.bump_version();  // an optimizer step happened: the int path re-packs W
+    layer.zero_grad();
+    Tensor(x).zero_grad();
     Tensor y = layer.forward(x);
     y.backward(grad);
     benchmark::DoNotOptimize(layer.weight.grad().template data<float>());

@@ -12,6 +12,7 @@
 
 namespace {
 using namespace shiftq;
+using nn::Module;
 
 struct Args {
   std::string data_dir = data::kFashionMnistDir;
@@ -21,13 +22,17 @@ struct Args {
   double lr = 0.05;
   int threads = 0;  // 0: library default
   std::uint64_t seed = 1;
+  int bits = 0;            // 0: fp32; 2..8: integer training (W/A/G bits, ShiftQuant gradients)
+  std::string norm = "l2";  // BatchNorm flavour of the CNN: l2 or l1
 };
 
 [[noreturn]] void usage(const std::string& error) {
   std::fprintf(stderr,
                "error: %s\n"
                "usage: shiftq-demo-mnist [--data DIR] [--model mlp|cnn] [--epochs N] [--batch N]\n"
-               "                         [--lr X] [--threads N] [--seed N]\n",
+               "                         [--lr X] [--threads N] [--seed N] [--bits 0|2..8] [--norm l1|l2]\n"
+               "  --bits B  train with B-bit integer GEMMs forward and backward (0 = fp32; first and\n"
+               "            last layer at 8 bits)\n",
                error.c_str());
   std::exit(2);
 }
@@ -47,17 +52,26 @@ Args parse(int argc, char** argv) {
       else if (flag == "--lr") a.lr = std::stod(v);
       else if (flag == "--threads") a.threads = std::stoi(v);
       else if (flag == "--seed") a.seed = std::stoull(v);
+      else if (flag == "--bits") a.bits = std::stoi(v);
+      else if (flag == "--norm") a.norm = v;
       else usage("unknown flag " + flag);
     } catch (const std::logic_error&) {
       usage("bad value '" + v + "' for " + flag);
     }
   }
   if (a.model != "mlp" && a.model != "cnn") usage("--model must be mlp or cnn");
+  if (a.bits != 0 && (a.bits < 2 || a.bits > 8)) usage("--bits must be 0 (fp32) or in 2..8");
+  if (a.norm != "l1" && a.norm != "l2") usage("--norm must be l1 or l2");
   if (a.epochs < 1 || a.batch < 1 || a.lr <= 0 || a.threads < 0) usage("epochs, batch, lr must be positive");
   return a;
 }
 
-std::shared_ptr<nn::Sequential> build_model(const std::string& kind, Generator& gen) {
+std::shared_ptr<Module> batch_norm(const std::string& norm, std::int64_t channels) {
+  if (norm == "l1") return std::make_shared<nn::L1BatchNorm2d>(nn::L1BatchNormOptions{channels});
+  return std::make_shared<nn::BatchNorm2d>(nn::BatchNormOptions{channels});
+}
+
+std::shared_ptr<nn::Sequential> build_model(const std::string& kind, const std::string& norm, Generator& gen) {
   auto m = std::make_shared<nn::Sequential>();
   if (kind == "mlp") {  // [N, 1, 28, 28] -> [N, 784] -> 256 -> 128 -> 10
     m->push_back(std::make_shared<nn::Flatten>());
@@ -70,11 +84,11 @@ std::shared_ptr<nn::Sequential> build_model(const std::string& kind, Generator& 
   }
   // [N,1,28,28] -conv3-> 16x28x28 -pool-> 16x14x14 -conv3-> 32x14x14 -pool-> 32x7x7 -> 10
   m->push_back(std::make_shared<nn::Conv2d>(nn::Conv2dOptions{1, 16, 3}.padding(1).bias(false), gen));
-  m->push_back(std::make_shared<nn::BatchNorm2d>(nn::BatchNormOptions{16}));
+  m->push_back(batch_norm(norm, 16));
   m->push_back(std::make_shared<nn::ReLU>());
   m->push_back(std::make_shared<nn::MaxPool2d>());
   m->push_back(std::make_shared<nn::Conv2d>(nn::Conv2dOptions{16, 32, 3}.padding(1).bias(false), gen));
-  m->push_back(std::make_shared<nn::BatchNorm2d>(nn::BatchNormOptions{32}));
+  m->push_back(batch_norm(norm, 32));
   m->push_back(std::make_shared<nn::ReLU>());
   m->push_back(std::make_shared<nn::MaxPool2d>());
   m->push_back(std::make_shared<nn::Flatten>());
@@ -132,8 +146,15 @@ int main(int argc, char** argv) {
                 args.data_dir.c_str(), args.model.c_str(), get_num_threads(),
                 static_cast<unsigned long long>(args.seed));
     Generator gen(args.seed);
-    auto model = build_model(args.model, gen);
+    auto model = build_model(args.model, args.norm, gen);
     std::printf("parameters: %lld\n", static_cast<long long>(model->num_parameters()));
+    if (args.bits > 0) {
+      const quant::QConfig config = quant::QConfig::bits(args.bits);
+      const int layers = nn::quantize_model(*model, config, args.seed);
+      std::printf("integer training: %d layers, %s\n", layers, config.str().c_str());
+    } else {
+      std::printf("fp32 training\n");
+    }
     optim::SGD opt(model->named_parameters(), optim::SGDOptions{args.lr}.momentum(0.9).weight_decay(5e-4));
     const std::int64_t n = train.labels.numel(), steps_per_epoch = (n + args.batch - 1) / args.batch;
     optim::WarmupCosine schedule(args.lr, steps_per_epoch / 4, steps_per_epoch * args.epochs);

@@ -123,7 +123,7 @@ float Tensor::at(std::initializer_list<std::int64_t> index) const {
 
 Tensor Tensor::clone() const {
   check_defined(*this, "clone", "self");
-  Tensor t = empty(shape_, dtype_);
+  Tensor t = uninitialized(shape_, dtype_);
   std::memcpy(t.storage_->data(), storage_->data(), nbytes());
   return t;
 }

@@ -104,9 +104,7 @@ Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bia
   // Y: [rows, out] = X: [rows, in] · W^T, X as u8 codes with a per-tensor scale.
   const QTensor xq = quantize(x.view({rows, in_f}), activation_params(quant.activations, 1), "linear input");
   const QTensor wq = packed.get(weight, out_f, in_f, quant.weights);
-  Tensor y = shiftmm(xq, Trans::N, wq, Trans::T);
-  if (bias.defined()) y = add(y.detach(), bias.detach()).detach();
-  y = y.view(out_shape);
+  const Tensor y = shiftmm(xq, Trans::N, wq, Trans::T, bias).view(out_shape);
   const bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
   if (any_requires_grad({&x, &weight, &bias})) t_saved_bytes += static_cast<std::int64_t>(xq.codes.nbytes());
   return record("quantized_linear", y, {&x, &weight, &bias},

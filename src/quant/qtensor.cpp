@@ -224,15 +224,25 @@ QTensor& QTensor::compute_sums() {
   col_sums = Tensor::empty({C}, DType::s32);
   const std::int8_t* pv = v.data<std::int8_t>();
   std::int32_t* rs = row_sums.data<std::int32_t>();
-  std::int32_t* cs = col_sums.data<std::int32_t>();
-  for (std::int64_t r = 0; r < R; ++r) {
-    std::int32_t acc = 0;
-    for (std::int64_t c = 0; c < C; ++c) {
-      acc += pv[r * C + c];
-      cs[c] += pv[r * C + c];
+  // Row sums in parallel; column sums from per-block partials (integer adds: order-independent).
+  const std::int64_t blocks = R * C < kParallelElements ? 1 : std::min<std::int64_t>(get_num_threads(), R);
+  std::vector<std::vector<std::int32_t>> partial(blocks, std::vector<std::int32_t>(C, 0));
+  detail::parallel_for(blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
+    for (std::int64_t b = b0; b < b1; ++b) {
+      std::int32_t* cs = partial[b].data();
+      for (std::int64_t r = R * b / blocks; r < R * (b + 1) / blocks; ++r) {
+        std::int32_t acc = 0;
+        for (std::int64_t c = 0; c < C; ++c) {
+          acc += pv[r * C + c];
+          cs[c] += pv[r * C + c];
+        }
+        rs[r] = acc;
+      }
     }
-    rs[r] = acc;
-  }
+  });
+  std::int32_t* cs = col_sums.data<std::int32_t>();
+  for (std::int64_t b = 0; b < blocks; ++b)
+    for (std::int64_t c = 0; c < C; ++c) cs[c] += partial[b][c];
   return *this;
 }
 

@@ -127,14 +127,20 @@ ShiftMMResult shiftmm_s32(const QTensor& a, Trans ta, const QTensor& b, Trans tb
   return out;
 }
 
-Tensor shiftmm(const QTensor& a, Trans ta, const QTensor& b, Trans tb) {
+Tensor shiftmm(const QTensor& a, Trans ta, const QTensor& b, Trans tb, const Tensor& col_bias) {
   const GemmShape s = check_operands(a, ta, b, tb);
+  if (col_bias.defined())
+    SHIFTQ_CHECK(col_bias.dtype() == DType::f32 && col_bias.numel() == s.N, ShapeError, "shiftmm: bias ",
+                 col_bias.str(), " must be f32 with ", s.N, " elements");
+  const float* bias = col_bias.defined() ? col_bias.data<float>() : nullptr;
   // The int32 accumulator is written into the output's own storage, then scaled to f32 in place
   // (each element is read as int32 before the float is stored to the same address).
   Tensor out = Tensor::uninitialized({s.M, s.N}, DType::f32);
   const float shift = std::ldexp(1.0f, -(a.shift_budget + b.shift_budget));
   if (s.K > kernels::kMaxGemmKs8s8) {
     chunked_product_f32(a, ta, b, tb, s, out.data<float>(), shift);
+    if (bias)
+      for (std::int64_t i = 0; i < s.M * s.N; ++i) out.data<float>()[i] += bias[i % s.N];
     return out;
   }
   std::int32_t* acc = static_cast<std::int32_t*>(static_cast<void*>(out.data<float>()));
@@ -154,6 +160,8 @@ Tensor shiftmm(const QTensor& a, Trans ta, const QTensor& b, Trans tb) {
         for (std::int64_t n = 0; n < s.N; ++n) dst[n] = static_cast<float>(in[n]) * (row * cs[n]);
       else
         for (std::int64_t n = 0; n < s.N; ++n) dst[n] = static_cast<float>(in[n]) * (row * cs[0]);
+      if (bias)
+        for (std::int64_t n = 0; n < s.N; ++n) dst[n] += bias[n];
     }
   });
   return out;

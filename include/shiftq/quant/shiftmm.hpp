@@ -25,6 +25,7 @@ struct ShiftMMResult {
 // bound).
 ShiftMMResult shiftmm_s32(const QTensor& a, Trans ta, const QTensor& b, Trans tb);
 // The f32 product [M, N]. Any K: beyond the int32 bound the GEMM runs over K chunks summed in int64.
-Tensor shiftmm(const QTensor& a, Trans ta, const QTensor& b, Trans tb);
+// `col_bias` (f32 [N] or undefined) is added to every row in the same pass (a Linear's bias).
+Tensor shiftmm(const QTensor& a, Trans ta, const QTensor& b, Trans tb, const Tensor& col_bias = Tensor());
 
 }  // namespace shiftq::quant
