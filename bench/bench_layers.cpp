@@ -1,8 +1,10 @@
 // Per-layer forward + backward: fp32 vs quantized (int8 GEMMs), and normalization L2 vs L1.
 //   BM_Linear_<f32|int>/rows/in/out/threads       x: [rows, in] -> [rows, out]
 //   BM_Conv2d_<f32|int>/N/C/HW/threads            3x3, padding 1, C -> C channels on HW x HW
-//   BM_BatchNorm2d_<L2_f32|L1_f32>/N/C/HW/threads
-//   BM_LayerNorm_<L2_f32|L1_f32>/rows/D/threads
+//   BM_BatchNorm2d_<L2_f32|L1_f32|L1_int>/N/C/HW/threads
+//   BM_LayerNorm_<L2_f32|L1_f32|L1_int>/rows/D/threads
+// L1_int: fully quantized L1 normalization (8-bit input and gradient codes, integer statistics)
+// taking and returning fp32 tensors, so its cost includes quantizing them.
 // The int cases re-pack the weight every iteration (as after every optimizer step) and use the
 // default 4-bit config (W4A4G4: ShiftQuant weights and gradients, per-tensor activations).
 #include <benchmark/benchmark.h>
@@ -78,6 +80,18 @@ void BM_BatchNorm2d_L1_f32(benchmark::State& state) {
   nn::L1BatchNorm2d bn(nn::L1BatchNormOptions{state.range(1)});
   run_norm(state, bn, {state.range(0), state.range(1), state.range(2), state.range(2)});
 }
+void BM_BatchNorm2d_L1_int(benchmark::State& state) {
+  set_threads(state, 3);
+  nn::L1BatchNorm2d bn(nn::L1BatchNormOptions{state.range(1)});
+  bn.set_quantization(quant::QuantizedNormConfig{8, 8, 1, 0});
+  run_norm(state, bn, {state.range(0), state.range(1), state.range(2), state.range(2)});
+}
+void BM_LayerNorm_L1_int(benchmark::State& state) {
+  set_threads(state, 2);
+  nn::L1LayerNorm ln(nn::L1LayerNormOptions{state.range(1)});
+  ln.set_quantization(quant::QuantizedNormConfig{8, 8, 1, 0});
+  run_norm(state, ln, {state.range(0), state.range(1)});
+}
 void BM_LayerNorm_L2_f32(benchmark::State& state) {
   set_threads(state, 2);
   nn::LayerNorm ln(nn::LayerNormOptions{state.range(1)});
@@ -122,8 +136,10 @@ BENCHMARK(BM_Conv2d_f32)->Apply(conv_shapes);
 BENCHMARK(BM_Conv2d_int)->Apply(conv_shapes);
 BENCHMARK(BM_BatchNorm2d_L2_f32)->Apply(bn_shapes);
 BENCHMARK(BM_BatchNorm2d_L1_f32)->Apply(bn_shapes);
+BENCHMARK(BM_BatchNorm2d_L1_int)->Apply(bn_shapes);
 BENCHMARK(BM_LayerNorm_L2_f32)->Apply(ln_shapes);
 BENCHMARK(BM_LayerNorm_L1_f32)->Apply(ln_shapes);
+BENCHMARK(BM_LayerNorm_L1_int)->Apply(ln_shapes);
 }  // namespace
 
 BENCHMARK_MAIN();

@@ -19,6 +19,7 @@
 #include "shiftq/optim/optimizer.hpp"
 #include "shiftq/optim/schedule.hpp"
 #include "shiftq/quant/qconfig.hpp"
+#include "shiftq/quant/ql1norm.hpp"
 #include "shiftq/quant/qlayers.hpp"
 #include "shiftq/quant/qtensor.hpp"
 #include "shiftq/quant/shiftmm.hpp"

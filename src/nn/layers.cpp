@@ -88,7 +88,9 @@ L1BatchNorm2d::L1BatchNorm2d(const L1BatchNormOptions& options) : Module("L1Batc
 
 Tensor L1BatchNorm2d::forward(const Tensor& x) {
   L1BatchNormState state{running_mean, running_sigma, options_.momentum(), options_.eps(), options_.c()};
-  return l1_batch_norm2d(x, weight, bias, state, is_training());
+  if (!quant_) return l1_batch_norm2d(x, weight, bias, state, is_training());
+  return quant::quantized_l1_batch_norm2d(x, weight, bias, state, is_training(), *quant_,
+                                          is_training() ? calls_++ : calls_);
 }
 
 L1LayerNorm::L1LayerNorm(const L1LayerNormOptions& options) : Module("L1LayerNorm"), options_(options) {
@@ -100,7 +102,11 @@ L1LayerNorm::L1LayerNorm(const L1LayerNormOptions& options) : Module("L1LayerNor
   }
 }
 
-Tensor L1LayerNorm::forward(const Tensor& x) { return l1_layer_norm(x, weight, bias, options_.eps(), options_.c()); }
+Tensor L1LayerNorm::forward(const Tensor& x) {
+  if (!quant_) return l1_layer_norm(x, weight, bias, options_.eps(), options_.c());
+  return quant::quantized_l1_layer_norm(x, weight, bias, options_.eps(), options_.c(), *quant_,
+                                        is_training() ? calls_++ : calls_);
+}
 
 LayerNorm::LayerNorm(const LayerNormOptions& options) : Module("LayerNorm"), options_(options) {
   check_positive(options.normalized_size(), "LayerNorm", "normalized_size");
@@ -140,26 +146,41 @@ Tensor Sequential::forward(const Tensor& x) {
 }
 
 namespace {
-void collect_quantizable(Module& m, std::vector<QuantizableLayer*>& out) {
-  if (auto* q = dynamic_cast<QuantizableLayer*>(&m)) out.push_back(q);
-  for (const auto& [name, child] : m.named_children()) collect_quantizable(*child, out);
+template <class T>
+void collect(Module& m, std::vector<T*>& out) {
+  if (auto* q = dynamic_cast<T*>(&m)) out.push_back(q);
+  for (const auto& [name, child] : m.named_children()) collect(*child, out);
 }
 }  // namespace
 
 int quantize_model(Module& model, const quant::QConfig& config, std::uint64_t seed) {
   std::vector<QuantizableLayer*> layers;
-  collect_quantizable(model, layers);
+  collect(model, layers);
   for (std::size_t i = 0; i < layers.size(); ++i) {
     const bool first_or_last = i == 0 || i + 1 == layers.size();
     layers[i]->set_quantization(quant::layer_quant(config, first_or_last, seed, i));
+  }
+  std::vector<QuantizableNorm*> norms;
+  collect(model, norms);
+  for (std::size_t i = 0; i < norms.size(); ++i) {
+    if (config.norm_bits == 0) {
+      norms[i]->set_quantization(std::nullopt);
+      continue;
+    }
+    // Layer ids after the GEMM layers' (which use 2 * id and 2 * id + 1).
+    norms[i]->set_quantization(quant::QuantizedNormConfig{config.norm_bits, config.norm_bits, seed,
+                                                          2 * layers.size() + i});
   }
   return static_cast<int>(layers.size());
 }
 
 void dequantize_model(Module& model) {
   std::vector<QuantizableLayer*> layers;
-  collect_quantizable(model, layers);
+  collect(model, layers);
   for (QuantizableLayer* layer : layers) layer->set_quantization(std::nullopt);
+  std::vector<QuantizableNorm*> norms;
+  collect(model, norms);
+  for (QuantizableNorm* norm : norms) norm->set_quantization(std::nullopt);
 }
 
 }  // namespace shiftq::nn

@@ -38,6 +38,8 @@ void QConfig::validate() const {
   gradients.validate("gradients");
   SHIFTQ_CHECK(first_last_bits == 0 || (first_last_bits >= 2 && first_last_bits <= 8), ValueError,
                "QConfig: first_last_bits must be 0 or in [2, 8], got ", first_last_bits);
+  SHIFTQ_CHECK(norm_bits == 0 || (norm_bits >= 2 && norm_bits <= 8), ValueError,
+               "QConfig: norm_bits must be 0 or in [2, 8], got ", norm_bits);
 }
 
 std::string QConfig::str() const {
@@ -49,7 +51,8 @@ std::string QConfig::str() const {
   };
   return detail::cat("weights: ", role(weights), "; activations: ", role(activations), "; gradients: ",
                      role(gradients), "; first/last layer: ",
-                     first_last_bits ? detail::cat(first_last_bits, "-bit") : std::string("same"));
+                     first_last_bits ? detail::cat(first_last_bits, "-bit") : std::string("same"),
+                     "; L1 norms: ", norm_bits ? detail::cat(norm_bits, "-bit integer") : std::string("float"));
 }
 
 }  // namespace shiftq::quant

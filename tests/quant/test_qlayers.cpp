@@ -263,5 +263,98 @@ TEST(L1Norm, SmallQuantizedCnnWithL1BatchNormLearnsBars) {
   EXPECT_GE(correct, 231);  // >= 90%
 }
 
+TEST(QuantizedL1Norm, IntegerStatisticsEqualFloatStatisticsOfTheDequantizedInput) {
+  Generator gen(12);
+  const Tensor x = add(mul(Tensor::randn({6, 5, 4, 3}, gen), 2.0f), 0.7f);
+  const quant::QTensor xq = quant::quantize(x.view({30, 12}), quant::QuantizeParams::per_tensor(8));
+  const quant::L1Statistics st = quant::l1_integer_statistics(xq, 6, 5, 12);
+  // Dequantized in double (code * scale), so the reference itself adds no f32 rounding.
+  const double scale = xq.scales.data<float>()[0];
+  auto xh = [&](std::int64_t i) { return scale * xq.codes.data<std::int8_t>()[i]; };
+  for (std::int64_t c = 0; c < 5; ++c) {
+    double mean = 0.0, dev = 0.0;
+    for (std::int64_t n = 0; n < 6; ++n)
+      for (std::int64_t i = 0; i < 12; ++i) mean += xh((n * 5 + c) * 12 + i);
+    mean /= 72.0;
+    for (std::int64_t n = 0; n < 6; ++n)
+      for (std::int64_t i = 0; i < 12; ++i) dev += std::fabs(xh((n * 5 + c) * 12 + i) - mean);
+    dev /= 72.0;
+    // Integer sums are exact; the only difference is double rounding of the float reference.
+    EXPECT_NEAR(st.mean[c], mean, 1e-12 * (1.0 + std::fabs(mean)));
+    EXPECT_NEAR(st.mean_abs_dev[c], dev, 1e-12 * (1.0 + dev));
+  }
+}
+
+TEST(QuantizedL1Norm, BatchNormForwardEqualsFloatL1OnDequantizedInputAndGradientIsUnbiased) {
+  Generator gen(13);
+  const Tensor x = add(mul(Tensor::randn({8, 3, 5, 5}, gen), 1.5f), -0.4f).set_requires_grad(true);
+  const Tensor gamma = Tensor::uniform({3}, 0.5f, 1.5f, gen).set_requires_grad(true);
+  const Tensor beta = Tensor::uniform({3}, -0.5f, 0.5f, gen).set_requires_grad(true);
+  const Tensor r = Tensor::randn(x.shape(), gen);
+  const quant::QuantizedNormConfig config{8, 8, 3, 0};
+  // Float reference on the dequantized input, exact output gradient.
+  const Tensor xh = quant::quantize(x.detach().view({24, 25}), quant::QuantizeParams::per_tensor(8)).dequantize().view(x.shape()).set_requires_grad(true);
+  L1BatchNormState ref_state;
+  const Tensor y_ref = l1_batch_norm2d(xh, gamma, beta, ref_state, true);
+  sum(mul(y_ref, r)).backward();
+  const Tensor dx_ref = xh.grad().clone(), dgamma_ref = gamma.grad().clone(), dbeta_ref = beta.grad().clone();
+  const int calls = 200;
+  Tensor dx_sum = Tensor::zeros(x.shape()), dgamma_sum = Tensor::zeros({3}), dbeta_sum = Tensor::zeros({3}), first;
+  for (int t = 0; t < calls; ++t) {
+    Tensor(x).zero_grad();
+    Tensor(gamma).zero_grad();
+    Tensor(beta).zero_grad();
+    L1BatchNormState state;
+    const Tensor y = quant::quantized_l1_batch_norm2d(x, gamma, beta, state, true, config, t);
+    if (t == 0) {
+      EXPECT_LT(rel_error(y, y_ref), 1e-5);
+    }
+    sum(mul(y, r)).backward();
+    if (t == 0) first = x.grad().clone();
+    dx_sum = add(dx_sum, x.grad());
+    dgamma_sum = add(dgamma_sum, gamma.grad());
+    dbeta_sum = add(dbeta_sum, beta.grad());
+  }
+  const double one = rel_error(first, dx_ref), mean = rel_error(mul(dx_sum, 1.0f / calls), dx_ref);
+  std::printf("[q-l1bn] dX rel. error: one draw %.4f, mean of %d %.4f\n", one, calls, mean);
+  EXPECT_LT(one, 0.05);
+  EXPECT_LT(mean * 5.0, one);
+  // gamma / beta gradients are per-channel sums of stochastically rounded dy: unbiased on average.
+  EXPECT_LT(rel_error(mul(dgamma_sum, 1.0f / calls), dgamma_ref), 0.01);
+  EXPECT_LT(rel_error(mul(dbeta_sum, 1.0f / calls), dbeta_ref), 0.01);
+}
+
+TEST(QuantizedL1Norm, LayerNormMatchesFloatL1) {
+  Generator gen(14);
+  const Tensor x = Tensor::randn({6, 32}, gen).set_requires_grad(true);
+  const Tensor gamma = Tensor::uniform({32}, 0.5f, 1.5f, gen).set_requires_grad(true);
+  const Tensor beta = Tensor::uniform({32}, -0.5f, 0.5f, gen).set_requires_grad(true);
+  const Tensor r = Tensor::randn({6, 32}, gen);
+  const Tensor xh = quant::quantize(x.detach(), quant::QuantizeParams::per_tensor(8)).dequantize().set_requires_grad(true);
+  const Tensor y_ref = l1_layer_norm(xh, gamma, beta);
+  sum(mul(y_ref, r)).backward();
+  const Tensor dx_ref = xh.grad().clone(), dgamma_ref = gamma.grad().clone();
+  Tensor(gamma).zero_grad();
+  const Tensor y = quant::quantized_l1_layer_norm(x, gamma, beta, 1e-5f, kL1NormC, {8, 8, 1, 0}, 0);
+  EXPECT_LT(rel_error(y, y_ref), 1e-5);
+  sum(mul(y, r)).backward();
+  EXPECT_LT(rel_error(x.grad(), dx_ref), 0.05);
+  EXPECT_LT(rel_error(gamma.grad(), dgamma_ref), 0.03);
+}
+
+TEST(QuantizedL1Norm, BadConfigAndShapesThrow) {
+  Generator gen(15);
+  L1BatchNormState state;
+  EXPECT_THROW(quant::quantized_l1_batch_norm2d(Tensor::randn({2, 3, 2, 2}, gen), Tensor(), Tensor(), state, true,
+                                                {9, 8, 0, 0}, 0),
+               ValueError);
+  EXPECT_THROW(quant::quantized_l1_batch_norm2d(Tensor::randn({2, 3, 2, 2}, gen), Tensor::ones({4}), Tensor(), state,
+                                                true, {8, 8, 0, 0}, 0),
+               ShapeError);
+  EXPECT_THROW(quant::quantized_l1_layer_norm(Tensor::randn({2, 1}, gen), Tensor(), Tensor(), 1e-5f, kL1NormC,
+                                              {8, 8, 0, 0}, 0),
+               ShapeError);  // one element per group
+}
+
 }  // namespace
 }  // namespace shiftq

@@ -6,6 +6,7 @@
 #include "shiftq/autograd/ops.hpp"
 #include "shiftq/core/generator.hpp"
 #include "shiftq/nn/module.hpp"
+#include "shiftq/quant/ql1norm.hpp"
 #include "shiftq/quant/qlayers.hpp"
 
 namespace shiftq::nn {
@@ -104,8 +105,22 @@ struct L1BatchNormOptions {
   SHIFTQ_ARG(float, c) = kL1NormC;  // sigma = c * mean|x - mu| + eps (sqrt(pi/2) matches L2 for Gaussians)
 };
 
+// L1 norm layers run fully quantized (int8 codes, integer statistics) once given a config.
+class QuantizableNorm {
+ public:
+  void set_quantization(std::optional<quant::QuantizedNormConfig> q) {
+    if (q) q->validate();
+    quant_ = q;
+  }
+  const std::optional<quant::QuantizedNormConfig>& quantization() const { return quant_; }
+
+ protected:
+  std::optional<quant::QuantizedNormConfig> quant_;
+  std::uint64_t calls_ = 0;
+};
+
 // BatchNorm with the mean absolute deviation instead of the standard deviation. x: [N, C, H, W].
-class L1BatchNorm2d : public Module {
+class L1BatchNorm2d : public Module, public QuantizableNorm {
  public:
   explicit L1BatchNorm2d(const L1BatchNormOptions& options);
   Tensor forward(const Tensor& x) override;
@@ -144,7 +159,7 @@ struct L1LayerNormOptions {
 };
 
 // LayerNorm with the mean absolute deviation over the last dim of x: [..., D].
-class L1LayerNorm : public Module {
+class L1LayerNorm : public Module, public QuantizableNorm {
  public:
   explicit L1LayerNorm(const L1LayerNormOptions& options);
   Tensor forward(const Tensor& x) override;
@@ -248,8 +263,9 @@ class Sequential : public Module {
 };
 
 // Gives every Linear and Conv2d under `model` (in registration order) the quantization of
-// `config`; the first and the last of them use config.first_last_bits. Stochastic rounding is keyed
-// by (seed, call, layer index). Returns the number of layers quantized.
+// `config`; the first and the last of them use config.first_last_bits. L1BatchNorm2d / L1LayerNorm
+// layers become fully quantized with config.norm_bits (when non-zero). Stochastic rounding is keyed
+// by (seed, call, layer index). Returns the number of GEMM layers quantized.
 int quantize_model(Module& model, const quant::QConfig& config, std::uint64_t seed = 0);
 // Back to fp32 GEMMs.
 void dequantize_model(Module& model);

@@ -24,6 +24,8 @@ struct QConfig {
   TensorQConfig gradients;
   // Bits of the first and last layer (common practice keeps them at 8); 0 = same as the rest.
   int first_last_bits = 8;
+  // Bits of the fully quantized L1 normalization layers (input and gradient codes); 0 = float.
+  int norm_bits = 8;
 
   // The paper's defaults for b-bit training: ShiftQuant weights (S = 8 - b over Cout) with
   // nearest rounding, per-tensor activations, ShiftQuant gradients (S = 8 - b, per-row outer,

@@ -1,0 +1,34 @@
+// Fully quantized L1 normalization (../shared/spec/l1norm.md): the input is quantized to int8,
+// the statistics are integer sums (mean and mean absolute deviation exact in the input's integer
+// units), what is saved for backward is the int8 input, and the backward takes the output gradient
+// quantized to int8 (stochastic rounding) and computes its two channel means in integers.
+// Output and input gradient are f32 (an affine map of the int8 codes per element).
+#pragma once
+
+#include "shiftq/autograd/ops.hpp"
+#include "shiftq/quant/qtensor.hpp"
+
+namespace shiftq::quant {
+
+struct QuantizedNormConfig {
+  int bits = 8;       // input codes
+  int grad_bits = 8;  // output-gradient codes
+  std::uint64_t seed = 0;
+  std::uint64_t layer_id = 0;
+  void validate() const;
+};
+
+// Per-group statistics of int8 codes computed with integer sums, in real units (code * scale):
+// mean and mean |x - mean|. Groups: [outer, groups, inner] view of x's codes (BatchNorm: N, C, HW).
+struct L1Statistics {
+  std::vector<double> mean, mean_abs_dev;
+};
+L1Statistics l1_integer_statistics(const QTensor& x, std::int64_t outer, std::int64_t groups, std::int64_t inner);
+
+// As l1_batch_norm2d / l1_layer_norm, fully quantized. `step` keys the gradient's stochastic rounding.
+Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, L1BatchNormState& state,
+                                 bool training, const QuantizedNormConfig& config, std::uint64_t step);
+Tensor quantized_l1_layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps, float c,
+                               const QuantizedNormConfig& config, std::uint64_t step);
+
+}  // namespace shiftq::quant
