@@ -68,10 +68,19 @@ Tensor affine(const Tensor& xhat, const NormLayout& l, const Tensor& gamma, cons
   return y;
 }
 
-// Backward of batch-statistics normalization followed by the affine map.
+// The L1 form's extra state: sigma = c * mean|d| + eps and mean(sgn(d)) per channel.
+struct L1Terms {
+  float c;
+  const std::vector<float>* mean_sign;
+};
+
+// Backward of batch-statistics normalization followed by the affine map, with inv_scale = 1/std
+// (L2) or 1/sigma (L1; `l1` given):
+//   L2: dx = gamma * inv_scale * (dy - mean(dy) - xhat * mean(dy * xhat))
+//   L1: dx = gamma * inv_scale * (dy - mean(dy) - c * mean(dy * xhat) * (sgn(xhat) - mean(sgn(d))))
 std::vector<Tensor> normalize_backward(const Tensor& g, const Tensor& xhat, const NormLayout& l,
-                                       const std::vector<float>& invstd, const Tensor& gamma,
-                                       bool need_gamma, bool need_beta) {
+                                       const std::vector<float>& inv_scale, const Tensor& gamma,
+                                       bool need_gamma, bool need_beta, const L1Terms* l1 = nullptr) {
   Tensor dx = Tensor::uninitialized(xhat.shape());
   Tensor dgamma = need_gamma ? Tensor::empty({l.channels}) : Tensor();
   Tensor dbeta = need_beta ? Tensor::empty({l.channels}) : Tensor();
@@ -90,15 +99,28 @@ std::vector<Tensor> normalize_backward(const Tensor& g, const Tensor& xhat, cons
       });
       if (need_gamma) dgamma.data<float>()[c] = static_cast<float>(sum_gx);
       if (need_beta) dbeta.data<float>()[c] = static_cast<float>(sum_g);
-      const float w = gm ? gm[c] : 1.0f;
-      // dx = gamma * invstd * (g - mean(g) - xhat * mean(g * xhat))
       const float mean_g = static_cast<float>(sum_g / m), mean_gx = static_cast<float>(sum_gx / m);
-      const float k = w * invstd[c];
-      l.for_each(c, [&](std::int64_t i) { pdx[i] = k * (pg[i] - mean_g - ph[i] * mean_gx); });
+      const float k = (gm ? gm[c] : 1.0f) * inv_scale[c];
+      if (l1) {
+        const float kc = l1->c * mean_gx, ms = (*l1->mean_sign)[c];
+        l.for_each(c, [&](std::int64_t i) {
+          const float sgn = static_cast<float>((ph[i] > 0.0f) - (ph[i] < 0.0f));
+          pdx[i] = k * (pg[i] - mean_g - kc * (sgn - ms));
+        });
+      } else {
+        l.for_each(c, [&](std::int64_t i) { pdx[i] = k * (pg[i] - mean_g - ph[i] * mean_gx); });
+      }
     }
   });
   return {dx, dgamma, dbeta};
 }
+
+std::vector<float> inverses(const std::vector<float>& v) {
+  std::vector<float> out(v.size());
+  for (std::size_t i = 0; i < v.size(); ++i) out[i] = 1.0f / v[i];
+  return out;
+}
+
 // L1 statistics: xhat = (x - mean) / sigma with sigma = c * mean|x - mean| + eps. Also returns
 // mean(sgn(x - mean)) per channel for the backward.
 Tensor l1_normalize(const Tensor& x, const NormLayout& l, float eps, float c, std::vector<float>& mean,
@@ -133,39 +155,6 @@ Tensor l1_normalize(const Tensor& x, const NormLayout& l, float eps, float c, st
   return xhat;
 }
 
-// dx = (1/sigma) [g - mean(g) - c * mean(g * xhat) * (sgn(d) - mean(sgn(d)))], g = gamma * dy.
-std::vector<Tensor> l1_normalize_backward(const Tensor& dy, const Tensor& xhat, const NormLayout& l,
-                                          const std::vector<float>& sigma, const std::vector<float>& mean_sign,
-                                          float c, const Tensor& gamma, bool need_gamma, bool need_beta) {
-  Tensor dx = Tensor::uninitialized(xhat.shape());
-  Tensor dgamma = need_gamma ? Tensor::empty({l.channels}) : Tensor();
-  Tensor dbeta = need_beta ? Tensor::empty({l.channels}) : Tensor();
-  const float* pg = dy.data<float>();
-  const float* ph = xhat.data<float>();
-  const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
-  float* pdx = dx.data<float>();
-  const double m = static_cast<double>(l.count());
-  const std::int64_t grain = std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(l.count(), 1));
-  detail::parallel_for(l.channels, grain, [&](std::int64_t b, std::int64_t e) {
-    for (std::int64_t ch = b; ch < e; ++ch) {
-      double sum_dy = 0.0, sum_dyx = 0.0;
-      l.for_each(ch, [&](std::int64_t i) {
-        sum_dy += pg[i];
-        sum_dyx += static_cast<double>(pg[i]) * ph[i];
-      });
-      if (need_gamma) dgamma.data<float>()[ch] = static_cast<float>(sum_dyx);
-      if (need_beta) dbeta.data<float>()[ch] = static_cast<float>(sum_dy);
-      const float w = gm ? gm[ch] : 1.0f, inv = 1.0f / sigma[ch];
-      const float mean_g = w * static_cast<float>(sum_dy / m), mean_gx = w * static_cast<float>(sum_dyx / m);
-      const float k = c * mean_gx, ms = mean_sign[ch];
-      l.for_each(ch, [&](std::int64_t i) {
-        const float sgn = static_cast<float>((ph[i] > 0.0f) - (ph[i] < 0.0f));
-        pdx[i] = inv * (w * pg[i] - mean_g - k * (sgn - ms));
-      });
-    }
-  });
-  return {dx, dgamma, dbeta};
-}
 }  // namespace
 
 Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, BatchNormState& state,
@@ -297,7 +286,8 @@ Tensor l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta,
   Tensor y = affine(xhat, layout, gamma, beta);
   return record("l1_batch_norm2d", y, {&x, &gamma, &beta},
                 [xhat, layout, sigma, mean_sign, c = state.c, gamma = gamma.detach(), need_gamma, need_beta](const Tensor& g) {
-    return l1_normalize_backward(g, xhat, layout, sigma, mean_sign, c, gamma, need_gamma, need_beta);
+    const L1Terms l1{c, &mean_sign};
+    return normalize_backward(g, xhat, layout, inverses(sigma), gamma, need_gamma, need_beta, &l1);
   });
 }
 
@@ -317,8 +307,9 @@ Tensor l1_layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, f
                 [xhat, rows, D, sigma, mean_sign, c, gamma = gamma.detach(), need_gamma, need_beta](const Tensor& g) {
     // gamma is per feature (not per row): fold it into the incoming gradient first.
     Tensor gg = gamma.defined() ? detail::map_binary(g, gamma, [](float a, float b) { return a * b; }) : g;
-    std::vector<Tensor> grads = l1_normalize_backward(gg, xhat, NormLayout{1, rows, D}, sigma, mean_sign, c, Tensor(),
-                                                      false, false);
+    const L1Terms l1{c, &mean_sign};
+    std::vector<Tensor> grads =
+        normalize_backward(gg, xhat, NormLayout{1, rows, D}, inverses(sigma), Tensor(), false, false, &l1);
     Tensor dgamma = need_gamma ? sum(mul(g, xhat).view({rows, D}), {0}) : Tensor();
     Tensor dbeta = need_beta ? sum(g.view({rows, D}), {0}) : Tensor();
     return std::vector<Tensor>{grads[0], dgamma, dbeta};

@@ -265,14 +265,16 @@ Tensor quantized_l1_layer_norm(const Tensor& x, const Tensor& gamma, const Tenso
       dbeta = Tensor::zeros({D});
       float* pg = dgamma.data<float>();
       float* pb = dbeta.data<float>();
-      for (std::int64_t r = 0; r < rows; ++r) {
-        const float a = s / st.sigma[r], mu = st.mean_q[r];
-        for (std::int64_t j = 0; j < D; ++j) {
-          const float dyj = sg * static_cast<float>(d[r * D + j]);
-          pg[j] += dyj * a * (static_cast<float>(q[r * D + j]) - mu);
-          pb[j] += dyj;
+      detail::parallel_for(D, 64, [&](std::int64_t j0, std::int64_t j1) {  // columns: no shared writes
+        for (std::int64_t r = 0; r < rows; ++r) {
+          const float a = s / st.sigma[r], mu = st.mean_q[r];
+          for (std::int64_t j = j0; j < j1; ++j) {
+            const float dyj = sg * static_cast<float>(d[r * D + j]);
+            pg[j] += dyj * a * (static_cast<float>(q[r * D + j]) - mu);
+            pb[j] += dyj;
+          }
         }
-      }
+      });
       if (!need_gamma) dgamma = Tensor();
       if (!need_beta) dbeta = Tensor();
     }

@@ -6,6 +6,8 @@
 
 #include <shiftq/shiftq.hpp>
 
+#include "testing/synthetic.hpp"
+
 namespace shiftq {
 namespace {
 
@@ -67,18 +69,7 @@ TEST(EndToEnd, MlpLearnsConcentricRings) {
   EXPECT_GE(accuracy(model(x_test), y_test), 0.97f);
 }
 
-// 8x8 images holding one bright horizontal (class 0) or vertical (class 1) bar on noise.
-void make_bars(std::int64_t n, Generator& gen, Tensor& x, Tensor& y) {
-  x = Tensor::randn({n, 1, 8, 8}, gen, 0.3f);
-  y = Tensor::empty({n}, DType::s32);
-  float* px = x.data<float>();
-  for (std::int64_t i = 0; i < n; ++i) {
-    const std::int32_t label = static_cast<std::int32_t>(gen.randint(2));
-    const std::int64_t pos = static_cast<std::int64_t>(gen.randint(8));
-    for (std::int64_t k = 0; k < 8; ++k) px[i * 64 + (label == 0 ? pos * 8 + k : k * 8 + pos)] += 1.5f;
-    y.data<std::int32_t>()[i] = label;
-  }
-}
+using testing::make_bars;
 
 TEST(EndToEnd, SmallCnnWithBatchNormLearnsBars) {
   // Stated target: conv-BN-ReLU-pool-conv-BN-ReLU-GAP-linear, 60 AdamW steps of batch 64,

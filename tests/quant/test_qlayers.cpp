@@ -5,6 +5,8 @@
 
 #include <shiftq/shiftq.hpp>
 
+#include "testing/synthetic.hpp"
+
 namespace shiftq {
 namespace {
 using quant::QConfig;
@@ -218,16 +220,7 @@ TEST(L1Norm, SmallQuantizedCnnWithL1BatchNormLearnsBars) {
   // Stated target: 4-bit (W4A4G4, first/last 8-bit) conv-L1BN-ReLU-pool-conv-L1BN-ReLU-GAP-linear,
   // 80 SGD steps of batch 64: >= 90% on 256 held-out images.
   Generator gen(11);
-  auto make_bars = [&](std::int64_t n, Tensor& x, Tensor& y) {
-    x = Tensor::randn({n, 1, 8, 8}, gen, 0.3f);
-    y = Tensor::empty({n}, DType::s32);
-    for (std::int64_t i = 0; i < n; ++i) {
-      const std::int32_t label = static_cast<std::int32_t>(gen.randint(2));
-      const std::int64_t pos = static_cast<std::int64_t>(gen.randint(8));
-      for (std::int64_t k = 0; k < 8; ++k) x.data<float>()[i * 64 + (label == 0 ? pos * 8 + k : k * 8 + pos)] += 1.5f;
-      y.data<std::int32_t>()[i] = label;
-    }
-  };
+  auto make_bars = [&](std::int64_t n, Tensor& x, Tensor& y) { testing::make_bars(n, gen, x, y); };
   nn::Sequential model{
       std::make_shared<nn::Conv2d>(nn::Conv2dOptions{1, 8, 3}.padding(1).bias(false), gen),
       std::make_shared<nn::L1BatchNorm2d>(nn::L1BatchNormOptions{8}),
