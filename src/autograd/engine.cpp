@@ -99,14 +99,18 @@ void backward(const Tensor& output, const Tensor& gradient, bool retain_graph) {
   check_defined(output, "backward", "output");
   SHIFTQ_CHECK(output.requires_grad(), AutogradError,
                "backward: the tensor does not require grad (no input of its graph requires grad)");
+  // The caller's gradient is used as is (not copied): the engine clones a gradient only before it
+  // would accumulate into it in place (see `owned` below).
   Tensor seed;
+  bool seed_owned = false;
   if (gradient.defined()) {
     check_same_shape(output, gradient, "backward(gradient)");
-    seed = gradient.clone();
+    seed = gradient.detach();
   } else {
     SHIFTQ_CHECK(output.numel() == 1, AutogradError, "backward: output ", output.str(),
                  " is not a scalar; pass a gradient of the same shape");
     seed = Tensor::ones(output.shape());
+    seed_owned = true;
   }
 
   NoGradGuard no_grad;  // backward functions compute plain tensors
@@ -114,7 +118,8 @@ void backward(const Tensor& output, const Tensor& gradient, bool retain_graph) {
   std::unordered_map<AutogradMeta*, Tensor> grads{{root, seed}};
   // Gradients returned by backward functions may alias each other (add() hands the same tensor to
   // both inputs); a slot is cloned before its first in-place accumulation and recorded here.
-  std::unordered_set<AutogradMeta*> owned{root};
+  std::unordered_set<AutogradMeta*> owned;
+  if (seed_owned) owned.insert(root);
   for (AutogradMeta* meta : reverse_topological_order(root)) {
     auto it = grads.find(meta);
     if (it == grads.end()) continue;  // no path carried a gradient here

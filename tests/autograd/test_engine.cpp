@@ -310,3 +310,22 @@ TEST(DeepGraph, LongChainOnASmallStack) {
 
 }  // namespace
 }  // namespace shiftq
+
+namespace shiftq {
+namespace {
+TEST(EngineSeed, ExplicitGradientIsNeverAliasedByALeafGradient) {
+  // backward(gradient) uses the caller's tensor without copying it; a leaf must still get its own
+  // buffer, or later in-place accumulation would write into the caller's tensor.
+  Tensor x = Tensor::from_vector(std::vector<float>{1.0f, 2.0f}, {2}).set_requires_grad(true);
+  Tensor g = Tensor::from_vector(std::vector<float>{0.5f, -1.0f}, {2});
+  reshape(x, {2, 1}).backward(g.view({2, 1}));
+  EXPECT_FALSE(x.grad().shares_storage(g));
+  reshape(x, {2, 1}).backward(g.view({2, 1}));  // accumulates into x.grad in place
+  EXPECT_EQ(g.to_vector<float>(), (std::vector<float>{0.5f, -1.0f}));
+  EXPECT_EQ(x.grad().to_vector<float>(), (std::vector<float>{1.0f, -2.0f}));
+  x.backward(g);  // the leaf itself as the output
+  EXPECT_EQ(g.to_vector<float>(), (std::vector<float>{0.5f, -1.0f}));
+  EXPECT_EQ(x.grad().to_vector<float>(), (std::vector<float>{1.5f, -3.0f}));
+}
+}  // namespace
+}  // namespace shiftq
