@@ -19,28 +19,64 @@ struct GroupSums {
   std::int64_t s1 = 0, abs_dev = 0, sign = 0;
 };
 
+// Large groups go through a 256-bin histogram of the codes (one pass over the data, then 256 exact
+// integer terms); small ones (LayerNorm rows) take two direct passes.
 GroupSums group_sums(const std::int8_t* q, const Layout& l, std::int64_t g) {
   GroupSums s;
-  for (std::int64_t o = 0; o < l.outer; ++o) {
-    const std::int8_t* p = q + (o * l.groups + g) * l.inner;
-    std::int32_t acc = 0;
-    for (std::int64_t i = 0; i < l.inner; ++i) acc += p[i];
-    s.s1 += acc;
-  }
-  const std::int32_t m = static_cast<std::int32_t>(l.count()), s1 = static_cast<std::int32_t>(s.s1);
-  for (std::int64_t o = 0; o < l.outer; ++o) {
-    const std::int8_t* p = q + (o * l.groups + g) * l.inner;
-    std::int64_t dev = 0;
-    std::int32_t sign = 0;
-    for (std::int64_t i = 0; i < l.inner; ++i) {
-      const std::int32_t d = m * p[i] - s1;  // |d| <= 2 * 127 * m < 2^31 for m < 8.4M (checked)
-      dev += d < 0 ? -d : d;
-      sign += (d > 0) - (d < 0);
+  const std::int64_t m = l.count();
+  if (m < 4096) {
+    for (std::int64_t o = 0; o < l.outer; ++o) {
+      const std::int8_t* p = q + (o * l.groups + g) * l.inner;
+      std::int32_t acc = 0;
+      for (std::int64_t i = 0; i < l.inner; ++i) acc += p[i];
+      s.s1 += acc;
     }
-    s.abs_dev += dev;
-    s.sign += sign;
+    const std::int32_t mi = static_cast<std::int32_t>(m), s1 = static_cast<std::int32_t>(s.s1);  // |m q - S1| < 2^21
+    for (std::int64_t o = 0; o < l.outer; ++o) {
+      const std::int8_t* p = q + (o * l.groups + g) * l.inner;
+      std::int32_t dev = 0, sign = 0;
+      for (std::int64_t i = 0; i < l.inner; ++i) {
+        const std::int32_t d = mi * p[i] - s1;
+        dev += d < 0 ? -d : d;
+        sign += (d > 0) - (d < 0);
+      }
+      s.abs_dev += dev;
+      s.sign += sign;
+    }
+    return s;
+  }
+  std::int64_t hist[256] = {};
+  for (std::int64_t o = 0; o < l.outer; ++o) {
+    const std::int8_t* p = q + (o * l.groups + g) * l.inner;
+    for (std::int64_t i = 0; i < l.inner; ++i) ++hist[p[i] + 128];
+  }
+  for (int v = -128; v < 128; ++v) s.s1 += hist[v + 128] * v;
+  for (int v = -128; v < 128; ++v) {
+    const std::int64_t d = m * v - s.s1, n = hist[v + 128];
+    s.abs_dev += n * (d < 0 ? -d : d);
+    s.sign += n * ((d > 0) - (d < 0));
   }
   return s;
+}
+
+// sum d and sum d * q over one group (int32 per row chunk: |d q| <= 128^2, chunks of 2^16).
+void gradient_sums(const std::int8_t* d, const std::int8_t* q, const Layout& l, std::int64_t g, std::int64_t& sum_d,
+                   std::int64_t& sum_dq) {
+  sum_d = sum_dq = 0;
+  for (std::int64_t o = 0; o < l.outer; ++o) {
+    const std::int64_t base = (o * l.groups + g) * l.inner;
+    for (std::int64_t i0 = 0; i0 < l.inner; i0 += 65536) {
+      const std::int64_t i1 = std::min(l.inner, i0 + 65536);
+      std::int32_t a1 = 0, a2 = 0;
+      for (std::int64_t i = i0; i < i1; ++i) {
+        const std::int16_t dv = d[base + i], qv = q[base + i];
+        a1 += dv;
+        a2 += static_cast<std::int32_t>(dv * qv);
+      }
+      sum_d += a1;
+      sum_dq += a2;
+    }
+  }
 }
 
 void check_layout(const Layout& l, const char* op) {
@@ -163,20 +199,11 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
     float* pdx = dx.data<float>();
     detail::parallel_for(l.groups, 1, [&](std::int64_t g0, std::int64_t g1) {
       for (std::int64_t g = g0; g < g1; ++g) {
-        // G1 = sum dq, G2 = sum dq * (m q - S1): integer sums.
-        const std::int32_t mi = static_cast<std::int32_t>(l.count()), s1 = static_cast<std::int32_t>(st.s1[g]);
-        std::int64_t g1s = 0, g2s = 0;
-        for (std::int64_t o = 0; o < l.outer; ++o) {
-          const std::int64_t base = (o * l.groups + g) * l.inner;
-          std::int32_t a1 = 0;
-          std::int64_t a2 = 0;
-          for (std::int64_t i = 0; i < l.inner; ++i) {
-            a1 += d[base + i];
-            a2 += static_cast<std::int64_t>(d[base + i]) * (mi * q[base + i] - s1);
-          }
-          g1s += a1;
-          g2s += a2;
-        }
+        // G1 = sum dq, G2 = sum dq * (m q - S1) = m * sum(dq q) - S1 * G1: integer sums.
+        const std::int64_t mi = l.count(), s1 = st.s1[g];
+        std::int64_t g1s = 0, dqs = 0;
+        gradient_sums(d, q, l, g, g1s, dqs);
+        const std::int64_t g2s = mi * dqs - s1 * g1s;
         const float w = gm ? gm[g] : 1.0f, sigma = st.sigma[g], inv = 1.0f / sigma;
         // mean(g) = w sg G1 / m; mean(g xhat) = w sg s G2 / (m^2 sigma)
         const float mean_g = static_cast<float>(w * sg * static_cast<double>(g1s) / m);
@@ -184,13 +211,16 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
         if (need_gamma) dgamma.data<float>()[g] = static_cast<float>(sg * s * static_cast<double>(g2s) / (m * sigma));
         if (need_beta) dbeta.data<float>()[g] = static_cast<float>(sg * static_cast<double>(g1s));
         const float k_d = inv * w * sg, k_s = -inv * c * mean_gx, k_0 = inv * (-mean_g + c * mean_gx * st.mean_sign[g]);
+        // dx = k_d * dq + (k_s * sgn(m q - S1) + k_0): the second term depends only on the code q.
+        float by_code[256];
+        for (int v = -128; v < 128; ++v) {
+          const std::int64_t dev = mi * v - s1;
+          by_code[v + 128] = k_s * static_cast<float>((dev > 0) - (dev < 0)) + k_0;
+        }
         for (std::int64_t o = 0; o < l.outer; ++o) {
           const std::int64_t base = (o * l.groups + g) * l.inner;
-          for (std::int64_t i = 0; i < l.inner; ++i) {
-            const std::int32_t dev = mi * q[base + i] - s1;
-            const float sgn = static_cast<float>((dev > 0) - (dev < 0));
-            pdx[base + i] = k_d * static_cast<float>(d[base + i]) + k_s * sgn + k_0;
-          }
+          for (std::int64_t i = 0; i < l.inner; ++i)
+            pdx[base + i] = k_d * static_cast<float>(d[base + i]) + by_code[q[base + i] + 128];
         }
       }
     });
