@@ -72,11 +72,13 @@ LayerQuant layer_quant(const QConfig& config, bool first_or_last, std::uint64_t 
   return q;
 }
 
-const QTensor& PackedWeight::get(const Tensor& w, std::int64_t rows, std::int64_t cols, const TensorQConfig& config) {
+const QTensor& PackedWeight::get(const Tensor& w, std::int64_t rows, std::int64_t cols, const TensorQConfig& config,
+                                 const std::function<Tensor(const Tensor&)>& prepare) {
   if (packed_.codes.defined() && storage_ == w.storage_id() && version_ == w.version() && packed_.bits == config.bits &&
       packed_.shift_budget == (config.kind == QuantizerKind::shiftquant ? config.shift_budget : 0))
     return packed_;
-  packed_ = quantize(w.view({rows, cols}), weight_params(config), w.name().empty() ? "weight" : w.name().c_str());
+  const Tensor source = prepare ? prepare(w) : w;
+  packed_ = quantize(source.view({rows, cols}), weight_params(config), w.name().empty() ? "weight" : w.name().c_str());
   packed_.compute_sums();
   storage_ = w.storage_id();
   version_ = w.version();
@@ -142,39 +144,76 @@ Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bia
     SHIFTQ_CHECK(bias.shape() == Shape{O}, ShapeError, "quantized_conv2d: bias ", bias.str(), " must be [", O, "]");
 
   // The activation is quantized once, as [N*C, H*W] with groups per (sample, channel) plane and a
-  // per-tensor base; the im2col matrix is then built from its u8 codes (the exponents ride along).
+  // per-tensor base; its codes are then moved to channels-last so that im2col copies runs of C.
   const QTensor xq = quantize(x.view({N * g.channels, g.height * g.width}), activation_params(quant.activations, 0),
                               "conv2d input");
-  auto im2col_codes = [g, N, P, patch](const QTensor& codes) {
-    QTensor cols = codes;
-    cols.codes = Tensor::uninitialized({N * P, patch}, DType::u8);
+  const std::int64_t C = g.channels, HW = g.height * g.width, image = C * HW;
+  // codes [N, C, HW] -> [N, HW, C], as bytes (s8 or u8 alike)
+  auto to_channels_last = [N, C, HW, image](const Tensor& codes) {
+    Tensor out = Tensor::uninitialized(codes.shape(), codes.dtype());
+    const auto* src = static_cast<const std::uint8_t*>(static_cast<const void*>(
+        codes.dtype() == DType::u8 ? codes.data<std::uint8_t>() : reinterpret_cast<const std::uint8_t*>(codes.data<std::int8_t>())));
+    auto* dst = codes.dtype() == DType::u8 ? out.data<std::uint8_t>() : reinterpret_cast<std::uint8_t*>(out.data<std::int8_t>());
+    detail::parallel_for(N, 1, [&](std::int64_t b, std::int64_t e) {
+      for (std::int64_t n = b; n < e; ++n)
+        for (std::int64_t c = 0; c < C; ++c)
+          for (std::int64_t i = 0; i < HW; ++i) dst[n * image + i * C + c] = src[n * image + c * HW + i];
+    });
+    return out;
+  };
+  // The im2col matrix [N*P, KH*KW*C] of channels-last codes, in the codes' own type (u8: padding
+  // 128 = v 0; s8: padding 0).
+  auto im2col_codes = [g, N, P, patch, image](const QTensor& codes_nhwc) {
+    QTensor cols = codes_nhwc;
+    const bool as_u8 = codes_nhwc.unsigned_codes();
+    cols.codes = Tensor::uninitialized({N * P, patch}, codes_nhwc.codes.dtype());
     cols.inner_axis = 1;
     cols.exponents = Tensor();
-    const std::uint8_t* src = codes.codes.data<std::uint8_t>();
-    std::uint8_t* dst = cols.codes.data<std::uint8_t>();
-    const std::int64_t image = g.channels * g.height * g.width;
+    const std::uint8_t* src = as_u8 ? codes_nhwc.codes.data<std::uint8_t>()
+                                    : reinterpret_cast<const std::uint8_t*>(codes_nhwc.codes.data<std::int8_t>());
+    std::uint8_t* dst = as_u8 ? cols.codes.data<std::uint8_t>() : reinterpret_cast<std::uint8_t*>(cols.codes.data<std::int8_t>());
     detail::parallel_for(N, 1, [&](std::int64_t b, std::int64_t e) {
-      for (std::int64_t n = b; n < e; ++n) kernels::im2col_u8(g, src + n * image, dst + n * P * patch, 0x80);
+      for (std::int64_t n = b; n < e; ++n)
+        kernels::im2col_nhwc_u8(g, src + n * image, dst + n * P * patch, as_u8 ? 0x80 : 0x00);
     });
     return cols;
   };
-  const QTensor wq = packed.get(weight, O, patch, quant.weights);
-  const Tensor y_rows = shiftmm(im2col_codes(xq), Trans::N, wq, Trans::T);  // [N*P, O]
+  QTensor x_nhwc = xq;
+  x_nhwc.codes = to_channels_last(xq.codes);
+  // W: [O, C, KH, KW] -> [O, KH, KW, C], the patch order of the channels-last im2col.
+  const QTensor wq = packed.get(weight, O, patch, quant.weights,
+                                [](const Tensor& w) { NoGradGuard no_grad; return permute(w.detach(), {0, 2, 3, 1}); });
+  const Tensor y_rows = shiftmm(im2col_codes(x_nhwc), Trans::N, wq, Trans::T);  // [N*P, O]
   Tensor out = detail::rows_to_nchw(y_rows, bias, N, O, g.out_h(), g.out_w());
   const bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
-  if (any_requires_grad({&x, &weight, &bias})) t_saved_bytes += static_cast<std::int64_t>(xq.codes.nbytes());
+  if (any_requires_grad({&x, &weight, &bias})) t_saved_bytes += static_cast<std::int64_t>(x_nhwc.codes.nbytes());
   return record("quantized_conv2d", out, {&x, &weight, &bias},
-                [xq, wq, quant, step, g, gx, gw, gb, N, O, P, im2col_codes, x_shape = x.shape(), w_shape = weight.shape()](
-                    const Tensor& grad) {
+                [x_nhwc, wq, quant, step, g, gx, gw, gb, N, O, P, C, HW, image, im2col_codes, x_shape = x.shape(),
+                 w_shape = weight.shape()](const Tensor& grad) {
     const Tensor g_rows = detail::nchw_to_rows(grad, N, O, P);  // [N*P, O]
     Tensor dx, dw, db;
-    if (gx) {  // dcols: [N*P, patch] = dY · W, then col2im
+    if (gx) {  // dcols: [N*P, KH*KW*C] = dY · W, then channels-last col2im and back to NCHW
       const QTensor gq = quantize(g_rows, gradient_params(quant.gradients, false, quant, step), "conv2d output gradient");
-      dx = detail::col2im_batch(g, shiftmm(gq, Trans::N, wq, Trans::N), x_shape);
+      const Tensor dcols = shiftmm(gq, Trans::N, wq, Trans::N);
+      Tensor dx_nhwc = Tensor::zeros({N, g.height, g.width, C});
+      const float* pc = dcols.data<float>();
+      float* pd = dx_nhwc.data<float>();
+      const std::int64_t patch = dcols.size(1);
+      detail::parallel_for(N, 1, [&](std::int64_t b, std::int64_t e) {
+        for (std::int64_t n = b; n < e; ++n) kernels::col2im_nhwc_f32(g, pc + n * P * patch, pd + n * image);
+      });
+      dx = Tensor::uninitialized(x_shape);
+      float* px = dx.data<float>();
+      detail::parallel_for(N, 1, [&](std::int64_t b, std::int64_t e) {
+        for (std::int64_t n = b; n < e; ++n)
+          for (std::int64_t c = 0; c < C; ++c)
+            for (std::int64_t i = 0; i < HW; ++i) px[n * image + c * HW + i] = pd[n * image + i * C + c];
+      });
     }
-    if (gw) {  // dW: [O, patch] = dY^T · cols, cols rebuilt from the saved int8 codes
+    if (gw) {  // dW: [O, KH*KW*C] = dY^T · cols (cols rebuilt from the saved int8 codes), then [O, C, KH, KW]
       const QTensor gq = quantize(g_rows, gradient_params(quant.gradients, true, quant, step), "conv2d output gradient");
-      dw = shiftmm(gq, Trans::T, with_signed_codes(im2col_codes(xq)), Trans::N).view(w_shape);
+      const Tensor dw_khwc = shiftmm(gq, Trans::T, im2col_codes(with_signed_codes(x_nhwc)), Trans::N);
+      dw = permute(dw_khwc.view({w_shape[0], w_shape[2], w_shape[3], w_shape[1]}), {0, 3, 1, 2});
     }
     if (gb) db = sum(g_rows, {0});
     return std::vector<Tensor>{dx, dw, db};

@@ -96,7 +96,8 @@ TEST(QuantizedConv2d, ForwardEqualsFloatConvOfTheDequantizedOperands) {
   const Tensor y = conv(x);
   // Activation: [N*C, H*W] with groups per (sample, channel) plane and a per-tensor base.
   const quant::QTensor xq = quant::quantize(x.view({6, 42}), quant::QuantizeParams::shiftquant(4, 4, 0, quant::OuterScale::per_tensor));
-  const Tensor w_hat = conv.packed_weight().value().dequantize().view(conv.weight.shape());
+  // The packed weight is [O, KH*KW*C] (channels-last patch order): back to [O, C, KH, KW].
+  const Tensor w_hat = permute(conv.packed_weight().value().dequantize().view({5, 3, 3, 3}), {0, 3, 1, 2});
   const Tensor expected = conv2d(xq.dequantize().view(x.shape()), w_hat, conv.bias, {2, 1});
   EXPECT_LT(rel_error(y, expected), 1e-6);
 }

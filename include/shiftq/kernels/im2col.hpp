@@ -19,6 +19,11 @@ struct Conv2dGeometry {
 void im2col_f32(const Conv2dGeometry& g, const float* x, float* cols);
 // The same for 8-bit codes; padding positions get `pad` (the code of 0: 0 for s8, 128 for u8 = v + 128).
 void im2col_u8(const Conv2dGeometry& g, const std::uint8_t* x, std::uint8_t* cols, std::uint8_t pad);
+// Channels-last variants: x: [H, W, C] -> cols: [OH*OW, KH*KW*C] (patch order ky, kx, c): each
+// tap is a contiguous run of C values, so a row is KH*KW copies instead of C*KH*KW gathers.
+void im2col_nhwc_u8(const Conv2dGeometry& g, const std::uint8_t* x, std::uint8_t* cols, std::uint8_t pad);
+// Adds cols: [OH*OW, KH*KW*C] into dx: [H, W, C] (zeroed by the caller).
+void col2im_nhwc_f32(const Conv2dGeometry& g, const float* cols, float* dx);
 // Adds cols: [OH*OW, C*KH*KW] back into dx: [C, H, W] (dx must be zeroed by the caller).
 void col2im_f32(const Conv2dGeometry& g, const float* cols, float* dx);
 

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 #include "shiftq/autograd/ops.hpp"
 #include "shiftq/quant/qconfig.hpp"
@@ -33,8 +34,10 @@ LayerQuant layer_quant(const QConfig& config, bool first_or_last, std::uint64_t 
 // step, copy_, fill_, load_state_dict), i.e. once per optimizer step.
 class PackedWeight {
  public:
-  // w viewed as [rows, cols] (rows = output channels).
-  const QTensor& get(const Tensor& w, std::int64_t rows, std::int64_t cols, const TensorQConfig& config);
+  // w viewed as [rows, cols] (rows = output channels). `prepare`, when given, rearranges w before
+  // quantization (the conv's channels-last patch order); it runs only when re-packing.
+  const QTensor& get(const Tensor& w, std::int64_t rows, std::int64_t cols, const TensorQConfig& config,
+                     const std::function<Tensor(const Tensor&)>& prepare = {});
   std::int64_t packs() const { return packs_; }  // how many times it quantized (for tests)
   const QTensor& value() const { return packed_; }  // the last packed weight
 
@@ -51,7 +54,9 @@ Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bia
                         const LayerQuant& quant, std::uint64_t step);
 
 // x: [N, C, H, W], weight: [O, C, KH, KW], bias: [O] or undefined -> [N, O, OH, OW]. The input is
-// quantized once (before im2col) and the im2col matrix is built directly from its int8 codes.
+// quantized once (before im2col), its codes moved to channels-last, and the im2col matrix built
+// from them with patches ordered (ky, kx, c); the packed weight uses the same order
+// ([O, KH*KW*C]).
 Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& params,
                         PackedWeight& packed, const LayerQuant& quant, std::uint64_t step);
 
