@@ -2,7 +2,8 @@
 """Turns Google Benchmark JSON (run with --benchmark_repetitions=N --benchmark_report_aggregates_only=true)
 into Markdown ratio tables. Standard library only.
 
-usage: bench/report.py bench/results/bench_gemm.json > table.md
+usage: bench/report.py bench/results/bench_gemm.json > table.md     (GEMMs and quantizers)
+       bench/report.py bench/results/bench_layers.json > table.md   (layers and normalization)
 """
 import json
 import re
@@ -37,8 +38,35 @@ def ms(b):
     return b["real_time"] * scale
 
 
+def layer_tables(runs):
+    """bench_layers: fp32 vs int per layer, and L2 / L1 / L1-int per normalization."""
+    pairs, norms = {}, {}
+    for name, b in runs.items():
+        m = re.match(r"BM_(Linear|Conv2d)_(f32|int)/(.+)/threads:(\d+)", name)
+        if m:
+            pairs.setdefault((m.group(1), m.group(3), int(m.group(4))), {})[m.group(2)] = ms(b)
+        m = re.match(r"BM_(BatchNorm2d|LayerNorm)_(L2_f32|L1_f32|L1_int)/(.+)/threads:(\d+)", name)
+        if m:
+            norms.setdefault((m.group(1), m.group(3), int(m.group(4))), {})[m.group(2)] = ms(b)
+    print("| layer | shape | threads | fp32 (ms) | int (ms) | fp32 / int |")
+    print("|---|---|---|---|---|---|")
+    for (layer, shape, threads), v in sorted(pairs.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
+        if "f32" in v and "int" in v:
+            print(f"| {layer} | {shape} | {threads} | {v['f32']:.2f} | {v['int']:.2f} | **{v['f32'] / v['int']:.2f}x** |")
+    print()
+    print("| layer | shape | threads | L2 fp32 (ms) | L1 fp32 (ms) | L1 int (ms) | L2 / L1 fp32 | L2 fp32 / L1 int |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (layer, shape, threads), v in sorted(norms.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
+        if len(v) == 3:
+            print(f"| {layer} | {shape} | {threads} | {v['L2_f32']:.2f} | {v['L1_f32']:.2f} | {v['L1_int']:.2f} | "
+                  f"{v['L2_f32'] / v['L1_f32']:.2f}x | **{v['L2_f32'] / v['L1_int']:.2f}x** |")
+
+
 def main():
     context, runs = medians(sys.argv[1])
+    if any(name.startswith(("BM_Linear", "BM_Conv2d", "BM_BatchNorm2d", "BM_LayerNorm")) for name in runs):
+        layer_tables(runs)
+        return
     table = defaultdict(dict)  # (kind, shape, threads) -> impl -> bench
     for name, b in runs.items():
         key = split(name)
