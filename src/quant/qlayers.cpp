@@ -1,5 +1,7 @@
 #include "shiftq/quant/qlayers.hpp"
 
+#include <cmath>
+
 #include "detail/conv_layout.hpp"
 #include "detail/parallel.hpp"
 #include "shiftq/quant/shiftmm.hpp"
@@ -218,6 +220,75 @@ Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bia
     if (gb) db = sum(g_rows, {0});
     return std::vector<Tensor>{dx, dw, db};
   });
+}
+
+namespace {
+// out[i] = op(batch i of a) · op(batch i of b) for [batch, R, C] operands, each matrix quantized on
+// its own with the given parameters.
+Tensor batched_shiftmm(const Tensor& a, Trans ta, const QuantizeParams& pa, const Tensor& b, Trans tb,
+                       const QuantizeParams& pb, std::int64_t batch) {
+  const std::int64_t ar = a.size(-2), ac = a.size(-1), br = b.size(-2), bc = b.size(-1);
+  const std::int64_t M = ta == Trans::N ? ar : ac, N = tb == Trans::N ? bc : br;
+  Tensor out = Tensor::uninitialized({batch, M, N});
+  const float* pa_data = a.data<float>();
+  const float* pb_data = b.data<float>();
+  float* po = out.data<float>();
+  for (std::int64_t i = 0; i < batch; ++i) {
+    const Tensor ai = Tensor::from_vector(std::vector<float>(pa_data + i * ar * ac, pa_data + (i + 1) * ar * ac), {ar, ac});
+    const Tensor bi = Tensor::from_vector(std::vector<float>(pb_data + i * br * bc, pb_data + (i + 1) * br * bc), {br, bc});
+    QuantizeParams pai = pa, pbi = pb;
+    pai.key.tensor_id = pa.key.tensor_id * 65536 + static_cast<std::uint64_t>(i);
+    pbi.key.tensor_id = pb.key.tensor_id * 65536 + static_cast<std::uint64_t>(i);
+    const Tensor ci = shiftmm(quantize(ai, pai, "matmul operand"), ta, quantize(bi, pbi, "matmul operand"), tb);
+    std::copy_n(ci.data<float>(), M * N, po + i * M * N);
+  }
+  return out;
+}
+}  // namespace
+
+Tensor quantized_matmul(const Tensor& a, const Tensor& b, int bits, std::uint64_t seed, std::uint64_t key_id,
+                        std::uint64_t step) {
+  check_dtype(a, DType::f32, "quantized_matmul", "a");
+  check_dtype(b, DType::f32, "quantized_matmul", "b");
+  SHIFTQ_CHECK(a.dim() >= 2 && a.dim() == b.dim() && std::equal(a.shape().begin(), a.shape().end() - 2, b.shape().begin()),
+               ShapeError, "quantized_matmul: operands need rank >= 2 and equal batch dims, got ", a.str(), " and ", b.str());
+  SHIFTQ_CHECK(a.size(-1) == b.size(-2), ShapeError, "quantized_matmul: inner dims differ: ", a.str(), " x ", b.str());
+  SHIFTQ_CHECK(bits >= 2 && bits <= 8, ValueError, "quantized_matmul: bits must be in [2, 8], got ", bits);
+  const int S = 8 - bits;
+  const std::int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1), batch = a.numel() / std::max<std::int64_t>(M * K, 1);
+  Shape out_shape(a.shape().begin(), a.shape().end() - 1);
+  out_shape.push_back(N);
+  auto params = [bits, S, seed, step](int inner_axis, bool stochastic, std::uint64_t id) {
+    QuantizeParams p = QuantizeParams::shiftquant(bits, S, inner_axis);
+    return stochastic ? p.with_rounding(Rounding::stochastic, {seed, step, id}) : p;
+  };
+  // a: groups over K (axis 1), scale per row; b: groups over K (axis 0), scale per column.
+  Tensor out = batched_shiftmm(a, Trans::N, params(1, false, 0), b, Trans::N, params(0, false, 0), batch).view(out_shape);
+  const bool ga = a.requires_grad(), gb = b.requires_grad();
+  return record("quantized_matmul", out, {&a, &b},
+                [a = a.detach(), b = b.detach(), ga, gb, batch, params, key_id](const Tensor& g) {
+    Tensor da, db;
+    if (ga)  // da = g b^T: contraction over N. g: groups over N (axis 1), per row; b: groups over N (axis 1), per row.
+      da = batched_shiftmm(g, Trans::N, params(1, true, 4 * key_id), b, Trans::T, params(1, false, 0), batch).view(a.shape());
+    if (gb)  // db = a^T g: contraction over M. a: groups over M (axis 0), per column; g: groups over M (axis 0), per column.
+      db = batched_shiftmm(a, Trans::T, params(0, false, 0), g, Trans::N, params(0, true, 4 * key_id + 1), batch).view(b.shape());
+    return std::vector<Tensor>{da, db};
+  });
+}
+
+Tensor quantized_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, int bits,
+                           std::uint64_t seed, std::uint64_t key_id, std::uint64_t step) {
+  for (const Tensor* t : {&q, &k, &v}) {
+    check_dtype(*t, DType::f32, "quantized_attention", "q/k/v");
+    check_rank(*t, 4, "quantized_attention", "q/k/v");
+  }
+  SHIFTQ_CHECK(k.shape() == v.shape() && q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3),
+               ShapeError, "quantized_attention: q ", q.str(), ", k ", k.str(), ", v ", v.str(),
+               " must be [B, H, Tq, Dh], [B, H, Tk, Dh], [B, H, Tk, Dh]");
+  const float scale = 1.0f / std::sqrt(static_cast<float>(q.size(3)));
+  Tensor scores = mul(quantized_matmul(q, transpose(k, -2, -1), bits, seed, 2 * key_id, step), scale);
+  if (causal) scores = causal_mask(scores);
+  return quantized_matmul(softmax(scores, -1), v, bits, seed, 2 * key_id + 1, step);
 }
 
 }  // namespace shiftq::quant

@@ -257,6 +257,64 @@ TEST(L1Norm, SmallQuantizedCnnWithL1BatchNormLearnsBars) {
   EXPECT_GE(correct, 231);  // >= 90%
 }
 
+TEST(QuantizedMatmul, ForwardAndGradientsCloseToFloatAt8BitsAndUnbiased) {
+  Generator gen(16);
+  const Tensor a = Tensor::randn({2, 3, 5, 7}, gen).set_requires_grad(true);
+  const Tensor b = Tensor::randn({2, 3, 7, 4}, gen).set_requires_grad(true);
+  const Tensor r = Tensor::randn({2, 3, 5, 4}, gen);
+  sum(mul(matmul(a, b), r)).backward();
+  const Tensor da_f = a.grad().clone(), db_f = b.grad().clone();
+  const Tensor y_f = matmul(a.detach(), b.detach());
+  // 8 bits: within a few percent of fp32.
+  Tensor(a).zero_grad();
+  Tensor(b).zero_grad();
+  const Tensor y8 = quant::quantized_matmul(a, b, 8, 1, 0, 0);
+  EXPECT_LT(rel_error(y8, y_f), 0.02);
+  sum(mul(y8, r)).backward();
+  EXPECT_LT(rel_error(a.grad(), da_f), 0.03);
+  EXPECT_LT(rel_error(b.grad(), db_f), 0.03);
+  // 4 bits: the gradient's stochastic rounding averages out over calls (its deterministic part,
+  // from quantizing the saved operands, does not, so compare one draw with the mean of many).
+  Tensor da_sum = Tensor::zeros(a.shape()), first;
+  for (int t = 0; t < 200; ++t) {
+    Tensor(a).zero_grad();
+    sum(mul(quant::quantized_matmul(a, b, 4, 1, 0, static_cast<std::uint64_t>(t)), r)).backward();
+    if (t == 0) first = a.grad().clone();
+    da_sum = add(da_sum, a.grad());
+  }
+  EXPECT_LT(rel_error(mul(da_sum, 1.0f / 200), da_f), rel_error(first, da_f));
+  EXPECT_THROW(quant::quantized_matmul(a, Tensor::randn({2, 3, 6, 4}, gen), 8, 0, 0, 0), ShapeError);
+  EXPECT_THROW(quant::quantized_matmul(a, b, 9, 0, 0, 0), ValueError);
+}
+
+TEST(QuantizedAttention, CloseToFloatAndCausal) {
+  Generator gen(17);
+  const Tensor q = Tensor::randn({2, 2, 6, 8}, gen), k = Tensor::randn({2, 2, 6, 8}, gen), v = Tensor::randn({2, 2, 6, 8}, gen);
+  const Tensor y_f = scaled_dot_product_attention(q, k, v, true);
+  const Tensor y8 = quant::quantized_attention(q, k, v, true, 8, 1, 0, 0);
+  EXPECT_LT(rel_error(y8, y_f), 0.03);
+  // Changing the last key/value leaves every earlier query's output unchanged.
+  Tensor k2 = k.clone(), v2 = v.clone();
+  for (std::int64_t bh = 0; bh < 4; ++bh)
+    for (std::int64_t d = 0; d < 8; ++d) {
+      k2.data<float>()[(bh * 6 + 5) * 8 + d] += 3.0f;
+      v2.data<float>()[(bh * 6 + 5) * 8 + d] -= 3.0f;
+    }
+  // Quantization scales depend on whole tensors, so compare against the same scales: 8-bit
+  // per-row scales of q K^T change only in rows that see position 5; check positions 0..4 moved
+  // far less than position 5.
+  const Tensor y2 = quant::quantized_attention(q, k2, v2, true, 8, 1, 0, 0);
+  double early = 0.0, last = 0.0;
+  for (std::int64_t bh = 0; bh < 4; ++bh)
+    for (std::int64_t t = 0; t < 6; ++t)
+      for (std::int64_t d = 0; d < 8; ++d) {
+        const double diff = std::fabs(y2.data<float>()[(bh * 6 + t) * 8 + d] - y8.data<float>()[(bh * 6 + t) * 8 + d]);
+        (t < 5 ? early : last) = std::max(t < 5 ? early : last, diff);
+      }
+  EXPECT_GT(last, 0.5);
+  EXPECT_LT(early, 0.1 * last);
+}
+
 TEST(QuantizedL1Norm, IntegerStatisticsEqualFloatStatisticsOfTheDequantizedInput) {
   Generator gen(12);
   const Tensor x = add(mul(Tensor::randn({6, 5, 4, 3}, gen), 2.0f), 0.7f);

@@ -60,6 +60,22 @@ Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bia
 Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& params,
                         PackedWeight& packed, const LayerQuant& quant, std::uint64_t step);
 
+// Batched matmul with every GEMM on int8, for attention's Q K^T and P V:
+//   a: [..., M, K], b: [..., K, N] (equal leading dims) -> [..., M, N].
+// Forward: a with ShiftQuant groups over K and a scale per row, b with groups over K and a scale per
+// column. Backward: da = g b^T and db = a^T g, each operand re-quantized with its groups along that
+// product's contraction axis; g stochastically rounded. `bits` applies to a, b and g (S = 8 - bits);
+// `key_id` separates the stochastic streams of different call sites. a and b are saved as fp32
+// (they are re-quantized along other axes in backward).
+Tensor quantized_matmul(const Tensor& a, const Tensor& b, int bits, std::uint64_t seed, std::uint64_t key_id,
+                        std::uint64_t step);
+
+// scaled_dot_product_attention with both batched matmuls (Q K^T and P V, forward and backward) on
+// int8 through quantized_matmul; softmax and the causal mask stay fp32 (they are elementwise on the
+// [T, T] scores, whose probabilities need more than 8 bits of dynamic range before P V).
+Tensor quantized_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, int bits,
+                           std::uint64_t seed, std::uint64_t key_id, std::uint64_t step);
+
 // Bytes of the tensors the last quantized_* calls on this thread saved for backward (for the
 // saved-activation measurement); reset by reset_saved_activation_bytes().
 std::int64_t saved_activation_bytes();
