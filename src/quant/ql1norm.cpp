@@ -274,18 +274,24 @@ Tensor quantized_l1_layer_norm(const Tensor& x, const Tensor& gamma, const Tenso
         const std::int32_t mi = static_cast<std::int32_t>(D), s1 = static_cast<std::int32_t>(st.s1[r]);
         // gamma is per feature: the two means are gamma-weighted sums of int8 products.
         float sum_g = 0.0f, sum_gd = 0.0f;
+        const std::int8_t* dr = d + r * D;
+        const std::int8_t* qr = q + r * D;
+#pragma omp simd reduction(+ : sum_g, sum_gd)
         for (std::int64_t j = 0; j < D; ++j) {
-          const float gj = (gm ? gm[j] : 1.0f) * static_cast<float>(d[r * D + j]);
+          const float gj = (gm ? gm[j] : 1.0f) * static_cast<float>(dr[j]);
           sum_g += gj;
-          sum_gd += gj * static_cast<float>(mi * q[r * D + j] - s1);
+          sum_gd += gj * static_cast<float>(mi * qr[j] - s1);
         }
         const float sigma = st.sigma[r], inv = 1.0f / sigma;
         const float mean_g = sg * sum_g / m, mean_gx = sg * s * sum_gd / (m * m * sigma);
+        const float k_s = c * mean_gx, ms = st.mean_sign[r];
+        float* dxr = pdx + r * D;
+#pragma omp simd
         for (std::int64_t j = 0; j < D; ++j) {
-          const std::int32_t dev = mi * q[r * D + j] - s1;
+          const std::int32_t dev = mi * qr[j] - s1;
           const float sgn = static_cast<float>((dev > 0) - (dev < 0));
-          const float gj = (gm ? gm[j] : 1.0f) * sg * static_cast<float>(d[r * D + j]);
-          pdx[r * D + j] = inv * (gj - mean_g - c * mean_gx * (sgn - st.mean_sign[r]));
+          const float gj = (gm ? gm[j] : 1.0f) * sg * static_cast<float>(dr[j]);
+          dxr[j] = inv * (gj - mean_g - k_s * (sgn - ms));
         }
       }
     });
