@@ -42,6 +42,14 @@ QuantizeParams gradient_params(const TensorQConfig& c, bool for_weight_grad, con
   return p.with_rounding(c.rounding, {q.seed, step, 2 * q.layer_id + (for_weight_grad ? 1 : 0)}).with_unsigned_codes();
 }
 
+// The bytes of an s8 or u8 code tensor (layout moves do not care which).
+const std::uint8_t* code_bytes(const Tensor& t) {
+  return t.dtype() == DType::u8 ? t.data<std::uint8_t>() : reinterpret_cast<const std::uint8_t*>(t.data<std::int8_t>());
+}
+std::uint8_t* code_bytes(Tensor& t) {
+  return t.dtype() == DType::u8 ? t.data<std::uint8_t>() : reinterpret_cast<std::uint8_t*>(t.data<std::int8_t>());
+}
+
 QTensor with_signed_codes(const QTensor& q) {
   QTensor s = q;
   s.codes = q.signed_codes();
@@ -153,9 +161,8 @@ Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bia
   // codes [N, C, HW] -> [N, HW, C], as bytes (s8 or u8 alike)
   auto to_channels_last = [N, C, HW, image](const Tensor& codes) {
     Tensor out = Tensor::uninitialized(codes.shape(), codes.dtype());
-    const auto* src = static_cast<const std::uint8_t*>(static_cast<const void*>(
-        codes.dtype() == DType::u8 ? codes.data<std::uint8_t>() : reinterpret_cast<const std::uint8_t*>(codes.data<std::int8_t>())));
-    auto* dst = codes.dtype() == DType::u8 ? out.data<std::uint8_t>() : reinterpret_cast<std::uint8_t*>(out.data<std::int8_t>());
+    const std::uint8_t* src = code_bytes(codes);
+    std::uint8_t* dst = code_bytes(out);
     detail::parallel_for(N, 1, [&](std::int64_t b, std::int64_t e) {
       for (std::int64_t n = b; n < e; ++n)
         for (std::int64_t c = 0; c < C; ++c)
@@ -171,9 +178,8 @@ Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bia
     cols.codes = Tensor::uninitialized({N * P, patch}, codes_nhwc.codes.dtype());
     cols.inner_axis = 1;
     cols.exponents = Tensor();
-    const std::uint8_t* src = as_u8 ? codes_nhwc.codes.data<std::uint8_t>()
-                                    : reinterpret_cast<const std::uint8_t*>(codes_nhwc.codes.data<std::int8_t>());
-    std::uint8_t* dst = as_u8 ? cols.codes.data<std::uint8_t>() : reinterpret_cast<std::uint8_t*>(cols.codes.data<std::int8_t>());
+    const std::uint8_t* src = code_bytes(codes_nhwc.codes);
+    std::uint8_t* dst = code_bytes(cols.codes);
     detail::parallel_for(N, 1, [&](std::int64_t b, std::int64_t e) {
       for (std::int64_t n = b; n < e; ++n)
         kernels::im2col_nhwc_u8(g, src + n * image, dst + n * P * patch, as_u8 ? 0x80 : 0x00);
