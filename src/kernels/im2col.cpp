@@ -49,37 +49,39 @@ void im2col_u8(const Conv2dGeometry& g, const std::uint8_t* x, std::uint8_t* col
   im2col(g, x, cols, pad);
 }
 
+namespace {
+// Visits the KH*KW taps of every output pixel in channels-last patch order: fn(tap, iy, ix), where
+// `tap` counts taps from 0 (row offset = tap * C) and (iy, ix) may lie in the padding.
+template <class F>
+void for_each_tap(const Conv2dGeometry& g, F fn) {
+  std::int64_t tap = 0;
+  for (std::int64_t oy = 0; oy < g.out_h(); ++oy)
+    for (std::int64_t ox = 0; ox < g.out_w(); ++ox)
+      for (std::int64_t ky = 0; ky < g.kernel_h; ++ky)
+        for (std::int64_t kx = 0; kx < g.kernel_w; ++kx, ++tap)
+          fn(tap, oy * g.stride_h - g.pad_h + ky, ox * g.stride_w - g.pad_w + kx);
+}
+}  // namespace
+
 void im2col_nhwc_u8(const Conv2dGeometry& g, const std::uint8_t* x, std::uint8_t* cols, std::uint8_t pad) {
-  const std::int64_t oh = g.out_h(), ow = g.out_w(), C = g.channels;
-  std::uint8_t* row = cols;
-  for (std::int64_t oy = 0; oy < oh; ++oy)
-    for (std::int64_t ox = 0; ox < ow; ++ox)
-      for (std::int64_t ky = 0; ky < g.kernel_h; ++ky) {
-        const std::int64_t iy = oy * g.stride_h - g.pad_h + ky;
-        for (std::int64_t kx = 0; kx < g.kernel_w; ++kx, row += C) {
-          const std::int64_t ix = ox * g.stride_w - g.pad_w + kx;
-          if (iy >= 0 && iy < g.height && ix >= 0 && ix < g.width)
-            std::memcpy(row, x + (iy * g.width + ix) * C, static_cast<std::size_t>(C));
-          else
-            std::memset(row, pad, static_cast<std::size_t>(C));
-        }
-      }
+  const std::int64_t C = g.channels;
+  for_each_tap(g, [&](std::int64_t tap, std::int64_t iy, std::int64_t ix) {
+    std::uint8_t* dst = cols + tap * C;
+    if (iy >= 0 && iy < g.height && ix >= 0 && ix < g.width)
+      std::memcpy(dst, x + (iy * g.width + ix) * C, static_cast<std::size_t>(C));
+    else
+      std::memset(dst, pad, static_cast<std::size_t>(C));
+  });
 }
 
 void col2im_nhwc_f32(const Conv2dGeometry& g, const float* cols, float* dx) {
-  const std::int64_t oh = g.out_h(), ow = g.out_w(), C = g.channels;
-  const float* row = cols;
-  for (std::int64_t oy = 0; oy < oh; ++oy)
-    for (std::int64_t ox = 0; ox < ow; ++ox)
-      for (std::int64_t ky = 0; ky < g.kernel_h; ++ky) {
-        const std::int64_t iy = oy * g.stride_h - g.pad_h + ky;
-        for (std::int64_t kx = 0; kx < g.kernel_w; ++kx, row += C) {
-          const std::int64_t ix = ox * g.stride_w - g.pad_w + kx;
-          if (iy < 0 || iy >= g.height || ix < 0 || ix >= g.width) continue;
-          float* dst = dx + (iy * g.width + ix) * C;
-          for (std::int64_t c = 0; c < C; ++c) dst[c] += row[c];
-        }
-      }
+  const std::int64_t C = g.channels;
+  for_each_tap(g, [&](std::int64_t tap, std::int64_t iy, std::int64_t ix) {
+    if (iy < 0 || iy >= g.height || ix < 0 || ix >= g.width) return;
+    const float* src = cols + tap * C;
+    float* dst = dx + (iy * g.width + ix) * C;
+    for (std::int64_t c = 0; c < C; ++c) dst[c] += src[c];
+  });
 }
 
 void col2im_f32(const Conv2dGeometry& g, const float* cols, float* dx) {

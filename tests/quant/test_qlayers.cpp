@@ -155,6 +155,18 @@ TEST(QuantizedLayers, QuantizeModelKeepsFirstAndLastAt8Bits) {
   EXPECT_FALSE(dynamic_cast<nn::Linear&>(*model.named_children()[1].second).quantization().has_value());
 }
 
+TEST(QuantizedLayers, QConfigDescribesItself) {
+  QConfig c = QConfig::bits(4);
+  EXPECT_EQ(c.str(), "weights: shiftquant 4-bit S=4 nearest; activations: per-tensor 4-bit nearest; gradients: "
+                     "shiftquant 4-bit S=4 stochastic; first/last layer: 8-bit; L1 norms: 8-bit integer");
+  c.norm_bits = 0;
+  c.first_last_bits = 0;
+  c.gradients.kind = quant::QuantizerKind::per_row;
+  c.gradients.shift_budget = 0;
+  EXPECT_NE(c.str().find("gradients: per-row 4-bit stochastic; first/last layer: same; L1 norms: float"), std::string::npos)
+      << c.str();
+}
+
 TEST(QuantizedLayers, InvalidConfigurationsThrow) {
   QConfig c = QConfig::bits(4);
   c.weights.kind = quant::QuantizerKind::per_row;
