@@ -117,7 +117,8 @@ void backward(const Tensor& output, const Tensor& gradient, bool retain_graph) {
   AutogradMeta* root = output.meta().get();
   std::unordered_map<AutogradMeta*, Tensor> grads{{root, seed}};
   // Gradients returned by backward functions may alias each other (add() hands the same tensor to
-  // both inputs); a slot is cloned before its first in-place accumulation and recorded here.
+  // both inputs); a slot whose storage is shared is cloned before its first in-place accumulation,
+  // and recorded here.
   std::unordered_set<AutogradMeta*> owned;
   if (seed_owned) owned.insert(root);
   for (AutogradMeta* meta : reverse_topological_order(root)) {
@@ -130,7 +131,9 @@ void backward(const Tensor& output, const Tensor& gradient, bool retain_graph) {
       if (meta->grad)
         accumulate_into(*meta->grad, grad);
       else
-        meta->grad = std::make_shared<Tensor>(owned.count(meta) ? grad : grad.clone());
+        // A gradient no other handle refers to (the usual fresh result of a backward function) is
+        // kept as is; a shared one is copied so later accumulation cannot write through an alias.
+        meta->grad = std::make_shared<Tensor>(owned.count(meta) || grad.storage_is_unique() ? grad : grad.clone());
       continue;
     }
     Node& node = *meta->grad_fn;
@@ -147,9 +150,9 @@ void backward(const Tensor& output, const Tensor& gradient, bool retain_graph) {
       SHIFTQ_CHECK(g.defined() && g.shape() == node.input_shapes[i], AutogradError, "backward of '",
                    node.op_name, "': gradient ", g.str(), " for input ", i, " of shape ",
                    shape_str(node.input_shapes[i]));
-      auto [slot, inserted] = grads.try_emplace(input, g);
+      auto [slot, inserted] = grads.try_emplace(input, std::move(g));
       if (!inserted) {
-        if (owned.insert(input).second) slot->second = slot->second.clone();
+        if (owned.insert(input).second && !slot->second.storage_is_unique()) slot->second = slot->second.clone();
         accumulate_into(slot->second, g);
       }
     }

@@ -109,6 +109,8 @@ class Tensor {
   // Identity and version of the storage (see Storage::version). Code that writes through data()
   // directly must call bump_version() so that caches notice.
   const void* storage_id() const { return storage_.get(); }
+  // True when this handle is the only one referring to its storage (nothing else can see writes).
+  bool storage_is_unique() const { return storage_ && storage_.use_count() == 1; }
   std::uint64_t version() const { return storage_ ? storage_->version() : 0; }
   void bump_version() {
     if (storage_) storage_->bump_version();
