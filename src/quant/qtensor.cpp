@@ -121,12 +121,22 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
   const std::int64_t inner_len = groups_on_cols ? C : R, outer_len = groups_on_cols ? R : C;
   const float* px = x.data<float>();
 
-  // 1. Inner ranges r_k and their max m.
+  const bool per_tensor = p.outer == OuterScale::per_tensor;
+  const bool fused_row_scales = groups_on_cols && !per_tensor;  // per-row scales taken tile by tile
+
+  // 1. Inner ranges r_k and their max m. With S = 0 every exponent is 0 and only m matters: a row
+  // pass (register reductions) gives it, and per-row scaling needs no first pass at all.
   bool finite = true;
-  const std::vector<float> ranges = groups_on_cols ? column_absmax(px, R, C, nullptr, finite)
-                                                   : row_absmax(px, R, C, nullptr, finite);
+  std::vector<float> ranges;
+  float m = 1.0f;  // unknown but irrelevant when the first pass is skipped (S = 0, per-row)
+  if (S > 0) {
+    ranges = groups_on_cols ? column_absmax(px, R, C, nullptr, finite) : row_absmax(px, R, C, nullptr, finite);
+    m = *std::max_element(ranges.begin(), ranges.end());
+  } else if (!fused_row_scales) {
+    const std::vector<float> row_max = row_absmax(px, R, C, nullptr, finite);
+    m = *std::max_element(row_max.begin(), row_max.end());
+  }
   if (!finite) throw_nonfinite(x, name);
-  const float m = *std::max_element(ranges.begin(), ranges.end());
 
   QTensor q;
   q.bits = p.bits;
@@ -135,12 +145,12 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
   q.outer = p.outer;
   const DType code_type = p.unsigned_codes ? DType::u8 : DType::s8;
   q.exponents = Tensor::empty({inner_len}, DType::s8);
-  q.scales = Tensor::ones({p.outer == OuterScale::per_tensor ? 1 : outer_len});
+  q.scales = Tensor::ones({per_tensor ? 1 : outer_len});
 
   // 2. Exponents e_k = min(S, floor(log2(m / r_k))) (S where r_k = 0), as factors 2^e and 2^(S-e).
-  std::vector<float> pow_e(inner_len), pack(inner_len);
+  std::vector<float> pow_e(inner_len, 1.0f), pack(inner_len, 1.0f);
   std::int8_t* e_out = q.exponents.data<std::int8_t>();
-  for (std::int64_t k = 0; k < inner_len; ++k) {
+  for (std::int64_t k = 0; S > 0 && k < inner_len; ++k) {
     const int e = (ranges[k] == 0.0f || m == 0.0f) ? S : std::min(S, floor_log2_ratio(m, ranges[k]));
     e_out[k] = static_cast<std::int8_t>(e);
     pow_e[k] = std::ldexp(1.0f, e);
@@ -161,10 +171,12 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
     scales[i] = outer_max > 0.0f ? outer_max / qmax : 1.0f;
     inv_scale[i] = 1.0f / scales[i];
   };
-  const bool per_tensor = p.outer == OuterScale::per_tensor;
   if (per_tensor) {
     float mx = 0.0f;
-    for (std::int64_t k = 0; k < inner_len; ++k) mx = std::max(mx, ranges[k] * pow_e[k]);
+    if (S == 0)
+      mx = m;  // max |x|
+    else
+      for (std::int64_t k = 0; k < inner_len; ++k) mx = std::max(mx, ranges[k] * pow_e[k]);
     set_scale(0, mx);
     std::fill(inv_scale.begin(), inv_scale.end(), inv_scale[0]);
   } else if (!groups_on_cols) {  // one scale per column: needs every row first
@@ -186,15 +198,18 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
   args.xor_mask = p.unsigned_codes ? 0x80 : 0x00;
   args.out = p.unsigned_codes ? reinterpret_cast<std::int8_t*>(q.codes.data<std::uint8_t>()) : q.codes.data<std::int8_t>();
   const bool reference = kernels::kernel_path() == kernels::KernelPath::reference;
-  const bool fused_row_scales = groups_on_cols && !per_tensor;
   std::vector<float> row_max(fused_row_scales ? R : 0);
+  std::atomic<bool> rows_finite{true};
   // Rows go in tiles of ~16 KiB of input: per-row scales are taken while the tile is in L1.
   const std::int64_t tile = std::max<std::int64_t>(1, 4096 / C);
   for_row_blocks(R, C, [&](std::int64_t r0, std::int64_t r1) {
     for (std::int64_t t0 = r0; t0 < r1; t0 += tile) {
       const std::int64_t t1 = std::min(r1, t0 + tile);
       if (fused_row_scales) {
-        kernels::absmax_rows_f32(px, t0, t1, C, pow_e.data(), row_max.data());
+        if (!kernels::absmax_rows_f32(px, t0, t1, C, pow_e.data(), row_max.data())) {
+          rows_finite = false;  // reported after the loop; never convert NaN/Inf to integers
+          continue;
+        }
         for (std::int64_t r = t0; r < t1; ++r) set_scale(r, row_max[r]);
       }
       if (reference)
@@ -203,6 +218,7 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
         kernels::quantize_pack_f32_s8(args, t0, t1);
     }
   });
+  if (!rows_finite) throw_nonfinite(x, name);  // the first pass was skipped (S = 0, per-row)
   return q;
 }
 

@@ -270,16 +270,18 @@ TEST(Quantize, BadInputThrows) {
   EXPECT_THROW(quantize(Tensor::zeros({0, 4}), QuantizeParams::per_tensor(8)), ShapeError);
   EXPECT_THROW(quantize(Tensor::zeros({8}), QuantizeParams::per_tensor(8)), ShapeError);
   EXPECT_THROW(quantize(Tensor::zeros({2, 2}, DType::s32), QuantizeParams::per_tensor(8)), DTypeError);
-  for (float bad : {NAN, INFINITY, -INFINITY}) {
-    Tensor y = x.clone();
-    y.data<float>()[5] = bad;
-    try {
-      quantize(y, QuantizeParams::shiftquant(4, 4), "fc1.grad");
-      ADD_FAILURE() << "no exception for " << bad;
-    } catch (const NumericError& e) {
-      EXPECT_NE(std::string(e.what()).find("fc1.grad"), std::string::npos) << e.what();
+  for (float bad : {NAN, INFINITY, -INFINITY})
+    for (const QuantizeParams& p : {QuantizeParams::shiftquant(4, 4), QuantizeParams::per_row(8),
+                                    QuantizeParams::per_tensor(4), QuantizeParams::shiftquant(4, 4, 0)}) {
+      Tensor y = x.clone();
+      y.data<float>()[5] = bad;
+      try {
+        quantize(y, p, "fc1.grad");
+        ADD_FAILURE() << "no exception for " << bad;
+      } catch (const NumericError& e) {
+        EXPECT_NE(std::string(e.what()).find("fc1.grad"), std::string::npos) << e.what();
+      }
     }
-  }
 }
 
 }  // namespace
