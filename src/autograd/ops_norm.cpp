@@ -23,31 +23,41 @@ struct NormLayout {
   }
 };
 
-// xhat = (x - mean) * invstd per channel; returns xhat and fills mean/var (biased) and invstd.
-Tensor normalize(const Tensor& x, const NormLayout& l, float eps, std::vector<float>& mean,
-                 std::vector<float>& var, std::vector<float>& invstd) {
+// xhat = (x - mu) * inv per channel, with (mu, inv) = channel_stats(c) (which also records
+// whatever per-channel statistics its caller keeps). Parallel over channels.
+template <class ChannelStats>
+Tensor normalize_channels(const Tensor& x, const NormLayout& l, ChannelStats channel_stats) {
   Tensor xhat = Tensor::uninitialized(x.shape());
   const float* px = x.data<float>();
   float* ph = xhat.data<float>();
-  mean.assign(l.channels, 0.0f);
-  var.assign(l.channels, 0.0f);
-  invstd.assign(l.channels, 0.0f);
   const std::int64_t grain = std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(l.count(), 1));
   detail::parallel_for(l.channels, grain, [&](std::int64_t b, std::int64_t e) {
     for (std::int64_t c = b; c < e; ++c) {
-      double s = 0.0, ss = 0.0;
-      l.for_each(c, [&](std::int64_t i) { s += px[i]; });
-      const double mu = s / static_cast<double>(l.count());
-      l.for_each(c, [&](std::int64_t i) { ss += (px[i] - mu) * (px[i] - mu); });
-      const double v = ss / static_cast<double>(l.count());
-      const float inv = static_cast<float>(1.0 / std::sqrt(v + eps));
-      mean[c] = static_cast<float>(mu);
-      var[c] = static_cast<float>(v);
-      invstd[c] = inv;
+      const auto [mu, inv] = channel_stats(px, c);
       l.for_each(c, [&](std::int64_t i) { ph[i] = static_cast<float>((px[i] - mu) * inv); });
     }
   });
   return xhat;
+}
+
+// L2: xhat = (x - mean) * invstd; fills mean/var (biased) and invstd.
+Tensor normalize(const Tensor& x, const NormLayout& l, float eps, std::vector<float>& mean,
+                 std::vector<float>& var, std::vector<float>& invstd) {
+  mean.assign(l.channels, 0.0f);
+  var.assign(l.channels, 0.0f);
+  invstd.assign(l.channels, 0.0f);
+  return normalize_channels(x, l, [&](const float* px, std::int64_t c) {
+    double s = 0.0, ss = 0.0;
+    l.for_each(c, [&](std::int64_t i) { s += px[i]; });
+    const double mu = s / static_cast<double>(l.count());
+    l.for_each(c, [&](std::int64_t i) { ss += (px[i] - mu) * (px[i] - mu); });
+    const double v = ss / static_cast<double>(l.count());
+    const float inv = static_cast<float>(1.0 / std::sqrt(v + eps));
+    mean[c] = static_cast<float>(mu);
+    var[c] = static_cast<float>(v);
+    invstd[c] = inv;
+    return std::pair<double, float>{mu, inv};
+  });
 }
 
 // y = gamma * xhat + beta per channel.
@@ -125,34 +135,26 @@ std::vector<float> inverses(const std::vector<float>& v) {
 // mean(sgn(x - mean)) per channel for the backward.
 Tensor l1_normalize(const Tensor& x, const NormLayout& l, float eps, float c, std::vector<float>& mean,
                     std::vector<float>& sigma, std::vector<float>& mean_sign) {
-  Tensor xhat = Tensor::uninitialized(x.shape());
-  const float* px = x.data<float>();
-  float* ph = xhat.data<float>();
   mean.assign(l.channels, 0.0f);
   sigma.assign(l.channels, 0.0f);
   mean_sign.assign(l.channels, 0.0f);
-  const std::int64_t grain = std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(l.count(), 1));
-  detail::parallel_for(l.channels, grain, [&](std::int64_t b, std::int64_t e) {
-    for (std::int64_t ch = b; ch < e; ++ch) {
-      double s = 0.0;
-      l.for_each(ch, [&](std::int64_t i) { s += px[i]; });
-      const float mu = static_cast<float>(s / static_cast<double>(l.count()));
-      double abs_sum = 0.0;
-      std::int64_t sign_sum = 0;
-      l.for_each(ch, [&](std::int64_t i) {
-        const float d = px[i] - mu;
-        abs_sum += std::fabs(d);
-        sign_sum += (d > 0.0f) - (d < 0.0f);
-      });
-      const float sig = c * static_cast<float>(abs_sum / static_cast<double>(l.count())) + eps;
-      const float inv = 1.0f / sig;
-      mean[ch] = mu;
-      sigma[ch] = sig;
-      mean_sign[ch] = static_cast<float>(static_cast<double>(sign_sum) / static_cast<double>(l.count()));
-      l.for_each(ch, [&](std::int64_t i) { ph[i] = (px[i] - mu) * inv; });
-    }
+  return normalize_channels(x, l, [&](const float* px, std::int64_t ch) {
+    double s = 0.0;
+    l.for_each(ch, [&](std::int64_t i) { s += px[i]; });
+    const float mu = static_cast<float>(s / static_cast<double>(l.count()));
+    double abs_sum = 0.0;
+    std::int64_t sign_sum = 0;
+    l.for_each(ch, [&](std::int64_t i) {
+      const float d = px[i] - mu;
+      abs_sum += std::fabs(d);
+      sign_sum += (d > 0.0f) - (d < 0.0f);
+    });
+    const float sig = c * static_cast<float>(abs_sum / static_cast<double>(l.count())) + eps;
+    mean[ch] = mu;
+    sigma[ch] = sig;
+    mean_sign[ch] = static_cast<float>(static_cast<double>(sign_sum) / static_cast<double>(l.count()));
+    return std::pair<float, float>{mu, 1.0f / sig};
   });
-  return xhat;
 }
 
 }  // namespace
