@@ -183,4 +183,28 @@ void dequantize_model(Module& model) {
   for (QuantizableNorm* norm : norms) norm->set_quantization(std::nullopt);
 }
 
+std::vector<std::uint64_t> quantization_counters(Module& model) {
+  std::vector<QuantizableLayer*> layers;
+  collect(model, layers);
+  std::vector<QuantizableNorm*> norms;
+  collect(model, norms);
+  std::vector<std::uint64_t> counters;
+  for (const QuantizableLayer* layer : layers) counters.push_back(layer->quant_calls());
+  for (const QuantizableNorm* norm : norms) counters.push_back(norm->quant_calls());
+  return counters;
+}
+
+void set_quantization_counters(Module& model, const std::vector<std::uint64_t>& counters) {
+  std::vector<QuantizableLayer*> layers;
+  collect(model, layers);
+  std::vector<QuantizableNorm*> norms;
+  collect(model, norms);
+  SHIFTQ_CHECK(counters.size() == layers.size() + norms.size(), ValueError, "set_quantization_counters: got ",
+               counters.size(), " counters for a model with ", layers.size() + norms.size(),
+               " quantizable layers and norms");
+  std::size_t i = 0;
+  for (QuantizableLayer* layer : layers) layer->set_quant_calls(counters[i++]);
+  for (QuantizableNorm* norm : norms) norm->set_quant_calls(counters[i++]);
+}
+
 }  // namespace shiftq::nn

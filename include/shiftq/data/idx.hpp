@@ -17,7 +17,7 @@ Tensor read_idx(const std::string& path);
 // Writes a tensor as an uncompressed IDX file (u8, s8, s32 or f32); used by tests and tools.
 void write_idx(const std::string& path, const Tensor& tensor);
 
-// An image classification split: images u8 [N, H, W], labels s32 [N].
+// An image classification split: images u8 [N, H, W] or [N, C, H, W], labels s32 [N].
 struct LabeledImages {
   Tensor images;
   Tensor labels;

@@ -31,6 +31,9 @@ class QuantizableLayer {
   }
   const std::optional<quant::LayerQuant>& quantization() const { return quant_; }
   const quant::PackedWeight& packed_weight() const { return packed_; }
+  // Training forward calls so far: keys this layer's stochastic rounding (checkpointed for resume).
+  std::uint64_t quant_calls() const { return calls_; }
+  void set_quant_calls(std::uint64_t calls) { calls_ = calls; }
 
  protected:
   std::optional<quant::LayerQuant> quant_;
@@ -113,6 +116,8 @@ class QuantizableNorm {
     quant_ = q;
   }
   const std::optional<quant::QuantizedNormConfig>& quantization() const { return quant_; }
+  std::uint64_t quant_calls() const { return calls_; }
+  void set_quant_calls(std::uint64_t calls) { calls_ = calls; }
 
  protected:
   std::optional<quant::QuantizedNormConfig> quant_;
@@ -269,5 +274,10 @@ class Sequential : public Module {
 int quantize_model(Module& model, const quant::QConfig& config, std::uint64_t seed = 0);
 // Back to fp32 GEMMs.
 void dequantize_model(Module& model);
+// The training-call counters of every quantizable layer and norm under `model` (registration
+// order). They key stochastic rounding, so a checkpoint stores them for a bit-exact resume.
+std::vector<std::uint64_t> quantization_counters(Module& model);
+// Restores quantization_counters(); ValueError if the count of layers differs.
+void set_quantization_counters(Module& model, const std::vector<std::uint64_t>& counters);
 
 }  // namespace shiftq::nn

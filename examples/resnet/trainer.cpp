@@ -1,0 +1,251 @@
+#include "resnet/trainer.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <sstream>
+
+#include "common/counters.hpp"
+#include "common/flags.hpp"
+#include "common/report.hpp"
+#include "resnet/model.hpp"
+
+namespace shiftq::examples {
+namespace {
+
+// The first n images of a split (n = 0 or n >= N: all).
+data::LabeledImages take_first(const data::LabeledImages& d, std::int64_t n) {
+  const std::int64_t total = d.labels.numel();
+  if (n <= 0 || n >= total) return d;
+  Shape shape = d.images.shape();
+  const std::size_t row_bytes = d.images.nbytes() / static_cast<std::size_t>(total);
+  shape[0] = n;
+  data::LabeledImages out{Tensor::uninitialized(shape, d.images.dtype()), Tensor::uninitialized({n}, DType::s32),
+                          d.num_classes};
+  std::memcpy(out.images.data<std::uint8_t>(), d.images.data<std::uint8_t>(), row_bytes * static_cast<std::size_t>(n));
+  std::memcpy(out.labels.data<std::int32_t>(), d.labels.data<std::int32_t>(), sizeof(std::int32_t) * static_cast<std::size_t>(n));
+  return out;
+}
+
+struct Splits {
+  data::LabeledImages train, test;
+  std::vector<float> mean, std;
+};
+
+Splits load_splits(const ResNetTrainConfig& c) {
+  Splits s;
+  if (c.dataset == "fashion-mnist") {
+    const std::string dir = c.data_dir.empty() ? data::kFashionMnistDir : c.data_dir;
+    s.train = data::load_fashion_mnist(dir, "train");
+    s.test = data::load_fashion_mnist(dir, "test");
+    s.mean = {0.2860f};  // Fashion-MNIST training-set statistics
+    s.std = {0.3530f};
+  } else {
+    const std::string dir = c.data_dir.empty() ? "cifar-10-batches-bin" : c.data_dir;
+    s.train = data::load_cifar10(dir, "train");
+    s.test = data::load_cifar10(dir, "test");
+    s.mean = {0.4914f, 0.4822f, 0.4465f};
+    s.std = {0.2470f, 0.2435f, 0.2616f};
+  }
+  s.train = take_first(s.train, c.train_subset);
+  s.test = take_first(s.test, c.test_subset);
+  return s;
+}
+
+// Number of rows of logits [B, K] whose argmax equals the label.
+std::int64_t count_correct(const Tensor& logits, const Tensor& labels) {
+  const std::int64_t rows = logits.size(0), k = logits.size(1);
+  const float* p = logits.data<float>();
+  const std::int32_t* y = labels.data<std::int32_t>();
+  std::int64_t correct = 0;
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const float* row = p + i * k;
+    correct += (std::max_element(row, row + k) - row) == y[i];
+  }
+  return correct;
+}
+
+struct EvalResult {
+  double loss = 0, accuracy = 0;
+};
+
+EvalResult evaluate(nn::Module& model, const data::ImageLoader& loader) {
+  NoGradGuard no_grad;
+  model.eval();
+  double loss_sum = 0;
+  std::int64_t correct = 0;
+  for (std::int64_t b = 0; b < loader.num_batches(); ++b) {
+    const data::ImageBatch batch = loader.batch(0, b);
+    const Tensor logits = model(batch.images);
+    loss_sum += cross_entropy(logits, batch.labels).item() * static_cast<double>(batch.labels.numel());
+    correct += count_correct(logits, batch.labels);
+  }
+  model.train();
+  const auto n = static_cast<double>(loader.size());
+  return {loss_sum / n, static_cast<double>(correct) / n};
+}
+
+}  // namespace
+
+void ResNetTrainConfig::validate() const {
+  require(dataset == "fashion-mnist" || dataset == "cifar10", "--dataset must be fashion-mnist or cifar10");
+  require(depth >= 8 && (depth - 2) % 6 == 0, "--depth must be 6n+2 (8, 14, 20, 32, 44, 56, ...)");
+  require(width >= 1, "--width must be positive");
+  require(norm == "l1" || norm == "l2", "--norm must be l1 or l2");
+  require(bits == 0 || (bits >= 2 && bits <= 8), "--bits must be 0 (fp32) or 2..8");
+  require(grad_quant == "shiftquant" || grad_quant == "per-tensor" || grad_quant == "per-row",
+          "--grad-quant must be shiftquant, per-tensor or per-row");
+  require(first_last_bits == 0 || (first_last_bits >= 2 && first_last_bits <= 8),
+          "--first-last-bits must be 0 (same as --bits) or 2..8");
+  require(norm_bits == 0 || (norm_bits >= 2 && norm_bits <= 8), "--norm-bits must be 0 (float L1 norm) or 2..8");
+  require(epochs >= 1 && batch >= 1, "--epochs and --batch must be positive");
+  require(lr > 0 && momentum >= 0 && momentum < 1 && weight_decay >= 0 && warmup_epochs >= 0,
+          "--lr must be > 0, --momentum in [0, 1), --weight-decay and --warmup-epochs >= 0");
+  require(pad >= 0 && pad <= 16, "--pad must be in 0..16");
+  require(threads >= 0 && train_subset >= 0 && test_subset >= 0 && seed >= 0 && stop_after >= 0,
+          "--threads, --train-subset, --test-subset, --seed and --stop-after must be >= 0");
+}
+
+std::string ResNetTrainConfig::fingerprint() const {
+  std::ostringstream s;
+  s << "dataset=" << dataset << " train_subset=" << train_subset << " augment=" << augment << " pad=" << pad
+    << " depth=" << depth << " width=" << width << " norm=" << norm << " bits=" << bits
+    << " grad_quant=" << grad_quant << " first_last_bits=" << first_last_bits << " norm_bits=" << norm_bits
+    << " batch=" << batch << " lr=" << lr << " momentum=" << momentum << " weight_decay=" << weight_decay
+    << " warmup_epochs=" << warmup_epochs << " seed=" << seed;
+  return s.str();
+}
+
+quant::QConfig ResNetTrainConfig::qconfig() const {
+  quant::QConfig q = quant::QConfig::bits(static_cast<int>(bits));
+  if (grad_quant == "per-tensor") q.gradients.kind = quant::QuantizerKind::per_tensor;
+  if (grad_quant == "per-row") q.gradients.kind = quant::QuantizerKind::per_row;
+  if (grad_quant != "shiftquant") q.gradients.shift_budget = 0;
+  q.first_last_bits = static_cast<int>(first_last_bits);
+  q.norm_bits = static_cast<int>(norm_bits);
+  q.validate();
+  return q;
+}
+
+std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
+  c.validate();
+  if (c.threads > 0) set_num_threads(static_cast<int>(c.threads));
+  const Splits data = load_splits(c);
+  const std::int64_t channels = data.train.images.dim() == 4 ? data.train.images.size(1) : 1;
+  data::ImageLoader train_loader(data.train, data::ImageLoaderOptions(c.batch)
+                                                 .shuffle(true)
+                                                 .seed(static_cast<std::uint64_t>(c.seed))
+                                                 .mean(data.mean)
+                                                 .std(data.std)
+                                                 .pad_crop(c.augment ? c.pad : 0)
+                                                 .hflip(c.augment));
+  data::ImageLoader test_loader(data.test, data::ImageLoaderOptions(500).shuffle(false).mean(data.mean).std(data.std));
+
+  Generator init_gen(static_cast<std::uint64_t>(c.seed));
+  ResNet model({c.depth, channels, data.train.num_classes, c.width, c.norm}, init_gen);
+  if (c.bits > 0) nn::quantize_model(model, c.qconfig(), static_cast<std::uint64_t>(c.seed));
+  optim::SGD optimizer(model.named_parameters(),
+                       optim::SGDOptions{c.lr}.momentum(c.momentum).weight_decay(c.weight_decay));
+  const std::int64_t steps_per_epoch = train_loader.num_batches();
+  const auto warmup_steps = static_cast<std::int64_t>(c.warmup_epochs * static_cast<double>(steps_per_epoch));
+  const optim::WarmupCosine schedule(c.lr, warmup_steps, steps_per_epoch * c.epochs);
+
+  std::int64_t first_epoch = 1, step = 0;
+  if (!c.resume.empty()) {
+    const io::TrainingCheckpoint ckpt = io::load_checkpoint(c.resume);
+    const auto info = [&](const std::string& key) {
+      const auto it = ckpt.info.find(key);
+      if (it == ckpt.info.end()) throw IOError("checkpoint " + c.resume + " has no '" + key + "' entry");
+      return it->second;
+    };
+    if (info("trainer") != "resnet" || info("config") != c.fingerprint())
+      throw ValueError("checkpoint " + c.resume + " was written by a different configuration:\n  checkpoint: " +
+                       info("config") + "\n  this run:   " + c.fingerprint());
+    io::restore(ckpt, c.resume, model, &optimizer);
+    nn::set_quantization_counters(model, split_counters(info("quant_counters"), c.resume));
+    first_epoch = std::stoll(info("epoch")) + 1;
+    step = std::stoll(info("step"));
+  }
+  MetricsLog log(c.log, /*append=*/!c.resume.empty());
+  if (c.verbose) {
+    std::printf("%s: %lld train / %lld test images, ResNet-%lld (%lld parameters, %s norm), %s, %d threads\n",
+                c.dataset.c_str(), static_cast<long long>(train_loader.size()),
+                static_cast<long long>(test_loader.size()), static_cast<long long>(c.depth),
+                static_cast<long long>(model.num_parameters()), c.norm.c_str(),
+                c.bits > 0 ? c.qconfig().str().c_str() : "fp32", get_num_threads());
+    if (first_epoch > 1) std::printf("resumed from %s after epoch %lld\n", c.resume.c_str(), static_cast<long long>(first_epoch - 1));
+    std::fflush(stdout);
+  }
+
+  std::vector<EpochMetrics> history;
+  const std::int64_t last_epoch = c.stop_after > 0 ? std::min(c.stop_after, c.epochs) : c.epochs;
+  for (std::int64_t epoch = first_epoch; epoch <= last_epoch; ++epoch) {
+    Progress progress("epoch " + std::to_string(epoch) + "/" + std::to_string(c.epochs), steps_per_epoch, c.verbose);
+    double loss_sum = 0, seconds = 0;
+    std::int64_t correct = 0, seen = 0;
+    for (std::int64_t b = 0; b < steps_per_epoch; ++b, ++step) {
+      const data::ImageBatch batch = train_loader.batch(epoch, b);
+      const auto start = std::chrono::steady_clock::now();
+      optimizer.set_lr(schedule.lr_at(step));
+      const Tensor logits = model(batch.images);
+      Tensor loss = cross_entropy(logits, batch.labels);
+      optimizer.zero_grad();
+      loss.backward();
+      optimizer.step();
+      seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      loss_sum += loss.item();
+      correct += count_correct(logits, batch.labels);
+      seen += batch.labels.numel();
+      char status[96];
+      std::snprintf(status, sizeof status, "loss %.4f acc %.1f%% %.0f img/s", loss_sum / static_cast<double>(b + 1),
+                    100.0 * static_cast<double>(correct) / static_cast<double>(seen),
+                    static_cast<double>(seen) / seconds);
+      progress.update(b + 1, status);
+    }
+    const EvalResult test = evaluate(model, test_loader);
+    EpochMetrics m{epoch,
+                   step,
+                   loss_sum / static_cast<double>(steps_per_epoch),
+                   static_cast<double>(correct) / static_cast<double>(seen),
+                   test.loss,
+                   test.accuracy,
+                   static_cast<double>(seen) / seconds,
+                   seconds,
+                   optimizer.lr()};
+    history.push_back(m);
+    log.write(MetricsRow()
+                  .add("epoch", m.epoch)
+                  .add("step", m.step)
+                  .add("train_loss", m.train_loss)
+                  .add("train_accuracy", m.train_accuracy)
+                  .add("test_loss", m.test_loss)
+                  .add("test_accuracy", m.test_accuracy)
+                  .add("images_per_second", m.images_per_second)
+                  .add("train_seconds", m.train_seconds)
+                  .add("lr", m.lr)
+                  .add("precision", c.bits > 0 ? c.qconfig().str() : std::string("fp32"))
+                  .add("norm", c.norm));
+    if (c.verbose) {
+      std::printf("epoch %lld: train loss %.4f acc %.2f%% | test loss %.4f acc %.2f%% | %.0f images/s (%.0f s)\n",
+                  static_cast<long long>(epoch), m.train_loss, 100 * m.train_accuracy, m.test_loss,
+                  100 * m.test_accuracy, m.images_per_second, m.train_seconds);
+      std::fflush(stdout);
+    }
+    if (!c.checkpoint.empty()) {
+      io::TrainingCheckpoint ckpt;
+      ckpt.model = model.state_dict();
+      ckpt.optimizer = optimizer.state_dict();
+      ckpt.info = {{"trainer", "resnet"},
+                   {"config", c.fingerprint()},
+                   {"epoch", std::to_string(epoch)},
+                   {"step", std::to_string(step)},
+                   {"test_accuracy", std::to_string(m.test_accuracy)},
+                   {"quant_counters", join_counters(nn::quantization_counters(model))}};
+      io::save_checkpoint(c.checkpoint, ckpt);
+    }
+  }
+  return history;
+}
+
+}  // namespace shiftq::examples

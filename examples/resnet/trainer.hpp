@@ -1,0 +1,63 @@
+// The ResNet trainer behind shiftq-train-resnet, as a function so tests can run it in-process.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <shiftq/shiftq.hpp>
+
+namespace shiftq::examples {
+
+struct ResNetTrainConfig {
+  // data
+  std::string dataset = "fashion-mnist";  // or "cifar10"
+  std::string data_dir;                   // empty: the dataset's default location
+  std::int64_t train_subset = 0;          // use only the first N training images (0 = all)
+  std::int64_t test_subset = 0;           // evaluate on the first N test images (0 = all)
+  bool augment = true;                    // random crop (padding `pad`) + horizontal flip
+  std::int64_t pad = 2;
+  // model
+  std::int64_t depth = 20;
+  std::int64_t width = 16;
+  std::string norm = "l2";  // l2: BatchNorm2d, l1: L1BatchNorm2d
+  // precision: bits 0 = fp32; 2..8 = integer training (weights, activations, gradients)
+  std::int64_t bits = 0;
+  std::string grad_quant = "shiftquant";  // shiftquant | per-tensor | per-row
+  std::int64_t first_last_bits = 8;
+  std::int64_t norm_bits = 8;             // fully quantized L1 norms (0 = float L1 norms)
+  // optimization: SGD + momentum, linear warmup then cosine decay, per step
+  std::int64_t epochs = 3;
+  std::int64_t batch = 128;
+  double lr = 0.1;
+  double momentum = 0.9;
+  double weight_decay = 5e-4;
+  double warmup_epochs = 0.5;
+  // run
+  std::int64_t threads = 0;  // 0: library default
+  std::int64_t seed = 1;
+  std::string checkpoint;  // saved (atomically) after every epoch when set
+  std::string resume;      // continue from this checkpoint
+  std::string log;         // JSON-lines metrics
+  std::int64_t stop_after = 0;  // stop after this epoch as if interrupted (0 = run all; tests resume)
+  bool verbose = true;     // progress and per-epoch lines on stdout
+
+  // Throws UsageError for invalid combinations.
+  void validate() const;
+  // The settings a checkpoint must agree with to be resumed (model, precision, data, recipe).
+  std::string fingerprint() const;
+  quant::QConfig qconfig() const;
+};
+
+struct EpochMetrics {
+  std::int64_t epoch = 0, step = 0;
+  double train_loss = 0, train_accuracy = 0, test_loss = 0, test_accuracy = 0;
+  double images_per_second = 0, train_seconds = 0, lr = 0;
+};
+
+// Trains and evaluates; returns one entry per epoch run by this call (a resumed run starts after the
+// checkpoint's epoch). Throws shiftq::Error (IOError for data/checkpoint problems).
+std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& config);
+
+}  // namespace shiftq::examples

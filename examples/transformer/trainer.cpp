@@ -1,0 +1,292 @@
+#include "transformer/trainer.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <sstream>
+
+#include "common/counters.hpp"
+#include "common/flags.hpp"
+#include "common/report.hpp"
+#include "transformer/model.hpp"
+
+namespace shiftq::examples {
+namespace {
+
+constexpr const char* kPrepareHint =
+    "; prepare the default corpus with `scripts/prepare-kjv.sh kjv.txt` (Debian packages bible-kjv and "
+    "bible-kjv-text) or pass any UTF-8 text file with --data";
+
+const std::string& info_entry(const io::TrainingCheckpoint& ckpt, const std::string& path, const std::string& key) {
+  const auto it = ckpt.info.find(key);
+  if (it == ckpt.info.end()) throw IOError("checkpoint " + path + " has no '" + key + "' entry");
+  return it->second;
+}
+
+std::int64_t info_int(const io::TrainingCheckpoint& ckpt, const std::string& path, const std::string& key) {
+  const std::string& text = info_entry(ckpt, path, key);
+  try {
+    std::size_t used = 0;
+    const std::int64_t value = std::stoll(text, &used);
+    if (used == text.size()) return value;
+  } catch (const std::logic_error&) {
+  }
+  throw IOError("checkpoint " + path + ": entry '" + key + "' is not an integer: '" + text + "'");
+}
+
+GPTOptions model_options(const GPTTrainConfig& c, std::int64_t vocab_size) {
+  return {vocab_size, c.context, c.layers, c.d_model, c.heads, c.norm, c.tie};
+}
+
+std::unique_ptr<GPT> build_model(const GPTTrainConfig& c, std::int64_t vocab_size) {
+  Generator init_gen(static_cast<std::uint64_t>(c.seed));
+  auto model = std::make_unique<GPT>(model_options(c, vocab_size), init_gen);
+  if (c.bits > 0) model->quantize(c.qconfig(), static_cast<std::uint64_t>(c.seed));
+  return model;
+}
+
+// logits [B, T, V], targets [B, T] -> mean cross-entropy
+Tensor lm_loss(const Tensor& logits, const Tensor& targets) {
+  const std::int64_t v = logits.size(2);
+  return cross_entropy(reshape(logits, {-1, v}), reshape(targets, {-1}));
+}
+
+double validation_loss(GPT& model, const data::TextDataset& text, const GPTTrainConfig& c) {
+  NoGradGuard no_grad;
+  model.eval();
+  const std::int64_t batches = std::min(c.eval_batches, text.num_val_batches(c.batch, c.context));
+  double sum = 0;
+  for (std::int64_t i = 0; i < batches; ++i) {
+    const data::TokenBatch b = text.val_batch(i, c.batch, c.context);
+    sum += lm_loss(model(b.inputs), b.targets).item();
+  }
+  model.train();
+  return sum / static_cast<double>(batches);
+}
+
+io::TrainingCheckpoint make_checkpoint(const GPTTrainConfig& c, GPT& model, const optim::Optimizer& optimizer,
+                                       const Generator& data_gen, const data::CharVocab& vocab, std::int64_t step,
+                                       double val_loss) {
+  io::TrainingCheckpoint ckpt;
+  ckpt.model = model.state_dict();
+  ckpt.optimizer = optimizer.state_dict();
+  ckpt.generators["data"] = data_gen.state();
+  ckpt.info = {{"trainer", "gpt"},
+               {"config", c.fingerprint()},
+               {"step", std::to_string(step)},
+               {"val_loss", std::to_string(val_loss)},
+               {"vocab", vocab.to_string()},
+               {"layers", std::to_string(c.layers)},
+               {"d_model", std::to_string(c.d_model)},
+               {"heads", std::to_string(c.heads)},
+               {"context", std::to_string(c.context)},
+               {"norm", c.norm},
+               {"tie", c.tie ? "1" : "0"},
+               {"bits", std::to_string(c.bits)},
+               {"grad_quant", c.grad_quant},
+               {"head_bits", std::to_string(c.head_bits)},
+               {"norm_bits", std::to_string(c.norm_bits)},
+               {"seed", std::to_string(c.seed)},
+               {"quant_counters", join_counters(nn::quantization_counters(model))}};
+  return ckpt;
+}
+
+}  // namespace
+
+void GPTTrainConfig::validate() const {
+  require(val_fraction > 0 && val_fraction < 1, "--val-fraction must be in (0, 1)");
+  require(layers >= 1 && d_model >= 1 && heads >= 1 && context >= 1, "--layers, --d-model, --heads, --context must be positive");
+  require(d_model % heads == 0, "--d-model must be divisible by --heads");
+  require(norm == "l1" || norm == "l2", "--norm must be l1 or l2");
+  require(bits == 0 || (bits >= 2 && bits <= 8), "--bits must be 0 (fp32) or 2..8");
+  require(grad_quant == "shiftquant" || grad_quant == "per-tensor" || grad_quant == "per-row",
+          "--grad-quant must be shiftquant, per-tensor or per-row");
+  require(head_bits == 0 || (head_bits >= 2 && head_bits <= 8), "--head-bits must be 0 (same as --bits) or 2..8");
+  require(norm_bits == 0 || (norm_bits >= 2 && norm_bits <= 8), "--norm-bits must be 0 (float L1 norm) or 2..8");
+  require(steps >= 1 && batch >= 1 && warmup >= 0, "--steps and --batch must be positive, --warmup >= 0");
+  require(lr > 0 && min_lr_ratio >= 0 && min_lr_ratio <= 1 && weight_decay >= 0 && clip >= 0,
+          "--lr > 0, --min-lr-ratio in [0, 1], --weight-decay >= 0, --clip >= 0 (0 = off)");
+  require(eval_every >= 1 && eval_batches >= 1, "--eval-every and --eval-batches must be positive");
+  require(threads >= 0 && seed >= 0 && stop_after >= 0, "--threads, --seed and --stop-after must be >= 0");
+}
+
+std::string GPTTrainConfig::fingerprint() const {
+  std::ostringstream s;
+  s << "val_fraction=" << val_fraction << " layers=" << layers << " d_model=" << d_model << " heads=" << heads
+    << " context=" << context << " norm=" << norm << " tie=" << tie << " bits=" << bits << " grad_quant=" << grad_quant
+    << " head_bits=" << head_bits << " norm_bits=" << norm_bits << " steps=" << steps << " batch=" << batch
+    << " warmup=" << warmup << " lr=" << lr << " min_lr_ratio=" << min_lr_ratio << " weight_decay=" << weight_decay
+    << " clip=" << clip << " seed=" << seed;
+  return s.str();
+}
+
+quant::QConfig GPTTrainConfig::qconfig() const {
+  quant::QConfig q = quant::QConfig::bits(static_cast<int>(bits));
+  if (grad_quant == "per-tensor") q.gradients.kind = quant::QuantizerKind::per_tensor;
+  if (grad_quant == "per-row") q.gradients.kind = quant::QuantizerKind::per_row;
+  if (grad_quant != "shiftquant") q.gradients.shift_budget = 0;
+  q.first_last_bits = static_cast<int>(head_bits);
+  q.norm_bits = static_cast<int>(norm_bits);
+  q.validate();
+  return q;
+}
+
+std::vector<GPTEvalPoint> train_gpt(const GPTTrainConfig& c) {
+  c.validate();
+  if (c.threads > 0) set_num_threads(static_cast<int>(c.threads));
+  std::string text;
+  try {
+    text = data::read_text_file(c.data);
+  } catch (const IOError& e) {
+    throw IOError(std::string(e.what()) + kPrepareHint);
+  }
+  std::optional<io::TrainingCheckpoint> ckpt;
+  if (!c.resume.empty()) {
+    ckpt = io::load_checkpoint(c.resume);
+    if (info_entry(*ckpt, c.resume, "trainer") != "gpt" || info_entry(*ckpt, c.resume, "config") != c.fingerprint())
+      throw ValueError("checkpoint " + c.resume + " was written by a different configuration:\n  checkpoint: " +
+                       info_entry(*ckpt, c.resume, "config") + "\n  this run:   " + c.fingerprint());
+  }
+  const data::TextDataset dataset =
+      ckpt ? data::TextDataset(text, data::CharVocab::from_string(info_entry(*ckpt, c.resume, "vocab")), c.val_fraction)
+           : data::TextDataset(text, c.val_fraction);
+  auto model = build_model(c, dataset.vocab().size());
+  optim::AdamW optimizer(model->named_parameters(), optim::AdamWOptions{c.lr}.weight_decay(c.weight_decay));
+  const optim::WarmupCosine schedule(c.lr, std::min(c.warmup, c.steps - 1), c.steps, c.lr * c.min_lr_ratio);
+  Generator data_gen(static_cast<std::uint64_t>(c.seed) ^ 0x9e3779b97f4a7c15ull);
+  std::int64_t step = 0;
+  if (ckpt) {
+    io::restore(*ckpt, c.resume, *model, &optimizer);
+    nn::set_quantization_counters(*model, split_counters(info_entry(*ckpt, c.resume, "quant_counters"), c.resume));
+    const auto gen = ckpt->generators.find("data");
+    if (gen == ckpt->generators.end()) throw IOError("checkpoint " + c.resume + " has no 'data' generator state");
+    data_gen.set_state(gen->second);
+    step = info_int(*ckpt, c.resume, "step");
+  }
+  const std::vector<Tensor> params = model->parameters();
+  MetricsLog log(c.log, /*append=*/ckpt.has_value());
+  if (c.verbose) {
+    std::printf("%s: %lld train / %lld validation characters, vocabulary %lld\n"
+                "GPT: %lld layers, d_model %lld, %lld heads, context %lld, %lld parameters, %s norm; %s; %d threads\n",
+                c.data.c_str(), static_cast<long long>(dataset.train_size()), static_cast<long long>(dataset.val_size()),
+                static_cast<long long>(dataset.vocab().size()), static_cast<long long>(c.layers),
+                static_cast<long long>(c.d_model), static_cast<long long>(c.heads), static_cast<long long>(c.context),
+                static_cast<long long>(model->num_parameters()), c.norm.c_str(),
+                c.bits > 0 ? c.qconfig().str().c_str() : "fp32", get_num_threads());
+    if (step > 0) std::printf("resumed from %s at step %lld\n", c.resume.c_str(), static_cast<long long>(step));
+    std::fflush(stdout);
+  }
+
+  std::vector<GPTEvalPoint> history;
+  double loss_sum = 0, seconds = 0;
+  std::int64_t window_steps = 0;
+  Progress progress("train", c.steps, c.verbose);
+  const std::int64_t last_step = c.stop_after > 0 ? std::min(c.stop_after, c.steps) : c.steps;
+  while (step < last_step) {
+    const data::TokenBatch batch = dataset.sample_train(c.batch, c.context, data_gen);
+    const auto start = std::chrono::steady_clock::now();
+    optimizer.set_lr(schedule.lr_at(step));
+    Tensor loss = lm_loss((*model)(batch.inputs), batch.targets);
+    optimizer.zero_grad();
+    loss.backward();
+    if (c.clip > 0) optim::clip_grad_norm(params, c.clip);
+    optimizer.step();
+    ++step;
+    seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    loss_sum += loss.item();
+    ++window_steps;
+    const double tokens_per_second = static_cast<double>(window_steps * c.batch * c.context) / seconds;
+    char status[80];
+    std::snprintf(status, sizeof status, "loss %.4f %.0f tok/s", loss_sum / static_cast<double>(window_steps),
+                  tokens_per_second);
+    progress.update(step, status);
+    if (step % c.eval_every != 0 && step != last_step) continue;
+    const double val = validation_loss(*model, dataset, c);
+    const GPTEvalPoint point{step, loss_sum / static_cast<double>(window_steps), val, val / std::log(2.0),
+                             tokens_per_second};
+    history.push_back(point);
+    log.write(MetricsRow()
+                  .add("step", point.step)
+                  .add("train_loss", point.train_loss)
+                  .add("val_loss", point.val_loss)
+                  .add("val_bpc", point.val_bpc)
+                  .add("tokens_per_second", point.tokens_per_second)
+                  .add("lr", optimizer.lr())
+                  .add("precision", c.bits > 0 ? c.qconfig().str() : std::string("fp32"))
+                  .add("norm", c.norm));
+    if (c.verbose) {
+      std::printf("step %lld: train loss %.4f | val loss %.4f (%.3f bits/char) | %.0f tokens/s\n",
+                  static_cast<long long>(step), point.train_loss, point.val_loss, point.val_bpc,
+                  point.tokens_per_second);
+      std::fflush(stdout);
+    }
+    if (!c.checkpoint.empty())
+      io::save_checkpoint(c.checkpoint, make_checkpoint(c, *model, optimizer, data_gen, dataset.vocab(), step, val));
+    loss_sum = 0;
+    seconds = 0;
+    window_steps = 0;
+  }
+  return history;
+}
+
+std::string sample_gpt(const std::string& checkpoint, const SampleOptions& options) {
+  if (options.length < 0 || options.temperature <= 0 || options.top_k < 0)
+    throw ValueError("sample: need length >= 0, temperature > 0, top_k >= 0 (0 = all)");
+  const io::TrainingCheckpoint ckpt = io::load_checkpoint(checkpoint);
+  if (info_entry(ckpt, checkpoint, "trainer") != "gpt")
+    throw IOError("checkpoint " + checkpoint + " was not written by the GPT trainer");
+  GPTTrainConfig c;
+  c.layers = info_int(ckpt, checkpoint, "layers");
+  c.d_model = info_int(ckpt, checkpoint, "d_model");
+  c.heads = info_int(ckpt, checkpoint, "heads");
+  c.context = info_int(ckpt, checkpoint, "context");
+  c.norm = info_entry(ckpt, checkpoint, "norm");
+  c.tie = info_entry(ckpt, checkpoint, "tie") == "1";
+  c.bits = info_int(ckpt, checkpoint, "bits");
+  c.grad_quant = info_entry(ckpt, checkpoint, "grad_quant");
+  c.head_bits = info_int(ckpt, checkpoint, "head_bits");
+  c.norm_bits = info_int(ckpt, checkpoint, "norm_bits");
+  c.seed = info_int(ckpt, checkpoint, "seed");
+  try {
+    c.validate();
+  } catch (const UsageError& e) {
+    throw IOError("checkpoint " + checkpoint + " holds an invalid model description: " + e.what());
+  }
+  const data::CharVocab vocab = data::CharVocab::from_string(info_entry(ckpt, checkpoint, "vocab"));
+  auto model = build_model(c, vocab.size());
+  io::restore(ckpt, checkpoint, *model, nullptr);
+  model->eval();
+  NoGradGuard no_grad;
+
+  std::vector<std::int32_t> tokens = vocab.encode(options.prompt);
+  if (tokens.empty()) throw ValueError("sample: the prompt must not be empty");
+  Generator gen(static_cast<std::uint64_t>(options.seed));
+  const auto v = static_cast<std::size_t>(vocab.size());
+  std::vector<std::int32_t> generated;
+  std::vector<std::pair<float, std::int32_t>> candidates(v);
+  for (std::int64_t n = 0; n < options.length; ++n) {
+    const auto t = std::min<std::int64_t>(static_cast<std::int64_t>(tokens.size()), c.context);
+    const std::vector<std::int32_t> window(tokens.end() - t, tokens.end());
+    const Tensor logits = (*model)(Tensor::from_vector(window, {1, t}));  // [1, t, V]
+    const float* last = logits.data<float>() + (t - 1) * static_cast<std::int64_t>(v);
+    for (std::size_t i = 0; i < v; ++i)
+      candidates[i] = {last[i] / static_cast<float>(options.temperature), static_cast<std::int32_t>(i)};
+    const std::size_t k = options.top_k > 0 ? std::min<std::size_t>(v, static_cast<std::size_t>(options.top_k)) : v;
+    std::partial_sort(candidates.begin(), candidates.begin() + static_cast<std::ptrdiff_t>(k), candidates.end(),
+                      [](const auto& a, const auto& b) { return a.first > b.first; });
+    double total = 0;
+    std::vector<double> weights(k);
+    for (std::size_t i = 0; i < k; ++i) total += weights[i] = std::exp(candidates[i].first - candidates[0].first);
+    double r = gen.uniform() * total;
+    std::size_t pick = 0;
+    while (pick + 1 < k && (r -= weights[pick]) > 0) ++pick;
+    tokens.push_back(candidates[pick].second);
+    generated.push_back(candidates[pick].second);
+  }
+  return vocab.decode(generated);
+}
+
+}  // namespace shiftq::examples

@@ -1,0 +1,246 @@
+// The example trainers, run in-process on small budgets: they must learn (fp32 and integer), resume
+// bit for bit, and reject bad configurations and checkpoints.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <shiftq/shiftq.hpp>
+
+#include "common/flags.hpp"
+#include "resnet/trainer.hpp"
+#include "transformer/model.hpp"
+#include "transformer/trainer.hpp"
+
+namespace shiftq::examples {
+namespace {
+
+namespace fs = std::filesystem;
+
+class TrainerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("shiftq_trainers_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+  fs::path dir_;
+};
+
+bool have_fashion_mnist() { return fs::exists(std::string(data::kFashionMnistDir) + "/train-images-idx3-ubyte.gz"); }
+
+ResNetTrainConfig small_resnet(int bits, const std::string& norm) {
+  ResNetTrainConfig c;
+  c.depth = 8;
+  c.width = 8;
+  c.norm = norm;
+  c.bits = bits;
+  c.train_subset = 6400;
+  c.test_subset = 2000;
+  c.epochs = 2;
+  c.batch = 64;
+  c.lr = 0.1;
+  c.warmup_epochs = 0.25;
+  c.augment = false;
+  c.verbose = false;
+  return c;
+}
+
+const void* bytes_of(const Tensor& t) {
+  switch (t.dtype()) {
+    case DType::f32: return t.data<float>();
+    case DType::s32: return t.data<std::int32_t>();
+    case DType::s8: return t.data<std::int8_t>();
+    case DType::u8: return t.data<std::uint8_t>();
+  }
+  return nullptr;
+}
+
+void expect_same_tensors(const std::map<std::string, Tensor>& a, const std::map<std::string, Tensor>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [name, t] : a) {
+    const auto it = b.find(name);
+    ASSERT_NE(it, b.end()) << name;
+    ASSERT_EQ(t.nbytes(), it->second.nbytes()) << name;
+    EXPECT_EQ(std::memcmp(bytes_of(t), bytes_of(it->second), t.nbytes()), 0)
+        << name << " differs";
+  }
+}
+
+// ---- ResNet on a Fashion-MNIST subset (Debian's dataset-fashion-mnist, installed by install-deps) ----
+
+// 200 steps of batch 64 on 6400 images; a stated accuracy on 2000 test images for fp32 + BatchNorm and
+// 4-bit ShiftQuant + fully quantized L1 BatchNorm. Measured here: fp32 74.1%, 4-bit 71.4% (the
+// thresholds leave room for other CPUs but catch a broken quantized path).
+TEST_F(TrainerTest, ResNetLearnsFashionMnistInFp32And4Bit) {
+  if (!have_fashion_mnist()) GTEST_FAIL() << "dataset-fashion-mnist is not installed (scripts/install-deps.sh)";
+  const auto fp32 = train_resnet(small_resnet(0, "l2"));
+  const auto int4 = train_resnet(small_resnet(4, "l1"));
+  ASSERT_EQ(fp32.size(), 2u);
+  ASSERT_EQ(int4.size(), 2u);
+  EXPECT_GT(fp32.back().test_accuracy, 0.70);
+  EXPECT_GT(int4.back().test_accuracy, 0.67);
+  EXPECT_LT(int4.back().train_loss, int4.front().train_loss);
+}
+
+// Two epochs straight vs one epoch, "crash", resume: identical weights, optimizer state and BN
+// statistics, bit for bit (4-bit: the stochastic-rounding counters are part of the checkpoint).
+TEST_F(TrainerTest, ResNetResumeIsBitExact) {
+  if (!have_fashion_mnist()) GTEST_FAIL() << "dataset-fashion-mnist is not installed";
+  ResNetTrainConfig c = small_resnet(4, "l1");
+  c.width = 4;
+  c.train_subset = 512;
+  c.test_subset = 500;
+  c.augment = true;
+  c.checkpoint = path("straight.safetensors");
+  train_resnet(c);
+
+  c.checkpoint = path("interrupted.safetensors");
+  c.stop_after = 1;
+  ASSERT_EQ(train_resnet(c).size(), 1u);
+  c.stop_after = 0;
+  c.resume = c.checkpoint;
+  const auto resumed = train_resnet(c);
+  ASSERT_EQ(resumed.size(), 1u);
+  EXPECT_EQ(resumed.front().epoch, 2);
+
+  const io::TrainingCheckpoint a = io::load_checkpoint(path("straight.safetensors"));
+  const io::TrainingCheckpoint b = io::load_checkpoint(path("interrupted.safetensors"));
+  expect_same_tensors(a.model, b.model);
+  expect_same_tensors(a.optimizer, b.optimizer);
+  EXPECT_EQ(a.info.at("quant_counters"), b.info.at("quant_counters"));
+}
+
+TEST_F(TrainerTest, ResNetRejectsMismatchedCheckpointAndBadConfig) {
+  if (!have_fashion_mnist()) GTEST_FAIL() << "dataset-fashion-mnist is not installed";
+  ResNetTrainConfig c = small_resnet(0, "l2");
+  c.width = 4;
+  c.train_subset = 128;
+  c.test_subset = 100;
+  c.epochs = 1;
+  c.checkpoint = path("a.safetensors");
+  train_resnet(c);
+  c.resume = c.checkpoint;
+  c.norm = "l1";  // a different model
+  EXPECT_THROW(train_resnet(c), ValueError);
+  c.norm = "l2";
+  c.resume = path("missing.safetensors");
+  EXPECT_THROW(train_resnet(c), IOError);
+  {
+    std::ofstream(path("garbage.safetensors")) << "not a checkpoint";
+  }
+  c.resume = path("garbage.safetensors");
+  EXPECT_THROW(train_resnet(c), IOError);
+
+  ResNetTrainConfig bad = small_resnet(0, "l2");
+  bad.depth = 21;
+  EXPECT_THROW(bad.validate(), UsageError);
+  bad = small_resnet(9, "l2");
+  EXPECT_THROW(bad.validate(), UsageError);
+  bad = small_resnet(4, "batch");
+  EXPECT_THROW(bad.validate(), UsageError);
+  bad = small_resnet(0, "l2");
+  bad.data_dir = path("nowhere");
+  EXPECT_THROW(train_resnet(bad), IOError);
+}
+
+// ---- char-GPT on a small real text (the GPL-3 text of Debian's base-files, ~35 KB) ----
+
+constexpr const char* kSmallText = "/usr/share/common-licenses/GPL-3";
+
+GPTTrainConfig small_gpt(int bits, const std::string& norm) {
+  GPTTrainConfig c;
+  c.data = kSmallText;
+  c.layers = 2;
+  c.d_model = 64;
+  c.heads = 4;
+  c.context = 32;
+  c.batch = 16;
+  c.steps = 300;
+  c.warmup = 20;
+  c.lr = 3e-3;
+  c.eval_every = 300;
+  c.eval_batches = 8;
+  c.norm = norm;
+  c.bits = bits;
+  c.verbose = false;
+  return c;
+}
+
+// Validation loss after 300 steps (nats/char): a unigram model of this text scores 3.51 and a
+// smoothed bigram model 2.74 on the validation split; measured here: fp32 2.54, 6-bit 2.58.
+TEST_F(TrainerTest, GptLearnsSmallTextInFp32And6Bit) {
+  const auto fp32 = train_gpt(small_gpt(0, "l2"));
+  const auto int6 = train_gpt(small_gpt(6, "l1"));
+  ASSERT_EQ(fp32.size(), 1u);
+  ASSERT_EQ(int6.size(), 1u);
+  EXPECT_LT(fp32.back().val_loss, 2.65);
+  EXPECT_LT(int6.back().val_loss, 2.70);
+}
+
+TEST_F(TrainerTest, GptResumeIsBitExactAndSamples) {
+  GPTTrainConfig c = small_gpt(6, "l1");
+  c.steps = 16;
+  c.warmup = 4;
+  c.eval_every = 8;
+  c.eval_batches = 2;
+  c.checkpoint = path("straight.safetensors");
+  train_gpt(c);
+  c.checkpoint = path("interrupted.safetensors");
+  c.stop_after = 8;
+  train_gpt(c);
+  c.stop_after = 0;
+  c.resume = c.checkpoint;
+  const auto resumed = train_gpt(c);
+  ASSERT_EQ(resumed.size(), 1u);
+  EXPECT_EQ(resumed.front().step, 16);
+  const io::TrainingCheckpoint a = io::load_checkpoint(path("straight.safetensors"));
+  const io::TrainingCheckpoint b = io::load_checkpoint(path("interrupted.safetensors"));
+  expect_same_tensors(a.model, b.model);
+  expect_same_tensors(a.optimizer, b.optimizer);
+  EXPECT_EQ(a.generators.at("data"), b.generators.at("data"));
+
+  SampleOptions s;
+  s.prompt = "the ";
+  s.length = 40;
+  const std::string text = sample_gpt(path("straight.safetensors"), s);
+  const auto vocab = data::CharVocab::from_string(a.info.at("vocab"));
+  EXPECT_EQ(vocab.encode(text).size(), 40u);  // every sampled character is in the vocabulary
+  EXPECT_EQ(text, sample_gpt(path("straight.safetensors"), s));  // seeded
+}
+
+TEST_F(TrainerTest, GptMissingCorpusNamesThePrepareScript) {
+  GPTTrainConfig c = small_gpt(0, "l2");
+  c.data = path("kjv.txt");
+  try {
+    train_gpt(c);
+    FAIL() << "expected IOError";
+  } catch (const IOError& e) {
+    EXPECT_NE(std::string(e.what()).find("prepare-kjv.sh"), std::string::npos) << e.what();
+  }
+}
+
+// A future token never influences an earlier output (fp32 model: exact).
+TEST(GptModel, CausalMaskHidesTheFuture) {
+  Generator gen(3);
+  GPT model({11, 16, 2, 32, 4, "l1", false}, gen);
+  model.eval();
+  NoGradGuard no_grad;
+  std::vector<std::int32_t> tokens = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0, 1};
+  const Tensor a = model(Tensor::from_vector(tokens, {1, 12}));
+  tokens[8] = 3;
+  const Tensor b = model(Tensor::from_vector(tokens, {1, 12}));
+  const std::int64_t v = 11;
+  for (std::int64_t i = 0; i < 8 * v; ++i) ASSERT_EQ(a.data<float>()[i], b.data<float>()[i]) << i;
+  bool later_changed = false;
+  for (std::int64_t i = 8 * v; i < 12 * v; ++i) later_changed |= a.data<float>()[i] != b.data<float>()[i];
+  EXPECT_TRUE(later_changed);
+}
+
+}  // namespace
+}  // namespace shiftq::examples
