@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Reproduces the ResNet rows of docs/results.md: ResNet-20 on Fashion-MNIST, same recipe and epochs,
 # fp32 + BatchNorm vs 4-bit ShiftQuant + fully quantized L1 BatchNorm, and two 4-bit ablations.
-# Usage: scripts/run-resnet-results.sh [BUILD_DIR] [EPOCHS] [THREADS]   (logs in docs/results/)
+# Usage: scripts/run-resnet-results.sh [BUILD_DIR] [EPOCHS] [THREADS] [main|ablations|all]   (logs in docs/results/)
 set -euo pipefail
 build=${1:-build}
 epochs=${2:-3}
 threads=${3:-2}
+which=${4:-all}   # main | ablations | all
 bin="$build/examples/shiftq-train-resnet"
 out=docs/results
 mkdir -p "$out"
@@ -15,7 +16,11 @@ run() {
   echo "== $name: $bin --epochs $epochs --threads $threads $*"
   "$bin" --epochs "$epochs" --threads "$threads" --seed 1 --log "$out/resnet-$name.jsonl" --no-verbose "$@"
 }
-run fp32-l2 --norm l2
-run w4a4g4-l1 --bits 4 --norm l1
-run w4a4g4-pertensor-l1 --bits 4 --norm l1 --grad-quant per-tensor
-run w4a4g4-l2 --bits 4 --norm l2
+if [[ $which == main || $which == all ]]; then
+  run fp32-l2 --norm l2
+  run w4a4g4-l1 --bits 4 --norm l1
+fi
+if [[ $which == ablations || $which == all ]]; then
+  run w4a4g4-pertensor-l1 --bits 4 --norm l1 --grad-quant per-tensor
+  run w4a4g4-l2 --bits 4 --norm l2
+fi

@@ -2,6 +2,7 @@
 #include <numbers>
 
 #include "ops_util.hpp"
+#include "detail/fast_math.hpp"
 
 namespace shiftq {
 using detail::check_f32;
@@ -111,18 +112,20 @@ Tensor relu(const Tensor& x) {
 namespace {
 constexpr float kGeluC = 0.7978845608028654f;  // sqrt(2/pi)
 constexpr float kGeluA = 0.044715f;
-float gelu_value(float x) { return 0.5f * x * (1.0f + std::tanh(kGeluC * (x + kGeluA * x * x * x))); }
+// GPT-2's tanh GELU, 0.5 x (1 + tanh(u)) with u = C (x + A x^3), written as x * sigmoid(2u)
+// (the same function: 0.5 (1 + tanh(u)) = sigmoid(2u)) so it costs one vectorized exp.
+float gelu_value(float x) { return x * detail::fast_sigmoid(2.0f * kGeluC * (x + kGeluA * x * x * x)); }
+// d/dx = s + 2 x s (1 - s) du/dx, s = sigmoid(2u)
 float gelu_derivative(float x) {
-  const float u = kGeluC * (x + kGeluA * x * x * x);
-  const float t = std::tanh(u);
+  const float s = detail::fast_sigmoid(2.0f * kGeluC * (x + kGeluA * x * x * x));
   const float du = kGeluC * (1.0f + 3.0f * kGeluA * x * x);
-  return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
+  return s + 2.0f * x * s * (1.0f - s) * du;
 }
 }  // namespace
 
 Tensor gelu(const Tensor& x) {
   check_f32(x, "gelu", "x");
-  Tensor out = map_unary(x, gelu_value);
+  Tensor out = map_unary(x, [](float v) { return gelu_value(v); });
   return record("gelu", out, {&x}, [x = x.detach()](const Tensor& g) {
     return std::vector<Tensor>{map_binary_same(g, x, [](float gi, float xi) { return gi * gelu_derivative(xi); })};
   });

@@ -82,6 +82,14 @@ TEST(OpsValues, Activations) {
   expect_values(tanh(tensor({0, 1}, {2})), {2}, {0, 0.7615942f});
   // GELU, tanh approximation (PyTorch approximate='tanh'): gelu(1) = 0.841192, gelu(-1) = -0.158808.
   expect_values(gelu(tensor({0, 1, -1, 3}, {4})), {4}, {0, 0.8411920f, -0.1588080f, 2.9963627f});
+  // Over a dense range against the tanh formula in double (the kernel uses a vectorized exp).
+  std::vector<float> xs;
+  for (float v = -12.0f; v <= 12.0f; v += 0.0013f) xs.push_back(v);
+  const Tensor g = gelu(Tensor::from_vector(xs, {static_cast<std::int64_t>(xs.size())}));
+  for (std::size_t i = 0; i < xs.size(); ++i) {
+    const double x = xs[i], u = 0.7978845608028654 * (x + 0.044715 * x * x * x);
+    ASSERT_NEAR(g.data<float>()[i], 0.5 * x * (1.0 + std::tanh(u)), 2e-6 * std::max(1.0, std::fabs(x))) << x;
+  }
 }
 
 // ---- reductions and shape ops ----
