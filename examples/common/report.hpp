@@ -122,4 +122,15 @@ class MetricsLog {
   std::ofstream file_;
 };
 
+// Fails early (before any training) when `path`'s directory does not exist or is not writable,
+// instead of after the first epoch. Empty path: nothing to check.
+inline void check_output_path(const std::string& path, const std::string& what) {
+  if (path.empty()) return;
+  const std::size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  if (access(dir.c_str(), W_OK) != 0)
+    throw IOError("cannot write the " + what + " '" + path + "': directory '" + dir +
+                  "' does not exist or is not writable");
+}
+
 }  // namespace shiftq::examples

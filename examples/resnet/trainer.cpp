@@ -8,6 +8,7 @@
 
 #include "common/counters.hpp"
 #include "common/flags.hpp"
+#include "common/nonfinite.hpp"
 #include "common/report.hpp"
 #include "resnet/model.hpp"
 
@@ -103,8 +104,8 @@ void ResNetTrainConfig::validate() const {
   require(lr > 0 && momentum >= 0 && momentum < 1 && weight_decay >= 0 && warmup_epochs >= 0,
           "--lr must be > 0, --momentum in [0, 1), --weight-decay and --warmup-epochs >= 0");
   require(pad >= 0 && pad <= 16, "--pad must be in 0..16");
-  require(threads >= 0 && train_subset >= 0 && test_subset >= 0 && seed >= 0 && stop_after >= 0,
-          "--threads, --train-subset, --test-subset, --seed and --stop-after must be >= 0");
+  require(threads >= 0 && train_subset >= 0 && test_subset >= 0 && seed >= 0 && stop_after >= 0 && skip_nonfinite >= 0,
+          "--threads, --train-subset, --test-subset, --seed, --stop-after and --skip-nonfinite must be >= 0");
 }
 
 std::string ResNetTrainConfig::fingerprint() const {
@@ -131,6 +132,8 @@ quant::QConfig ResNetTrainConfig::qconfig() const {
 std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
   c.validate();
   if (c.threads > 0) set_num_threads(static_cast<int>(c.threads));
+  check_output_path(c.checkpoint, "checkpoint");
+  check_output_path(c.log, "metrics log");
   const Splits data = load_splits(c);
   const std::int64_t channels = data.train.images.dim() == 4 ? data.train.images.size(1) : 1;
   data::ImageLoader train_loader(data.train, data::ImageLoaderOptions(c.batch)
@@ -179,38 +182,51 @@ std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
   }
 
   std::vector<EpochMetrics> history;
+  NonFiniteGuard guard(c.skip_nonfinite);
   const std::int64_t last_epoch = c.stop_after > 0 ? std::min(c.stop_after, c.epochs) : c.epochs;
   for (std::int64_t epoch = first_epoch; epoch <= last_epoch; ++epoch) {
     Progress progress("epoch " + std::to_string(epoch) + "/" + std::to_string(c.epochs), steps_per_epoch, c.verbose);
     double loss_sum = 0, seconds = 0;
-    std::int64_t correct = 0, seen = 0;
+    std::int64_t correct = 0, seen = 0, counted_steps = 0, processed = 0;
     for (std::int64_t b = 0; b < steps_per_epoch; ++b, ++step) {
       const data::ImageBatch batch = train_loader.batch(epoch, b);
       const auto start = std::chrono::steady_clock::now();
       optimizer.set_lr(schedule.lr_at(step));
-      const Tensor logits = model(batch.images);
-      Tensor loss = cross_entropy(logits, batch.labels);
-      optimizer.zero_grad();
-      loss.backward();
-      optimizer.step();
+      std::int64_t batch_correct = 0;
+      const std::optional<double> loss = guard.run(
+          [&] {
+            const Tensor logits = model(batch.images);
+            Tensor batch_loss = cross_entropy(logits, batch.labels);
+            check_loss(batch_loss.item());
+            optimizer.zero_grad();
+            batch_loss.backward();
+            optimizer.step();
+            batch_correct = count_correct(logits, batch.labels);
+            return static_cast<double>(batch_loss.item());
+          },
+          optimizer);
       seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      loss_sum += loss.item();
-      correct += count_correct(logits, batch.labels);
-      seen += batch.labels.numel();
+      processed += batch.labels.numel();
+      if (loss) {
+        loss_sum += *loss;
+        ++counted_steps;
+        correct += batch_correct;
+        seen += batch.labels.numel();
+      }
       char status[96];
-      std::snprintf(status, sizeof status, "loss %.4f acc %.1f%% %.0f img/s", loss_sum / static_cast<double>(b + 1),
+      std::snprintf(status, sizeof status, "loss %.4f acc %.1f%% %.0f img/s", loss_sum / static_cast<double>(std::max<std::int64_t>(counted_steps, 1)),
                     100.0 * static_cast<double>(correct) / static_cast<double>(seen),
-                    static_cast<double>(seen) / seconds);
+                    static_cast<double>(processed) / seconds);
       progress.update(b + 1, status);
     }
     const EvalResult test = evaluate(model, test_loader);
     EpochMetrics m{epoch,
                    step,
-                   loss_sum / static_cast<double>(steps_per_epoch),
-                   static_cast<double>(correct) / static_cast<double>(seen),
+                   loss_sum / static_cast<double>(std::max<std::int64_t>(counted_steps, 1)),
+                   static_cast<double>(correct) / static_cast<double>(std::max<std::int64_t>(seen, 1)),
                    test.loss,
                    test.accuracy,
-                   static_cast<double>(seen) / seconds,
+                   static_cast<double>(processed) / seconds,
                    seconds,
                    optimizer.lr()};
     history.push_back(m);
@@ -224,6 +240,7 @@ std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
                   .add("images_per_second", m.images_per_second)
                   .add("train_seconds", m.train_seconds)
                   .add("lr", m.lr)
+                  .add("skipped_steps", guard.skipped())
                   .add("precision", c.bits > 0 ? c.qconfig().str() : std::string("fp32"))
                   .add("norm", c.norm));
     if (c.verbose) {

@@ -41,6 +41,7 @@ struct ResNetTrainConfig {
   std::string resume;      // continue from this checkpoint
   std::string log;         // JSON-lines metrics
   std::int64_t stop_after = 0;  // stop after this epoch as if interrupted (0 = run all; tests resume)
+  std::int64_t skip_nonfinite = 0;  // skip up to N consecutive steps with NaN/Inf (0 = stop with the error)
   bool verbose = true;     // progress and per-epoch lines on stdout
 
   // Throws UsageError for invalid combinations.

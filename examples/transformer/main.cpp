@@ -46,6 +46,7 @@ int main(int argc, char** argv) {
       .add("resume", &c.resume, "continue training from this checkpoint")
       .add("log", &c.log, "append metrics to this JSON-lines file")
       .add("stop-after", &c.stop_after, "stop after this step, as if interrupted (0 = train all steps)")
+      .add("skip-nonfinite", &c.skip_nonfinite, "skip up to N consecutive steps with NaN/Inf loss or gradients (0 = stop)")
       .add("verbose", &c.verbose, "progress bar and evaluation lines")
       .add("sample", &sample, "generate N characters from --load instead of training")
       .add("load", &load, "checkpoint to sample from")

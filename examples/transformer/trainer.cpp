@@ -10,6 +10,7 @@
 
 #include "common/counters.hpp"
 #include "common/flags.hpp"
+#include "common/nonfinite.hpp"
 #include "common/report.hpp"
 #include "transformer/model.hpp"
 
@@ -110,7 +111,8 @@ void GPTTrainConfig::validate() const {
   require(lr > 0 && min_lr_ratio >= 0 && min_lr_ratio <= 1 && weight_decay >= 0 && clip >= 0,
           "--lr > 0, --min-lr-ratio in [0, 1], --weight-decay >= 0, --clip >= 0 (0 = off)");
   require(eval_every >= 1 && eval_batches >= 1, "--eval-every and --eval-batches must be positive");
-  require(threads >= 0 && seed >= 0 && stop_after >= 0, "--threads, --seed and --stop-after must be >= 0");
+  require(threads >= 0 && seed >= 0 && stop_after >= 0 && skip_nonfinite >= 0,
+          "--threads, --seed, --stop-after and --skip-nonfinite must be >= 0");
 }
 
 std::string GPTTrainConfig::fingerprint() const {
@@ -137,6 +139,8 @@ quant::QConfig GPTTrainConfig::qconfig() const {
 std::vector<GPTEvalPoint> train_gpt(const GPTTrainConfig& c) {
   c.validate();
   if (c.threads > 0) set_num_threads(static_cast<int>(c.threads));
+  check_output_path(c.checkpoint, "checkpoint");
+  check_output_path(c.log, "metrics log");
   std::string text;
   try {
     text = data::read_text_file(c.data);
@@ -182,30 +186,40 @@ std::vector<GPTEvalPoint> train_gpt(const GPTTrainConfig& c) {
 
   std::vector<GPTEvalPoint> history;
   double loss_sum = 0, seconds = 0;
-  std::int64_t window_steps = 0;
+  std::int64_t window_steps = 0, window_counted = 0;
+  NonFiniteGuard guard(c.skip_nonfinite);
   Progress progress("train", c.steps, c.verbose);
   const std::int64_t last_step = c.stop_after > 0 ? std::min(c.stop_after, c.steps) : c.steps;
   while (step < last_step) {
     const data::TokenBatch batch = dataset.sample_train(c.batch, c.context, data_gen);
     const auto start = std::chrono::steady_clock::now();
     optimizer.set_lr(schedule.lr_at(step));
-    Tensor loss = lm_loss((*model)(batch.inputs), batch.targets);
-    optimizer.zero_grad();
-    loss.backward();
-    if (c.clip > 0) optim::clip_grad_norm(params, c.clip);
-    optimizer.step();
+    const std::optional<double> loss = guard.run(
+        [&] {
+          Tensor batch_loss = lm_loss((*model)(batch.inputs), batch.targets);
+          check_loss(batch_loss.item());
+          optimizer.zero_grad();
+          batch_loss.backward();
+          if (c.clip > 0) optim::clip_grad_norm(params, c.clip);
+          optimizer.step();
+          return static_cast<double>(batch_loss.item());
+        },
+        optimizer);
     ++step;
     seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    loss_sum += loss.item();
     ++window_steps;
+    if (loss) {
+      loss_sum += *loss;
+      ++window_counted;
+    }
     const double tokens_per_second = static_cast<double>(window_steps * c.batch * c.context) / seconds;
     char status[80];
-    std::snprintf(status, sizeof status, "loss %.4f %.0f tok/s", loss_sum / static_cast<double>(window_steps),
+    std::snprintf(status, sizeof status, "loss %.4f %.0f tok/s", loss_sum / static_cast<double>(std::max<std::int64_t>(window_counted, 1)),
                   tokens_per_second);
     progress.update(step, status);
     if (step % c.eval_every != 0 && step != last_step) continue;
     const double val = validation_loss(*model, dataset, c);
-    const GPTEvalPoint point{step, loss_sum / static_cast<double>(window_steps), val, val / std::log(2.0),
+    const GPTEvalPoint point{step, loss_sum / static_cast<double>(std::max<std::int64_t>(window_counted, 1)), val, val / std::log(2.0),
                              tokens_per_second};
     history.push_back(point);
     log.write(MetricsRow()
@@ -215,6 +229,7 @@ std::vector<GPTEvalPoint> train_gpt(const GPTTrainConfig& c) {
                   .add("val_bpc", point.val_bpc)
                   .add("tokens_per_second", point.tokens_per_second)
                   .add("lr", optimizer.lr())
+                  .add("skipped_steps", guard.skipped())
                   .add("precision", c.bits > 0 ? c.qconfig().str() : std::string("fp32"))
                   .add("norm", c.norm));
     if (c.verbose) {
@@ -228,6 +243,7 @@ std::vector<GPTEvalPoint> train_gpt(const GPTTrainConfig& c) {
     loss_sum = 0;
     seconds = 0;
     window_steps = 0;
+    window_counted = 0;
   }
   return history;
 }

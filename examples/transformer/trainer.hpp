@@ -33,6 +33,7 @@ struct GPTTrainConfig {
   std::string resume;                 // continue training from this checkpoint
   std::string log;                    // JSON-lines metrics
   std::int64_t stop_after = 0;        // stop after this step as if interrupted (0 = run all)
+  std::int64_t skip_nonfinite = 0;    // skip up to N consecutive steps with NaN/Inf (0 = stop with the error)
   bool verbose = true;
 
   void validate() const;  // UsageError

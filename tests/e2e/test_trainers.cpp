@@ -10,6 +10,7 @@
 #include <shiftq/shiftq.hpp>
 
 #include "common/flags.hpp"
+#include "common/nonfinite.hpp"
 #include "resnet/trainer.hpp"
 #include "transformer/model.hpp"
 #include "transformer/trainer.hpp"
@@ -147,6 +148,46 @@ TEST_F(TrainerTest, ResNetRejectsMismatchedCheckpointAndBadConfig) {
   bad = small_resnet(0, "l2");
   bad.data_dir = path("nowhere");
   EXPECT_THROW(train_resnet(bad), IOError);
+}
+
+TEST(NonFiniteGuard, SkipsUpToTheLimitThenStops) {
+  Generator gen(1);
+  nn::Linear layer(nn::LinearOptions{2, 2}, gen);
+  optim::SGD opt(layer.named_parameters(), optim::SGDOptions{0.1});
+  NonFiniteGuard guard(2);
+  const auto bad = [] () -> double { throw NumericError("loss is nan"); };
+  EXPECT_FALSE(guard.run(bad, opt).has_value());
+  EXPECT_FALSE(guard.run(bad, opt).has_value());
+  EXPECT_EQ(guard.run([] { return 1.5; }, opt), 1.5);  // resets the run of skips
+  EXPECT_FALSE(guard.run(bad, opt).has_value());
+  EXPECT_FALSE(guard.run(bad, opt).has_value());
+  EXPECT_THROW(guard.run(bad, opt), NumericError);
+  EXPECT_EQ(guard.skipped(), 4);
+  NonFiniteGuard off(0);
+  EXPECT_THROW(off.run(bad, opt), NumericError);
+}
+
+// A learning rate of 1e30 blows the weights up: by default the run stops with a NumericError that
+// says what went wrong; with --skip-nonfinite it skips a few steps, then stops.
+TEST_F(TrainerTest, ResNetDivergenceIsReportedNotSilent) {
+  if (!have_fashion_mnist()) GTEST_FAIL() << "dataset-fashion-mnist is not installed";
+  ResNetTrainConfig c = small_resnet(0, "l2");
+  c.width = 4;
+  c.train_subset = 640;
+  c.test_subset = 100;
+  c.epochs = 1;
+  c.lr = 1e30;
+  c.warmup_epochs = 0;
+  c.checkpoint = path("c.safetensors");
+  EXPECT_THROW(train_resnet(c), NumericError);
+  c.skip_nonfinite = 2;
+  try {
+    train_resnet(c);
+    FAIL() << "expected NumericError";
+  } catch (const NumericError& e) {
+    EXPECT_NE(std::string(e.what()).find("3 consecutive training steps"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(c.checkpoint));  // nothing was saved from a diverged model
 }
 
 // ---- char-GPT on a small real text (the GPL-3 text of Debian's base-files, ~35 KB) ----
