@@ -95,6 +95,7 @@ void ResNetTrainConfig::validate() const {
   require(width >= 1, "--width must be positive");
   require(norm == "l1" || norm == "l2", "--norm must be l1 or l2");
   require(bits == 0 || (bits >= 2 && bits <= 8), "--bits must be 0 (fp32) or 2..8");
+  require(act_bits == 0 || (act_bits >= 2 && act_bits <= 8), "--act-bits must be 0 (same as --bits) or 2..8");
   require(grad_quant == "shiftquant" || grad_quant == "per-tensor" || grad_quant == "per-row",
           "--grad-quant must be shiftquant, per-tensor or per-row");
   require(first_last_bits == 0 || (first_last_bits >= 2 && first_last_bits <= 8),
@@ -112,7 +113,7 @@ std::string ResNetTrainConfig::fingerprint() const {
   std::ostringstream s;
   s << "dataset=" << dataset << " train_subset=" << train_subset << " augment=" << augment << " pad=" << pad
     << " depth=" << depth << " width=" << width << " norm=" << norm << " bits=" << bits
-    << " grad_quant=" << grad_quant << " first_last_bits=" << first_last_bits << " norm_bits=" << norm_bits
+    << " act_bits=" << act_bits << " grad_quant=" << grad_quant << " first_last_bits=" << first_last_bits << " norm_bits=" << norm_bits
     << " batch=" << batch << " lr=" << lr << " momentum=" << momentum << " weight_decay=" << weight_decay
     << " warmup_epochs=" << warmup_epochs << " seed=" << seed;
   return s.str();
@@ -120,6 +121,7 @@ std::string ResNetTrainConfig::fingerprint() const {
 
 quant::QConfig ResNetTrainConfig::qconfig() const {
   quant::QConfig q = quant::QConfig::bits(static_cast<int>(bits));
+  if (act_bits > 0) q.activations.bits = static_cast<int>(act_bits);
   if (grad_quant == "per-tensor") q.gradients.kind = quant::QuantizerKind::per_tensor;
   if (grad_quant == "per-row") q.gradients.kind = quant::QuantizerKind::per_row;
   if (grad_quant != "shiftquant") q.gradients.shift_budget = 0;

@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
       .add("norm", &c.norm, "l2 (LayerNorm) or l1 (L1LayerNorm)")
       .add("tie", &c.tie, "tie the output head to the token embedding (the head then stays fp32)")
       .add("bits", &c.bits, "0 = fp32; 2..8 = integer Linear GEMMs and attention matmuls")
+      .add("act-bits", &c.act_bits, "activation bits (0 = same as --bits)")
       .add("grad-quant", &c.grad_quant, "gradient quantizer: shiftquant, per-tensor or per-row")
       .add("head-bits", &c.head_bits, "bits of the output head (0 = same as --bits)")
       .add("norm-bits", &c.norm_bits, "bits of the fully quantized L1LayerNorm (0 = float L1 norm)")

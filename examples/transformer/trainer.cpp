@@ -87,6 +87,7 @@ io::TrainingCheckpoint make_checkpoint(const GPTTrainConfig& c, GPT& model, cons
                {"norm", c.norm},
                {"tie", c.tie ? "1" : "0"},
                {"bits", std::to_string(c.bits)},
+               {"act_bits", std::to_string(c.act_bits)},
                {"grad_quant", c.grad_quant},
                {"head_bits", std::to_string(c.head_bits)},
                {"norm_bits", std::to_string(c.norm_bits)},
@@ -103,6 +104,7 @@ void GPTTrainConfig::validate() const {
   require(d_model % heads == 0, "--d-model must be divisible by --heads");
   require(norm == "l1" || norm == "l2", "--norm must be l1 or l2");
   require(bits == 0 || (bits >= 2 && bits <= 8), "--bits must be 0 (fp32) or 2..8");
+  require(act_bits == 0 || (act_bits >= 2 && act_bits <= 8), "--act-bits must be 0 (same as --bits) or 2..8");
   require(grad_quant == "shiftquant" || grad_quant == "per-tensor" || grad_quant == "per-row",
           "--grad-quant must be shiftquant, per-tensor or per-row");
   require(head_bits == 0 || (head_bits >= 2 && head_bits <= 8), "--head-bits must be 0 (same as --bits) or 2..8");
@@ -118,7 +120,7 @@ void GPTTrainConfig::validate() const {
 std::string GPTTrainConfig::fingerprint() const {
   std::ostringstream s;
   s << "val_fraction=" << val_fraction << " layers=" << layers << " d_model=" << d_model << " heads=" << heads
-    << " context=" << context << " norm=" << norm << " tie=" << tie << " bits=" << bits << " grad_quant=" << grad_quant
+    << " context=" << context << " norm=" << norm << " tie=" << tie << " bits=" << bits << " act_bits=" << act_bits << " grad_quant=" << grad_quant
     << " head_bits=" << head_bits << " norm_bits=" << norm_bits << " steps=" << steps << " batch=" << batch
     << " warmup=" << warmup << " lr=" << lr << " min_lr_ratio=" << min_lr_ratio << " weight_decay=" << weight_decay
     << " clip=" << clip << " seed=" << seed;
@@ -127,6 +129,7 @@ std::string GPTTrainConfig::fingerprint() const {
 
 quant::QConfig GPTTrainConfig::qconfig() const {
   quant::QConfig q = quant::QConfig::bits(static_cast<int>(bits));
+  if (act_bits > 0) q.activations.bits = static_cast<int>(act_bits);
   if (grad_quant == "per-tensor") q.gradients.kind = quant::QuantizerKind::per_tensor;
   if (grad_quant == "per-row") q.gradients.kind = quant::QuantizerKind::per_row;
   if (grad_quant != "shiftquant") q.gradients.shift_budget = 0;
@@ -262,6 +265,7 @@ std::string sample_gpt(const std::string& checkpoint, const SampleOptions& optio
   c.norm = info_entry(ckpt, checkpoint, "norm");
   c.tie = info_entry(ckpt, checkpoint, "tie") == "1";
   c.bits = info_int(ckpt, checkpoint, "bits");
+  c.act_bits = info_int(ckpt, checkpoint, "act_bits");
   c.grad_quant = info_entry(ckpt, checkpoint, "grad_quant");
   c.head_bits = info_int(ckpt, checkpoint, "head_bits");
   c.norm_bits = info_int(ckpt, checkpoint, "norm_bits");

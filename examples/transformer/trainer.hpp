@@ -19,6 +19,7 @@ struct GPTTrainConfig {
   bool tie = false;
   // precision: bits 0 = fp32; 2..8 = integer Linear GEMMs and attention matmuls
   std::int64_t bits = 0;
+  std::int64_t act_bits = 0;              // activation bits (0 = same as bits)
   std::string grad_quant = "shiftquant";  // shiftquant | per-tensor | per-row
   std::int64_t head_bits = 8;             // output head (0 = same as --bits)
   std::int64_t norm_bits = 8;             // fully quantized L1LayerNorm (0 = float L1 norm)

@@ -33,7 +33,10 @@ Tensor normalize_channels(const Tensor& x, const NormLayout& l, ChannelStats cha
   const std::int64_t grain = std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(l.count(), 1));
   detail::parallel_for(l.channels, grain, [&](std::int64_t b, std::int64_t e) {
     for (std::int64_t c = b; c < e; ++c) {
-      const auto [mu, inv] = channel_stats(px, c);
+      // Not a structured binding: clang before 16 cannot capture one in the lambda below.
+      const auto stats = channel_stats(px, c);
+      const auto mu = stats.first;
+      const auto inv = stats.second;
       l.for_each(c, [&](std::int64_t i) { ph[i] = static_cast<float>((px[i] - mu) * inv); });
     }
   });

@@ -2,10 +2,13 @@
 
 #include <zlib.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <memory>
+#include <system_error>
 
 namespace shiftq::data {
 namespace {
@@ -80,6 +83,23 @@ Tensor read_idx(const std::string& path) {
     if (dims[d] == 0) fail(path, "dimension " + std::to_string(d) + " is 0");
     if (dims[d] > kMaxElements / total) fail(path, "dimensions too large (corrupt header?)");
     total *= dims[d];
+  }
+
+  // The header alone must not decide how much is allocated: a few corrupt bytes could otherwise
+  // claim up to 64 GiB. A plain file must hold the data after the header; a gzip stream expands at
+  // most 1032:1 (deflate's limit), which bounds what a compressed file can hold.
+  const auto data_bytes = static_cast<std::uint64_t>(total) * dtype_size(dtype);
+  std::error_code size_error;
+  const std::uint64_t file_size = std::filesystem::file_size(path, size_error);
+  if (!size_error) {  // a regular file (not a pipe or device)
+    const std::uint64_t header_bytes = 4 + 4 * static_cast<std::uint64_t>(rank);
+    const bool plain = gzdirect(f.get()) != 0;
+    const std::uint64_t limit = plain ? file_size - std::min(file_size, header_bytes) : file_size * 1032;
+    if (data_bytes > limit)
+      fail(path, "truncated: the header says " + shape_str(dims) + " (" + std::to_string(data_bytes) +
+                     " bytes of data) but " +
+                     (plain ? "only " + std::to_string(limit) + " bytes follow it"
+                            : "a " + std::to_string(file_size) + "-byte gzip file cannot hold that much"));
   }
 
   Tensor t = Tensor::empty(dims, dtype);

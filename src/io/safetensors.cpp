@@ -386,17 +386,15 @@ void check_extent(const Entry& e, std::uint64_t data_size, const std::string& pa
   if (e.end > data_size)
     fail(path, what + " has data_offsets [" + std::to_string(e.begin) + ", " + std::to_string(e.end) +
                    "] beyond the " + std::to_string(data_size) + "-byte data section (truncated file?)");
+  // In order, like shape_numel() (which Tensor applies to the shape): a product that overflows
+  // before a 0 extent is absurd (Tensor would throw ShapeError for it), one after a 0 is not.
   std::uint64_t numel = 1;
-  bool zero = false, huge = false;
   for (std::int64_t d : e.shape) {
     const auto u = static_cast<std::uint64_t>(d);
-    if (u == 0) zero = true;
-    else if (numel > kMaxNumel / u) huge = true;
-    else numel *= u;
+    if (u != 0 && numel > kMaxNumel / u) fail(path, what + " has an absurd shape " + shape_str(e.shape));
+    numel *= u;
   }
-  if (zero) numel = 0;
   const std::uint64_t span = e.end - e.begin;
-  if (huge && !zero) fail(path, what + " has an absurd shape " + shape_str(e.shape));
   if (numel * dtype_size(e.dtype) != span)
     fail(path, what + ": shape " + shape_str(e.shape) + " of " + std::string(dtype_tag(e.dtype)) + " needs " +
                    std::to_string(numel * dtype_size(e.dtype)) + " bytes but data_offsets [" +

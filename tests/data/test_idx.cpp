@@ -202,6 +202,35 @@ TEST_F(IdxTest, TruncatedData) {
   expect_io_error(path("s32-truncated.idx"), "truncated");
 }
 
+// Found by tests/fuzz/fuzz_idx: a header claiming far more data than the file holds made read_idx
+// allocate (and zero) that much before reading anything, up to 64 GiB from a 20-byte file. It must
+// fail as truncated before allocating: a plain file must hold the data, a gzip file at most 1032x
+// its size (deflate's maximum ratio).
+TEST_F(IdxTest, HeaderClaimingMoreThanTheFileHoldsFailsBeforeAllocating) {
+  // The fuzzer's input: s32 [2, 4177526783] (33 GB) followed by 42 bytes.
+  write_bytes(path("fuzz.idx"), Bytes{0x00, 0x00, 0x0C, 0x02, 0x00, 0x00, 0x00, 0x02, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF,
+                                      0xFF, 0xFF, 0x74, 0x00, 0x00, 0x00, 0x00, 0x03, 0x00, 0x00, 0x00, 0xA4, 0x00,
+                                      0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0xFF,
+                                      0xFF, 0xFF, 0xFF, 0x7F, 0x33, 0xFF, 0xFF, 0x80, 0x00, 0x00, 0x00, 0x00, 0x01,
+                                      0xE2, 0x40});
+  expect_io_error(path("fuzz.idx"), "only 42 bytes follow it");
+  // s32 [65536, 65536, 4]: 2^34 elements (the largest header accepted), 64 GiB, and no data at all.
+  const Bytes header{0, 0, 0x0C, 3, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 4};
+  write_bytes(path("huge.idx"), header);
+  expect_io_error(path("huge.idx"), "truncated: the header says [65536, 65536, 4] (68719476736 bytes of data)");
+  gzip_bytes(path("huge.gz"), header);
+  expect_io_error(path("huge.gz"), "gzip file cannot hold that much");
+  // Exactly enough data still reads (plain and compressed); one byte less is truncated.
+  Bytes full{0, 0, 0x08, 2, 0, 0, 0, 3, 0, 0, 0, 2, 1, 2, 3, 4, 5, 6};
+  write_bytes(path("exact.idx"), full);
+  EXPECT_EQ(data::read_idx(path("exact.idx")).shape(), (Shape{3, 2}));
+  gzip_bytes(path("exact.gz"), full);
+  EXPECT_EQ(data::read_idx(path("exact.gz")).shape(), (Shape{3, 2}));
+  full.pop_back();
+  write_bytes(path("short.idx"), full);
+  expect_io_error(path("short.idx"), "only 5 bytes follow it");
+}
+
 TEST_F(IdxTest, TrailingBytes) {
   data::write_idx(path("full.idx"), u8_tensor({4, 4}));
   Bytes bytes = read_bytes(path("full.idx"));

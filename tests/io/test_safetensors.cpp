@@ -480,12 +480,22 @@ TEST_F(SafetensorsTest, BadTensorEntries) {
       {R"({"x":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,0]}})", 0, "absurd shape"},
       {R"({"x":{"dtype":"F32","shape":[1099511627776,1099511627776],"data_offsets":[0,0]}})", 0, "absurd shape"},
       {R"({"x":{"dtype":"F32","shape":[4294967296],"data_offsets":[0,17179869184]}})", 0, "beyond"},
+      // Found with tests/fuzz/fuzz_checkpoint: an overflowing product before a 0 extent passed the header
+      // checks (0 elements), then Tensor's own shape check threw ShapeError instead of IOError.
+      {R"({"x":{"dtype":"F32","shape":[4611686018427387904,4611686018427387904,0],"data_offsets":[0,0]}})", 0,
+       "absurd shape"},
+      {R"({"x":{"dtype":"U8","shape":[2147483648,2147483648,2147483648,0],"data_offsets":[0,0]}})", 0,
+       "absurd shape"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.header);
     write_bytes(path("bad"), raw_file(c.header, Bytes(c.data_bytes, 7)));
     expect_io_error(path("bad"), c.what);
   }
+  // A 0 extent first: 0 elements whatever follows, as Tensor's own shape check counts them.
+  write_bytes(path("zero-first"),
+              raw_file(R"({"x":{"dtype":"F32","shape":[0,4611686018427387904,4611686018427387904],"data_offsets":[0,0]}})"));
+  EXPECT_EQ(io::load_safetensors(path("zero-first")).tensors.at("x").numel(), 0);
 }
 
 TEST_F(SafetensorsTest, NonFiniteF32IsNumericError) {
