@@ -49,6 +49,7 @@ ResNetTrainConfig small_resnet(int bits, const std::string& norm) {
   c.warmup_epochs = 0.25;
   c.augment = false;
   c.verbose = false;
+  c.threads = 1;  // ctest runs two tests at once on 2-core CI machines
   return c;
 }
 
@@ -210,6 +211,7 @@ GPTTrainConfig small_gpt(int bits, const std::string& norm) {
   c.norm = norm;
   c.bits = bits;
   c.verbose = false;
+  c.threads = 1;
   return c;
 }
 

@@ -9,6 +9,7 @@
 // path must still work.
 #include <gtest/gtest.h>
 
+#include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/types.h>
@@ -154,7 +155,7 @@ TEST(CheckpointCrashSafety, SigkillDuringSavesNeverLeavesATornOrMixedCheckpoint)
 
   constexpr int kKills = 30;
   std::mt19937 rng(20240607);
-  std::uniform_int_distribution<int> delay_ms(1, 30);
+  std::uniform_int_distribution<int> delay_ms(0, 20);
   std::int64_t last = 0;  // iteration of the checkpoint found after the previous kill (0: none yet)
   int kills_before_first_save = 0, kills_with_progress = 0, in_flight_visible = 0;
   for (int k = 0; k < kKills; ++k) {
@@ -168,12 +169,18 @@ TEST(CheckpointCrashSafety, SigkillDuringSavesNeverLeavesATornOrMixedCheckpoint)
       saver_child(path, last + 1, parent, report[1]);
     }
     ::close(report[1]);
+    // Kill at a random moment after this child's first completed save, so that every kill has a
+    // chance to land inside a later save however slow a loaded machine makes the first one.
+    std::int64_t first_done = last;
+    pollfd ready{report[0], POLLIN, 0};
+    ASSERT_EQ(::poll(&ready, 1, 60000), 1) << "kill " << k << ": no save completed within 60 s";
+    ASSERT_EQ(::read(report[0], &first_done, sizeof first_done), static_cast<ssize_t>(sizeof first_done));
     std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms(rng)));
     ASSERT_EQ(::kill(child, SIGKILL), 0);
     int status = 0;
     ASSERT_EQ(::waitpid(child, &status, 0), child);
     // The newest iteration whose save_checkpoint() returned before the kill.
-    const std::int64_t completed = last_reported(report[0], last);
+    const std::int64_t completed = last_reported(report[0], first_done);
     ::close(report[0]);
     ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
         << "kill " << k << ": the saver child ended on its own (exit status " << status << ")";
@@ -203,7 +210,7 @@ TEST(CheckpointCrashSafety, SigkillDuringSavesNeverLeavesATornOrMixedCheckpoint)
               static_cast<long long>(leftovers));
   RecordProperty("last_iteration", static_cast<int>(last));
   RecordProperty("leftover_temp_files", static_cast<int>(leftovers));
-  EXPECT_GT(last, 0) << "no save completed in " << kKills << " runs of up to 30 ms: the test saw nothing";
+  EXPECT_GE(kills_with_progress, kKills / 2) << "the checkpoint rarely advanced between kills: the test saw little";
   EXPECT_LE(leftovers, kKills);  // at most one in-flight temp file per killed child
 
   // A later save over the same path still works, next to the leftovers, and leaves no temp file of its own.
