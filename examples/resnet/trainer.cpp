@@ -9,6 +9,7 @@
 #include "common/counters.hpp"
 #include "common/flags.hpp"
 #include "common/nonfinite.hpp"
+#include "common/precision.hpp"
 #include "common/report.hpp"
 #include "resnet/model.hpp"
 
@@ -120,15 +121,7 @@ std::string ResNetTrainConfig::fingerprint() const {
 }
 
 quant::QConfig ResNetTrainConfig::qconfig() const {
-  quant::QConfig q = quant::QConfig::bits(static_cast<int>(bits));
-  if (act_bits > 0) q.activations.bits = static_cast<int>(act_bits);
-  if (grad_quant == "per-tensor") q.gradients.kind = quant::QuantizerKind::per_tensor;
-  if (grad_quant == "per-row") q.gradients.kind = quant::QuantizerKind::per_row;
-  if (grad_quant != "shiftquant") q.gradients.shift_budget = 0;
-  q.first_last_bits = static_cast<int>(first_last_bits);
-  q.norm_bits = static_cast<int>(norm_bits);
-  q.validate();
-  return q;
+  return make_qconfig(bits, act_bits, grad_quant, first_last_bits, norm_bits);
 }
 
 std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {

@@ -11,6 +11,7 @@
 #include "common/counters.hpp"
 #include "common/flags.hpp"
 #include "common/nonfinite.hpp"
+#include "common/precision.hpp"
 #include "common/report.hpp"
 #include "transformer/model.hpp"
 
@@ -128,15 +129,7 @@ std::string GPTTrainConfig::fingerprint() const {
 }
 
 quant::QConfig GPTTrainConfig::qconfig() const {
-  quant::QConfig q = quant::QConfig::bits(static_cast<int>(bits));
-  if (act_bits > 0) q.activations.bits = static_cast<int>(act_bits);
-  if (grad_quant == "per-tensor") q.gradients.kind = quant::QuantizerKind::per_tensor;
-  if (grad_quant == "per-row") q.gradients.kind = quant::QuantizerKind::per_row;
-  if (grad_quant != "shiftquant") q.gradients.shift_budget = 0;
-  q.first_last_bits = static_cast<int>(head_bits);
-  q.norm_bits = static_cast<int>(norm_bits);
-  q.validate();
-  return q;
+  return make_qconfig(bits, act_bits, grad_quant, head_bits, norm_bits);
 }
 
 std::vector<GPTEvalPoint> train_gpt(const GPTTrainConfig& c) {

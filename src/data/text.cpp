@@ -1,5 +1,7 @@
 #include "shiftq/data/text.hpp"
 
+#include "detail/utf8.hpp"
+
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -10,6 +12,7 @@
 
 namespace shiftq::data {
 namespace {
+using detail::append_utf8;
 
 // Decodes the UTF-8 sequence at s[i] (strict: no overlong forms, surrogates or code points above
 // U+10FFFF). Returns its length in bytes and sets cp, or returns 0 when it is invalid.
@@ -45,24 +48,6 @@ std::size_t decode_utf8(const std::string& s, std::size_t i, char32_t& cp) {
     cp = (cp << 6) | (b & 0x3F);
   }
   return len;
-}
-
-void append_utf8(std::string& out, char32_t cp) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
 }
 
 // "'a' (U+0061)", or just "U+000A" for control characters.

@@ -1,5 +1,7 @@
 #include "shiftq/io/safetensors.hpp"
 
+#include "detail/utf8.hpp"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -20,6 +22,7 @@
 
 namespace shiftq::io {
 namespace {
+using detail::append_utf8;
 
 static_assert(std::endian::native == std::endian::little,
               "shiftq's safetensors I/O copies tensor bytes as-is: it needs a little-endian host");
@@ -96,24 +99,6 @@ bool valid_utf8(std::string_view s) {
     i += static_cast<std::size_t>(len);
   }
   return true;
-}
-
-void append_utf8(std::string& out, std::uint32_t cp) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
 }
 
 // `s` as a quoted JSON string: '"', '\' and control characters escaped, UTF-8 passed through.
