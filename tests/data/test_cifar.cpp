@@ -10,33 +10,16 @@
 #include <string>
 #include <vector>
 
+#include "testing/files.hpp"
 #include "testing/gradcheck.hpp"
 
 namespace shiftq {
 namespace {
 namespace fs = std::filesystem;
-using Bytes = std::vector<unsigned char>;
+using testing::Bytes;
+using testing::write_bytes;
 
-class CifarTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::path(::testing::TempDir()) /
-           (std::string("shiftq_cifar_") + info->name() + "_" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-
-  fs::path dir_;
-};
-
-void write_bytes(const std::string& path, const Bytes& bytes) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-  ASSERT_TRUE(f.good()) << path;
-}
+class CifarTest : public testing::TempDirTest {};
 
 // Records with labels `labels`; pixel p of record i is (i * 31 + p * 7 + salt) % 256.
 Bytes cifar_records(const std::vector<int>& labels, int salt = 0) {

@@ -15,39 +15,17 @@
 #include <string>
 #include <vector>
 
+#include "testing/files.hpp"
 #include "testing/gradcheck.hpp"
 
 namespace shiftq {
 namespace {
 namespace fs = std::filesystem;
-using Bytes = std::vector<unsigned char>;
+using testing::Bytes;
+using testing::read_bytes;
+using testing::write_bytes;
 
-// A fresh directory per test under ::testing::TempDir(), removed afterwards.
-class IdxTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::path(::testing::TempDir()) /
-           (std::string("shiftq_idx_") + info->name() + "_" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-
-  fs::path dir_;
-};
-
-void write_bytes(const std::string& path, const Bytes& bytes) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-  ASSERT_TRUE(f.good()) << path;
-}
-
-Bytes read_bytes(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return Bytes(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-}
+class IdxTest : public testing::TempDirTest {};
 
 void gzip_bytes(const std::string& path, const Bytes& bytes) {
   gzFile f = gzopen(path.c_str(), "wb");

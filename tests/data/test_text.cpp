@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "testing/files.hpp"
 #include "testing/gradcheck.hpp"
 
 namespace shiftq {
@@ -18,25 +19,14 @@ namespace fs = std::filesystem;
 using data::CharVocab;
 using data::TextDataset;
 
-class TextTest : public ::testing::Test {
+class TextTest : public testing::TempDirTest {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::path(::testing::TempDir()) /
-           (std::string("shiftq_text_") + info->name() + "_" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
   std::string write(const std::string& name, const std::string& bytes) const {
     std::ofstream f(path(name), std::ios::binary | std::ios::trunc);
     f << bytes;
     EXPECT_TRUE(f.good());
     return path(name);
   }
-
-  fs::path dir_;
 };
 
 // Expects read_text_file(path) to throw IOError naming the path and containing `what`.

@@ -9,6 +9,7 @@
 
 #include <shiftq/shiftq.hpp>
 
+#include "testing/files.hpp"
 #include "common/flags.hpp"
 #include "common/nonfinite.hpp"
 #include "resnet/trainer.hpp"
@@ -20,18 +21,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class TrainerTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("shiftq_trainers_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  fs::path dir_;
-};
+class TrainerTest : public testing::TempDirTest {};
 
 bool have_fashion_mnist() { return fs::exists(std::string(data::kFashionMnistDir) + "/train-images-idx3-ubyte.gz"); }
 

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "testing/files.hpp"
 #include "testing/gradcheck.hpp"
 
 namespace shiftq {
@@ -19,20 +20,7 @@ namespace {
 namespace fs = std::filesystem;
 using io::TrainingCheckpoint;
 
-class CheckpointTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           (std::string("shiftq_checkpoint_") + info->name() + "_" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-
-  fs::path dir_;
-};
+class CheckpointTest : public testing::TempDirTest {};
 
 // Same keys, dtypes, shapes and bytes.
 void expect_bit_equal(const std::map<std::string, Tensor>& a, const std::map<std::string, Tensor>& b) {

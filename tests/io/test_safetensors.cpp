@@ -19,30 +19,20 @@
 #include <string>
 #include <vector>
 
+#include "testing/files.hpp"
 #include "testing/gradcheck.hpp"
 
 namespace shiftq {
 namespace {
 namespace fs = std::filesystem;
-using Bytes = std::vector<unsigned char>;
+using testing::Bytes;
+using testing::read_bytes;
+using testing::write_bytes;
 using io::TensorFile;
 using namespace std::string_literals;
 
-// A fresh directory per test under the system temp directory, removed afterwards.
-class SafetensorsTest : public ::testing::Test {
+class SafetensorsTest : public testing::TempDirTest {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = fs::temp_directory_path() /
-           (std::string("shiftq_safetensors_") + info->name() + "_" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    fs::permissions(dir_, fs::perms::owner_all, fs::perm_options::add);
-    fs::remove_all(dir_);
-  }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
   // Names of the entries of the test directory, sorted.
   std::vector<std::string> listing() const {
     std::vector<std::string> names;
@@ -50,20 +40,7 @@ class SafetensorsTest : public ::testing::Test {
     std::sort(names.begin(), names.end());
     return names;
   }
-
-  fs::path dir_;
 };
-
-void write_bytes(const std::string& path, const Bytes& bytes) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-  ASSERT_TRUE(f.good()) << path;
-}
-
-Bytes read_bytes(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return Bytes(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-}
 
 // A file with an 8-byte little-endian length, `header` as given (no padding added) and `data`.
 Bytes raw_file(const std::string& header, const Bytes& data = {}) {
