@@ -155,6 +155,26 @@ TEST(QuantizedLayers, QuantizeModelKeepsFirstAndLastAt8Bits) {
   EXPECT_FALSE(dynamic_cast<nn::Linear&>(*model.named_children()[1].second).quantization().has_value());
 }
 
+// The training-call counters that key stochastic rounding: counted per training forward (not in
+// eval), listed for layers then norms, restorable, and a wrong count is a clear error.
+TEST(QuantizedLayers, QuantizationCountersCountTrainingCallsAndRestore) {
+  Generator gen(8);
+  nn::Sequential model{std::make_shared<nn::Linear>(nn::LinearOptions{4, 4}, gen),
+                       std::make_shared<nn::L1LayerNorm>(nn::L1LayerNormOptions{4}),
+                       std::make_shared<nn::Linear>(nn::LinearOptions{4, 4}, gen)};
+  ASSERT_EQ(nn::quantize_model(model, QConfig::bits(4)), 2);
+  const Tensor x = Tensor::randn({3, 4}, gen);
+  model(x);
+  model(x);
+  model.eval();
+  model(x);
+  EXPECT_EQ(nn::quantization_counters(model), (std::vector<std::uint64_t>{2, 2, 2}));
+  nn::set_quantization_counters(model, {7, 8, 9});
+  EXPECT_EQ(nn::quantization_counters(model), (std::vector<std::uint64_t>{7, 8, 9}));
+  EXPECT_THROW(nn::set_quantization_counters(model, {1, 2}), ValueError);
+  EXPECT_EQ(nn::quantization_counters(model), (std::vector<std::uint64_t>{7, 8, 9}));  // unchanged
+}
+
 TEST(QuantizedLayers, QConfigDescribesItself) {
   QConfig c = QConfig::bits(4);
   EXPECT_EQ(c.str(), "weights: shiftquant 4-bit S=4 nearest; activations: per-tensor 4-bit nearest; gradients: "
