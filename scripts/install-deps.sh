@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs shiftq's build, test and demo dependencies from Debian 12 packages.
 # A no-op when everything is present. Needs root (or sudo) only when something is missing.
+#   scripts/install-deps.sh                # build, tests, benchmarks, examples
+#   scripts/install-deps.sh --sanitizers   # also clang, libFuzzer and LLVM's OpenMP runtime (the
+#                                          # TSan build and the fuzzers: scripts/sanitize.sh, fuzz.sh)
 set -euo pipefail
 
 packages=(
@@ -12,6 +15,15 @@ packages=(
   zlib1g-dev         # .gz datasets
   dataset-fashion-mnist  # demo / example data
 )
+case "${1:-}" in
+  "") ;;
+  --sanitizers) packages+=(
+      clang              # TSan build and libFuzzer targets
+      libclang-rt-14-dev # libFuzzer and the clang sanitizer runtimes
+      libomp-dev         # OpenMP under clang, with the Archer TSan tool (libarcher.so)
+    ) ;;
+  *) echo "usage: scripts/install-deps.sh [--sanitizers]" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${packages[@]}"; do

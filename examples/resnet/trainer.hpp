@@ -25,6 +25,7 @@ struct ResNetTrainConfig {
   // precision: bits 0 = fp32; 2..8 = integer training (weights, activations, gradients)
   std::int64_t bits = 0;
   std::int64_t act_bits = 0;              // activation bits (0 = same as bits)
+  std::string act_range = "auto";         // auto: unsigned codes for non-negative activations; symmetric
   std::string grad_quant = "shiftquant";  // shiftquant | per-tensor | per-row
   std::int64_t first_last_bits = 8;
   std::int64_t norm_bits = 8;             // fully quantized L1 norms (0 = float L1 norms)

@@ -3,6 +3,7 @@
 #include "detail/utf8.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -485,6 +486,32 @@ void sync_directory(const std::string& path) {
     save_failed(path, "file written, but syncing its directory failed", errno);
 }
 
+// Removes `path`.tmp-<pid>-<n> files left by saves of processes that no longer exist (killed
+// mid-save: their temp file never got renamed). Best effort: a file that cannot be listed or
+// removed stays. Temp files of live processes (a concurrent save, or this process) are kept; a pid
+// reused by an unrelated process keeps its file until a later save.
+void remove_stale_temp_files(const std::string& path) {
+  namespace fs = std::filesystem;
+  const fs::path target(path);
+  const std::string prefix = target.filename().string() + ".tmp-";
+  const fs::path dir = target.parent_path().empty() ? fs::path(".") : target.parent_path();
+  std::error_code ec;
+  std::vector<fs::path> stale;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.rfind(prefix, 0) != 0) continue;
+    const std::string rest = name.substr(prefix.size());  // "<pid>-<n>"
+    const std::size_t dash = rest.find('-');
+    if (dash == 0 || dash == std::string::npos || dash > 9 ||
+        !std::all_of(rest.begin(), rest.begin() + static_cast<std::ptrdiff_t>(dash), [](char c) { return c >= '0' && c <= '9'; }))
+      continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(rest.substr(0, dash)));
+    if (pid <= 0 || pid == ::getpid()) continue;
+    if (::kill(pid, 0) != 0 && errno == ESRCH) stale.push_back(it->path());
+  }
+  for (const fs::path& p : stale) fs::remove(p, ec);
+}
+
 // ---- writing -----------------------------------------------------------------------------------
 
 void validate_for_save(const TensorFile& file) {
@@ -557,6 +584,7 @@ void save_safetensors(const std::string& path, const TensorFile& file) {
     save_failed(path, "cannot rename '" + tmp + "' over it", errno);
   guard.commit();
   sync_directory(path);
+  remove_stale_temp_files(path);
 }
 
 TensorFile load_safetensors(const std::string& path) {

@@ -9,7 +9,7 @@ namespace shiftq::kernels {
 #define SHIFTQ_DECLARE_ISA(ns)                                                                         \
   namespace ns {                                                                                       \
   bool absmax_cols_f32(const float*, std::int64_t, std::int64_t, std::int64_t, const float*, float*); \
-  bool absmax_rows_f32(const float*, std::int64_t, std::int64_t, std::int64_t, const float*, float*); \
+  bool absmax_rows_f32(const float*, std::int64_t, std::int64_t, std::int64_t, const float*, float*, bool*); \
   void quantize_pack_f32_s8(const QuantizePackArgs&, std::int64_t, std::int64_t);                      \
   }
 SHIFTQ_DECLARE_ISA(avx512)
@@ -42,8 +42,8 @@ bool absmax_cols_f32(const float* x, std::int64_t r0, std::int64_t r1, std::int6
 }
 
 bool absmax_rows_f32(const float* x, std::int64_t r0, std::int64_t r1, std::int64_t cols, const float* col_weight,
-                     float* row_max) {
-  SHIFTQ_DISPATCH(absmax_rows_f32, x, r0, r1, cols, col_weight, row_max)
+                     float* row_max, bool* negative) {
+  SHIFTQ_DISPATCH(absmax_rows_f32, x, r0, r1, cols, col_weight, row_max, negative)
 }
 
 void quantize_pack_f32_s8(const QuantizePackArgs& args, std::int64_t r0, std::int64_t r1) {

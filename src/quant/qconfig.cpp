@@ -27,7 +27,7 @@ QConfig QConfig::bits(int b) {
   SHIFTQ_CHECK(b >= 2 && b <= 8, ValueError, "QConfig::bits: b must be in [2, 8], got ", b);
   QConfig c;
   c.weights = {QuantizerKind::shiftquant, b, 8 - b, Rounding::nearest_even};
-  c.activations = {QuantizerKind::per_tensor, b, 0, Rounding::nearest_even};
+  c.activations = {QuantizerKind::per_tensor, b, 0, Rounding::nearest_even, true};
   c.gradients = {QuantizerKind::shiftquant, b, 8 - b, Rounding::stochastic};
   return c;
 }
@@ -47,7 +47,8 @@ std::string QConfig::str() const {
     if (t.kind == QuantizerKind::none) return std::string(kind_name(t.kind));
     return detail::cat(kind_name(t.kind), " ", t.bits, "-bit",
                        t.kind == QuantizerKind::shiftquant ? detail::cat(" S=", t.shift_budget) : std::string(),
-                       t.rounding == Rounding::stochastic ? " stochastic" : " nearest");
+                       t.rounding == Rounding::stochastic ? " stochastic" : " nearest",
+                       t.nonnegative_range && t.kind == QuantizerKind::per_tensor ? " (unsigned when >= 0)" : "");
   };
   return detail::cat("weights: ", role(weights), "; activations: ", role(activations), "; gradients: ",
                      role(gradients), "; first/last layer: ",

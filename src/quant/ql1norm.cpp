@@ -2,7 +2,9 @@
 // int8 output gradient in, integer channel sums in backward.
 #include "shiftq/quant/ql1norm.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "detail/parallel.hpp"
 
@@ -19,43 +21,38 @@ struct GroupSums {
   std::int64_t s1 = 0, abs_dev = 0, sign = 0;
 };
 
-// Large groups go through a 256-bin histogram of the codes (one pass over the data, then 256 exact
-// integer terms); small ones (LayerNorm rows) take two direct passes.
+// Two vectorizable passes over the group's codes: S1 = sum q, then, with the threshold m q vs S1,
+// the counts and code sums of the elements above and below the mean. All partial sums are int32
+// (|code sums| <= 128 m < 2^30, |m q| <= 2^30 for m < 2^23); the totals are exact int64:
+//     D = sum |m q - S1| = m (P - N) - S1 (c_p - c_n),   SG = c_p - c_n.
 GroupSums group_sums(const std::int8_t* q, const Layout& l, std::int64_t g) {
   GroupSums s;
-  const std::int64_t m = l.count();
-  if (m < 4096) {
-    for (std::int64_t o = 0; o < l.outer; ++o) {
-      const std::int8_t* p = q + (o * l.groups + g) * l.inner;
-      std::int32_t acc = 0;
-      for (std::int64_t i = 0; i < l.inner; ++i) acc += p[i];
-      s.s1 += acc;
-    }
-    const std::int32_t mi = static_cast<std::int32_t>(m), s1 = static_cast<std::int32_t>(s.s1);  // |m q - S1| < 2^21
-    for (std::int64_t o = 0; o < l.outer; ++o) {
-      const std::int8_t* p = q + (o * l.groups + g) * l.inner;
-      std::int32_t dev = 0, sign = 0;
-      for (std::int64_t i = 0; i < l.inner; ++i) {
-        const std::int32_t d = mi * p[i] - s1;
-        dev += d < 0 ? -d : d;
-        sign += (d > 0) - (d < 0);
-      }
-      s.abs_dev += dev;
-      s.sign += sign;
-    }
-    return s;
-  }
-  std::int64_t hist[256] = {};
   for (std::int64_t o = 0; o < l.outer; ++o) {
     const std::int8_t* p = q + (o * l.groups + g) * l.inner;
-    for (std::int64_t i = 0; i < l.inner; ++i) ++hist[p[i] + 128];
+    std::int32_t acc = 0;
+    for (std::int64_t i = 0; i < l.inner; ++i) acc += p[i];
+    s.s1 += acc;
   }
-  for (int v = -128; v < 128; ++v) s.s1 += hist[v + 128] * v;
-  for (int v = -128; v < 128; ++v) {
-    const std::int64_t d = m * v - s.s1, n = hist[v + 128];
-    s.abs_dev += n * (d < 0 ? -d : d);
-    s.sign += n * ((d > 0) - (d < 0));
+  const std::int32_t mi = static_cast<std::int32_t>(l.count()), s1 = static_cast<std::int32_t>(s.s1);
+  std::int64_t sum_pos = 0, sum_neg = 0, count_pos = 0, count_neg = 0;
+  for (std::int64_t o = 0; o < l.outer; ++o) {
+    const std::int8_t* p = q + (o * l.groups + g) * l.inner;
+    std::int32_t sp = 0, sn = 0, cp = 0, cn = 0;
+    for (std::int64_t i = 0; i < l.inner; ++i) {
+      const std::int32_t v = p[i], d = mi * v - s1;
+      const std::int32_t above = d > 0, below = d < 0;
+      sp += above * v;
+      cp += above;
+      sn += below * v;
+      cn += below;
+    }
+    sum_pos += sp;
+    sum_neg += sn;
+    count_pos += cp;
+    count_neg += cn;
   }
+  s.abs_dev = l.count() * (sum_pos - sum_neg) - s.s1 * (count_pos - count_neg);
+  s.sign = count_pos - count_neg;
   return s;
 }
 
@@ -103,7 +100,9 @@ struct GroupStats {
   std::vector<float> mean_sign;  // SG / m
 };
 
-GroupStats statistics(const QTensor& xq, const Layout& l, float c, float eps) {
+// `then(g, stats)` runs right after group g's statistics, on the same thread (the codes still in cache).
+template <class Then>
+GroupStats statistics(const QTensor& xq, const Layout& l, float c, float eps, Then then) {
   GroupStats st;
   st.s1.resize(l.groups);
   st.mean_q.resize(l.groups);
@@ -118,9 +117,13 @@ GroupStats statistics(const QTensor& xq, const Layout& l, float c, float eps) {
       st.mean_q[g] = static_cast<float>(static_cast<double>(sums.s1) / m);
       st.sigma[g] = static_cast<float>(c * s * static_cast<double>(sums.abs_dev) / (m * m) + eps);
       st.mean_sign[g] = static_cast<float>(static_cast<double>(sums.sign) / m);
+      then(g, st);
     }
   });
   return st;
+}
+GroupStats statistics(const QTensor& xq, const Layout& l, float c, float eps) {
+  return statistics(xq, l, c, eps, [](std::int64_t, const GroupStats&) {});
 }
 }  // namespace
 
@@ -159,8 +162,21 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
   const Layout l{x.size(0), C, x.size(2) * x.size(3)};
   check_layout(l, "quantized_l1_batch_norm2d");
   const QTensor xq = quantize_codes(x, l, config.bits, "l1_batch_norm2d input");
-  const GroupStats st = statistics(xq, l, state.c, state.eps);
   const float s = xq.scales.data<float>()[0];
+  // y = a_c * q + b_c with a_c = gamma * s / sigma, b_c = beta - a_c * mean_q, written per channel
+  // as soon as its statistics are known.
+  Tensor y = Tensor::uninitialized(x.shape());
+  const std::int8_t* q = xq.codes.data<std::int8_t>();
+  const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
+  const float* bt = beta.defined() ? beta.data<float>() : nullptr;
+  float* py = y.data<float>();
+  const GroupStats st = statistics(xq, l, state.c, state.eps, [&](std::int64_t g, const GroupStats& stats) {
+    const float a = (gm ? gm[g] : 1.0f) * s / stats.sigma[g], b = (bt ? bt[g] : 0.0f) - a * stats.mean_q[g];
+    for (std::int64_t o = 0; o < l.outer; ++o) {
+      const std::int64_t base = (o * C + g) * l.inner;
+      for (std::int64_t i = 0; i < l.inner; ++i) py[base + i] = a * static_cast<float>(q[base + i]) + b;
+    }
+  });
   if (state.running_mean.defined()) {
     float* rm = state.running_mean.data<float>();
     float* rs = state.running_sigma.data<float>();
@@ -171,19 +187,6 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
     state.running_mean.bump_version();
     state.running_sigma.bump_version();
   }
-  // y = a_c * q + b_c with a_c = gamma * s / sigma, b_c = beta - a_c * mean_q.
-  Tensor y = Tensor::uninitialized(x.shape());
-  const std::int8_t* q = xq.codes.data<std::int8_t>();
-  const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
-  const float* bt = beta.defined() ? beta.data<float>() : nullptr;
-  float* py = y.data<float>();
-  detail::parallel_for(l.outer * C, 4, [&](std::int64_t r0, std::int64_t r1) {
-    for (std::int64_t r = r0; r < r1; ++r) {
-      const std::int64_t g = r % C;
-      const float a = (gm ? gm[g] : 1.0f) * s / st.sigma[g], b = (bt ? bt[g] : 0.0f) - a * st.mean_q[g];
-      for (std::int64_t i = 0; i < l.inner; ++i) py[r * l.inner + i] = a * static_cast<float>(q[r * l.inner + i]) + b;
-    }
-  });
   const bool need_gamma = gamma.defined() && gamma.requires_grad(), need_beta = beta.defined() && beta.requires_grad();
   return record("quantized_l1_batch_norm2d", y, {&x, &gamma, &beta},
                 [xq, st, l, c = state.c, gamma = gamma.detach(), need_gamma, need_beta, config, step](const Tensor& dy) {
@@ -211,16 +214,17 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
         if (need_gamma) dgamma.data<float>()[g] = static_cast<float>(sg * s * static_cast<double>(g2s) / (m * sigma));
         if (need_beta) dbeta.data<float>()[g] = static_cast<float>(sg * static_cast<double>(g1s));
         const float k_d = inv * w * sg, k_s = -inv * c * mean_gx, k_0 = inv * (-mean_g + c * mean_gx * st.mean_sign[g]);
-        // dx = k_d * dq + (k_s * sgn(m q - S1) + k_0): the second term depends only on the code q.
-        float by_code[256];
-        for (int v = -128; v < 128; ++v) {
-          const std::int64_t dev = mi * v - s1;
-          by_code[v + 128] = k_s * static_cast<float>((dev > 0) - (dev < 0)) + k_0;
-        }
+        // dx = k_d * dq + k_s * sgn(m q - S1) + k_0 (|m q - S1| < 2^31: int32 lanes).
+        const std::int32_t m32 = static_cast<std::int32_t>(mi), s1_32 = static_cast<std::int32_t>(s1);
         for (std::int64_t o = 0; o < l.outer; ++o) {
           const std::int64_t base = (o * l.groups + g) * l.inner;
-          for (std::int64_t i = 0; i < l.inner; ++i)
-            pdx[base + i] = k_d * static_cast<float>(d[base + i]) + by_code[q[base + i] + 128];
+          const std::int8_t* qo = q + base;
+          const std::int8_t* dq = d + base;
+          float* out = pdx + base;
+          for (std::int64_t i = 0; i < l.inner; ++i) {
+            const std::int32_t dev = m32 * qo[i] - s1_32;
+            out[i] = k_d * static_cast<float>(dq[i]) + (k_s * static_cast<float>((dev > 0) - (dev < 0)) + k_0);
+          }
         }
       }
     });
@@ -269,8 +273,14 @@ Tensor quantized_l1_layer_norm(const Tensor& x, const Tensor& gamma, const Tenso
     const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
     Tensor dx = Tensor::uninitialized(dy.shape());
     float* pdx = dx.data<float>();
-    detail::parallel_for(rows, 16, [&](std::int64_t r0, std::int64_t r1) {
-      for (std::int64_t r = r0; r < r1; ++r) {
+    // Rows in fixed blocks (not per thread, so the sums do not depend on the thread count): each
+    // row's dx, and the block's partial dgamma_j = sum dy xhat, dbeta_j = sum dy in the same pass.
+    const bool need_affine = need_gamma || need_beta;
+    constexpr std::int64_t kBlockRows = 32;
+    const std::int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
+    std::vector<float> part_gamma(need_affine ? blocks * D : 0, 0.0f), part_beta(need_affine ? blocks * D : 0, 0.0f);
+    detail::parallel_for(blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
+      for (std::int64_t r = b0 * kBlockRows; r < std::min(rows, b1 * kBlockRows); ++r) {
         const std::int32_t mi = static_cast<std::int32_t>(D), s1 = static_cast<std::int32_t>(st.s1[r]);
         // gamma is per feature: the two means are gamma-weighted sums of int8 products.
         float sum_g = 0.0f, sum_gd = 0.0f;
@@ -293,24 +303,29 @@ Tensor quantized_l1_layer_norm(const Tensor& x, const Tensor& gamma, const Tenso
           const float gj = (gm ? gm[j] : 1.0f) * sg * static_cast<float>(dr[j]);
           dxr[j] = inv * (gj - mean_g - k_s * (sgn - ms));
         }
+        if (!need_affine) continue;
+        const float a = s / sigma, mu = st.mean_q[r];
+        float* pg = part_gamma.data() + (r / kBlockRows) * D;
+        float* pb = part_beta.data() + (r / kBlockRows) * D;
+#pragma omp simd
+        for (std::int64_t j = 0; j < D; ++j) {
+          const float dyj = sg * static_cast<float>(dr[j]);
+          pg[j] += dyj * a * (static_cast<float>(qr[j]) - mu);
+          pb[j] += dyj;
+        }
       }
     });
     Tensor dgamma, dbeta;
-    if (need_gamma || need_beta) {  // per feature, over rows: dgamma_j = sum dy xhat, dbeta_j = sum dy
+    if (need_affine) {  // the blocks' partial sums, in block order
       dgamma = Tensor::zeros({D});
       dbeta = Tensor::zeros({D});
       float* pg = dgamma.data<float>();
       float* pb = dbeta.data<float>();
-      detail::parallel_for(D, 64, [&](std::int64_t j0, std::int64_t j1) {  // columns: no shared writes
-        for (std::int64_t r = 0; r < rows; ++r) {
-          const float a = s / st.sigma[r], mu = st.mean_q[r];
-          for (std::int64_t j = j0; j < j1; ++j) {
-            const float dyj = sg * static_cast<float>(d[r * D + j]);
-            pg[j] += dyj * a * (static_cast<float>(q[r * D + j]) - mu);
-            pb[j] += dyj;
-          }
+      for (std::int64_t b = 0; b < blocks; ++b)
+        for (std::int64_t j = 0; j < D; ++j) {
+          pg[j] += part_gamma[b * D + j];
+          pb[j] += part_beta[b * D + j];
         }
-      });
       if (!need_gamma) dgamma = Tensor();
       if (!need_beta) dbeta = Tensor();
     }

@@ -58,14 +58,19 @@ std::vector<float> column_absmax(const float* x, std::int64_t rows, std::int64_t
   return std::move(partial[0]);
 }
 
+// Per-row max |x| * col_weight; `negative` (when given) becomes true if some x < 0.
 std::vector<float> row_absmax(const float* x, std::int64_t rows, std::int64_t cols, const float* col_weight,
-                              bool& finite) {
+                              bool& finite, bool* negative = nullptr) {
   std::vector<float> out(rows);
-  std::atomic<bool> all_finite{true};
+  std::atomic<bool> all_finite{true}, any_negative{false};
   for_row_blocks(rows, cols, [&](std::int64_t r0, std::int64_t r1) {
-    if (!kernels::absmax_rows_f32(x, r0, r1, cols, col_weight, out.data())) all_finite = false;
+    bool block_negative = false;
+    if (!kernels::absmax_rows_f32(x, r0, r1, cols, col_weight, out.data(), negative ? &block_negative : nullptr))
+      all_finite = false;
+    if (block_negative) any_negative = true;
   });
   finite = all_finite;
+  if (negative) *negative = any_negative;
   return out;
 }
 
@@ -116,7 +121,6 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
   p.validate();
   const std::int64_t R = x.size(0), C = x.size(1);
   const int S = p.shift_budget;
-  const float qmax = static_cast<float>((1 << (p.bits - 1)) - 1);
   const bool groups_on_cols = p.inner_axis == 1;
   const std::int64_t inner_len = groups_on_cols ? C : R, outer_len = groups_on_cols ? R : C;
   const float* px = x.data<float>();
@@ -126,14 +130,14 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
 
   // 1. Inner ranges r_k and their max m. With S = 0 every exponent is 0 and only m matters: a row
   // pass (register reductions) gives it, and per-row scaling needs no first pass at all.
-  bool finite = true;
+  bool finite = true, negative = true;
   std::vector<float> ranges;
   float m = 1.0f;  // unknown but irrelevant when the first pass is skipped (S = 0, per-row)
   if (S > 0) {
     ranges = groups_on_cols ? column_absmax(px, R, C, nullptr, finite) : row_absmax(px, R, C, nullptr, finite);
     m = *std::max_element(ranges.begin(), ranges.end());
   } else if (!fused_row_scales) {
-    const std::vector<float> row_max = row_absmax(px, R, C, nullptr, finite);
+    const std::vector<float> row_max = row_absmax(px, R, C, nullptr, finite, p.nonnegative_range ? &negative : nullptr);
     m = *std::max_element(row_max.begin(), row_max.end());
   }
   if (!finite) throw_nonfinite(x, name);
@@ -143,6 +147,8 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
   q.shift_budget = S;
   q.inner_axis = p.inner_axis;
   q.outer = p.outer;
+  q.nonnegative = !negative;  // only a row pass asked for the sign clears `negative`
+  const float qmax = static_cast<float>(q.qmax());
   const DType code_type = p.unsigned_codes ? DType::u8 : DType::s8;
   q.exponents = Tensor::empty({inner_len}, DType::s8);
   q.scales = Tensor::ones({per_tensor ? 1 : outer_len});

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -227,6 +228,30 @@ TEST_F(SafetensorsTest, RoundTripAllDtypes) {
   EXPECT_EQ(g.tensors.at("codes").to_vector<std::int8_t>(), (std::vector<std::int8_t>{-128, 0, 127}));
   // Loaded tensors own their storage.
   EXPECT_FALSE(g.tensors.at("weight").shares_storage(f.tensors.at("weight")));
+}
+
+TEST_F(SafetensorsTest, SaveRemovesTempFilesOfDeadProcessesOnly) {
+  // A process that has exited: its pid is free (reaped), like a trainer killed mid-save.
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) ::_exit(0);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  const std::string target = path("c.safetensors");
+  const std::string dead = target + ".tmp-" + std::to_string(child) + "-3";
+  const std::string live = target + ".tmp-" + std::to_string(::getppid()) + "-0";  // a save still in flight
+  const std::vector<std::string> unrelated = {path("other.safetensors.tmp-" + std::to_string(child) + "-0"),
+                                              target + ".tmp-x-1", target + ".tmp-" + std::to_string(child), target + ".bak"};
+  for (const std::string& p : unrelated) testing::write_bytes(p, {1, 2, 3});
+  testing::write_bytes(dead, {1, 2, 3});
+  testing::write_bytes(live, {1, 2, 3});
+  io::TensorFile f;
+  f.tensors["w"] = Tensor::ones({3});
+  io::save_safetensors(target, f);
+  EXPECT_FALSE(std::filesystem::exists(dead));
+  EXPECT_TRUE(std::filesystem::exists(live));
+  for (const std::string& p : unrelated) EXPECT_TRUE(std::filesystem::exists(p)) << p;
+  EXPECT_EQ(io::load_safetensors(target).tensors.at("w").to_vector<float>(), std::vector<float>(3, 1.0f));
 }
 
 TEST_F(SafetensorsTest, RoundTripEmptyMetadataAndEmptyFile) {

@@ -41,6 +41,27 @@ TEST(QuantizedLinear, ForwardEqualsFloatLinearOfTheDequantizedOperands) {
   EXPECT_LT(rel_error(fc(x), linear(x, fc.weight, fc.bias)), 0.02);
 }
 
+TEST(QuantizedLinear, NonNegativeInputsGetUnsignedCodes) {
+  // A post-ReLU input is quantized with 2^b - 1 unsigned levels (QConfig::bits' default): the
+  // forward is the float product of those dequantized operands, and closer to fp32 than with the
+  // symmetric range.
+  Generator gen(5);
+  nn::Linear fc(nn::LinearOptions{64, 24}, gen);
+  Tensor x = relu(Tensor::randn({32, 64}, gen));
+  QConfig unsigned_range = QConfig::bits(4), symmetric = QConfig::bits(4);
+  symmetric.activations.nonnegative_range = false;
+  quantize_alone(fc, unsigned_range);
+  const Tensor y = fc(x);
+  const quant::QTensor xq = quant::quantize(x, quant::QuantizeParams::per_tensor(4).with_nonnegative_range());
+  ASSERT_TRUE(xq.nonnegative);
+  EXPECT_LT(rel_error(y, linear(xq.dequantize(), fc.packed_weight().value().dequantize(), fc.bias)), 1e-6);
+  const Tensor exact = linear(x, fc.weight, fc.bias);
+  const double err_unsigned = rel_error(y, exact);
+  quantize_alone(fc, symmetric);
+  const double err_symmetric = rel_error(fc(x), exact);
+  EXPECT_LT(err_unsigned, 0.75 * err_symmetric) << err_unsigned << " vs " << err_symmetric;
+}
+
 TEST(QuantizedLinear, GradientsAreUnbiasedOverStochasticRounding) {
   // L = sum(Y * R): dY = R. With unbiased stochastic rounding, E[dX] = R W^ and E[dW] = R^T X^
   // (W^, X^: the forward's dequantized operands). The mean over many calls converges to them.
@@ -177,7 +198,7 @@ TEST(QuantizedLayers, QuantizationCountersCountTrainingCallsAndRestore) {
 
 TEST(QuantizedLayers, QConfigDescribesItself) {
   QConfig c = QConfig::bits(4);
-  EXPECT_EQ(c.str(), "weights: shiftquant 4-bit S=4 nearest; activations: per-tensor 4-bit nearest; gradients: "
+  EXPECT_EQ(c.str(), "weights: shiftquant 4-bit S=4 nearest; activations: per-tensor 4-bit nearest (unsigned when >= 0); gradients: "
                      "shiftquant 4-bit S=4 stochastic; first/last layer: 8-bit; L1 norms: 8-bit integer");
   c.norm_bits = 0;
   c.first_last_bits = 0;

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <span>
 
 #include <shiftq/kernels/quantize.hpp>
 #include <shiftq/quant/qtensor.hpp>
@@ -147,6 +148,54 @@ TEST(Quantize, PerRowAndPerTensorAreTheSZeroCases) {
   }
 }
 
+TEST(Quantize, NonnegativeRangeUsesAllUnsignedLevelsOnlyWithoutNegatives) {
+  Generator gen(31);
+  Tensor relu_out = Tensor::randn({23, 41}, gen);
+  for (float& v : std::span(relu_out.data<float>(), relu_out.numel())) v = std::max(v, 0.0f);
+  const float m = *std::max_element(relu_out.data<float>(), relu_out.data<float>() + relu_out.numel());
+  for (int bits = 2; bits <= 8; ++bits)
+    for (bool as_u8 : {false, true}) {
+      SCOPED_TRACE(testing::Message() << "b=" << bits << " u8=" << as_u8);
+      const QuantizeParams p = QuantizeParams::per_tensor(bits).with_nonnegative_range().with_unsigned_codes(as_u8);
+      const QTensor q = quantize(relu_out, p);
+      const int levels = std::min((1 << bits) - 1, 127);  // v in [0, levels]: still an int8 operand
+      ASSERT_TRUE(q.nonnegative);
+      EXPECT_EQ(q.qmax(), levels);
+      EXPECT_FLOAT_EQ(q.scales.item(), m / static_cast<float>(levels));
+      const std::vector<std::int8_t> v = q.signed_codes().to_vector<std::int8_t>();
+      EXPECT_EQ(*std::min_element(v.begin(), v.end()), 0);
+      EXPECT_EQ(*std::max_element(v.begin(), v.end()), levels);
+      // Half a step of error, and the step is about half the symmetric one (2^b - 1 vs 2^(b-1) - 1 levels).
+      const Tensor xh = q.dequantize();
+      for (std::int64_t i = 0; i < relu_out.numel(); ++i)
+        ASSERT_LE(std::fabs(xh.data<float>()[i] - relu_out.data<float>()[i]), 0.5f * q.scales.item() * (1 + 1e-5f));
+      if (bits < 8) {
+        EXPECT_LT(mse(xh, relu_out), 0.4 * mse(quantize(relu_out, QuantizeParams::per_tensor(bits)).dequantize(), relu_out));
+      }
+    }
+  // One negative element anywhere (also in the last row block): the symmetric range, as without the flag.
+  for (std::int64_t at : {std::int64_t{0}, relu_out.numel() - 1}) {
+    Tensor mixed = relu_out.clone();
+    mixed.data<float>()[at] = -1e-3f;
+    const QTensor q = quantize(mixed, QuantizeParams::per_tensor(4).with_nonnegative_range());
+    const QTensor plain = quantize(mixed, QuantizeParams::per_tensor(4));
+    EXPECT_FALSE(q.nonnegative);
+    EXPECT_EQ(q.qmax(), 7);
+    EXPECT_EQ(q.codes.to_vector<std::int8_t>(), plain.codes.to_vector<std::int8_t>());
+    EXPECT_EQ(q.scales.item(), plain.scales.item());
+  }
+  // A large tensor (several row blocks in parallel) gets the same codes as the scalar reference.
+  Tensor big = Tensor::randn({512, 300}, gen);
+  for (float& v : std::span(big.data<float>(), big.numel())) v = std::fabs(v);
+  const QuantizeParams p4 = QuantizeParams::per_tensor(4).with_nonnegative_range().with_rounding(Rounding::stochastic, {3, 4, 5});
+  kernels::set_kernel_path(kernels::KernelPath::reference);
+  const QTensor ref = quantize(big, p4);
+  kernels::set_kernel_path(kernels::KernelPath::optimized);
+  const QTensor fast = quantize(big, p4);
+  EXPECT_TRUE(fast.nonnegative);
+  EXPECT_EQ(fast.codes.to_vector<std::int8_t>(), ref.codes.to_vector<std::int8_t>());
+}
+
 TEST(Quantize, AllZeroInputGivesZeroCodes) {
   const QTensor q = quantize(Tensor::zeros({4, 5}), QuantizeParams::shiftquant(4, 4));
   for (std::int8_t v : q.codes.to_vector<std::int8_t>()) EXPECT_EQ(v, 0);
@@ -272,7 +321,8 @@ TEST(Quantize, BadInputThrows) {
   EXPECT_THROW(quantize(Tensor::zeros({2, 2}, DType::s32), QuantizeParams::per_tensor(8)), DTypeError);
   for (float bad : {NAN, INFINITY, -INFINITY})
     for (const QuantizeParams& p : {QuantizeParams::shiftquant(4, 4), QuantizeParams::per_row(8),
-                                    QuantizeParams::per_tensor(4), QuantizeParams::shiftquant(4, 4, 0)}) {
+                                    QuantizeParams::per_tensor(4), QuantizeParams::shiftquant(4, 4, 0),
+                                    QuantizeParams::per_tensor(4).with_nonnegative_range()}) {
       Tensor y = x.clone();
       y.data<float>()[5] = bad;
       try {

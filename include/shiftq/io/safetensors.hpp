@@ -25,6 +25,8 @@ struct TensorFile {
 // IOError naming `path` and the system error when writing fails; on failure the temp file is
 // removed and an existing file at `path` is left as it was. (Only if the final fsync of the directory
 // fails is the new file already in place; the IOError says so.) The new file gets default permissions.
+// After a successful save, temp files `path`.tmp-<pid>-* of processes that no longer exist (saves
+// killed mid-write) are removed; those of live processes are left alone.
 void save_safetensors(const std::string& path, const TensorFile& file);
 
 // Strict reader. Throws IOError naming `path` and the problem for a missing or unreadable file, a

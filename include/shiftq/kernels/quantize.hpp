@@ -32,9 +32,10 @@ constexpr float stochastic_uniform(std::uint64_t key, std::uint64_t index) {
 bool absmax_cols_f32(const float* x, std::int64_t r0, std::int64_t r1, std::int64_t cols,
                      const float* row_weight, float* col_max);
 // row_max[r] = max_c |x[r,c]| * col_weight[c] for r in [r0, r1) (col_weight may be null = 1).
-// Returns false if a non-finite x was seen.
+// Returns false if a non-finite x was seen. When `negative` is given, sets *negative = true if some
+// x < 0 was seen (never resets it).
 bool absmax_rows_f32(const float* x, std::int64_t r0, std::int64_t r1, std::int64_t cols,
-                     const float* col_weight, float* row_max);
+                     const float* col_weight, float* row_max, bool* negative = nullptr);
 
 struct QuantizePackArgs {
   const float* x;          // [rows, cols]

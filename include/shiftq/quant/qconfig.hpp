@@ -15,6 +15,9 @@ struct TensorQConfig {
   int bits = 8;
   int shift_budget = 0;  // ShiftQuant's S; b + S <= 8
   Rounding rounding = Rounding::nearest_even;
+  // Per-tensor quantizers only: a tensor without negative elements (post-ReLU activations) gets the
+  // unsigned range [0, 2^b - 1] (QuantizeParams::nonnegative_range).
+  bool nonnegative_range = false;
   void validate(const char* role) const;
 };
 
@@ -28,8 +31,8 @@ struct QConfig {
   int norm_bits = 8;
 
   // The paper's defaults for b-bit training: ShiftQuant weights (S = 8 - b over Cout) with
-  // nearest rounding, per-tensor activations, ShiftQuant gradients (S = 8 - b, per-row outer,
-  // stochastic rounding).
+  // nearest rounding, per-tensor activations (unsigned range when non-negative), ShiftQuant
+  // gradients (S = 8 - b, per-row outer, stochastic rounding).
   static QConfig bits(int b);
   void validate() const;
   std::string str() const;  // "W4A4G4 (gradients: shiftquant S=4, stochastic; first/last 8-bit)"

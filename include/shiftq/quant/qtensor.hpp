@@ -7,6 +7,7 @@
 // With S = 0 this is plain per-row (or per-column) or per-tensor symmetric quantization.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "shiftq/core/tensor.hpp"
@@ -39,6 +40,11 @@ struct QuantizeParams {
   StochasticKey key;            // used when rounding == stochastic
   // Store codes as u8 = v + 128 (the A operand of the fast u8·s8 GEMM) instead of s8 = v.
   bool unsigned_codes = false;
+  // When x has no negative element, use the unsigned range v in [0, min(2^b - 1, 127)]: 2^b levels
+  // where the symmetric range spends half of its 2^b - 1 on values that never occur (post-ReLU
+  // activations). Taken when the range pass runs over rows (S = 0 with a per-tensor or per-column
+  // scale); otherwise, or when x has a negative element, the range stays symmetric.
+  bool nonnegative_range = false;
 
   // The three quantizers of the spec.
   static QuantizeParams per_tensor(int bits);
@@ -52,6 +58,10 @@ struct QuantizeParams {
   }
   QuantizeParams& with_unsigned_codes(bool on = true) {
     unsigned_codes = on;
+    return *this;
+  }
+  QuantizeParams& with_nonnegative_range(bool on = true) {
+    nonnegative_range = on;
     return *this;
   }
   // Throws ValueError for bits outside [2, 8], S < 0, b + S > 8 or inner_axis not 0/1.
@@ -73,12 +83,13 @@ struct QTensor {
   int shift_budget = 0;
   int inner_axis = 1;
   OuterScale outer = OuterScale::per_index;
+  bool nonnegative = false;  // quantized with the unsigned range: v in [0, qmax()]
 
   std::int64_t rows() const { return codes.size(0); }
   std::int64_t cols() const { return codes.size(1); }
   // Axis the outer scales run along (0: one per row, 1: one per column), or -1 for per-tensor.
   int scale_axis() const { return outer == OuterScale::per_tensor ? -1 : 1 - inner_axis; }
-  int qmax() const { return (1 << (bits - 1)) - 1; }
+  int qmax() const { return nonnegative ? std::min((1 << bits) - 1, 127) : (1 << (bits - 1)) - 1; }
   bool unsigned_codes() const { return codes.dtype() == DType::u8; }
   // The packed values v as s8 (a copy when the codes are stored as u8).
   Tensor signed_codes() const;
