@@ -42,18 +42,7 @@ void expect_matches(const data::LabeledImages& d, const Bytes& records, std::int
 }
 
 void expect_io_error(const std::string& path, const std::string& what = "") {
-  try {
-    data::read_cifar10_file(path);
-    ADD_FAILURE() << "read_cifar10_file(" << path << ") did not throw";
-  } catch (const IOError& e) {
-    const std::string msg = e.what();
-    EXPECT_NE(msg.find(path), std::string::npos) << msg;
-    if (!what.empty()) {
-      EXPECT_NE(msg.find(what), std::string::npos) << msg;
-    }
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "read_cifar10_file(" << path << ") threw a non-IOError: " << e.what();
-  }
+  testing::expect_file_io_error("read_cifar10_file", [&] { data::read_cifar10_file(path); }, path, what);
 }
 
 TEST_F(CifarTest, ReadsRecordsExactly) {

@@ -36,18 +36,7 @@ void gzip_bytes(const std::string& path, const Bytes& bytes) {
 
 // Expects read_idx(path) to throw IOError whose message names the file (and contains `what`).
 void expect_io_error(const std::string& path, const std::string& what = "") {
-  try {
-    data::read_idx(path);
-    ADD_FAILURE() << "read_idx(" << path << ") did not throw";
-  } catch (const IOError& e) {
-    const std::string msg = e.what();
-    EXPECT_NE(msg.find(path), std::string::npos) << msg;
-    if (!what.empty()) {
-      EXPECT_NE(msg.find(what), std::string::npos) << msg;
-    }
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "read_idx(" << path << ") threw a non-IOError: " << e.what();
-  }
+  testing::expect_file_io_error("read_idx", [&] { data::read_idx(path); }, path, what);
 }
 
 template <class T>

@@ -31,18 +31,7 @@ class TextTest : public testing::TempDirTest {
 
 // Expects read_text_file(path) to throw IOError naming the path and containing `what`.
 void expect_io_error(const std::string& path, const std::string& what = "") {
-  try {
-    data::read_text_file(path);
-    ADD_FAILURE() << "read_text_file(" << path << ") did not throw";
-  } catch (const IOError& e) {
-    const std::string msg = e.what();
-    EXPECT_NE(msg.find(path), std::string::npos) << msg;
-    if (!what.empty()) {
-      EXPECT_NE(msg.find(what), std::string::npos) << msg;
-    }
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "read_text_file(" << path << ") threw a non-IOError: " << e.what();
-  }
+  testing::expect_file_io_error("read_text_file", [&] { data::read_text_file(path); }, path, what);
 }
 
 template <class F>

@@ -55,18 +55,7 @@ Bytes raw_file(const std::string& header, const Bytes& data = {}) {
 
 // Expects load_safetensors(path) to throw IOError whose message names the file (and contains `what`).
 void expect_io_error(const std::string& path, const std::string& what = "") {
-  try {
-    io::load_safetensors(path);
-    ADD_FAILURE() << "load_safetensors(" << path << ") did not throw";
-  } catch (const IOError& e) {
-    const std::string msg = e.what();
-    EXPECT_NE(msg.find(path), std::string::npos) << msg;
-    if (!what.empty()) {
-      EXPECT_NE(msg.find(what), std::string::npos) << "expected '" << what << "' in: " << msg;
-    }
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "load_safetensors(" << path << ") threw a non-IOError: " << e.what();
-  }
+  testing::expect_file_io_error("load_safetensors", [&] { io::load_safetensors(path); }, path, what);
 }
 
 template <class T>

@@ -12,6 +12,8 @@
 #include <system_error>
 #include <vector>
 
+#include <shiftq/core/error.hpp>
+
 namespace shiftq::testing {
 
 using Bytes = std::vector<unsigned char>;
@@ -46,6 +48,24 @@ inline void write_bytes(const std::string& path, const Bytes& bytes) {
 inline Bytes read_bytes(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   return Bytes(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+
+// Expects load() to throw IOError whose message names `path` and contains `what` (when given);
+// `call` names the loader in failure messages.
+template <class Load>
+void expect_file_io_error(const char* call, Load&& load, const std::string& path, const std::string& what = "") {
+  try {
+    load();
+    ADD_FAILURE() << call << "(" << path << ") did not throw";
+  } catch (const IOError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find(path), std::string::npos) << msg;
+    if (!what.empty()) {
+      EXPECT_NE(msg.find(what), std::string::npos) << "expected '" << what << "' in: " << msg;
+    }
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << call << "(" << path << ") threw a non-IOError: " << e.what();
+  }
 }
 
 }  // namespace shiftq::testing
