@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "isa.hpp"
 #include "shiftq/kernels/quantize.hpp"
 
 namespace shiftq::kernels {
@@ -9,57 +10,39 @@ namespace shiftq::kernels {
 #define SHIFTQ_DECLARE_ISA(ns)                                                                         \
   namespace ns {                                                                                       \
   bool absmax_cols_f32(const float*, std::int64_t, std::int64_t, std::int64_t, const float*, float*); \
-  bool absmax_rows_f32(const float*, std::int64_t, std::int64_t, std::int64_t, const float*, float*, bool*); \
-  void quantize_pack_f32_s8(const QuantizePackArgs&, std::int64_t, std::int64_t);                      \
+  bool absmax_rows_f32(const float*, std::int64_t, std::int64_t, std::int64_t, const float*, float*, bool*,    \
+                       std::int64_t);                                                                  \
+  void quantize_pack_f32_s8(const QuantizePackArgs&, std::int64_t, std::int64_t, std::int64_t);        \
   }
 SHIFTQ_DECLARE_ISA(avx512)
 SHIFTQ_DECLARE_ISA(avx2)
 SHIFTQ_DECLARE_ISA(base)
 #undef SHIFTQ_DECLARE_ISA
 
-namespace {
-enum class Isa { avx512, avx2, base };
-Isa detect_isa() {
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
-    return Isa::avx512;
-  if (__builtin_cpu_supports("avx2")) return Isa::avx2;
-  return Isa::base;
-}
-const Isa kIsa = detect_isa();
-}  // namespace
-
-#define SHIFTQ_DISPATCH(fn, ...)                       \
-  switch (kIsa) {                                      \
-    case Isa::avx512: return avx512::fn(__VA_ARGS__);  \
-    case Isa::avx2: return avx2::fn(__VA_ARGS__);      \
-    default: return base::fn(__VA_ARGS__);             \
-  }
-
 bool absmax_cols_f32(const float* x, std::int64_t r0, std::int64_t r1, std::int64_t cols, const float* row_weight,
                      float* col_max) {
-  SHIFTQ_DISPATCH(absmax_cols_f32, x, r0, r1, cols, row_weight, col_max)
+  SHIFTQ_ISA_DISPATCH(absmax_cols_f32, x, r0, r1, cols, row_weight, col_max)
 }
 
 bool absmax_rows_f32(const float* x, std::int64_t r0, std::int64_t r1, std::int64_t cols, const float* col_weight,
-                     float* row_max, bool* negative) {
-  SHIFTQ_DISPATCH(absmax_rows_f32, x, r0, r1, cols, col_weight, row_max, negative)
+                     float* row_max, bool* negative, std::int64_t row_step) {
+  SHIFTQ_ISA_DISPATCH(absmax_rows_f32, x, r0, r1, cols, col_weight, row_max, negative, row_step)
 }
 
-void quantize_pack_f32_s8(const QuantizePackArgs& args, std::int64_t r0, std::int64_t r1) {
-  SHIFTQ_DISPATCH(quantize_pack_f32_s8, args, r0, r1)
+void quantize_pack_f32_s8(const QuantizePackArgs& args, std::int64_t r0, std::int64_t r1, std::int64_t row_step) {
+  SHIFTQ_ISA_DISPATCH(quantize_pack_f32_s8, args, r0, r1, row_step)
 }
 
 const char* quantize_isa_name() {
-  switch (kIsa) {
-    case Isa::avx512: return "avx512";
-    case Isa::avx2: return "avx2";
+  switch (dispatch::cpu_isa()) {
+    case dispatch::Isa::avx512: return "avx512";
+    case dispatch::Isa::avx2: return "avx2";
     default: return "x86-64";
   }
 }
 
-void quantize_pack_f32_s8_ref(const QuantizePackArgs& a, std::int64_t r0, std::int64_t r1) {
-  for (std::int64_t r = r0; r < r1; ++r)
+void quantize_pack_f32_s8_ref(const QuantizePackArgs& a, std::int64_t r0, std::int64_t r1, std::int64_t row_step) {
+  for (std::int64_t r = r0; r < r1; r += row_step)
     for (std::int64_t c = 0; c < a.cols; ++c) {
       const float y = std::min(a.qmax, std::max(-a.qmax, (a.x[r * a.cols + c] * a.row_mul[r]) * a.col_mul[c]));
       const float q = a.stochastic

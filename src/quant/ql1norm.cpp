@@ -3,10 +3,14 @@
 #include "shiftq/quant/ql1norm.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <vector>
 
 #include "detail/parallel.hpp"
+#include "shiftq/kernels/gemm.hpp"
+#include "shiftq/kernels/l1norm.hpp"
+#include "shiftq/kernels/quantize.hpp"
 
 namespace shiftq::quant {
 namespace {
@@ -16,64 +20,31 @@ struct Layout {
   std::int64_t count() const { return outer * inner; }
 };
 
-// Integer sums of one group: S1 = sum q, D = sum |m q - S1|, SG = sum sgn(m q - S1).
-struct GroupSums {
-  std::int64_t s1 = 0, abs_dev = 0, sign = 0;
+// The kernel table of the current kernel path: the dispatched kernels or the scalar references.
+struct L1Kernels {
+  decltype(&kernels::l1_group_sums_s8) group_sums;
+  decltype(&kernels::l1_gradient_sums_s8) gradient_sums;
+  decltype(&kernels::affine_s8_f32) affine;
+  decltype(&kernels::l1_bn_backward_s8_f32) bn_backward;
+  decltype(&kernels::l1_ln_forward_row_s8_f32) ln_forward_row;
+  decltype(&kernels::l1_ln_backward_sums_s8) ln_backward_sums;
+  decltype(&kernels::l1_ln_backward_row_s8_f32) ln_backward_row;
 };
-
-// Two vectorizable passes over the group's codes: S1 = sum q, then, with the threshold m q vs S1,
-// the counts and code sums of the elements above and below the mean. All partial sums are int32
-// (|code sums| <= 128 m < 2^30, |m q| <= 2^30 for m < 2^23); the totals are exact int64:
-//     D = sum |m q - S1| = m (P - N) - S1 (c_p - c_n),   SG = c_p - c_n.
-GroupSums group_sums(const std::int8_t* q, const Layout& l, std::int64_t g) {
-  GroupSums s;
-  for (std::int64_t o = 0; o < l.outer; ++o) {
-    const std::int8_t* p = q + (o * l.groups + g) * l.inner;
-    std::int32_t acc = 0;
-    for (std::int64_t i = 0; i < l.inner; ++i) acc += p[i];
-    s.s1 += acc;
-  }
-  const std::int32_t mi = static_cast<std::int32_t>(l.count()), s1 = static_cast<std::int32_t>(s.s1);
-  std::int64_t sum_pos = 0, sum_neg = 0, count_pos = 0, count_neg = 0;
-  for (std::int64_t o = 0; o < l.outer; ++o) {
-    const std::int8_t* p = q + (o * l.groups + g) * l.inner;
-    std::int32_t sp = 0, sn = 0, cp = 0, cn = 0;
-    for (std::int64_t i = 0; i < l.inner; ++i) {
-      const std::int32_t v = p[i], d = mi * v - s1;
-      const std::int32_t above = d > 0, below = d < 0;
-      sp += above * v;
-      cp += above;
-      sn += below * v;
-      cn += below;
-    }
-    sum_pos += sp;
-    sum_neg += sn;
-    count_pos += cp;
-    count_neg += cn;
-  }
-  s.abs_dev = l.count() * (sum_pos - sum_neg) - s.s1 * (count_pos - count_neg);
-  s.sign = count_pos - count_neg;
-  return s;
+const L1Kernels& l1_kernels() {
+  static constexpr L1Kernels optimized{&kernels::l1_group_sums_s8,         &kernels::l1_gradient_sums_s8,
+                                       &kernels::affine_s8_f32,            &kernels::l1_bn_backward_s8_f32,
+                                       &kernels::l1_ln_forward_row_s8_f32, &kernels::l1_ln_backward_sums_s8,
+                                       &kernels::l1_ln_backward_row_s8_f32};
+  static constexpr L1Kernels reference{&kernels::l1_group_sums_s8_ref,         &kernels::l1_gradient_sums_s8_ref,
+                                       &kernels::affine_s8_f32_ref,            &kernels::l1_bn_backward_s8_f32_ref,
+                                       &kernels::l1_ln_forward_row_s8_f32_ref, &kernels::l1_ln_backward_sums_s8_ref,
+                                       &kernels::l1_ln_backward_row_s8_f32_ref};
+  return kernels::kernel_path() == kernels::KernelPath::reference ? reference : optimized;
 }
 
-// sum d and sum d * q over one group (int32 per row chunk: |d q| <= 128^2, chunks of 2^16).
-void gradient_sums(const std::int8_t* d, const std::int8_t* q, const Layout& l, std::int64_t g, std::int64_t& sum_d,
-                   std::int64_t& sum_dq) {
-  sum_d = sum_dq = 0;
-  for (std::int64_t o = 0; o < l.outer; ++o) {
-    const std::int64_t base = (o * l.groups + g) * l.inner;
-    for (std::int64_t i0 = 0; i0 < l.inner; i0 += 65536) {
-      const std::int64_t i1 = std::min(l.inner, i0 + 65536);
-      std::int32_t a1 = 0, a2 = 0;
-      for (std::int64_t i = i0; i < i1; ++i) {
-        const std::int16_t dv = d[base + i], qv = q[base + i];
-        a1 += dv;
-        a2 += static_cast<std::int32_t>(dv * qv);
-      }
-      sum_d += a1;
-      sum_dq += a2;
-    }
-  }
+// Group g of codes viewed as [outer, groups, inner]: `outer` runs of `inner` codes.
+kernels::L1GroupSums group_sums(const L1Kernels& k, const std::int8_t* q, const Layout& l, std::int64_t g) {
+  return k.group_sums(q + g * l.inner, l.outer, l.inner, l.groups * l.inner);
 }
 
 void check_layout(const Layout& l, const char* op) {
@@ -81,49 +52,113 @@ void check_layout(const Layout& l, const char* op) {
                ": each normalization group needs 2 .. 8388607 elements for the int32 statistics, got ", l.count());
 }
 
-QTensor quantize_codes(const Tensor& x, const Layout& l, int bits, const char* what) {
-  return quantize(x.view({l.outer * l.groups, l.inner}), QuantizeParams::per_tensor(bits), what);
-}
+// A tensor viewed as [outer * groups, inner], quantized to int8 with one scale per normalization
+// group (a BatchNorm channel: `outer` rows, `groups` apart; a LayerNorm row). The callers quantize
+// each group inside their own pass over it: its range, then its pack while the group is in cache,
+// then their integer sums over the fresh codes. Per-group scales keep every statistic exact in the
+// group's integer units and need no whole-tensor range pass first.
+class GroupQuantizer {
+ public:
+  GroupQuantizer(const Tensor& x, const Layout& l, int bits, Rounding rounding, StochasticKey key, const char* what)
+      : x_(x), l_(l), what_(what), row_max_(l.outer * l.groups), row_inv_(l.outer * l.groups), ones_(std::max(l.outer * l.groups, l.inner), 1.0f) {
+    const std::int64_t rows = l.outer * l.groups;
+    codes = Tensor::uninitialized({rows, l.inner}, DType::s8);
+    scales = Tensor::uninitialized({l.groups});
+    qmax_ = static_cast<float>((1 << (bits - 1)) - 1);
+    args_.x = x.data<float>();
+    args_.rows = rows;
+    args_.cols = l.inner;
+    args_.row_mul = row_inv_.data();
+    args_.col_mul = ones_.data();
+    args_.row_pack = ones_.data();
+    args_.col_pack = ones_.data();
+    args_.qmax = qmax_;
+    args_.stochastic = rounding == Rounding::stochastic;
+    args_.key = key.derive();
+    args_.xor_mask = 0;
+    args_.out = codes.data<std::int8_t>();
+    reference_ = kernels::kernel_path() == kernels::KernelPath::reference;
+  }
+  GroupQuantizer(const GroupQuantizer&) = delete;  // the pack arguments point into the members
+  GroupQuantizer& operator=(const GroupQuantizer&) = delete;
 
-QTensor quantize_gradient(const Tensor& g, const Layout& l, const QuantizedNormConfig& c, std::uint64_t step,
-                          const char* what) {
-  return quantize(g.view({l.outer * l.groups, l.inner}),
-                  QuantizeParams::per_tensor(c.grad_bits).with_rounding(Rounding::stochastic, {c.seed, step, c.layer_id}),
-                  what);
-}
+  // Sets scales[g] = max |x| / qmax over group g and packs its rows. Returns false (group left
+  // unpacked) if it holds NaN or Inf: callers inside a parallel region report it afterwards.
+  bool quantize_group(std::int64_t g) {
+    const std::int64_t rows = l_.outer * l_.groups;
+    if (!kernels::absmax_rows_f32(args_.x, g, rows, l_.inner, nullptr, row_max_.data(), nullptr, l_.groups))
+      return false;
+    float mx = 0.0f;
+    for (std::int64_t r = g; r < rows; r += l_.groups) mx = std::max(mx, row_max_[r]);
+    const float scale = mx > 0.0f ? mx / qmax_ : 1.0f, inv = 1.0f / scale;  // all zero: v = 0
+    scales.data<float>()[g] = scale;
+    for (std::int64_t r = g; r < rows; r += l_.groups) row_inv_[r] = inv;
+    if (reference_)
+      kernels::quantize_pack_f32_s8_ref(args_, g, rows, l_.groups);
+    else
+      kernels::quantize_pack_f32_s8(args_, g, rows, l_.groups);
+    return true;
+  }
+  // Throws NumericError naming the tensor (after a quantize_group returned false).
+  [[noreturn]] void throw_nonfinite() const {
+    x_.check_finite(std::string("quantized L1 norm: ") + what_);
+    throw NumericError(std::string("quantized L1 norm: non-finite ") + what_);  // unreachable
+  }
+
+  Tensor codes;   // s8 [outer * groups, inner]
+  Tensor scales;  // f32 [groups]
+
+ private:
+  Tensor x_;
+  Layout l_;
+  const char* what_;
+  float qmax_ = 127.0f;
+  std::vector<float> row_max_, row_inv_, ones_;
+  kernels::QuantizePackArgs args_{};
+  bool reference_ = false;
+};
 
 // Per-group statistics in real units from the integer sums.
 struct GroupStats {
   std::vector<std::int64_t> s1;
+  std::vector<float> scale;      // the group's input scale s
   std::vector<float> mean_q;     // S1 / m (code units)
   std::vector<float> sigma;      // c * s * D / m^2 + eps (real units)
   std::vector<float> mean_sign;  // SG / m
 };
 
-// `then(g, stats)` runs right after group g's statistics, on the same thread (the codes still in cache).
+// Quantizes group g of the input, computes its statistics, then calls `then(g, stats)` on the same
+// thread while the group's codes are still in cache.
 template <class Then>
-GroupStats statistics(const QTensor& xq, const Layout& l, float c, float eps, Then then) {
+GroupStats statistics(GroupQuantizer& xq, const Layout& l, float c, float eps, Then then) {
   GroupStats st;
   st.s1.resize(l.groups);
+  st.scale.resize(l.groups);
   st.mean_q.resize(l.groups);
   st.sigma.resize(l.groups);
   st.mean_sign.resize(l.groups);
   const std::int8_t* q = xq.codes.data<std::int8_t>();
-  const double s = xq.scales.data<float>()[0], m = static_cast<double>(l.count());
+  const float* scales = xq.scales.data<float>();
+  const double m = static_cast<double>(l.count());
+  const L1Kernels& k = l1_kernels();
+  std::atomic<bool> finite{true};
   detail::parallel_for(l.groups, std::max<std::int64_t>(1, 4096 / l.count()), [&](std::int64_t g0, std::int64_t g1) {
     for (std::int64_t g = g0; g < g1; ++g) {
-      const GroupSums sums = group_sums(q, l, g);
+      if (!xq.quantize_group(g)) {
+        finite = false;
+        continue;
+      }
+      const kernels::L1GroupSums sums = group_sums(k, q, l, g);
       st.s1[g] = sums.s1;
+      st.scale[g] = scales[g];
       st.mean_q[g] = static_cast<float>(static_cast<double>(sums.s1) / m);
-      st.sigma[g] = static_cast<float>(c * s * static_cast<double>(sums.abs_dev) / (m * m) + eps);
+      st.sigma[g] = static_cast<float>(c * scales[g] * static_cast<double>(sums.abs_dev) / (m * m) + eps);
       st.mean_sign[g] = static_cast<float>(static_cast<double>(sums.sign) / m);
       then(g, st);
     }
   });
+  if (!finite) xq.throw_nonfinite();
   return st;
-}
-GroupStats statistics(const QTensor& xq, const Layout& l, float c, float eps) {
-  return statistics(xq, l, c, eps, [](std::int64_t, const GroupStats&) {});
 }
 }  // namespace
 
@@ -141,7 +176,7 @@ L1Statistics l1_integer_statistics(const QTensor& x, std::int64_t outer, std::in
   L1Statistics out;
   const double s = x.scales.data<float>()[0], m = static_cast<double>(l.count());
   for (std::int64_t g = 0; g < groups; ++g) {
-    const GroupSums sums = group_sums(x.codes.data<std::int8_t>(), l, g);
+    const kernels::L1GroupSums sums = group_sums(l1_kernels(), x.codes.data<std::int8_t>(), l, g);
     out.mean.push_back(s * static_cast<double>(sums.s1) / m);
     out.mean_abs_dev.push_back(s * static_cast<double>(sums.abs_dev) / (m * m));
   }
@@ -161,27 +196,27 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
                    "per-channel tensor ", p->str(), " must be f32 [", C, "]");
   const Layout l{x.size(0), C, x.size(2) * x.size(3)};
   check_layout(l, "quantized_l1_batch_norm2d");
-  const QTensor xq = quantize_codes(x, l, config.bits, "l1_batch_norm2d input");
-  const float s = xq.scales.data<float>()[0];
-  // y = a_c * q + b_c with a_c = gamma * s / sigma, b_c = beta - a_c * mean_q, written per channel
-  // as soon as its statistics are known.
+  GroupQuantizer xq(x, l, config.bits, Rounding::nearest_even, {}, "l1_batch_norm2d input");
+  // One pass per channel: quantize it, sum its codes, write y = a_c * q + b_c with
+  // a_c = gamma * s_c / sigma, b_c = beta - a_c * mean_q.
   Tensor y = Tensor::uninitialized(x.shape());
   const std::int8_t* q = xq.codes.data<std::int8_t>();
   const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
   const float* bt = beta.defined() ? beta.data<float>() : nullptr;
   float* py = y.data<float>();
+  const L1Kernels& k = l1_kernels();
   const GroupStats st = statistics(xq, l, state.c, state.eps, [&](std::int64_t g, const GroupStats& stats) {
-    const float a = (gm ? gm[g] : 1.0f) * s / stats.sigma[g], b = (bt ? bt[g] : 0.0f) - a * stats.mean_q[g];
+    const float a = (gm ? gm[g] : 1.0f) * stats.scale[g] / stats.sigma[g], b = (bt ? bt[g] : 0.0f) - a * stats.mean_q[g];
     for (std::int64_t o = 0; o < l.outer; ++o) {
       const std::int64_t base = (o * C + g) * l.inner;
-      for (std::int64_t i = 0; i < l.inner; ++i) py[base + i] = a * static_cast<float>(q[base + i]) + b;
+      k.affine(q + base, l.inner, a, b, py + base);
     }
   });
   if (state.running_mean.defined()) {
     float* rm = state.running_mean.data<float>();
     float* rs = state.running_sigma.data<float>();
     for (std::int64_t g = 0; g < C; ++g) {
-      rm[g] = (1.0f - state.momentum) * rm[g] + state.momentum * st.mean_q[g] * s;
+      rm[g] = (1.0f - state.momentum) * rm[g] + state.momentum * st.mean_q[g] * st.scale[g];
       rs[g] = (1.0f - state.momentum) * rs[g] + state.momentum * st.sigma[g];
     }
     state.running_mean.bump_version();
@@ -189,45 +224,49 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
   }
   const bool need_gamma = gamma.defined() && gamma.requires_grad(), need_beta = beta.defined() && beta.requires_grad();
   return record("quantized_l1_batch_norm2d", y, {&x, &gamma, &beta},
-                [xq, st, l, c = state.c, gamma = gamma.detach(), need_gamma, need_beta, config, step](const Tensor& dy) {
-    const QTensor gq = quantize_gradient(dy, l, config, step, "l1_batch_norm2d output gradient");
-    const std::int8_t* q = xq.codes.data<std::int8_t>();
-    const std::int8_t* d = gq.codes.data<std::int8_t>();
-    const float s = xq.scales.data<float>()[0], sg = gq.scales.data<float>()[0];
+                [codes = xq.codes, st, l, c = state.c, gamma = gamma.detach(), need_gamma, need_beta, config, step](const Tensor& dy) {
+    GroupQuantizer dq(dy, l, config.grad_bits, Rounding::stochastic, {config.seed, step, config.layer_id},
+                      "l1_batch_norm2d output gradient");
+    const std::int8_t* q = codes.data<std::int8_t>();
+    const std::int8_t* d = dq.codes.data<std::int8_t>();
     const double m = static_cast<double>(l.count());
     const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
     Tensor dx = Tensor::uninitialized(dy.shape());
     Tensor dgamma = need_gamma ? Tensor::empty({l.groups}) : Tensor();
     Tensor dbeta = need_beta ? Tensor::empty({l.groups}) : Tensor();
     float* pdx = dx.data<float>();
+    const L1Kernels& k = l1_kernels();
+    std::atomic<bool> finite{true};
+    // One pass per channel: quantize its gradient, the two integer sums, dx.
     detail::parallel_for(l.groups, 1, [&](std::int64_t g0, std::int64_t g1) {
       for (std::int64_t g = g0; g < g1; ++g) {
+        if (!dq.quantize_group(g)) {
+          finite = false;
+          continue;
+        }
         // G1 = sum dq, G2 = sum dq * (m q - S1) = m * sum(dq q) - S1 * G1: integer sums.
         const std::int64_t mi = l.count(), s1 = st.s1[g];
-        std::int64_t g1s = 0, dqs = 0;
-        gradient_sums(d, q, l, g, g1s, dqs);
-        const std::int64_t g2s = mi * dqs - s1 * g1s;
+        const kernels::L1GradientSums sums = k.gradient_sums(d + g * l.inner, q + g * l.inner, l.outer, l.inner,
+                                                             l.groups * l.inner);
+        const std::int64_t g1s = sums.sum_d, g2s = mi * sums.sum_dq - s1 * g1s;
+        const float s = st.scale[g], sg = dq.scales.data<float>()[g];
         const float w = gm ? gm[g] : 1.0f, sigma = st.sigma[g], inv = 1.0f / sigma;
         // mean(g) = w sg G1 / m; mean(g xhat) = w sg s G2 / (m^2 sigma)
         const float mean_g = static_cast<float>(w * sg * static_cast<double>(g1s) / m);
         const float mean_gx = static_cast<float>(w * sg * s * static_cast<double>(g2s) / (m * m * sigma));
         if (need_gamma) dgamma.data<float>()[g] = static_cast<float>(sg * s * static_cast<double>(g2s) / (m * sigma));
         if (need_beta) dbeta.data<float>()[g] = static_cast<float>(sg * static_cast<double>(g1s));
-        const float k_d = inv * w * sg, k_s = -inv * c * mean_gx, k_0 = inv * (-mean_g + c * mean_gx * st.mean_sign[g]);
-        // dx = k_d * dq + k_s * sgn(m q - S1) + k_0 (|m q - S1| < 2^31: int32 lanes).
-        const std::int32_t m32 = static_cast<std::int32_t>(mi), s1_32 = static_cast<std::int32_t>(s1);
+        // dx = k_d * dq + k_s * sgn(m q - S1) + k_0.
+        const kernels::L1BatchNormBackward coef{static_cast<std::int32_t>(mi), static_cast<std::int32_t>(s1),
+                                                inv * w * sg, -inv * c * mean_gx,
+                                                inv * (-mean_g + c * mean_gx * st.mean_sign[g])};
         for (std::int64_t o = 0; o < l.outer; ++o) {
           const std::int64_t base = (o * l.groups + g) * l.inner;
-          const std::int8_t* qo = q + base;
-          const std::int8_t* dq = d + base;
-          float* out = pdx + base;
-          for (std::int64_t i = 0; i < l.inner; ++i) {
-            const std::int32_t dev = m32 * qo[i] - s1_32;
-            out[i] = k_d * static_cast<float>(dq[i]) + (k_s * static_cast<float>((dev > 0) - (dev < 0)) + k_0);
-          }
+          k.bn_backward(coef, q + base, d + base, l.inner, pdx + base);
         }
       }
     });
+    if (!finite) dq.throw_nonfinite();
     return std::vector<Tensor>{dx, dgamma, dbeta};
   });
 }
@@ -244,77 +283,59 @@ Tensor quantized_l1_layer_norm(const Tensor& x, const Tensor& gamma, const Tenso
                    p->str(), " must be f32 [", D, "]");
   const Layout l{1, rows, D};
   check_layout(l, "quantized_l1_layer_norm");
-  const QTensor xq = quantize_codes(x, l, config.bits, "l1_layer_norm input");
-  const GroupStats st = statistics(xq, l, c, eps);
-  const float s = xq.scales.data<float>()[0];
+  GroupQuantizer xq(x, l, config.bits, Rounding::nearest_even, {}, "l1_layer_norm input");
   Tensor y = Tensor::uninitialized(x.shape());
   const std::int8_t* q = xq.codes.data<std::int8_t>();
   const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
   const float* bt = beta.defined() ? beta.data<float>() : nullptr;
   float* py = y.data<float>();
-  detail::parallel_for(rows, 16, [&](std::int64_t r0, std::int64_t r1) {
-    for (std::int64_t r = r0; r < r1; ++r) {
-      const float a = s / st.sigma[r], mu = st.mean_q[r];
-      for (std::int64_t j = 0; j < D; ++j) {
-        const float xhat = a * (static_cast<float>(q[r * D + j]) - mu);
-        py[r * D + j] = (gm ? gm[j] : 1.0f) * xhat + (bt ? bt[j] : 0.0f);
-      }
-    }
+  const L1Kernels& k = l1_kernels();
+  // One pass per row: quantize, statistics, y.
+  const GroupStats st = statistics(xq, l, c, eps, [&](std::int64_t r, const GroupStats& stats) {
+    k.ln_forward_row(q + r * D, D, stats.scale[r] / stats.sigma[r], stats.mean_q[r], gm, bt, py + r * D);
   });
   const bool need_gamma = gamma.defined() && gamma.requires_grad(), need_beta = beta.defined() && beta.requires_grad();
   return record("quantized_l1_layer_norm", y, {&x, &gamma, &beta},
-                [xq, st, l, c, gamma = gamma.detach(), need_gamma, need_beta, config, step](const Tensor& dy) {
-    const QTensor gq = quantize_gradient(dy, l, config, step, "l1_layer_norm output gradient");
-    const std::int8_t* q = xq.codes.data<std::int8_t>();
-    const std::int8_t* d = gq.codes.data<std::int8_t>();
-    const float s = xq.scales.data<float>()[0], sg = gq.scales.data<float>()[0];
+                [codes = xq.codes, st, l, c, gamma = gamma.detach(), need_gamma, need_beta, config, step](const Tensor& dy) {
+    GroupQuantizer dq(dy, l, config.grad_bits, Rounding::stochastic, {config.seed, step, config.layer_id},
+                      "l1_layer_norm output gradient");
+    const std::int8_t* q = codes.data<std::int8_t>();
+    const std::int8_t* d = dq.codes.data<std::int8_t>();
+    const float* sgs = dq.scales.data<float>();
     const std::int64_t rows = l.groups, D = l.inner;
     const float m = static_cast<float>(D);
     const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
     Tensor dx = Tensor::uninitialized(dy.shape());
     float* pdx = dx.data<float>();
+    const L1Kernels& k = l1_kernels();
     // Rows in fixed blocks (not per thread, so the sums do not depend on the thread count): each
-    // row's dx, and the block's partial dgamma_j = sum dy xhat, dbeta_j = sum dy in the same pass.
+    // row's gradient quantized, its dx, and the block's partial dgamma_j = sum dy xhat,
+    // dbeta_j = sum dy in the same pass.
     const bool need_affine = need_gamma || need_beta;
     constexpr std::int64_t kBlockRows = 32;
     const std::int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
     std::vector<float> part_gamma(need_affine ? blocks * D : 0, 0.0f), part_beta(need_affine ? blocks * D : 0, 0.0f);
+    std::atomic<bool> finite{true};
     detail::parallel_for(blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
-      for (std::int64_t r = b0 * kBlockRows; r < std::min(rows, b1 * kBlockRows); ++r) {
-        const std::int32_t mi = static_cast<std::int32_t>(D), s1 = static_cast<std::int32_t>(st.s1[r]);
-        // gamma is per feature: the two means are gamma-weighted sums of int8 products.
-        float sum_g = 0.0f, sum_gd = 0.0f;
-        const std::int8_t* dr = d + r * D;
-        const std::int8_t* qr = q + r * D;
-#pragma omp simd reduction(+ : sum_g, sum_gd)
-        for (std::int64_t j = 0; j < D; ++j) {
-          const float gj = (gm ? gm[j] : 1.0f) * static_cast<float>(dr[j]);
-          sum_g += gj;
-          sum_gd += gj * static_cast<float>(mi * qr[j] - s1);
+      for (std::int64_t b = b0; b < b1; ++b)
+        for (std::int64_t r = b * kBlockRows; r < std::min(rows, (b + 1) * kBlockRows); ++r) {
+          if (!dq.quantize_group(r)) {
+            finite = false;
+            continue;
+          }
+          const std::int32_t s1 = static_cast<std::int32_t>(st.s1[r]);
+          // gamma is per feature: the two means are gamma-weighted sums of int8 products.
+          const kernels::L1RowGradientSums sums = k.ln_backward_sums(q + r * D, d + r * D, D, s1, gm);
+          const float s = st.scale[r], sg = sgs[r], sigma = st.sigma[r];
+          const float mean_g = sg * sums.sum_g / m, mean_gx = sg * s * sums.sum_gd / (m * m * sigma);
+          const kernels::L1LayerNormBackward coef{s1, sg, 1.0f / sigma, mean_g, c * mean_gx, st.mean_sign[r],
+                                                  s / sigma, st.mean_q[r]};
+          k.ln_backward_row(coef, q + r * D, d + r * D, D, gm, pdx + r * D,
+                            need_affine ? part_gamma.data() + b * D : nullptr,
+                            need_affine ? part_beta.data() + b * D : nullptr);
         }
-        const float sigma = st.sigma[r], inv = 1.0f / sigma;
-        const float mean_g = sg * sum_g / m, mean_gx = sg * s * sum_gd / (m * m * sigma);
-        const float k_s = c * mean_gx, ms = st.mean_sign[r];
-        float* dxr = pdx + r * D;
-#pragma omp simd
-        for (std::int64_t j = 0; j < D; ++j) {
-          const std::int32_t dev = mi * qr[j] - s1;
-          const float sgn = static_cast<float>((dev > 0) - (dev < 0));
-          const float gj = (gm ? gm[j] : 1.0f) * sg * static_cast<float>(dr[j]);
-          dxr[j] = inv * (gj - mean_g - k_s * (sgn - ms));
-        }
-        if (!need_affine) continue;
-        const float a = s / sigma, mu = st.mean_q[r];
-        float* pg = part_gamma.data() + (r / kBlockRows) * D;
-        float* pb = part_beta.data() + (r / kBlockRows) * D;
-#pragma omp simd
-        for (std::int64_t j = 0; j < D; ++j) {
-          const float dyj = sg * static_cast<float>(dr[j]);
-          pg[j] += dyj * a * (static_cast<float>(qr[j]) - mu);
-          pb[j] += dyj;
-        }
-      }
     });
+    if (!finite) dq.throw_nonfinite();
     Tensor dgamma, dbeta;
     if (need_affine) {  // the blocks' partial sums, in block order
       dgamma = Tensor::zeros({D});

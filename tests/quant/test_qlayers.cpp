@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 
 #include <shiftq/shiftq.hpp>
 
@@ -368,6 +369,14 @@ TEST(QuantizedAttention, CloseToFloatAndCausal) {
   EXPECT_LT(early, 0.1 * last);
 }
 
+// x: [N, C, H, W] quantized with one scale per channel and dequantized.
+Tensor dequantized_per_channel(const Tensor& x, int bits) {
+  const std::int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const Tensor by_channel = permute(x, {1, 0, 2, 3}).view({C, N * H * W});
+  const Tensor xh = quant::quantize(by_channel, quant::QuantizeParams::per_row(bits)).dequantize();
+  return permute(xh.view({C, N, H, W}), {1, 0, 2, 3});
+}
+
 TEST(QuantizedL1Norm, IntegerStatisticsEqualFloatStatisticsOfTheDequantizedInput) {
   Generator gen(12);
   const Tensor x = add(mul(Tensor::randn({6, 5, 4, 3}, gen), 2.0f), 0.7f);
@@ -397,8 +406,8 @@ TEST(QuantizedL1Norm, BatchNormForwardEqualsFloatL1OnDequantizedInputAndGradient
   const Tensor beta = Tensor::uniform({3}, -0.5f, 0.5f, gen).set_requires_grad(true);
   const Tensor r = Tensor::randn(x.shape(), gen);
   const quant::QuantizedNormConfig config{8, 8, 3, 0};
-  // Float reference on the dequantized input, exact output gradient.
-  const Tensor xh = quant::quantize(x.detach().view({24, 25}), quant::QuantizeParams::per_tensor(8)).dequantize().view(x.shape()).set_requires_grad(true);
+  // Float reference on the dequantized input (one scale per channel), exact output gradient.
+  const Tensor xh = dequantized_per_channel(x.detach(), 8).set_requires_grad(true);
   L1BatchNormState ref_state;
   const Tensor y_ref = l1_batch_norm2d(xh, gamma, beta, ref_state, true);
   sum(mul(y_ref, r)).backward();
@@ -435,7 +444,8 @@ TEST(QuantizedL1Norm, LayerNormMatchesFloatL1) {
   const Tensor gamma = Tensor::uniform({32}, 0.5f, 1.5f, gen).set_requires_grad(true);
   const Tensor beta = Tensor::uniform({32}, -0.5f, 0.5f, gen).set_requires_grad(true);
   const Tensor r = Tensor::randn({6, 32}, gen);
-  const Tensor xh = quant::quantize(x.detach(), quant::QuantizeParams::per_tensor(8)).dequantize().set_requires_grad(true);
+  // One scale per row (per token).
+  const Tensor xh = quant::quantize(x.detach(), quant::QuantizeParams::per_row(8)).dequantize().set_requires_grad(true);
   const Tensor y_ref = l1_layer_norm(xh, gamma, beta);
   sum(mul(y_ref, r)).backward();
   const Tensor dx_ref = xh.grad().clone(), dgamma_ref = gamma.grad().clone();
@@ -445,6 +455,78 @@ TEST(QuantizedL1Norm, LayerNormMatchesFloatL1) {
   sum(mul(y, r)).backward();
   EXPECT_LT(rel_error(x.grad(), dx_ref), 0.05);
   EXPECT_LT(rel_error(gamma.grad(), dgamma_ref), 0.03);
+}
+
+TEST(QuantizedL1Norm, EachChannelKeepsItsOwnResolution) {
+  // Channel magnitudes 1e-3 .. 1e2: with one scale per tensor the small channels would round to
+  // zero; with one per channel each is normalized as accurately as the large one.
+  Generator gen(16);
+  Tensor x = Tensor::randn({4, 3, 6, 6}, gen);
+  const float magnitude[3] = {1e-3f, 1.0f, 1e2f};
+  for (std::int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] *= magnitude[(i / 36) % 3];
+  L1BatchNormState ref_state, state;
+  const Tensor y_ref = l1_batch_norm2d(x, Tensor(), Tensor(), ref_state, true);
+  const Tensor y = quant::quantized_l1_batch_norm2d(x, Tensor(), Tensor(), state, true, {8, 8, 1, 0}, 0);
+  for (std::int64_t c = 0; c < 3; ++c) {
+    double err = 0.0, norm = 0.0;
+    for (std::int64_t i = 0; i < x.numel(); ++i)
+      if ((i / 36) % 3 == c) {
+        err += std::pow(y.data<float>()[i] - y_ref.data<float>()[i], 2);
+        norm += std::pow(y_ref.data<float>()[i], 2);
+      }
+    EXPECT_LT(std::sqrt(err / norm), 0.02) << "channel " << c;
+  }
+}
+
+TEST(QuantizedL1Norm, ReferenceAndOptimizedKernelsAgreeBitForBit) {
+  // The whole layer (forward, backward with stochastic gradient codes) on the two kernel paths,
+  // at shapes with short and odd runs.
+  Generator gen(18);
+  struct Result {
+    std::vector<float> y, dx, dgamma, dbeta;
+  };
+  auto run = [](kernels::KernelPath path, const Tensor& x, const Tensor& r, bool layer_norm) {
+    kernels::set_kernel_path(path);
+    const std::int64_t C = layer_norm ? x.size(-1) : x.size(1);
+    const Tensor gamma = Tensor::full({C}, 1.25f).set_requires_grad(true);
+    const Tensor beta = Tensor::full({C}, -0.5f).set_requires_grad(true);
+    const Tensor xg = x.clone().set_requires_grad(true);
+    L1BatchNormState state;
+    const Tensor y = layer_norm ? quant::quantized_l1_layer_norm(xg, gamma, beta, 1e-5f, kL1NormC, {6, 5, 9, 2}, 3)
+                                : quant::quantized_l1_batch_norm2d(xg, gamma, beta, state, true, {6, 5, 9, 2}, 3);
+    sum(mul(y, r)).backward();
+    kernels::set_kernel_path(kernels::KernelPath::optimized);
+    return Result{y.to_vector<float>(), xg.grad().to_vector<float>(), gamma.grad().to_vector<float>(),
+                  beta.grad().to_vector<float>()};
+  };
+  for (const Shape& shape : {Shape{5, 3, 7, 7}, Shape{2, 4, 9, 5}, Shape{7, 37}, Shape{3, 2, 100}}) {
+    const bool layer_norm = shape.size() != 4;
+    const Tensor x = add(mul(Tensor::randn(shape, gen), 2.0f), 0.3f), r = Tensor::randn(shape, gen);
+    const Result ref = run(kernels::KernelPath::reference, x, r, layer_norm);
+    const Result opt = run(kernels::KernelPath::optimized, x, r, layer_norm);
+    EXPECT_EQ(ref.y, opt.y);
+    EXPECT_EQ(ref.dx, opt.dx);
+    EXPECT_EQ(ref.dgamma, opt.dgamma);
+    EXPECT_EQ(ref.dbeta, opt.dbeta);
+  }
+}
+
+TEST(QuantizedL1Norm, NonFiniteInputOrGradientThrows) {
+  Generator gen(19);
+  Tensor x = Tensor::randn({2, 3, 4, 4}, gen).set_requires_grad(true);
+  L1BatchNormState state;
+  Tensor bad = x.detach().clone();
+  bad.data<float>()[17] = std::nanf("");
+  EXPECT_THROW(quant::quantized_l1_batch_norm2d(bad, Tensor(), Tensor(), state, true, {8, 8, 0, 0}, 0), NumericError);
+  Tensor dy = Tensor::ones(x.shape());
+  dy.data<float>()[5] = std::numeric_limits<float>::infinity();
+  Tensor y = quant::quantized_l1_batch_norm2d(x, Tensor(), Tensor(), state, true, {8, 8, 0, 0}, 0);
+  EXPECT_THROW(y.backward(dy), NumericError);
+  Tensor xl = Tensor::randn({4, 8}, gen).set_requires_grad(true);
+  Tensor yl = quant::quantized_l1_layer_norm(xl, Tensor(), Tensor(), 1e-5f, kL1NormC, {8, 8, 0, 0}, 0);
+  Tensor dyl = Tensor::ones({4, 8});
+  dyl.data<float>()[30] = std::nanf("");
+  EXPECT_THROW(yl.backward(dyl), NumericError);
 }
 
 TEST(QuantizedL1Norm, BadConfigAndShapesThrow) {

@@ -31,11 +31,11 @@ constexpr float stochastic_uniform(std::uint64_t key, std::uint64_t index) {
 // null = 1). Returns false if a non-finite x was seen.
 bool absmax_cols_f32(const float* x, std::int64_t r0, std::int64_t r1, std::int64_t cols,
                      const float* row_weight, float* col_max);
-// row_max[r] = max_c |x[r,c]| * col_weight[c] for r in [r0, r1) (col_weight may be null = 1).
-// Returns false if a non-finite x was seen. When `negative` is given, sets *negative = true if some
-// x < 0 was seen (never resets it).
+// row_max[r] = max_c |x[r,c]| * col_weight[c] for r = r0, r0 + row_step, ... below r1 (col_weight
+// may be null = 1). Returns false if a non-finite x was seen. When `negative` is given, sets
+// *negative = true if some x < 0 was seen (never resets it).
 bool absmax_rows_f32(const float* x, std::int64_t r0, std::int64_t r1, std::int64_t cols,
-                     const float* col_weight, float* row_max, bool* negative = nullptr);
+                     const float* col_weight, float* row_max, bool* negative = nullptr, std::int64_t row_step = 1);
 
 struct QuantizePackArgs {
   const float* x;          // [rows, cols]
@@ -51,8 +51,11 @@ struct QuantizePackArgs {
   std::int8_t* out;        // [rows, cols] packed values
 };
 // Nearest-even: q = round(clamp(y, -qmax, qmax)); stochastic: q = floor(clamp(y, -qmax, qmax) + u).
-void quantize_pack_f32_s8(const QuantizePackArgs& args, std::int64_t r0, std::int64_t r1);
-void quantize_pack_f32_s8_ref(const QuantizePackArgs& args, std::int64_t r0, std::int64_t r1);
+// Packs rows r0, r0 + row_step, r0 + 2 row_step, ... below r1 (row_step >= 1: the rows of one
+// BatchNorm channel are C apart).
+void quantize_pack_f32_s8(const QuantizePackArgs& args, std::int64_t r0, std::int64_t r1, std::int64_t row_step = 1);
+void quantize_pack_f32_s8_ref(const QuantizePackArgs& args, std::int64_t r0, std::int64_t r1,
+                              std::int64_t row_step = 1);
 
 // The instruction set the dispatched kernels use here: "avx512", "avx2" or "x86-64".
 const char* quantize_isa_name();

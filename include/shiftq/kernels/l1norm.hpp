@@ -1,0 +1,77 @@
+// Integer kernels of the fully quantized L1 normalization (../shared/spec/l1norm.md) on raw int8
+// code buffers. A normalization group (a BatchNorm channel, a LayerNorm row) is `runs` runs of
+// `len` codes, run i starting at q + i * stride (BatchNorm: runs = N, len = H*W, stride = C*H*W;
+// LayerNorm: runs = 1, len = D), m = runs * len elements, m < 2^23.
+//
+// Each kernel has a plain scalar `_ref` beside the optimized one; the optimized ones are written
+// for the auto-vectorizer and compiled for AVX-512, AVX2 and baseline x86-64 with runtime selection
+// (the ISA quantize_isa_name() names). Results are bit-identical to the references: the sums are integer
+// (order-free), the float outputs elementwise without FMA contraction, and the one float reduction
+// (l1_ln_backward_sums_s8) runs in a fixed 16-lane order on every ISA.
+#pragma once
+
+#include <cstdint>
+
+namespace shiftq::kernels {
+
+// s1 = sum q, abs_dev = sum |m q - s1|, sign = sum sgn(m q - s1): the group's mean (s1 / m) and
+// mean absolute deviation (abs_dev / m^2) in code units, exactly.
+struct L1GroupSums {
+  std::int64_t s1 = 0, abs_dev = 0, sign = 0;
+};
+L1GroupSums l1_group_sums_s8(const std::int8_t* q, std::int64_t runs, std::int64_t len, std::int64_t stride);
+L1GroupSums l1_group_sums_s8_ref(const std::int8_t* q, std::int64_t runs, std::int64_t len, std::int64_t stride);
+
+// sum_d = sum d, sum_dq = sum d * q over a group of output-gradient codes d and input codes q
+// (same layout).
+struct L1GradientSums {
+  std::int64_t sum_d = 0, sum_dq = 0;
+};
+L1GradientSums l1_gradient_sums_s8(const std::int8_t* d, const std::int8_t* q, std::int64_t runs, std::int64_t len,
+                                   std::int64_t stride);
+L1GradientSums l1_gradient_sums_s8_ref(const std::int8_t* d, const std::int8_t* q, std::int64_t runs,
+                                       std::int64_t len, std::int64_t stride);
+
+// y[i] = a * q[i] + b for i < n (a BatchNorm channel's output).
+void affine_s8_f32(const std::int8_t* q, std::int64_t n, float a, float b, float* y);
+void affine_s8_f32_ref(const std::int8_t* q, std::int64_t n, float a, float b, float* y);
+
+// BatchNorm input gradient: dx[i] = k_d * d[i] + (k_s * sgn(m q[i] - s1) + k_0) for i < n.
+struct L1BatchNormBackward {
+  std::int32_t m, s1;
+  float k_d, k_s, k_0;
+};
+void l1_bn_backward_s8_f32(const L1BatchNormBackward& k, const std::int8_t* q, const std::int8_t* d, std::int64_t n,
+                           float* dx);
+void l1_bn_backward_s8_f32_ref(const L1BatchNormBackward& k, const std::int8_t* q, const std::int8_t* d,
+                               std::int64_t n, float* dx);
+
+// LayerNorm row forward: y[j] = gamma[j] * (a * (q[j] - mu)) + beta[j] for j < D (gamma, beta may
+// be null: 1 and 0).
+void l1_ln_forward_row_s8_f32(const std::int8_t* q, std::int64_t D, float a, float mu, const float* gamma,
+                              const float* beta, float* y);
+void l1_ln_forward_row_s8_f32_ref(const std::int8_t* q, std::int64_t D, float a, float mu, const float* gamma,
+                                  const float* beta, float* y);
+
+// LayerNorm row backward. Sums: w_j = gamma[j] (or 1) * d[j]; sum_g = sum w_j and
+// sum_gd = sum w_j * (D q[j] - s1), accumulated in 16 lanes (lane j % 16) added in lane order.
+struct L1RowGradientSums {
+  float sum_g = 0.0f, sum_gd = 0.0f;
+};
+L1RowGradientSums l1_ln_backward_sums_s8(const std::int8_t* q, const std::int8_t* d, std::int64_t D, std::int32_t s1,
+                                         const float* gamma);
+L1RowGradientSums l1_ln_backward_sums_s8_ref(const std::int8_t* q, const std::int8_t* d, std::int64_t D,
+                                             std::int32_t s1, const float* gamma);
+
+// dx[j] = inv * (gamma[j] * sg * d[j] - mean_g - k_s * (sgn(D q[j] - s1) - mean_sign)); when
+// dgamma/dbeta are given, also dgamma[j] += (sg * d[j]) * (a * (q[j] - mu)), dbeta[j] += sg * d[j].
+struct L1LayerNormBackward {
+  std::int32_t s1;
+  float sg, inv, mean_g, k_s, mean_sign, a, mu;
+};
+void l1_ln_backward_row_s8_f32(const L1LayerNormBackward& k, const std::int8_t* q, const std::int8_t* d,
+                               std::int64_t D, const float* gamma, float* dx, float* dgamma, float* dbeta);
+void l1_ln_backward_row_s8_f32_ref(const L1LayerNormBackward& k, const std::int8_t* q, const std::int8_t* d,
+                                   std::int64_t D, const float* gamma, float* dx, float* dgamma, float* dbeta);
+
+}  // namespace shiftq::kernels

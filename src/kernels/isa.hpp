@@ -1,0 +1,32 @@
+// Internal: the instruction set the per-ISA kernels (quantize_*, l1norm_*) run with, from cpuid.
+#pragma once
+
+namespace shiftq::kernels::dispatch {
+
+enum class Isa { avx512, avx2, base };
+
+inline Isa detect_isa() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+    return Isa::avx512;
+  if (__builtin_cpu_supports("avx2")) return Isa::avx2;
+  return Isa::base;
+}
+
+inline Isa cpu_isa() {
+  static const Isa isa = detect_isa();
+  return isa;
+}
+
+}  // namespace shiftq::kernels::dispatch
+
+// return avx512::fn(...) / avx2::fn(...) / base::fn(...) by cpu_isa().
+#define SHIFTQ_ISA_DISPATCH(fn, ...)                              \
+  switch (::shiftq::kernels::dispatch::cpu_isa()) {                 \
+    case ::shiftq::kernels::dispatch::Isa::avx512:                  \
+      return avx512::fn(__VA_ARGS__);                             \
+    case ::shiftq::kernels::dispatch::Isa::avx2:                    \
+      return avx2::fn(__VA_ARGS__);                               \
+    default:                                                      \
+      return base::fn(__VA_ARGS__);                               \
+  }

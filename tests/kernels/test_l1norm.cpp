@@ -1,0 +1,120 @@
+// L1-norm kernels: the dispatched (per-ISA) kernels are bit-exact against the scalar references,
+// on short, odd and strided runs and on extreme codes; the strided quantization kernels equal
+// their row-by-row calls.
+#include <gtest/gtest.h>
+
+#include <shiftq/kernels/l1norm.hpp>
+#include <shiftq/kernels/quantize.hpp>
+#include <shiftq/shiftq.hpp>
+
+namespace shiftq::kernels {
+namespace {
+
+std::vector<std::int8_t> random_codes(std::int64_t n, int lo, int hi, Generator& gen) {
+  std::vector<std::int8_t> v(n);
+  for (auto& x : v) x = static_cast<std::int8_t>(lo + static_cast<int>(gen.randint(hi - lo + 1)));
+  return v;
+}
+
+struct RunLayout {
+  std::int64_t runs, len, stride;
+};
+// One run, short runs (BatchNorm 7x7), odd lengths, lengths across the 16-lane steps, strided.
+const std::vector<RunLayout> kLayouts = {{1, 2, 2},   {1, 17, 17},  {3, 49, 49 * 5}, {128, 49, 49 * 64},
+                                         {4, 1, 3},   {2, 100, 150}, {1, 256, 256},  {5, 33, 40}};
+// Code ranges: full, one-sided (mean at the edge), constant.
+const std::vector<std::pair<int, int>> kRanges = {{-128, 127}, {0, 7}, {-128, -120}, {5, 5}, {-1, 1}};
+
+TEST(L1NormKernels, GroupAndGradientSumsMatchReference) {
+  Generator gen(1);
+  for (const RunLayout& l : kLayouts)
+    for (const auto& [lo, hi] : kRanges) {
+      const std::int64_t n = (l.runs - 1) * l.stride + l.len;
+      const auto q = random_codes(n, lo, hi, gen), d = random_codes(n, -128, 127, gen);
+      const L1GroupSums a = l1_group_sums_s8(q.data(), l.runs, l.len, l.stride);
+      const L1GroupSums b = l1_group_sums_s8_ref(q.data(), l.runs, l.len, l.stride);
+      EXPECT_EQ(a.s1, b.s1);
+      EXPECT_EQ(a.abs_dev, b.abs_dev) << l.runs << "x" << l.len << " codes " << lo << ".." << hi;
+      EXPECT_EQ(a.sign, b.sign);
+      const L1GradientSums ga = l1_gradient_sums_s8(d.data(), q.data(), l.runs, l.len, l.stride);
+      const L1GradientSums gb = l1_gradient_sums_s8_ref(d.data(), q.data(), l.runs, l.len, l.stride);
+      EXPECT_EQ(ga.sum_d, gb.sum_d);
+      EXPECT_EQ(ga.sum_dq, gb.sum_dq);
+    }
+}
+
+TEST(L1NormKernels, GradientSumsDoNotOverflowOnLargeGroups) {
+  // 2^20 products of -128 * -128: far past int32 in one lane without the periodic flush.
+  const std::int64_t n = std::int64_t{1} << 20;
+  const std::vector<std::int8_t> q(n, -128), d(n, -128);
+  const L1GradientSums s = l1_gradient_sums_s8(d.data(), q.data(), 1, n, n);
+  EXPECT_EQ(s.sum_dq, n * 128 * 128);
+  EXPECT_EQ(s.sum_d, -128 * n);
+}
+
+TEST(L1NormKernels, ElementwiseKernelsMatchReferenceBitExact) {
+  Generator gen(2);
+  for (std::int64_t n : {1, 15, 16, 17, 49, 64, 255, 256, 1000}) {
+    const auto q = random_codes(n, -128, 127, gen), d = random_codes(n, -128, 127, gen);
+    std::vector<float> gamma(n), beta(n);
+    for (std::int64_t j = 0; j < n; ++j) {
+      gamma[j] = 0.5f + gen.uniform();
+      beta[j] = gen.uniform() - 0.5f;
+    }
+    std::vector<float> a(n), b(n);
+    affine_s8_f32(q.data(), n, 0.37f, -1.3f, a.data());
+    affine_s8_f32_ref(q.data(), n, 0.37f, -1.3f, b.data());
+    EXPECT_EQ(a, b);
+    // s1 with a remainder and an exact multiple of m (the sign is 0 for codes at the mean).
+    for (std::int32_t s1 : {static_cast<std::int32_t>(3 * n + 1), static_cast<std::int32_t>(-2 * n)}) {
+      const L1BatchNormBackward k{static_cast<std::int32_t>(n), s1, 0.01f, -0.3f, 0.05f};
+      l1_bn_backward_s8_f32(k, q.data(), d.data(), n, a.data());
+      l1_bn_backward_s8_f32_ref(k, q.data(), d.data(), n, b.data());
+      EXPECT_EQ(a, b) << "n " << n << " s1 " << s1;
+      for (const float* g : {static_cast<const float*>(nullptr), static_cast<const float*>(gamma.data())}) {
+        const float* bt = g ? beta.data() : nullptr;
+        l1_ln_forward_row_s8_f32(q.data(), n, 0.02f, 1.7f, g, bt, a.data());
+        l1_ln_forward_row_s8_f32_ref(q.data(), n, 0.02f, 1.7f, g, bt, b.data());
+        EXPECT_EQ(a, b);
+        const L1RowGradientSums sa = l1_ln_backward_sums_s8(q.data(), d.data(), n, s1, g);
+        const L1RowGradientSums sb = l1_ln_backward_sums_s8_ref(q.data(), d.data(), n, s1, g);
+        EXPECT_EQ(sa.sum_g, sb.sum_g);
+        EXPECT_EQ(sa.sum_gd, sb.sum_gd);
+        const L1LayerNormBackward lk{s1, 0.003f, 1.9f, 0.01f, 0.2f, -0.1f, 0.05f, 0.7f};
+        std::vector<float> ga(n, 0.5f), gb(n, 0.5f), ba(n, -0.25f), bb(n, -0.25f);
+        l1_ln_backward_row_s8_f32(lk, q.data(), d.data(), n, g, a.data(), ga.data(), ba.data());
+        l1_ln_backward_row_s8_f32_ref(lk, q.data(), d.data(), n, g, b.data(), gb.data(), bb.data());
+        EXPECT_EQ(a, b);
+        EXPECT_EQ(ga, gb);
+        EXPECT_EQ(ba, bb);
+      }
+    }
+  }
+}
+
+TEST(QuantizeKernels, StridedRowsEqualRowByRowCalls) {
+  Generator gen(3);
+  const std::int64_t rows = 12, cols = 49, step = 4;
+  const Tensor x = Tensor::randn({rows, cols}, gen);
+  std::vector<float> max_strided(rows, -1.0f), max_single(rows, -1.0f);
+  ASSERT_TRUE(absmax_rows_f32(x.data<float>(), 1, rows, cols, nullptr, max_strided.data(), nullptr, step));
+  for (std::int64_t r = 1; r < rows; r += step)
+    ASSERT_TRUE(absmax_rows_f32(x.data<float>(), r, r + 1, cols, nullptr, max_single.data()));
+  EXPECT_EQ(max_strided, max_single);  // rows off the stride untouched (-1) in both
+  std::vector<float> inv(rows, 20.0f), ones(std::max(rows, cols), 1.0f);
+  for (bool stochastic : {false, true}) {
+    std::vector<std::int8_t> strided(rows * cols, 99), single(rows * cols, 99), ref(rows * cols, 99);
+    QuantizePackArgs a{x.data<float>(), rows, cols, inv.data(), ones.data(), ones.data(), ones.data(),
+                       127.0f, stochastic, 12345, 0, strided.data()};
+    quantize_pack_f32_s8(a, 1, rows, step);
+    a.out = ref.data();
+    quantize_pack_f32_s8_ref(a, 1, rows, step);
+    a.out = single.data();
+    for (std::int64_t r = 1; r < rows; r += step) quantize_pack_f32_s8(a, r, r + 1);
+    EXPECT_EQ(strided, single);
+    EXPECT_EQ(strided, ref);
+  }
+}
+
+}  // namespace
+}  // namespace shiftq::kernels
