@@ -31,7 +31,10 @@ QuantizeParams weight_params(const TensorQConfig& c) { return params_for(c, 0, O
 // Activations [rows, in] (Linear) or [N*C, H*W] (Conv2d): a per-tensor base, groups along `inner_axis`.
 QuantizeParams activation_params(const TensorQConfig& c, int inner_axis) {
   QuantizeParams p = params_for(c, inner_axis, OuterScale::per_tensor);
-  return p.with_rounding(c.rounding).with_unsigned_codes().with_nonnegative_range(c.nonnegative_range);
+  return p.with_rounding(c.rounding)
+      .with_unsigned_codes()
+      .with_nonnegative_range(c.nonnegative_range)
+      .with_mse_clip(c.mse_clip);
 }
 
 // dY [rows, out] as A of dX = dY W (groups over out, scale per row) or of dW = dY^T X (groups over

@@ -196,6 +196,42 @@ TEST(Quantize, NonnegativeRangeUsesAllUnsignedLevelsOnlyWithoutNegatives) {
   EXPECT_EQ(fast.codes.to_vector<std::int8_t>(), ref.codes.to_vector<std::int8_t>());
 }
 
+TEST(Quantize, MseClipLowersTheErrorOfHeavyTailedInputsAndKeepsUniformOnes) {
+  Generator gen(32);
+  // Post-ReLU Gaussian (a long tail relative to the 15 levels of 4 bits) and the same with one
+  // large outlier: the clipped range has the lower total squared error, is one of the searched
+  // alphas = max * 2^(-k/4), and saturates the clipped values at the top code.
+  Tensor relu_out = Tensor::randn({256, 300}, gen);
+  for (float& v : std::span(relu_out.data<float>(), relu_out.numel())) v = std::max(v, 0.0f);
+  Tensor with_outlier = relu_out.clone();
+  with_outlier.data<float>()[12345] = 40.0f;
+  for (const Tensor* x : {&relu_out, &with_outlier}) {
+    const QuantizeParams p = QuantizeParams::per_tensor(4).with_nonnegative_range();
+    const QTensor plain = quantize(*x, p), clipped = quantize(*x, QuantizeParams(p).with_mse_clip());
+    const float m = *std::max_element(x->data<float>(), x->data<float>() + x->numel());
+    const float ratio = clipped.scales.item() * 15.0f / m;
+    EXPECT_LT(ratio, 0.9f);
+    const float k = -4.0f * std::log2(ratio);
+    EXPECT_NEAR(k, std::round(k), 1e-3f);
+    EXPECT_LT(mse(clipped.dequantize(), *x), 0.8 * mse(plain.dequantize(), *x));
+    const std::vector<std::int8_t> v = clipped.signed_codes().to_vector<std::int8_t>();
+    EXPECT_EQ(*std::max_element(v.begin(), v.end()), 15);
+  }
+  // Uniform values have no tail: clipping only adds error, the full range stays.
+  const Tensor uniform = Tensor::uniform({64, 64}, -1.0f, 1.0f, gen);
+  const float m = *std::max_element(uniform.data<float>(), uniform.data<float>() + uniform.numel(),
+                                    [](float a, float b) { return std::fabs(a) < std::fabs(b); });
+  EXPECT_FLOAT_EQ(quantize(uniform, QuantizeParams::per_tensor(4).with_mse_clip()).scales.item(), std::fabs(m) / 7.0f);
+  // The sample is fixed: the same scale at every thread count.
+  const int previous = get_num_threads();
+  set_num_threads(1);
+  const float one = quantize(relu_out, QuantizeParams::per_tensor(4).with_mse_clip()).scales.item();
+  set_num_threads(2);
+  const float two = quantize(relu_out, QuantizeParams::per_tensor(4).with_mse_clip()).scales.item();
+  set_num_threads(previous);
+  EXPECT_EQ(one, two);
+}
+
 TEST(Quantize, AllZeroInputGivesZeroCodes) {
   const QTensor q = quantize(Tensor::zeros({4, 5}), QuantizeParams::shiftquant(4, 4));
   for (std::int8_t v : q.codes.to_vector<std::int8_t>()) EXPECT_EQ(v, 0);

@@ -18,6 +18,9 @@ struct TensorQConfig {
   // Per-tensor quantizers only: a tensor without negative elements (post-ReLU activations) gets the
   // unsigned range [0, 2^b - 1] (QuantizeParams::nonnegative_range).
   bool nonnegative_range = false;
+  // Per-tensor quantizers only: the range clipped to the least-squared-error alpha
+  // (QuantizeParams::mse_clip).
+  bool mse_clip = false;
   void validate(const char* role) const;
 };
 
