@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Reproduces the ResNet rows of docs/results.md: ResNet-20 on Fashion-MNIST, same recipe and epochs,
 # fp32 + BatchNorm vs 4-bit ShiftQuant + fully quantized L1 BatchNorm, and two 4-bit ablations.
-# Usage: scripts/run-resnet-results.sh [BUILD_DIR] [EPOCHS] [THREADS] [main|ablations|all]   (logs in docs/results/)
+# Usage: scripts/run-resnet-results.sh [BUILD_DIR] [EPOCHS] [THREADS] [main|ablations|options|all] [OUT_DIR]
+# (logs in OUT_DIR, default docs/results/; docs/results/5-epochs/ holds the 5-epoch main rows)
 set -euo pipefail
 build=${1:-build}
 epochs=${2:-3}
 threads=${3:-2}
-which=${4:-all}   # main | ablations | all
+which=${4:-all}   # main | ablations | options | all
 bin="$build/examples/shiftq-train-resnet"
-out=docs/results
+out=${5:-docs/results}
 mkdir -p "$out"
 run() {
   local name=$1; shift
@@ -23,4 +24,8 @@ fi
 if [[ $which == ablations || $which == all ]]; then
   run w4a4g4-pertensor-l1 --bits 4 --norm l1 --grad-quant per-tensor
   run w4a4g4-l2 --bits 4 --norm l2
+fi
+if [[ $which == options || $which == all ]]; then
+  run w4a4g4-l1-actsq --bits 4 --norm l1 --act-quant shiftquant
+  run w4a4g4-l1-mseclip --bits 4 --norm l1 --act-clip mse
 fi

@@ -1,7 +1,8 @@
-// The trainers' precision flags (--bits, --act-bits, --act-range, --act-clip, --grad-quant, first/last or
-// head bits, --norm-bits) as a QConfig: the paper's b-bit defaults (QConfig::bits) with the overrides applied.
+// The trainers' precision flags (--bits, --act-bits, --act-range, --act-clip, --act-quant, --grad-quant,
+// first/last or head bits, --norm-bits) as a QConfig: the paper's b-bit defaults (QConfig::bits) with the overrides applied.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -11,9 +12,16 @@ namespace shiftq::examples {
 
 inline quant::QConfig make_qconfig(std::int64_t bits, std::int64_t act_bits, const std::string& grad_quant,
                                    std::int64_t first_last_bits, std::int64_t norm_bits,
-                                   const std::string& act_range = "auto", const std::string& act_clip = "none") {
+                                   const std::string& act_range = "auto", const std::string& act_clip = "none",
+                                   const std::string& act_quant = "per-tensor") {
   quant::QConfig q = quant::QConfig::bits(static_cast<int>(bits));
   if (act_bits > 0) q.activations.bits = static_cast<int>(act_bits);
+  if (act_quant == "shiftquant") {
+    // Power-of-two groups (per sample and channel for convolutions) on a per-tensor base. With the
+    // unsigned range, (2^b - 1) 2^S must fit int8: S = 7 - b (8 - b for symmetric codes).
+    q.activations.kind = quant::QuantizerKind::shiftquant;
+    q.activations.shift_budget = std::max(0, (act_range == "symmetric" ? 8 : 7) - q.activations.bits);
+  }
   q.activations.nonnegative_range = act_range != "symmetric";
   q.activations.mse_clip = act_clip == "mse";
   if (grad_quant == "per-tensor") q.gradients.kind = quant::QuantizerKind::per_tensor;

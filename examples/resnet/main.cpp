@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
       .add("bits", &c.bits, "0 = fp32; 2..8 = integer training with b-bit weights, activations and gradients")
       .add("act-bits", &c.act_bits, "activation bits (0 = same as --bits)")
       .add("act-range", &c.act_range, "auto (unsigned codes for non-negative activations) | symmetric")
+      .add("act-quant", &c.act_quant, "activation quantizer: per-tensor, or shiftquant (power-of-two groups per sample and channel; S = 7 - bits, 8 - bits with --act-range symmetric)")
       .add("act-clip", &c.act_clip, "activation range: none (max |x|) | mse (clipped to the least-squared-error range)")
       .add("grad-quant", &c.grad_quant, "gradient quantizer: shiftquant, per-tensor or per-row")
       .add("first-last-bits", &c.first_last_bits, "bits of the first and last layer (0 = same as --bits)")

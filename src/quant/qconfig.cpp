@@ -48,7 +48,10 @@ std::string QConfig::str() const {
     return detail::cat(kind_name(t.kind), " ", t.bits, "-bit",
                        t.kind == QuantizerKind::shiftquant ? detail::cat(" S=", t.shift_budget) : std::string(),
                        t.rounding == Rounding::stochastic ? " stochastic" : " nearest",
-                       t.nonnegative_range && t.kind == QuantizerKind::per_tensor ? " (unsigned when >= 0)" : "",
+                       t.nonnegative_range && (t.kind == QuantizerKind::per_tensor ||
+                                               (t.kind == QuantizerKind::shiftquant && t.bits + t.shift_budget <= 7))
+                           ? " (unsigned when >= 0)"
+                           : "",
                        t.mse_clip && t.kind == QuantizerKind::per_tensor ? " (MSE-clipped range)" : "");
   };
   return detail::cat("weights: ", role(weights), "; activations: ", role(activations), "; gradients: ",

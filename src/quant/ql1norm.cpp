@@ -60,8 +60,11 @@ void check_layout(const Layout& l, const char* op) {
 class GroupQuantizer {
  public:
   GroupQuantizer(const Tensor& x, const Layout& l, int bits, Rounding rounding, StochasticKey key, const char* what)
-      : x_(x), l_(l), what_(what), row_max_(l.outer * l.groups), row_inv_(l.outer * l.groups), ones_(std::max(l.outer * l.groups, l.inner), 1.0f) {
+      : x_(x), l_(l), what_(what) {
     const std::int64_t rows = l.outer * l.groups;
+    row_max_.resize(rows);
+    row_inv_.resize(rows);
+    ones_.assign(std::max(rows, l.inner), 1.0f);
     codes = Tensor::uninitialized({rows, l.inner}, DType::s8);
     scales = Tensor::uninitialized({l.groups});
     qmax_ = static_cast<float>((1 << (bits - 1)) - 1);

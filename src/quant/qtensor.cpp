@@ -164,7 +164,10 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
   std::vector<float> ranges;
   float m = 1.0f;  // unknown but irrelevant when the first pass is skipped (S = 0, per-row)
   if (S > 0) {
-    ranges = groups_on_cols ? column_absmax(px, R, C, nullptr, finite) : row_absmax(px, R, C, nullptr, finite);
+    // Unsigned codes with groups need (2^b - 1) * 2^S <= 127, i.e. b + S <= 7.
+    const bool sign_pass = p.nonnegative_range && p.bits + S <= 7;
+    ranges = groups_on_cols ? column_absmax(px, R, C, nullptr, finite)
+                            : row_absmax(px, R, C, nullptr, finite, sign_pass ? &negative : nullptr);
     m = *std::max_element(ranges.begin(), ranges.end());
   } else if (!fused_row_scales) {
     const std::vector<float> row_max = row_absmax(px, R, C, nullptr, finite, p.nonnegative_range ? &negative : nullptr);

@@ -196,6 +196,29 @@ TEST(Quantize, NonnegativeRangeUsesAllUnsignedLevelsOnlyWithoutNegatives) {
   EXPECT_EQ(fast.codes.to_vector<std::int8_t>(), ref.codes.to_vector<std::int8_t>());
 }
 
+TEST(Quantize, NonnegativeShiftQuantWithGroupsAlongRows) {
+  // Post-ReLU planes of very different magnitudes ([N*C, H*W], groups per row as for conv inputs):
+  // b = 4, S = 3 gets the unsigned range, v = [0, 15] * 2^(S - e) <= 120, and equals the 5-bit
+  // signed quantizer with the same S on these inputs (the same 16 levels per group).
+  Generator gen(33);
+  const std::vector<float> range = log_uniform_ranges(24, -3, 0, gen);
+  Tensor planes = Tensor::empty({24, 49});
+  for (std::int64_t i = 0; i < planes.numel(); ++i) planes.data<float>()[i] = gen.uniform(0.0f, 1.0f) * range[i / 49];
+  const QTensor q = quantize(planes, QuantizeParams::shiftquant(4, 3, 0, OuterScale::per_tensor).with_nonnegative_range());
+  ASSERT_TRUE(q.nonnegative);
+  EXPECT_EQ(q.qmax(), 15);
+  const std::vector<std::int8_t> v = q.codes.to_vector<std::int8_t>();
+  EXPECT_GE(*std::min_element(v.begin(), v.end()), 0);
+  EXPECT_EQ(*std::max_element(v.begin(), v.end()), 120);
+  const QTensor five = quantize(planes, QuantizeParams::shiftquant(5, 3, 0, OuterScale::per_tensor));
+  EXPECT_EQ(v, five.codes.to_vector<std::int8_t>());
+  EXPECT_EQ(q.scales.item(), five.scales.item());
+  // b + S = 8 cannot hold (2^b - 1) 2^S in int8: the symmetric range stays.
+  const QTensor wide = quantize(planes, QuantizeParams::shiftquant(4, 4, 0, OuterScale::per_tensor).with_nonnegative_range());
+  EXPECT_FALSE(wide.nonnegative);
+  EXPECT_EQ(wide.qmax(), 7);
+}
+
 TEST(Quantize, MseClipLowersTheErrorOfHeavyTailedInputsAndKeepsUniformOnes) {
   Generator gen(32);
   // Post-ReLU Gaussian (a long tail relative to the 15 levels of 4 bits) and the same with one

@@ -15,8 +15,9 @@ struct TensorQConfig {
   int bits = 8;
   int shift_budget = 0;  // ShiftQuant's S; b + S <= 8
   Rounding rounding = Rounding::nearest_even;
-  // Per-tensor quantizers only: a tensor without negative elements (post-ReLU activations) gets the
-  // unsigned range [0, 2^b - 1] (QuantizeParams::nonnegative_range).
+  // A tensor without negative elements (post-ReLU activations) gets the unsigned range [0, 2^b - 1]
+  // (QuantizeParams::nonnegative_range): per-tensor quantizers, and ShiftQuant with b + S <= 7
+  // where the groups run along the range pass's rows (convolution inputs).
   bool nonnegative_range = false;
   // Per-tensor quantizers only: the range clipped to the least-squared-error alpha
   // (QuantizeParams::mse_clip).

@@ -1,7 +1,8 @@
-// Fully quantized L1 normalization (../shared/spec/l1norm.md): the input is quantized to int8,
-// the statistics are integer sums (mean and mean absolute deviation exact in the input's integer
-// units), what is saved for backward is the int8 input, and the backward takes the output gradient
-// quantized to int8 (stochastic rounding) and computes its two channel means in integers.
+// Fully quantized L1 normalization (../shared/spec/l1norm.md): the input is quantized to int8 with
+// one scale per normalization group (BatchNorm channel, LayerNorm row), the statistics are integer
+// sums (mean and mean absolute deviation exact in the group's integer units), what is saved for
+// backward is the int8 input, and the backward takes the output gradient quantized to int8
+// (stochastic rounding, one scale per group) and computes its two group means in integers.
 // Output and input gradient are f32 (an affine map of the int8 codes per element).
 #pragma once
 

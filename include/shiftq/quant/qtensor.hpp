@@ -43,7 +43,8 @@ struct QuantizeParams {
   // When x has no negative element, use the unsigned range v in [0, min(2^b - 1, 127)]: 2^b levels
   // where the symmetric range spends half of its 2^b - 1 on values that never occur (post-ReLU
   // activations). Taken when the range pass runs over rows (S = 0 with a per-tensor or per-column
-  // scale); otherwise, or when x has a negative element, the range stays symmetric.
+  // scale; S > 0 with groups along rows, inner_axis = 0, and b + S <= 7 so that (2^b - 1) 2^S
+  // still fits int8); otherwise, or when x has a negative element, the range stays symmetric.
   bool nonnegative_range = false;
   // Per-tensor scale with S = 0 only: clip the range to the alpha <= max |x| that minimizes the
   // quantization error sum (Q(x) - x)^2, searched over alpha = max |x| * 2^(-k/4), k = 0..8, on a
