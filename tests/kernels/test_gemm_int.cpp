@@ -4,15 +4,12 @@
 #include <shiftq/kernels/gemm_int.hpp>
 #include <shiftq/shiftq.hpp>
 
+#include "testing/synthetic.hpp"
+
 namespace shiftq::kernels {
 namespace {
 
-template <class T>
-std::vector<T> random_ints(std::int64_t n, int lo, int hi, Generator& gen) {
-  std::vector<T> v(n);
-  for (auto& x : v) x = static_cast<T>(lo + static_cast<int>(gen.randint(hi - lo + 1)));
-  return v;
-}
+using testing::random_ints;
 
 struct Case {
   std::int64_t M, N, K;

@@ -7,14 +7,12 @@
 #include <shiftq/kernels/quantize.hpp>
 #include <shiftq/shiftq.hpp>
 
+#include "testing/synthetic.hpp"
+
 namespace shiftq::kernels {
 namespace {
 
-std::vector<std::int8_t> random_codes(std::int64_t n, int lo, int hi, Generator& gen) {
-  std::vector<std::int8_t> v(n);
-  for (auto& x : v) x = static_cast<std::int8_t>(lo + static_cast<int>(gen.randint(hi - lo + 1)));
-  return v;
-}
+using testing::random_ints;
 
 struct RunLayout {
   std::int64_t runs, len, stride;
@@ -30,7 +28,7 @@ TEST(L1NormKernels, GroupAndGradientSumsMatchReference) {
   for (const RunLayout& l : kLayouts)
     for (const auto& [lo, hi] : kRanges) {
       const std::int64_t n = (l.runs - 1) * l.stride + l.len;
-      const auto q = random_codes(n, lo, hi, gen), d = random_codes(n, -128, 127, gen);
+      const auto q = random_ints<std::int8_t>(n, lo, hi, gen), d = random_ints<std::int8_t>(n, -128, 127, gen);
       const L1GroupSums a = l1_group_sums_s8(q.data(), l.runs, l.len, l.stride);
       const L1GroupSums b = l1_group_sums_s8_ref(q.data(), l.runs, l.len, l.stride);
       EXPECT_EQ(a.s1, b.s1);
@@ -55,7 +53,7 @@ TEST(L1NormKernels, GradientSumsDoNotOverflowOnLargeGroups) {
 TEST(L1NormKernels, ElementwiseKernelsMatchReferenceBitExact) {
   Generator gen(2);
   for (std::int64_t n : {1, 15, 16, 17, 49, 64, 255, 256, 1000}) {
-    const auto q = random_codes(n, -128, 127, gen), d = random_codes(n, -128, 127, gen);
+    const auto q = random_ints<std::int8_t>(n, -128, 127, gen), d = random_ints<std::int8_t>(n, -128, 127, gen);
     std::vector<float> gamma(n), beta(n);
     for (std::int64_t j = 0; j < n; ++j) {
       gamma[j] = 0.5f + gen.uniform();

@@ -1,9 +1,20 @@
-// Small synthetic datasets for end-to-end training tests.
+// Small synthetic data for tests: random integer buffers for the kernel tests, datasets for the
+// end-to-end training tests.
 #pragma once
+
+#include <vector>
 
 #include <shiftq/shiftq.hpp>
 
 namespace shiftq::testing {
+
+// n values uniform in [lo, hi] (integer codes, offsets) as T.
+template <class T>
+std::vector<T> random_ints(std::int64_t n, int lo, int hi, Generator& gen) {
+  std::vector<T> v(n);
+  for (auto& x : v) x = static_cast<T>(lo + static_cast<int>(gen.randint(hi - lo + 1)));
+  return v;
+}
 
 // x: [n, 1, 8, 8] noise images each holding one bright horizontal (class 0) or vertical (class 1)
 // bar; y: s32 [n].
