@@ -86,11 +86,13 @@ class GroupQuantizer {
   GroupQuantizer& operator=(const GroupQuantizer&) = delete;
 
   // Sets scales[g] = max |x| / qmax over group g and packs its rows. Returns false (group left
-  // unpacked) if it holds NaN or Inf: callers inside a parallel region report it afterwards.
+  // unpacked, remembered for throw_if_nonfinite) if it holds NaN or Inf.
   bool quantize_group(std::int64_t g) {
     const std::int64_t rows = l_.outer * l_.groups;
-    if (!kernels::absmax_rows_f32(args_.x, g, rows, l_.inner, nullptr, row_max_.data(), nullptr, l_.groups))
+    if (!kernels::absmax_rows_f32(args_.x, g, rows, l_.inner, nullptr, row_max_.data(), nullptr, l_.groups)) {
+      nonfinite_ = true;
       return false;
+    }
     float mx = 0.0f;
     for (std::int64_t r = g; r < rows; r += l_.groups) mx = std::max(mx, row_max_[r]);
     const float scale = mx > 0.0f ? mx / qmax_ : 1.0f, inv = 1.0f / scale;  // all zero: v = 0
@@ -102,8 +104,10 @@ class GroupQuantizer {
       kernels::quantize_pack_f32_s8(args_, g, rows, l_.groups);
     return true;
   }
-  // Throws NumericError naming the tensor (after a quantize_group returned false).
-  [[noreturn]] void throw_nonfinite() const {
+  // Throws NumericError naming the tensor if some quantize_group met NaN or Inf. Called after the
+  // parallel region (exceptions must not leave an OpenMP region).
+  void throw_if_nonfinite() const {
+    if (!nonfinite_) return;
     x_.check_finite(std::string("quantized L1 norm: ") + what_);
     throw NumericError(std::string("quantized L1 norm: non-finite ") + what_);  // unreachable
   }
@@ -119,6 +123,7 @@ class GroupQuantizer {
   std::vector<float> row_max_, row_inv_, ones_;
   kernels::QuantizePackArgs args_{};
   bool reference_ = false;
+  std::atomic<bool> nonfinite_{false};
 };
 
 // Per-group statistics in real units from the integer sums.
@@ -144,13 +149,9 @@ GroupStats statistics(GroupQuantizer& xq, const Layout& l, float c, float eps, T
   const float* scales = xq.scales.data<float>();
   const double m = static_cast<double>(l.count());
   const L1Kernels& k = l1_kernels();
-  std::atomic<bool> finite{true};
   detail::parallel_for(l.groups, std::max<std::int64_t>(1, 4096 / l.count()), [&](std::int64_t g0, std::int64_t g1) {
     for (std::int64_t g = g0; g < g1; ++g) {
-      if (!xq.quantize_group(g)) {
-        finite = false;
-        continue;
-      }
+      if (!xq.quantize_group(g)) continue;
       const kernels::L1GroupSums sums = group_sums(k, q, l, g);
       st.s1[g] = sums.s1;
       st.scale[g] = scales[g];
@@ -160,7 +161,7 @@ GroupStats statistics(GroupQuantizer& xq, const Layout& l, float c, float eps, T
       then(g, st);
     }
   });
-  if (!finite) xq.throw_nonfinite();
+  xq.throw_if_nonfinite();
   return st;
 }
 }  // namespace
@@ -239,14 +240,10 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
     Tensor dbeta = need_beta ? Tensor::empty({l.groups}) : Tensor();
     float* pdx = dx.data<float>();
     const L1Kernels& k = l1_kernels();
-    std::atomic<bool> finite{true};
     // One pass per channel: quantize its gradient, the two integer sums, dx.
     detail::parallel_for(l.groups, 1, [&](std::int64_t g0, std::int64_t g1) {
       for (std::int64_t g = g0; g < g1; ++g) {
-        if (!dq.quantize_group(g)) {
-          finite = false;
-          continue;
-        }
+        if (!dq.quantize_group(g)) continue;
         // G1 = sum dq, G2 = sum dq * (m q - S1) = m * sum(dq q) - S1 * G1: integer sums.
         const std::int64_t mi = l.count(), s1 = st.s1[g];
         const kernels::L1GradientSums sums = k.gradient_sums(d + g * l.inner, q + g * l.inner, l.outer, l.inner,
@@ -269,7 +266,7 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
         }
       }
     });
-    if (!finite) dq.throw_nonfinite();
+    dq.throw_if_nonfinite();
     return std::vector<Tensor>{dx, dgamma, dbeta};
   });
 }
@@ -318,14 +315,10 @@ Tensor quantized_l1_layer_norm(const Tensor& x, const Tensor& gamma, const Tenso
     constexpr std::int64_t kBlockRows = 32;
     const std::int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
     std::vector<float> part_gamma(need_affine ? blocks * D : 0, 0.0f), part_beta(need_affine ? blocks * D : 0, 0.0f);
-    std::atomic<bool> finite{true};
     detail::parallel_for(blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
       for (std::int64_t b = b0; b < b1; ++b)
         for (std::int64_t r = b * kBlockRows; r < std::min(rows, (b + 1) * kBlockRows); ++r) {
-          if (!dq.quantize_group(r)) {
-            finite = false;
-            continue;
-          }
+          if (!dq.quantize_group(r)) continue;
           const std::int32_t s1 = static_cast<std::int32_t>(st.s1[r]);
           // gamma is per feature: the two means are gamma-weighted sums of int8 products.
           const kernels::L1RowGradientSums sums = k.ln_backward_sums(q + r * D, d + r * D, D, s1, gm);
@@ -338,7 +331,7 @@ Tensor quantized_l1_layer_norm(const Tensor& x, const Tensor& gamma, const Tenso
                             need_affine ? part_beta.data() + b * D : nullptr);
         }
     });
-    if (!finite) dq.throw_nonfinite();
+    dq.throw_if_nonfinite();
     Tensor dgamma, dbeta;
     if (need_affine) {  // the blocks' partial sums, in block order
       dgamma = Tensor::zeros({D});
