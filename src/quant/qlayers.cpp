@@ -1,8 +1,9 @@
 #include "shiftq/quant/qlayers.hpp"
 
+#include "quant/qlayers_internal.hpp"
+
 #include <cmath>
 
-#include "detail/conv_layout.hpp"
 #include "detail/parallel.hpp"
 #include "shiftq/quant/shiftmm.hpp"
 
@@ -28,7 +29,14 @@ QuantizeParams params_for(const TensorQConfig& c, int inner_axis, OuterScale out
 // dX = dY W, where either axis is the contraction axis).
 QuantizeParams weight_params(const TensorQConfig& c) { return params_for(c, 0, OuterScale::per_tensor); }
 
-// Activations [rows, in] (Linear) or [N*C, H*W] (Conv2d): a per-tensor base, groups along `inner_axis`.
+QTensor with_signed_codes(const QTensor& q) {
+  QTensor s = q;
+  s.codes = q.signed_codes();
+  return s;
+}
+}  // namespace
+
+namespace internal {
 QuantizeParams activation_params(const TensorQConfig& c, int inner_axis) {
   QuantizeParams p = params_for(c, inner_axis, OuterScale::per_tensor);
   return p.with_rounding(c.rounding)
@@ -37,28 +45,14 @@ QuantizeParams activation_params(const TensorQConfig& c, int inner_axis) {
       .with_mse_clip(c.mse_clip);
 }
 
-// dY [rows, out] as A of dX = dY W (groups over out, scale per row) or of dW = dY^T X (groups over
-// rows, scale per output channel).
 QuantizeParams gradient_params(const TensorQConfig& c, bool for_weight_grad, const LayerQuant& q, std::uint64_t step) {
   const OuterScale outer = c.kind == QuantizerKind::per_tensor ? OuterScale::per_tensor : OuterScale::per_index;
   QuantizeParams p = params_for(c, for_weight_grad ? 0 : 1, outer);
   return p.with_rounding(c.rounding, {q.seed, step, 2 * q.layer_id + (for_weight_grad ? 1 : 0)}).with_unsigned_codes();
 }
 
-// The bytes of an s8 or u8 code tensor (layout moves do not care which).
-const std::uint8_t* code_bytes(const Tensor& t) {
-  return t.dtype() == DType::u8 ? t.data<std::uint8_t>() : reinterpret_cast<const std::uint8_t*>(t.data<std::int8_t>());
-}
-std::uint8_t* code_bytes(Tensor& t) {
-  return t.dtype() == DType::u8 ? t.data<std::uint8_t>() : reinterpret_cast<std::uint8_t*>(t.data<std::int8_t>());
-}
-
-QTensor with_signed_codes(const QTensor& q) {
-  QTensor s = q;
-  s.codes = q.signed_codes();
-  return s;
-}
-}  // namespace
+void count_saved_bytes(std::int64_t bytes) { t_saved_bytes += bytes; }
+}  // namespace internal
 
 void LayerQuant::validate() const {
   weights.validate("weights");
@@ -117,116 +111,24 @@ Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bia
   out_shape.back() = out_f;
 
   // Y: [rows, out] = X: [rows, in] · W^T, X as u8 codes with a per-tensor scale.
-  const QTensor xq = quantize(x.view({rows, in_f}), activation_params(quant.activations, 1), "linear input");
+  const QTensor xq = quantize(x.view({rows, in_f}), internal::activation_params(quant.activations, 1), "linear input");
   const QTensor wq = packed.get(weight, out_f, in_f, quant.weights);
   const Tensor y = shiftmm(xq, Trans::N, wq, Trans::T, bias).view(out_shape);
   const bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
-  if (any_requires_grad({&x, &weight, &bias})) t_saved_bytes += static_cast<std::int64_t>(xq.codes.nbytes());
+  if (any_requires_grad({&x, &weight, &bias})) internal::count_saved_bytes(static_cast<std::int64_t>(xq.codes.nbytes()));
   return record("quantized_linear", y, {&x, &weight, &bias},
                 [xq, wq, quant, step, gx, gw, gb, rows, out_f, in_shape = x.shape()](const Tensor& g) {
     const Tensor g2 = g.view({rows, out_f});
     Tensor dx, dw, db;
     if (gx) {  // dX: [rows, in] = dY · W
-      const QTensor gq = quantize(g2, gradient_params(quant.gradients, false, quant, step), "linear output gradient");
+      const QTensor gq = quantize(g2, internal::gradient_params(quant.gradients, false, quant, step), "linear output gradient");
       dx = shiftmm(gq, Trans::N, wq, Trans::N).view(in_shape);
     }
     if (gw) {  // dW: [out, in] = dY^T · X (X from its saved int8 codes)
-      const QTensor gq = quantize(g2, gradient_params(quant.gradients, true, quant, step), "linear output gradient");
+      const QTensor gq = quantize(g2, internal::gradient_params(quant.gradients, true, quant, step), "linear output gradient");
       dw = shiftmm(gq, Trans::T, with_signed_codes(xq), Trans::N);
     }
     if (gb) db = sum(g2, {0});
-    return std::vector<Tensor>{dx, dw, db};
-  });
-}
-
-Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& params,
-                        PackedWeight& packed, const LayerQuant& quant, std::uint64_t step) {
-  check_dtype(x, DType::f32, "quantized_conv2d", "x");
-  check_rank(x, 4, "quantized_conv2d", "x");
-  check_dtype(weight, DType::f32, "quantized_conv2d", "weight");
-  check_rank(weight, 4, "quantized_conv2d", "weight");
-  SHIFTQ_CHECK(params.stride >= 1 && params.padding >= 0, ValueError, "quantized_conv2d: stride must be >= 1 and padding >= 0");
-  const kernels::Conv2dGeometry g{x.size(1), x.size(2), x.size(3), weight.size(2), weight.size(3),
-                                  params.stride, params.stride, params.padding, params.padding};
-  SHIFTQ_CHECK(weight.size(1) == g.channels, ShapeError, "quantized_conv2d: weight ", weight.str(), " expects ",
-               weight.size(1), " input channels, input is ", x.str());
-  SHIFTQ_CHECK(g.height + 2 * g.pad_h >= g.kernel_h && g.width + 2 * g.pad_w >= g.kernel_w, ShapeError,
-               "quantized_conv2d: kernel larger than the padded input ", x.str());
-  const std::int64_t N = x.size(0), O = weight.size(0), P = g.out_h() * g.out_w(), patch = g.patch();
-  if (bias.defined())
-    SHIFTQ_CHECK(bias.shape() == Shape{O}, ShapeError, "quantized_conv2d: bias ", bias.str(), " must be [", O, "]");
-
-  // The activation is quantized once, as [N*C, H*W] with groups per (sample, channel) plane and a
-  // per-tensor base; its codes are then moved to channels-last so that im2col copies runs of C.
-  const QTensor xq = quantize(x.view({N * g.channels, g.height * g.width}), activation_params(quant.activations, 0),
-                              "conv2d input");
-  const std::int64_t C = g.channels, HW = g.height * g.width, image = C * HW;
-  // codes [N, C, HW] -> [N, HW, C], as bytes (s8 or u8 alike)
-  auto to_channels_last = [N, C, HW, image](const Tensor& codes) {
-    Tensor out = Tensor::uninitialized(codes.shape(), codes.dtype());
-    const std::uint8_t* src = code_bytes(codes);
-    std::uint8_t* dst = code_bytes(out);
-    detail::parallel_for(N, 1, [&](std::int64_t b, std::int64_t e) {
-      for (std::int64_t n = b; n < e; ++n)
-        for (std::int64_t c = 0; c < C; ++c)
-          for (std::int64_t i = 0; i < HW; ++i) dst[n * image + i * C + c] = src[n * image + c * HW + i];
-    });
-    return out;
-  };
-  // The im2col matrix [N*P, KH*KW*C] of channels-last codes, in the codes' own type (u8: padding
-  // 128 = v 0; s8: padding 0).
-  auto im2col_codes = [g, N, P, patch, image](const QTensor& codes_nhwc) {
-    QTensor cols = codes_nhwc;
-    const bool as_u8 = codes_nhwc.unsigned_codes();
-    cols.codes = Tensor::uninitialized({N * P, patch}, codes_nhwc.codes.dtype());
-    cols.inner_axis = 1;
-    cols.exponents = Tensor();
-    const std::uint8_t* src = code_bytes(codes_nhwc.codes);
-    std::uint8_t* dst = code_bytes(cols.codes);
-    detail::parallel_for(N, 1, [&](std::int64_t b, std::int64_t e) {
-      for (std::int64_t n = b; n < e; ++n)
-        kernels::im2col_nhwc_u8(g, src + n * image, dst + n * P * patch, as_u8 ? 0x80 : 0x00);
-    });
-    return cols;
-  };
-  QTensor x_nhwc = xq;
-  x_nhwc.codes = to_channels_last(xq.codes);
-  // W: [O, C, KH, KW] -> [O, KH, KW, C], the patch order of the channels-last im2col.
-  const QTensor wq = packed.get(weight, O, patch, quant.weights,
-                                [](const Tensor& w) { NoGradGuard no_grad; return permute(w.detach(), {0, 2, 3, 1}); });
-  const Tensor y_rows = shiftmm(im2col_codes(x_nhwc), Trans::N, wq, Trans::T);  // [N*P, O]
-  Tensor out = detail::rows_to_nchw(y_rows, bias, N, O, g.out_h(), g.out_w());
-  const bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
-  if (any_requires_grad({&x, &weight, &bias})) t_saved_bytes += static_cast<std::int64_t>(x_nhwc.codes.nbytes());
-  return record("quantized_conv2d", out, {&x, &weight, &bias},
-                [x_nhwc, wq, quant, step, g, gx, gw, gb, N, O, P, C, HW, image, im2col_codes, x_shape = x.shape(),
-                 w_shape = weight.shape()](const Tensor& grad) {
-    const Tensor g_rows = detail::nchw_to_rows(grad, N, O, P);  // [N*P, O]
-    Tensor dx, dw, db;
-    if (gx) {  // dcols: [N*P, KH*KW*C] = dY · W, then channels-last col2im and back to NCHW
-      const QTensor gq = quantize(g_rows, gradient_params(quant.gradients, false, quant, step), "conv2d output gradient");
-      const Tensor dcols = shiftmm(gq, Trans::N, wq, Trans::N);
-      Tensor dx_nhwc = Tensor::zeros({N, g.height, g.width, C});
-      const float* pc = dcols.data<float>();
-      float* pd = dx_nhwc.data<float>();
-      const std::int64_t patch = dcols.size(1);
-      detail::parallel_for(N, 1, [&](std::int64_t b, std::int64_t e) {
-        for (std::int64_t n = b; n < e; ++n) kernels::col2im_nhwc_f32(g, pc + n * P * patch, pd + n * image);
-      });
-      dx = Tensor::uninitialized(x_shape);
-      float* px = dx.data<float>();
-      detail::parallel_for(N, 1, [&](std::int64_t b, std::int64_t e) {
-        for (std::int64_t n = b; n < e; ++n)
-          for (std::int64_t c = 0; c < C; ++c)
-            for (std::int64_t i = 0; i < HW; ++i) px[n * image + c * HW + i] = pd[n * image + i * C + c];
-      });
-    }
-    if (gw) {  // dW: [O, KH*KW*C] = dY^T · cols (cols rebuilt from the saved int8 codes), then [O, C, KH, KW]
-      const QTensor gq = quantize(g_rows, gradient_params(quant.gradients, true, quant, step), "conv2d output gradient");
-      const Tensor dw_khwc = shiftmm(gq, Trans::T, im2col_codes(with_signed_codes(x_nhwc)), Trans::N);
-      dw = permute(dw_khwc.view({w_shape[0], w_shape[2], w_shape[3], w_shape[1]}), {0, 3, 1, 2});
-    }
-    if (gb) db = sum(g_rows, {0});
     return std::vector<Tensor>{dx, dw, db};
   });
 }

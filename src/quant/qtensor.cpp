@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -24,20 +25,31 @@ std::uint64_t splitmix64(std::uint64_t z) {
 }
 
 // floor(log2(m / r)) for 0 < r <= m, exactly (no rounding of the quotient).
+// Normal floats compare their exponent and mantissa fields directly (what frexp would return).
 int floor_log2_ratio(float m, float r) {
-  int em = 0, er = 0;
+  const std::uint32_t bm = std::bit_cast<std::uint32_t>(m), br = std::bit_cast<std::uint32_t>(r);
+  const int xm = static_cast<int>(bm >> 23), xr = static_cast<int>(br >> 23);  // sign bits are 0
+  constexpr std::uint32_t kMantissa = 0x7fffff;
+  if (xm != 0 && xr != 0) return xm - xr - ((bm & kMantissa) < (br & kMantissa) ? 1 : 0);
+  int em = 0, er = 0;  // subnormal
   const float fm = std::frexp(m, &em), fr = std::frexp(r, &er);
   return em - er - (fm < fr ? 1 : 0);
 }
 
-// Calls fn(r0, r1) on row blocks of x, in parallel for large tensors.
+// 2^e for 0 <= e <= 8 (shift budgets fit int8).
+float pow2(int e) {
+  static constexpr float kPow2[9] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+  return kPow2[e];
+}
+
+// Calls fn(r0, r1) on row blocks of x, in parallel for large tensors (rows are independent).
 template <class F>
 void for_row_blocks(std::int64_t rows, std::int64_t cols, F fn) {
   if (rows * cols < kParallelElements) {
     fn(std::int64_t{0}, rows);
     return;
   }
-  detail::parallel_for(rows, std::max<std::int64_t>(1, kParallelElements / std::max<std::int64_t>(cols, 1)), fn);
+  detail::parallel_for_dynamic(rows, std::max<std::int64_t>(1, kParallelElements / std::max<std::int64_t>(cols, 1)), fn);
 }
 
 // max over rows of |x[r, c]| * row_weight[r], per column, with per-block partial maxima.
@@ -195,12 +207,16 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
   // 2. Exponents e_k = min(S, floor(log2(m / r_k))) (S where r_k = 0), as factors 2^e and 2^(S-e).
   std::vector<float> pow_e(inner_len, 1.0f), pack(inner_len, 1.0f);
   std::int8_t* e_out = q.exponents.data<std::int8_t>();
-  for (std::int64_t k = 0; S > 0 && k < inner_len; ++k) {
-    const int e = (ranges[k] == 0.0f || m == 0.0f) ? S : std::min(S, floor_log2_ratio(m, ranges[k]));
-    e_out[k] = static_cast<std::int8_t>(e);
-    pow_e[k] = std::ldexp(1.0f, e);
-    pack[k] = std::ldexp(1.0f, S - e);
-  }
+  // 0 <= e <= S since every r_k <= m.
+  if (S > 0)
+    detail::parallel_for(inner_len, kParallelElements, [&](std::int64_t k0, std::int64_t k1) {
+      for (std::int64_t k = k0; k < k1; ++k) {
+        const int e = (ranges[k] == 0.0f || m == 0.0f) ? S : std::min(S, floor_log2_ratio(m, ranges[k]));
+        e_out[k] = static_cast<std::int8_t>(e);
+        pow_e[k] = pow2(e);
+        pack[k] = pow2(S - e);
+      }
+    });
   if (m == 0.0f) {  // all zero: v = 0
     q.codes = Tensor::empty({R, C}, code_type);
     if (p.unsigned_codes) std::memset(q.codes.data<std::uint8_t>(), 0x80, static_cast<std::size_t>(R * C));

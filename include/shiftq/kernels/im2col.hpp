@@ -20,10 +20,19 @@ void im2col_f32(const Conv2dGeometry& g, const float* x, float* cols);
 // The same for 8-bit codes; padding positions get `pad` (the code of 0: 0 for s8, 128 for u8 = v + 128).
 void im2col_u8(const Conv2dGeometry& g, const std::uint8_t* x, std::uint8_t* cols, std::uint8_t pad);
 // Channels-last variants: x: [H, W, C] -> cols: [OH*OW, KH*KW*C] (patch order ky, kx, c): each
-// tap is a contiguous run of C values, so a row is KH*KW copies instead of C*KH*KW gathers.
-void im2col_nhwc_u8(const Conv2dGeometry& g, const std::uint8_t* x, std::uint8_t* cols, std::uint8_t pad);
-// Adds cols: [OH*OW, KH*KW*C] into dx: [H, W, C] (zeroed by the caller).
-void col2im_nhwc_f32(const Conv2dGeometry& g, const float* cols, float* dx);
+// kernel row inside the input is a contiguous run of KW*C values, so a row is KH copies instead of
+// C*KH*KW gathers. Only output pixels [p_begin, p_end) are written (p_end < 0: all), cols pointing
+// at p_begin's row.
+void im2col_nhwc_u8(const Conv2dGeometry& g, const std::uint8_t* x, std::uint8_t* cols, std::uint8_t pad,
+                    std::int64_t p_begin = 0, std::int64_t p_end = -1);
+// The transpose of im2col_nhwc for an int32 product with its scales applied on the way: for the
+// acc: [OH*OW, KH*KW*C] of dcols = dY W, adds float(acc[p, j]) * (row_scale[p] * col_scale[j * col_step])
+// into dx: [H, W, C] (zeroed by the caller), output pixels in increasing order. col_step is 0 for
+// one scale for all columns, 1 for a scale per column. Pixel range as in im2col_nhwc_u8 (acc and
+// row_scale pointing at p_begin's row).
+void col2im_nhwc_s32_f32(const Conv2dGeometry& g, const std::int32_t* acc, const float* row_scale,
+                         const float* col_scale, std::int64_t col_step, float* dx, std::int64_t p_begin = 0,
+                         std::int64_t p_end = -1);
 // Adds cols: [OH*OW, C*KH*KW] back into dx: [C, H, W] (dx must be zeroed by the caller).
 void col2im_f32(const Conv2dGeometry& g, const float* cols, float* dx);
 

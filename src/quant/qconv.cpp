@@ -1,0 +1,256 @@
+// The quantized 2-D convolution: three int8 GEMMs per step over the channels-last im2col matrix,
+// run block by block so that no im2col matrix or product wider than the layer's input is ever
+// materialized.
+//
+// With x: [N, C, H, W], W: [O, C, KH, KW], P = OH*OW output pixels and patch = KH*KW*C, the three
+// products over the rows r = n*P + p of the im2col matrix cols: [N*P, patch] are
+//   forward  Y[r, o]      = cols[r, :] . W[o, :]
+//   backward dcols[r, j]  = dY[r, :] . W[:, j]          (then col2im into dX)
+//            dW^T[j, o]   = sum_r cols[r, j] dY[r, o]
+// Each thread owns a range of samples and walks its rows in blocks of at most block_rows(): it
+// builds that block's im2col rows (forward, dW) from the saved int8 codes, multiplies, and applies
+// the scales while the int32 product is in cache: the forward writes Y straight to NCHW, the dX
+// product is scattered (col2im) into the sample's channels-last gradient and then moved to NCHW,
+// and the dW products are summed exactly in int64 (per thread, then across threads). Integer sums
+// are exact, so results do not depend on the blocking or the thread count.
+#include <algorithm>
+#include <cmath>
+#include <mutex>
+#include <vector>
+
+#include "detail/conv_layout.hpp"
+#include "detail/parallel.hpp"
+#include "quant/qlayers_internal.hpp"
+#include "shiftq/kernels/gemm_int.hpp"
+#include "shiftq/kernels/im2col.hpp"
+
+namespace shiftq::quant {
+namespace {
+using kernels::Conv2dGeometry;
+using kernels::Trans;
+
+// Rows per block: the widest int32 block product (rows x max(patch, O)) stays within ~512 KiB, so
+// it is consumed from the core's L2 cache; never more than the u8 GEMM's safe contraction length
+// (the rows are dW's contraction).
+std::int64_t block_rows(std::int64_t patch, std::int64_t out_channels) {
+  constexpr std::int64_t kBlockBytes = 512 * 1024;
+  const std::int64_t width = std::max(patch, out_channels);
+  return std::clamp<std::int64_t>(kBlockBytes / (4 * width), 16, kernels::kMaxGemmKu8s8);
+}
+
+// Calls fn(n, p_begin, p_end, row) for each sample's part of the rows [r0, r1) of a [N*P, *]
+// matrix, `row` counting from r0.
+template <class F>
+void for_each_sample_part(std::int64_t r0, std::int64_t r1, std::int64_t P, F fn) {
+  for (std::int64_t r = r0; r < r1;) {
+    const std::int64_t n = r / P, p0 = r - n * P, p1 = std::min(P, p0 + (r1 - r));
+    fn(n, p0, p1, r - r0);
+    r += p1 - p0;
+  }
+}
+
+// A per-thread buffer of at least n elements, kept across calls (OpenMP's threads persist) so that
+// no block allocates; `Slot` tells apart the buffers of one thread. Contents are unspecified.
+template <class T, int Slot>
+T* thread_scratch(std::int64_t n) {
+  thread_local std::vector<T> buffer;
+  if (static_cast<std::int64_t>(buffer.size()) < n) buffer.resize(static_cast<std::size_t>(n));
+  return buffer.data();
+}
+
+// The scale of index i along q's scaled axis (or its one per-tensor scale).
+float scale_at(const QTensor& q, std::int64_t i) {
+  return q.scales.data<float>()[q.scale_axis() >= 0 ? i : 0];
+}
+
+// -128 * sums: the u8 GEMM's per-column compensation for A stored as v + 128.
+std::vector<std::int32_t> u8_offsets(const Tensor& sums) {
+  std::vector<std::int32_t> out(sums.data<std::int32_t>(), sums.data<std::int32_t>() + sums.numel());
+  for (auto& v : out) v *= -128;
+  return out;
+}
+
+struct ConvShape {
+  Conv2dGeometry g;
+  std::int64_t N, C, O, P, patch, image;  // image: C*H*W
+};
+
+// codes [N, C, HW] -> [N, HW, C] (u8)
+Tensor to_channels_last(const Tensor& codes, const ConvShape& s) {
+  const std::int64_t HW = s.g.height * s.g.width;
+  Tensor out = Tensor::uninitialized(codes.shape(), DType::u8);
+  const std::uint8_t* src = codes.data<std::uint8_t>();
+  std::uint8_t* dst = out.data<std::uint8_t>();
+  detail::parallel_for_dynamic(s.N, 1, [&](std::int64_t b, std::int64_t e) {
+    for (std::int64_t n = b; n < e; ++n) detail::transpose_tiled(src + n * s.image, dst + n * s.image, s.C, HW);
+  });
+  return out;
+}
+
+// The im2col rows [r0, r1) of the channels-last u8 codes (padding 128 = v 0) into cols.
+void im2col_rows(const ConvShape& s, const std::uint8_t* x_nhwc, std::int64_t r0, std::int64_t r1, std::uint8_t* cols) {
+  for_each_sample_part(r0, r1, s.P, [&](std::int64_t n, std::int64_t p0, std::int64_t p1, std::int64_t row) {
+    kernels::im2col_nhwc_u8(s.g, x_nhwc + n * s.image, cols + row * s.patch, 0x80, p0, p1);
+  });
+}
+
+// Y: [N, O, OH, OW] = cols · W^T (+ bias), x codes [N, HW, C] u8.
+Tensor conv_forward(const ConvShape& s, const QTensor& x_nhwc, const QTensor& wq, const Tensor& bias) {
+  Tensor out = Tensor::uninitialized({s.N, s.O, s.g.out_h(), s.g.out_w()});
+  const std::vector<std::int32_t> offsets = u8_offsets(wq.row_sums);  // B = W^T: sums over each row of W
+  const float row = scale_at(x_nhwc, 0) * std::ldexp(1.0f, -(x_nhwc.shift_budget + wq.shift_budget));
+  const std::uint8_t* x = x_nhwc.codes.data<std::uint8_t>();
+  const std::int8_t* w = wq.codes.data<std::int8_t>();
+  const float* pb = bias.defined() ? bias.data<float>() : nullptr;
+  float* y = out.data<float>();
+  const std::int64_t rows_per_block = block_rows(s.patch, s.O);
+  detail::parallel_for_dynamic(s.N, 1, [&](std::int64_t b, std::int64_t e) {
+    std::uint8_t* cols = thread_scratch<std::uint8_t, 0>(rows_per_block * s.patch);
+    std::int32_t* acc = thread_scratch<std::int32_t, 0>(rows_per_block * s.O);
+    for (std::int64_t r0 = b * s.P; r0 < e * s.P; r0 += rows_per_block) {
+      const std::int64_t r1 = std::min(e * s.P, r0 + rows_per_block);
+      im2col_rows(s, x, r0, r1, cols);
+      kernels::gemm_u8s8s32(Trans::N, Trans::T, r1 - r0, s.O, s.patch, cols, s.patch, w, s.patch, acc,
+                            s.O, offsets.data());
+      for_each_sample_part(r0, r1, s.P, [&](std::int64_t n, std::int64_t p0, std::int64_t p1, std::int64_t r) {
+        for (std::int64_t o = 0; o < s.O; ++o) {
+          const float scale = row * scale_at(wq, o), add = pb ? pb[o] : 0.0f;
+          float* dst = y + (n * s.O + o) * s.P;
+          const std::int32_t* src = acc + r * s.O + o;
+          for (std::int64_t p = p0; p < p1; ++p) dst[p] = static_cast<float>(src[(p - p0) * s.O]) * scale + add;
+        }
+      });
+    }
+  });
+  return out;
+}
+
+// dX: [N, C, H, W] from dY's codes gq: [N*P, O] (u8, scale per row or per tensor).
+Tensor conv_input_grad(const ConvShape& s, const QTensor& gq, const QTensor& wq, const Shape& x_shape) {
+  SHIFTQ_CHECK(wq.scale_axis() < 0, Error, "quantized_conv2d: internal error: packed weight needs a per-tensor scale");
+  Tensor dx = Tensor::uninitialized(x_shape);
+  const std::vector<std::int32_t> offsets = u8_offsets(wq.col_sums);  // B = W: sums over each column
+  const float shift = std::ldexp(1.0f, -(gq.shift_budget + wq.shift_budget));
+  const std::int64_t HW = s.g.height * s.g.width, rows_per_block = block_rows(s.patch, s.O);
+  const std::uint8_t* g = gq.codes.data<std::uint8_t>();
+  const std::int8_t* w = wq.codes.data<std::int8_t>();
+  float* px = dx.data<float>();
+  detail::parallel_for_dynamic(s.N, 1, [&](std::int64_t b, std::int64_t e) {
+    std::int32_t* acc = thread_scratch<std::int32_t, 0>(rows_per_block * s.patch);
+    float* row_scale = thread_scratch<float, 0>(rows_per_block);
+    float* sample = thread_scratch<float, 1>(s.image);  // the current sample's dX: [H, W, C]
+    std::fill_n(sample, s.image, 0.0f);
+    for (std::int64_t r0 = b * s.P; r0 < e * s.P; r0 += rows_per_block) {
+      const std::int64_t r1 = std::min(e * s.P, r0 + rows_per_block);
+      kernels::gemm_u8s8s32(Trans::N, Trans::N, r1 - r0, s.patch, s.O, g + r0 * s.O, s.O, w, s.patch, acc,
+                            s.patch, offsets.data());
+      for (std::int64_t r = r0; r < r1; ++r) row_scale[r - r0] = scale_at(gq, r) * shift;
+      for_each_sample_part(r0, r1, s.P, [&](std::int64_t n, std::int64_t p0, std::int64_t p1, std::int64_t r) {
+        kernels::col2im_nhwc_s32_f32(s.g, acc + r * s.patch, row_scale + r, wq.scales.data<float>(), 0,
+                                     sample, p0, p1);
+        if (p1 < s.P) return;
+        detail::transpose_tiled(sample, px + n * s.image, HW, s.C);
+        std::fill_n(sample, s.image, 0.0f);
+      });
+    }
+  });
+  return dx;
+}
+
+// dW: [O, C, KH, KW] from dY's codes gq: [N*P, O] (s8, scale per output channel or per tensor).
+Tensor conv_weight_grad(const ConvShape& s, const QTensor& gq, const QTensor& x_nhwc, const Shape& w_shape) {
+  std::vector<std::int64_t> total(static_cast<std::size_t>(s.patch * s.O), 0);  // dW^T: [patch, O]
+  std::mutex total_mutex;
+  const std::int64_t rows_per_block = block_rows(s.patch, s.O);
+  const std::uint8_t* x = x_nhwc.codes.data<std::uint8_t>();
+  const std::int8_t* g = gq.codes.data<std::int8_t>();
+  detail::parallel_for_dynamic(s.N, 1, [&](std::int64_t b, std::int64_t e) {
+    std::uint8_t* cols = thread_scratch<std::uint8_t, 0>(rows_per_block * s.patch);
+    std::int32_t* acc = thread_scratch<std::int32_t, 0>(s.patch * s.O);
+    std::vector<std::int32_t> offsets(static_cast<std::size_t>(s.O));
+    std::vector<std::int64_t> part(static_cast<std::size_t>(s.patch * s.O), 0);
+    for (std::int64_t r0 = b * s.P; r0 < e * s.P; r0 += rows_per_block) {
+      const std::int64_t r1 = std::min(e * s.P, r0 + rows_per_block);
+      im2col_rows(s, x, r0, r1, cols);
+      std::fill(offsets.begin(), offsets.end(), 0);  // -128 * the column sums of this block of dY
+      for (std::int64_t r = r0; r < r1; ++r)
+        for (std::int64_t o = 0; o < s.O; ++o) offsets[o] += g[r * s.O + o];
+      for (auto& v : offsets) v *= -128;
+      // [patch, O] = cols^T · dY over this block's rows
+      kernels::gemm_u8s8s32(Trans::T, Trans::N, s.patch, s.O, r1 - r0, cols, s.patch, g + r0 * s.O, s.O,
+                            acc, s.O, offsets.data());
+      for (std::int64_t i = 0; i < s.patch * s.O; ++i) part[i] += acc[i];
+    }
+    const std::lock_guard<std::mutex> lock(total_mutex);
+    for (std::size_t i = 0; i < part.size(); ++i) total[i] += part[i];
+  });
+  Tensor dw = Tensor::uninitialized(w_shape);
+  const float shift = std::ldexp(1.0f, -(gq.shift_budget + x_nhwc.shift_budget)), xs = scale_at(x_nhwc, 0);
+  const std::int64_t taps = s.g.kernel_h * s.g.kernel_w;
+  float* pw = dw.data<float>();
+  for (std::int64_t o = 0; o < s.O; ++o) {
+    const float scale = (scale_at(gq, o) * shift) * xs;
+    for (std::int64_t c = 0; c < s.C; ++c)
+      for (std::int64_t t = 0; t < taps; ++t)
+        pw[(o * s.C + c) * taps + t] = static_cast<float>(total[(t * s.C + c) * s.O + o]) * scale;
+  }
+  return dw;
+}
+}  // namespace
+
+Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& params,
+                        PackedWeight& packed, const LayerQuant& quant, std::uint64_t step) {
+  check_dtype(x, DType::f32, "quantized_conv2d", "x");
+  check_rank(x, 4, "quantized_conv2d", "x");
+  check_dtype(weight, DType::f32, "quantized_conv2d", "weight");
+  check_rank(weight, 4, "quantized_conv2d", "weight");
+  SHIFTQ_CHECK(params.stride >= 1 && params.padding >= 0, ValueError, "quantized_conv2d: stride must be >= 1 and padding >= 0");
+  const Conv2dGeometry g{x.size(1), x.size(2), x.size(3), weight.size(2), weight.size(3),
+                         params.stride, params.stride, params.padding, params.padding};
+  SHIFTQ_CHECK(weight.size(1) == g.channels, ShapeError, "quantized_conv2d: weight ", weight.str(), " expects ",
+               weight.size(1), " input channels, input is ", x.str());
+  SHIFTQ_CHECK(g.height + 2 * g.pad_h >= g.kernel_h && g.width + 2 * g.pad_w >= g.kernel_w, ShapeError,
+               "quantized_conv2d: kernel larger than the padded input ", x.str());
+  const ConvShape s{g, x.size(0), g.channels, weight.size(0), g.out_h() * g.out_w(), g.patch(),
+                    g.channels * g.height * g.width};
+  SHIFTQ_CHECK(s.patch <= kernels::kMaxGemmKu8s8 && s.O <= kernels::kMaxGemmKu8s8, ValueError,
+               "quantized_conv2d: C_in*KH*KW = ", s.patch, " and C_out = ", s.O, " must be at most ",
+               kernels::kMaxGemmKu8s8, " (the longest int8 contraction whose int32 sum cannot overflow)");
+  if (bias.defined())
+    SHIFTQ_CHECK(bias.shape() == Shape{s.O}, ShapeError, "quantized_conv2d: bias ", bias.str(), " must be [", s.O, "]");
+
+  // The activation is quantized once, as [N*C, H*W] with groups per (sample, channel) plane and a
+  // per-tensor base (u8 codes); its codes are then moved to channels-last so that im2col copies
+  // runs of KW*C bytes, and kept for backward.
+  QTensor x_nhwc = quantize(x.view({s.N * s.C, g.height * g.width}),
+                            internal::activation_params(quant.activations, 0), "conv2d input");
+  SHIFTQ_CHECK(x_nhwc.unsigned_codes() && x_nhwc.scale_axis() < 0, Error,
+               "quantized_conv2d: internal error: activation codes must be u8 with a per-tensor scale");
+  x_nhwc.codes = to_channels_last(x_nhwc.codes, s);
+  // W: [O, C, KH, KW] -> [O, KH, KW, C], the patch order of the channels-last im2col.
+  const QTensor wq = packed.get(weight, s.O, s.patch, quant.weights,
+                                [](const Tensor& w) { NoGradGuard no_grad; return permute(w.detach(), {0, 2, 3, 1}); });
+  const Tensor out = conv_forward(s, x_nhwc, wq, bias);
+  const bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
+  if (any_requires_grad({&x, &weight, &bias})) internal::count_saved_bytes(static_cast<std::int64_t>(x_nhwc.codes.nbytes()));
+  return record("quantized_conv2d", out, {&x, &weight, &bias},
+                [x_nhwc, wq, quant, step, s, gx, gw, gb, x_shape = x.shape(), w_shape = weight.shape()](const Tensor& grad) {
+    const Tensor g_rows = detail::nchw_to_rows(grad, s.N, s.O, s.P);  // dY: [N*P, O]
+    Tensor dx, dw, db;
+    if (gx) {  // groups over O, a scale per row (output pixel)
+      const QTensor gq = quantize(g_rows, internal::gradient_params(quant.gradients, false, quant, step),
+                                  "conv2d output gradient");
+      dx = conv_input_grad(s, gq, wq, x_shape);
+    }
+    if (gw) {  // groups over the rows (the contraction), a scale per output channel; s8 codes (GEMM operand B)
+      const QTensor gq = quantize(
+          g_rows, internal::gradient_params(quant.gradients, true, quant, step).with_unsigned_codes(false),
+          "conv2d output gradient");
+      dw = conv_weight_grad(s, gq, x_nhwc, w_shape);
+    }
+    if (gb) db = sum(g_rows, {0});
+    return std::vector<Tensor>{dx, dw, db};
+  });
+}
+
+}  // namespace shiftq::quant

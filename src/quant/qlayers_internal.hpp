@@ -1,0 +1,20 @@
+// Internal: the quantizer parameters of the quantized layers (qlayers.cpp), shared with the
+// quantized convolution (qconv.cpp).
+#pragma once
+
+#include <cstdint>
+
+#include "shiftq/quant/qlayers.hpp"
+
+namespace shiftq::quant::internal {
+
+// Activations [rows, in] (Linear) or [N*C, H*W] (Conv2d): a per-tensor base, groups along
+// `inner_axis`, u8 codes (v + 128).
+QuantizeParams activation_params(const TensorQConfig& c, int inner_axis);
+// dY [rows, out] as A of dX = dY W (groups over out, scale per row) or of dW = dY^T X (groups over
+// rows, scale per output channel); stochastic streams keyed by (seed, step, layer); u8 codes.
+QuantizeParams gradient_params(const TensorQConfig& c, bool for_weight_grad, const LayerQuant& q, std::uint64_t step);
+// Adds to the calling thread's saved-activation byte counter (saved_activation_bytes()).
+void count_saved_bytes(std::int64_t bytes);
+
+}  // namespace shiftq::quant::internal
