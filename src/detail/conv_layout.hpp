@@ -6,6 +6,7 @@
 #include "detail/parallel.hpp"
 #include "shiftq/core/tensor.hpp"
 #include "shiftq/kernels/im2col.hpp"
+#include "shiftq/kernels/transpose.hpp"
 
 namespace shiftq::detail {
 
@@ -22,10 +23,6 @@ void transpose_tiled(const T* src, T* dst, std::int64_t rows, std::int64_t cols,
         for (std::int64_t r = r0; r < r1; ++r) dst[c * rows + r] = value(src[r * cols + c], c);
     }
   }
-}
-template <class T>
-void transpose_tiled(const T* src, T* dst, std::int64_t rows, std::int64_t cols) {
-  transpose_tiled(src, dst, rows, cols, [](T v, std::int64_t) { return v; });
 }
 
 // y_rows: [N*P, O] (+ bias[O]) -> out: [N, O, OH, OW]
@@ -50,7 +47,7 @@ inline Tensor nchw_to_rows(const Tensor& grad, std::int64_t N, std::int64_t O, s
   const float* pg = grad.data<float>();
   float* pr = rows.data<float>();
   parallel_for_dynamic(N, 1, [&](std::int64_t b, std::int64_t e) {
-    for (std::int64_t n = b; n < e; ++n) transpose_tiled(pg + n * O * P, pr + n * P * O, O, P);
+    for (std::int64_t n = b; n < e; ++n) kernels::transpose_f32(pg + n * O * P, pr + n * P * O, O, P);
   });
   return rows;
 }

@@ -23,6 +23,7 @@
 #include "quant/qlayers_internal.hpp"
 #include "shiftq/kernels/gemm_int.hpp"
 #include "shiftq/kernels/im2col.hpp"
+#include "shiftq/kernels/transpose.hpp"
 
 namespace shiftq::quant {
 namespace {
@@ -82,7 +83,7 @@ Tensor to_channels_last(const Tensor& codes, const ConvShape& s) {
   const std::uint8_t* src = codes.data<std::uint8_t>();
   std::uint8_t* dst = out.data<std::uint8_t>();
   detail::parallel_for_dynamic(s.N, 1, [&](std::int64_t b, std::int64_t e) {
-    for (std::int64_t n = b; n < e; ++n) detail::transpose_tiled(src + n * s.image, dst + n * s.image, s.C, HW);
+    for (std::int64_t n = b; n < e; ++n) kernels::transpose_u8(src + n * s.image, dst + n * s.image, s.C, HW);
   });
   return out;
 }
@@ -149,7 +150,7 @@ Tensor conv_input_grad(const ConvShape& s, const QTensor& gq, const QTensor& wq,
         kernels::col2im_nhwc_s32_f32(s.g, acc + r * s.patch, row_scale + r, wq.scales.data<float>(), 0,
                                      sample, p0, p1);
         if (p1 < s.P) return;
-        detail::transpose_tiled(sample, px + n * s.image, HW, s.C);
+        kernels::transpose_f32(sample, px + n * s.image, HW, s.C);
         std::fill_n(sample, s.image, 0.0f);
       });
     }

@@ -149,7 +149,7 @@ GroupStats statistics(GroupQuantizer& xq, const Layout& l, float c, float eps, T
   const float* scales = xq.scales.data<float>();
   const double m = static_cast<double>(l.count());
   const L1Kernels& k = l1_kernels();
-  detail::parallel_for_dynamic(l.groups, std::max<std::int64_t>(1, 4096 / l.count()), [&](std::int64_t g0, std::int64_t g1) {
+  detail::parallel_for(l.groups, std::max<std::int64_t>(1, 4096 / l.count()), [&](std::int64_t g0, std::int64_t g1) {
     for (std::int64_t g = g0; g < g1; ++g) {
       if (!xq.quantize_group(g)) continue;
       const kernels::L1GroupSums sums = group_sums(k, q, l, g);
@@ -241,7 +241,7 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
     float* pdx = dx.data<float>();
     const L1Kernels& k = l1_kernels();
     // One pass per channel: quantize its gradient, the two integer sums, dx.
-    detail::parallel_for_dynamic(l.groups, 1, [&](std::int64_t g0, std::int64_t g1) {
+    detail::parallel_for(l.groups, 1, [&](std::int64_t g0, std::int64_t g1) {
       for (std::int64_t g = g0; g < g1; ++g) {
         if (!dq.quantize_group(g)) continue;
         // G1 = sum dq, G2 = sum dq * (m q - S1) = m * sum(dq q) - S1 * G1: integer sums.
@@ -315,7 +315,7 @@ Tensor quantized_l1_layer_norm(const Tensor& x, const Tensor& gamma, const Tenso
     constexpr std::int64_t kBlockRows = 32;
     const std::int64_t blocks = (rows + kBlockRows - 1) / kBlockRows;
     std::vector<float> part_gamma(need_affine ? blocks * D : 0, 0.0f), part_beta(need_affine ? blocks * D : 0, 0.0f);
-    detail::parallel_for_dynamic(blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
+    detail::parallel_for(blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
       for (std::int64_t b = b0; b < b1; ++b)
         for (std::int64_t r = b * kBlockRows; r < std::min(rows, (b + 1) * kBlockRows); ++r) {
           if (!dq.quantize_group(r)) continue;
