@@ -168,22 +168,23 @@ Tensor conv_weight_grad(const ConvShape& s, const QTensor& gq, const QTensor& x_
   detail::parallel_for_dynamic(s.N, 1, [&](std::int64_t b, std::int64_t e) {
     std::uint8_t* cols = thread_scratch<std::uint8_t, 0>(rows_per_block * s.patch);
     std::int32_t* acc = thread_scratch<std::int32_t, 0>(s.patch * s.O);
-    std::vector<std::int32_t> offsets(static_cast<std::size_t>(s.O));
-    std::vector<std::int64_t> part(static_cast<std::size_t>(s.patch * s.O), 0);
+    std::int32_t* offsets = thread_scratch<std::int32_t, 1>(s.O);
+    std::int64_t* part = thread_scratch<std::int64_t, 0>(s.patch * s.O);  // this call's dW^T sums
+    std::fill_n(part, s.patch * s.O, 0);
     for (std::int64_t r0 = b * s.P; r0 < e * s.P; r0 += rows_per_block) {
       const std::int64_t r1 = std::min(e * s.P, r0 + rows_per_block);
       im2col_rows(s, x, r0, r1, cols);
-      std::fill(offsets.begin(), offsets.end(), 0);  // -128 * the column sums of this block of dY
+      std::fill_n(offsets, s.O, 0);  // -128 * the column sums of this block of dY
       for (std::int64_t r = r0; r < r1; ++r)
         for (std::int64_t o = 0; o < s.O; ++o) offsets[o] += g[r * s.O + o];
-      for (auto& v : offsets) v *= -128;
+      for (std::int64_t o = 0; o < s.O; ++o) offsets[o] *= -128;
       // [patch, O] = cols^T · dY over this block's rows
       kernels::gemm_u8s8s32(Trans::T, Trans::N, s.patch, s.O, r1 - r0, cols, s.patch, g + r0 * s.O, s.O,
-                            acc, s.O, offsets.data());
+                            acc, s.O, offsets);
       for (std::int64_t i = 0; i < s.patch * s.O; ++i) part[i] += acc[i];
     }
     const std::lock_guard<std::mutex> lock(total_mutex);
-    for (std::size_t i = 0; i < part.size(); ++i) total[i] += part[i];
+    for (std::int64_t i = 0; i < s.patch * s.O; ++i) total[i] += part[i];
   });
   Tensor dw = Tensor::uninitialized(w_shape);
   const float shift = std::ldexp(1.0f, -(gq.shift_budget + x_nhwc.shift_budget)), xs = scale_at(x_nhwc, 0);

@@ -71,9 +71,9 @@ std::vector<float> column_absmax(const float* x, std::int64_t rows, std::int64_t
 }
 
 // Per-row max |x| * col_weight; `negative` (when given) becomes true if some x < 0.
-std::vector<float> row_absmax(const float* x, std::int64_t rows, std::int64_t cols, const float* col_weight,
-                              bool& finite, bool* negative = nullptr) {
-  std::vector<float> out(rows);
+void row_absmax(const float* x, std::int64_t rows, std::int64_t cols, const float* col_weight, bool& finite,
+                bool* negative, std::vector<float>& out) {
+  out.resize(static_cast<std::size_t>(rows));
   std::atomic<bool> all_finite{true}, any_negative{false};
   for_row_blocks(rows, cols, [&](std::int64_t r0, std::int64_t r1) {
     bool block_negative = false;
@@ -83,7 +83,16 @@ std::vector<float> row_absmax(const float* x, std::int64_t rows, std::int64_t co
   });
   finite = all_finite;
   if (negative) *negative = any_negative;
-  return out;
+}
+
+// quantize()'s per-row and per-column temporaries, kept per thread across calls: the inner axis
+// can be 10^5 long (conv gradients), and fresh vectors that size would fault in new pages each call.
+struct QuantizeScratch {
+  std::vector<float> ranges, pow_e, pack, inv_scale, ones_outer, row_max;
+};
+QuantizeScratch& quantize_scratch() {
+  thread_local QuantizeScratch scratch;
+  return scratch;
 }
 
 // The clipped range of QuantizeParams::mse_clip: among alpha = m * 2^(-k/4), k = 0..8, the one with
@@ -179,17 +188,20 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
   // 1. Inner ranges r_k and their max m. With S = 0 every exponent is 0 and only m matters: a row
   // pass (register reductions) gives it, and per-row scaling needs no first pass at all.
   bool finite = true, negative = true;
-  std::vector<float> ranges;
+  QuantizeScratch& scratch = quantize_scratch();
+  std::vector<float>& ranges = scratch.ranges;
   float m = 1.0f;  // unknown but irrelevant when the first pass is skipped (S = 0, per-row)
   if (S > 0) {
     // Unsigned codes with groups need (2^b - 1) * 2^S <= 127, i.e. b + S <= 7.
     const bool sign_pass = p.nonnegative_range && p.bits + S <= 7;
-    ranges = groups_on_cols ? column_absmax(px, R, C, nullptr, finite)
-                            : row_absmax(px, R, C, nullptr, finite, sign_pass ? &negative : nullptr);
+    if (groups_on_cols)
+      ranges = column_absmax(px, R, C, nullptr, finite);
+    else
+      row_absmax(px, R, C, nullptr, finite, sign_pass ? &negative : nullptr, ranges);
     m = *std::max_element(ranges.begin(), ranges.end());
   } else if (!fused_row_scales) {
-    const std::vector<float> row_max = row_absmax(px, R, C, nullptr, finite, p.nonnegative_range ? &negative : nullptr);
-    m = *std::max_element(row_max.begin(), row_max.end());
+    row_absmax(px, R, C, nullptr, finite, p.nonnegative_range ? &negative : nullptr, scratch.row_max);
+    m = *std::max_element(scratch.row_max.begin(), scratch.row_max.end());
   }
   if (!finite) throw_nonfinite(x, name);
 
@@ -205,7 +217,10 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
   q.scales = Tensor::ones({per_tensor ? 1 : outer_len});
 
   // 2. Exponents e_k = min(S, floor(log2(m / r_k))) (S where r_k = 0), as factors 2^e and 2^(S-e).
-  std::vector<float> pow_e(inner_len, 1.0f), pack(inner_len, 1.0f);
+  std::vector<float>& pow_e = scratch.pow_e;
+  std::vector<float>& pack = scratch.pack;
+  pow_e.assign(static_cast<std::size_t>(inner_len), 1.0f);
+  pack.assign(static_cast<std::size_t>(inner_len), 1.0f);
   std::int8_t* e_out = q.exponents.data<std::int8_t>();
   // 0 <= e <= S since every r_k <= m.
   if (S > 0)
@@ -227,7 +242,8 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
   // 3. Outer scales s = max(|x| * 2^e) / qmax, and 4. v = round(x * 2^e / s) * 2^(S - e), computed
   // as y = (x * row_mul) * col_mul, v = (q * row_pack) * col_pack.
   float* scales = q.scales.data<float>();
-  std::vector<float> inv_scale(outer_len, 1.0f);
+  std::vector<float>& inv_scale = scratch.inv_scale;
+  inv_scale.assign(static_cast<std::size_t>(outer_len), 1.0f);
   auto set_scale = [&](std::int64_t i, float outer_max) {
     scales[i] = outer_max > 0.0f ? outer_max / qmax : 1.0f;
     inv_scale[i] = 1.0f / scales[i];
@@ -244,7 +260,8 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
     const std::vector<float> col_max = column_absmax(px, R, C, pow_e.data(), finite);
     for (std::int64_t c = 0; c < C; ++c) set_scale(c, col_max[c]);
   }
-  const std::vector<float> ones_outer(outer_len, 1.0f);
+  std::vector<float>& ones_outer = scratch.ones_outer;
+  ones_outer.assign(static_cast<std::size_t>(outer_len), 1.0f);
   kernels::QuantizePackArgs args{};
   args.x = px;
   args.rows = R;
@@ -259,7 +276,8 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
   args.xor_mask = p.unsigned_codes ? 0x80 : 0x00;
   args.out = p.unsigned_codes ? reinterpret_cast<std::int8_t*>(q.codes.data<std::uint8_t>()) : q.codes.data<std::int8_t>();
   const bool reference = kernels::kernel_path() == kernels::KernelPath::reference;
-  std::vector<float> row_max(fused_row_scales ? R : 0);
+  std::vector<float>& row_max = scratch.row_max;
+  row_max.resize(static_cast<std::size_t>(fused_row_scales ? R : 0));
   std::atomic<bool> rows_finite{true};
   // Rows go in tiles of ~16 KiB of input: per-row scales are taken while the tile is in L1.
   const std::int64_t tile = std::max<std::int64_t>(1, 4096 / C);
