@@ -6,21 +6,35 @@ Reads the Google Benchmark JSON of bench_train_step (run with --benchmark_repeti
 --benchmark_report_aggregates_only=true: the median aggregate is used; without aggregates, the
 median of the repetitions) and the JSON of bench/pytorch/train_step.py --all.
 
+Rounds: scripts/bench-train-step.sh can repeat the whole set (every shiftq case, then every
+PyTorch case) ROUNDS times, so that shiftq and PyTorch alternate instead of running minutes apart.
+Each benchmark then carries its round; a case's time is the median over rounds of its per-round
+median, and a ratio against PyTorch is the median of the per-round ratios, shown with their range.
+
 usage:
   bench/report_train_step.py [--shiftq bench/results/train_step.json] [--pytorch bench/results/train_step_pytorch.json]
   bench/report_train_step.py merge OUT.json IN1.json IN2.json ...
       merges bench_train_step JSON files written by separate processes (one case each, so that each
       case's peak RSS is its own) into one file: the first file's context, every benchmark, and the
-      command line, date and load average of each process under "processes".
+      command line, date and load average of each process under "processes". A file named
+      r<N>_*.json belongs to round N (default 1).
+  bench/report_train_step.py merge-pytorch OUT.json IN1.json IN2.json ...
+      merges train_step.py --all documents, the k-th file being round k.
 """
 import argparse
 import json
+import os
 import re
 import statistics
 import sys
 
 MODELS = {"ResNet20": ("ResNet-20", "resnet20", "images"), "GPT": ("char-GPT", "gpt", "tokens")}
 NAME_RE = re.compile(r"BM_TrainStep_(ResNet20|GPT)/(fp32_l2|int\d+_l1)/threads:(\d+)")
+
+
+def round_of(path):
+    m = re.match(r"r(\d+)_", os.path.basename(path))
+    return int(m.group(1)) if m else 1
 
 
 def merge(out_path, in_paths):
@@ -33,10 +47,27 @@ def merge(out_path, in_paths):
             doc["context"] = ctx
         doc["processes"].append({"command": ctx.get("command", "?"), "date": ctx.get("date", "?"),
                                  "load_avg": ctx.get("load_avg", [])})
-        doc["benchmarks"].extend(data.get("benchmarks", []))
+        for b in data.get("benchmarks", []):
+            b["round"] = round_of(path)
+            doc["benchmarks"].append(b)
     doc["context"] = doc["context"] or {}
     with open(out_path, "w") as f:
         json.dump(doc, f, indent=1)
+
+
+def merge_pytorch(out_path, in_paths):
+    doc = None
+    for k, path in enumerate(in_paths, start=1):
+        with open(path) as f:
+            data = json.load(f)
+        for r in data.get("runs", []):
+            r["round"] = k
+        if doc is None:
+            doc = data
+        else:
+            doc["runs"].extend(data.get("runs", []))
+    with open(out_path, "w") as f:
+        json.dump(doc or {"runs": []}, f, indent=1)
 
 
 def ms(b):
@@ -44,49 +75,88 @@ def ms(b):
     return b["real_time"] * scale
 
 
+def shiftq_round_row(entries):
+    """One round of one case: the median aggregate, or the median of the repetitions."""
+    medians = [b for b in entries if b.get("aggregate_name") == "median"]
+    iterations = [b for b in entries if b.get("run_type", "iteration") == "iteration"]
+    if medians:
+        b = medians[0]
+        row = {"ms": ms(b), "items_per_second": b.get("items_per_second"), "peak_rss": b.get("peak_rss_MiB"),
+               "start_rss": b.get("start_rss_MiB"), "label": b.get("label", "")}
+    elif iterations:
+        row = {"ms": statistics.median(ms(b) for b in iterations),
+               "items_per_second": statistics.median(b.get("items_per_second", 0) for b in iterations),
+               "peak_rss": max(b.get("peak_rss_MiB", 0) for b in iterations),
+               "start_rss": iterations[0].get("start_rss_MiB"), "label": iterations[0].get("label", "")}
+    else:
+        return None
+    row["label"] = next((b.get("label") for b in iterations if b.get("label")), row["label"]) or ""
+    return row
+
+
+def over_rounds(per_round, time_key):
+    """Median time and rate over rounds, the largest peak; per_round: {round: row}."""
+    rows = list(per_round.values())
+    out = dict(rows[0])
+    out[time_key] = statistics.median(r[time_key] for r in rows)
+    rate_key = "items_per_second"
+    if all(r.get(rate_key) is not None for r in rows):
+        out[rate_key] = statistics.median(r[rate_key] for r in rows)
+    peak_key = "peak_rss" if "peak_rss" in out else "peak_rss_mib"
+    if all(r.get(peak_key) is not None for r in rows):
+        out[peak_key] = max(r[peak_key] for r in rows)
+    out["by_round"] = {k: r[time_key] for k, r in per_round.items()}
+    return out
+
+
 def shiftq_runs(data):
-    """{(model key, variant, threads): {"ms", "items_per_second", "peak_rss", "start_rss", "reps"}}"""
+    """{(model key, variant, threads): {"ms", "items_per_second", "peak_rss", "start_rss", "by_round"}}"""
     groups = {}
     for b in data.get("benchmarks", []):
         m = NAME_RE.match(b.get("run_name", b["name"]))
         if not m or b.get("error_occurred"):
             continue
-        groups.setdefault((m.group(1), m.group(2), int(m.group(3))), []).append(b)
+        key = (m.group(1), m.group(2), int(m.group(3)))
+        groups.setdefault(key, {}).setdefault(b.get("round", 1), []).append(b)
     out = {}
-    for key, entries in groups.items():
-        medians = [b for b in entries if b.get("aggregate_name") == "median"]
-        iterations = [b for b in entries if b.get("run_type", "iteration") == "iteration"]
-        if medians:
-            b = medians[0]
-            row = {"ms": ms(b), "items_per_second": b.get("items_per_second"),
-                   "peak_rss": b.get("peak_rss_MiB"), "start_rss": b.get("start_rss_MiB"),
-                   "reps": b.get("repetitions", "?"), "label": b.get("label", "")}
-        elif iterations:
-            row = {"ms": statistics.median(ms(b) for b in iterations),
-                   "items_per_second": statistics.median(b.get("items_per_second", 0) for b in iterations),
-                   "peak_rss": max(b.get("peak_rss_MiB", 0) for b in iterations),
-                   "start_rss": iterations[0].get("start_rss_MiB"), "reps": len(iterations),
-                   "label": iterations[0].get("label", "")}
-        else:
-            continue
-        label = next((b.get("label") for b in iterations if b.get("label")), row["label"])
-        row["label"] = label or ""
-        out[key] = row
+    for key, rounds in groups.items():
+        per_round = {k: row for k, row in ((k, shiftq_round_row(e)) for k, e in rounds.items()) if row}
+        if per_round:
+            out[key] = over_rounds(per_round, "ms")
     return out
 
 
 def pytorch_runs(doc):
-    """{(model, threads): fastest run}, and the slower ResNet memory formats for a note."""
+    """{(model, threads): fastest memory format per round, over rounds}, and the slower runs for a note."""
     best, others = {}, []
     for r in doc.get("runs", []):
-        key = (r["model"], r["threads"])
-        if key not in best or r["ms_per_step_median"] < best[key]["ms_per_step_median"]:
-            if key in best:
-                others.append(best[key])
-            best[key] = r
+        key, k = (r["model"], r["threads"]), r.get("round", 1)
+        current = best.setdefault(key, {}).get(k)
+        if current is None or r["ms_per_step_median"] < current["ms_per_step_median"]:
+            if current is not None:
+                others.append(current)
+            best[key][k] = r
         else:
             others.append(r)
-    return best, others
+    out = {}
+    for key, per_round in best.items():
+        out[key] = over_rounds(per_round, "ms_per_step_median")
+        formats = sorted({r.get("memory_format", "?") for r in per_round.values()})
+        out[key]["memory_format"] = formats[0] if len(formats) == 1 else "fastest of " + " / ".join(formats) + " per round"
+    return out, others
+
+
+def round_ratio(num_run, den_run, num_key, den_key, bold=False):
+    """Median over the rounds both ran of num / den, with the range when there are several."""
+    if num_run is None or den_run is None:
+        return "-"
+    common = sorted(set(num_run["by_round"]) & set(den_run["by_round"]))
+    if not common:
+        return ratio(num_run[num_key], den_run[den_key], bold)
+    values = [num_run["by_round"][k] / den_run["by_round"][k] for k in common]
+    s = f"{statistics.median(values):.2f}x"
+    s = f"**{s}**" if bold else s
+    return s if len(values) == 1 else f"{s} ({min(values):.2f}-{max(values):.2f}, {len(values)} rounds)"
 
 
 def fmt(x, digits=1):
@@ -155,21 +225,26 @@ def report(shiftq_path, pytorch_path, made_by=None):
               "peak RSS vs shiftq fp32 |")
         print("|---|---|---|---|---|---|---|---|---|")
         for model_name, threads, v, r, fp32, torch_run in ratio_rows:
-            t_ms = torch_run["ms_per_step_median"] if torch_run else None
             t_peak = torch_run["peak_rss_mib"] if torch_run else None
             t_above = torch_run["peak_rss_mib"] - torch_run["start_rss_mib"] if torch_run else None
             r_above = r["peak_rss"] - r["start_rss"] if r["peak_rss"] is not None and r["start_rss"] is not None else None
-            print(f"| {model_name} | {threads} | {v} | {ratio(t_ms, r['ms'], True)} | "
-                  f"{ratio(fp32['ms'] if fp32 else None, r['ms'], True)} | "
-                  f"{ratio(t_ms, fp32['ms'] if fp32 else None)} | {ratio(r['peak_rss'], t_peak)} | "
+            print(f"| {model_name} | {threads} | {v} | {round_ratio(torch_run, r, 'ms_per_step_median', 'ms', True)} | "
+                  f"{round_ratio(fp32, r, 'ms', 'ms', True)} | "
+                  f"{round_ratio(torch_run, fp32, 'ms_per_step_median', 'ms')} | {ratio(r['peak_rss'], t_peak)} | "
                   f"{ratio(r_above, t_above)} | {ratio(r['peak_rss'], fp32['peak_rss'] if fp32 else None)} |")
     if pt_others:
-        slower = "; ".join(f"{r['model']} threads:{r['threads']} {r['memory_format']}: {r['ms_per_step_median']:.1f} ms/step"
+        slower = "; ".join(f"{r['model']} threads:{r['threads']} {r['memory_format']}"
+                           f"{' round ' + str(r['round']) if 'round' in r else ''}: {r['ms_per_step_median']:.1f} ms/step"
                            for r in pt_others)
         print(f"\nPyTorch ResNet-20 ran in both memory formats; the table shows the faster. Slower: {slower}.")
+    rounds = max((len(r["by_round"]) for r in list(sq.values()) + list(pt.values())), default=1)
+    if rounds > 1:
+        print(f"\nEach time is the median over {rounds} rounds of that round's median; each round ran every shiftq "
+              "case, then every PyTorch case. A ratio is the median of the per-round ratios (range in brackets), "
+              "so shiftq and PyTorch are compared minutes apart at most, not across the whole run.")
     print("\nshiftq integer vs shiftq fp32 are measured by the same binary back to back (same-run ratio); "
-          "PyTorch ran in separate processes right after, so its ratios also carry the machine's run-to-run "
-          "drift (up to +-30% on these shared VMs).")
+          "PyTorch ran in separate processes in the same round, so its ratios also carry the machine's "
+          "drift between processes (up to +-30% on these shared VMs).")
 
     print("\nMachine and libraries:\n")
     if sq_ctx:
@@ -204,6 +279,11 @@ def report(shiftq_path, pytorch_path, made_by=None):
 
 
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "merge-pytorch":
+        if len(sys.argv) < 4:
+            sys.exit("usage: report_train_step.py merge-pytorch OUT.json IN.json [IN.json ...]")
+        merge_pytorch(sys.argv[2], sys.argv[3:])
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "merge":
         if len(sys.argv) < 4:
             sys.exit("usage: report_train_step.py merge OUT.json IN.json [IN.json ...]")
