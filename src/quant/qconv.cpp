@@ -14,6 +14,7 @@
 // and the dW products are summed exactly in int64 (per thread, then across threads). Integer sums
 // are exact, so results do not depend on the blocking or the thread count.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <mutex>
 #include <vector>
@@ -23,6 +24,7 @@
 #include "quant/qlayers_internal.hpp"
 #include "shiftq/kernels/gemm_int.hpp"
 #include "shiftq/kernels/im2col.hpp"
+#include "shiftq/kernels/quantize.hpp"
 #include "shiftq/kernels/transpose.hpp"
 
 namespace shiftq::quant {
@@ -86,6 +88,40 @@ Tensor to_channels_last(const Tensor& codes, const ConvShape& s) {
     for (std::int64_t n = b; n < e; ++n) kernels::transpose_u8(src + n * s.image, dst + n * s.image, s.C, HW);
   });
   return out;
+}
+
+// dY: [N, O, P] -> [N*P, O], the layout both gradient GEMMs read, together with the inner ranges of
+// both gradient quantizers: max |dY| per row (output pixel; dW's groups) and per column (output
+// channel; dX's groups). One pass over dY: each sample is transposed, then scanned while in cache.
+struct GradientRows {
+  Tensor rows;                   // [N*P, O]
+  std::vector<float> row_max;    // [N*P]
+  std::vector<float> col_max;    // [O]
+};
+
+GradientRows gradient_rows(const Tensor& grad, const ConvShape& s) {
+  GradientRows g{Tensor::uninitialized({s.N * s.P, s.O}), std::vector<float>(static_cast<std::size_t>(s.N * s.P)),
+                 std::vector<float>(static_cast<std::size_t>(s.O), 0.0f)};
+  const float* src = grad.data<float>();
+  float* dst = g.rows.data<float>();
+  std::mutex col_mutex;
+  std::atomic<bool> finite{true};
+  detail::parallel_for_dynamic(s.N, 1, [&](std::int64_t b, std::int64_t e) {
+    float* col = thread_scratch<float, 2>(s.O);
+    std::fill_n(col, s.O, 0.0f);
+    bool ok = true;
+    for (std::int64_t n = b; n < e; ++n) {
+      float* rows = dst + n * s.P * s.O;
+      kernels::transpose_f32(src + n * s.O * s.P, rows, s.O, s.P);
+      ok &= kernels::absmax_rows_f32(rows, 0, s.P, s.O, nullptr, g.row_max.data() + n * s.P);
+      ok &= kernels::absmax_cols_f32(rows, 0, s.P, s.O, nullptr, col);
+    }
+    if (!ok) finite = false;
+    const std::lock_guard<std::mutex> lock(col_mutex);  // max: exact in any order
+    for (std::int64_t o = 0; o < s.O; ++o) g.col_max[o] = std::max(g.col_max[o], col[o]);
+  });
+  if (!finite) grad.check_finite("quantized_conv2d: output gradient");
+  return g;
 }
 
 // The im2col rows [r0, r1) of the channels-last u8 codes (padding 128 = v 0) into cols.
@@ -237,20 +273,20 @@ Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bia
   if (any_requires_grad({&x, &weight, &bias})) internal::count_saved_bytes(static_cast<std::int64_t>(x_nhwc.codes.nbytes()));
   return record("quantized_conv2d", out, {&x, &weight, &bias},
                 [x_nhwc, wq, quant, step, s, gx, gw, gb, x_shape = x.shape(), w_shape = weight.shape()](const Tensor& grad) {
-    const Tensor g_rows = detail::nchw_to_rows(grad, s.N, s.O, s.P);  // dY: [N*P, O]
+    const GradientRows g = gradient_rows(grad, s);  // dY: [N*P, O] and its ranges
     Tensor dx, dw, db;
     if (gx) {  // groups over O, a scale per row (output pixel)
-      const QTensor gq = quantize(g_rows, internal::gradient_params(quant.gradients, false, quant, step),
+      const QTensor gq = quantize(g.rows, internal::gradient_params(quant.gradients, false, quant, step), g.col_max,
                                   "conv2d output gradient");
       dx = conv_input_grad(s, gq, wq, x_shape);
     }
     if (gw) {  // groups over the rows (the contraction), a scale per output channel; s8 codes (GEMM operand B)
       const QTensor gq = quantize(
-          g_rows, internal::gradient_params(quant.gradients, true, quant, step).with_unsigned_codes(false),
+          g.rows, internal::gradient_params(quant.gradients, true, quant, step).with_unsigned_codes(false), g.row_max,
           "conv2d output gradient");
       dw = conv_weight_grad(s, gq, x_nhwc, w_shape);
     }
-    if (gb) db = sum(g_rows, {0});
+    if (gb) db = sum(g.rows, {0});
     return std::vector<Tensor>{dx, dw, db};
   });
 }

@@ -171,11 +171,20 @@ void QuantizeParams::validate() const {
                inner_axis);
 }
 
-QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
+namespace {
+void check_quantize_input(const Tensor& x, const QuantizeParams& p, const char* name) {
   check_dtype(x, DType::f32, "quantize", name ? name : "x");
   SHIFTQ_CHECK(x.dim() == 2 && x.numel() > 0, ShapeError, "quantize: expects a non-empty 2-D tensor, got ", x.str(),
                name ? std::string(" ('") + name + "')" : std::string());
   p.validate();
+}
+
+// Whether quantize() can take the inner ranges from its caller (see qtensor.hpp).
+bool takes_given_ranges(const QuantizeParams& p) {
+  return p.shift_budget > 0 && p.outer == OuterScale::per_index && !p.nonnegative_range;
+}
+
+QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* given_ranges, const char* name) {
   const std::int64_t R = x.size(0), C = x.size(1);
   const int S = p.shift_budget;
   const bool groups_on_cols = p.inner_axis == 1;
@@ -191,7 +200,10 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
   QuantizeScratch& scratch = quantize_scratch();
   std::vector<float>& ranges = scratch.ranges;
   float m = 1.0f;  // unknown but irrelevant when the first pass is skipped (S = 0, per-row)
-  if (S > 0) {
+  if (given_ranges) {  // exact maxima from the caller; later passes still check finiteness
+    ranges.assign(given_ranges, given_ranges + inner_len);
+    m = *std::max_element(ranges.begin(), ranges.end());
+  } else if (S > 0) {
     // Unsigned codes with groups need (2^b - 1) * 2^S <= 127, i.e. b + S <= 7.
     const bool sign_pass = p.nonnegative_range && p.bits + S <= 7;
     if (groups_on_cols)
@@ -258,6 +270,7 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
     std::fill(inv_scale.begin(), inv_scale.end(), inv_scale[0]);
   } else if (!groups_on_cols) {  // one scale per column: needs every row first
     const std::vector<float> col_max = column_absmax(px, R, C, pow_e.data(), finite);
+    if (!finite) throw_nonfinite(x, name);
     for (std::int64_t c = 0; c < C; ++c) set_scale(c, col_max[c]);
   }
   std::vector<float>& ones_outer = scratch.ones_outer;
@@ -297,8 +310,23 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
         kernels::quantize_pack_f32_s8(args, t0, t1);
     }
   });
-  if (!rows_finite) throw_nonfinite(x, name);  // the first pass was skipped (S = 0, per-row)
+  if (!rows_finite) throw_nonfinite(x, name);  // the first pass was skipped (S = 0, per-row, or given ranges)
   return q;
+}
+}  // namespace
+
+QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
+  check_quantize_input(x, p, name);
+  return quantize_impl(x, p, nullptr, name);
+}
+
+QTensor quantize(const Tensor& x, const QuantizeParams& p, std::span<const float> inner_ranges, const char* name) {
+  check_quantize_input(x, p, name);
+  const std::int64_t inner_len = x.size(p.inner_axis == 1 ? 1 : 0);
+  SHIFTQ_CHECK(static_cast<std::int64_t>(inner_ranges.size()) == inner_len, ShapeError, "quantize: ",
+               inner_ranges.size(), " inner ranges given for an inner axis of ", inner_len,
+               name ? std::string(" ('") + name + "')" : std::string());
+  return quantize_impl(x, p, takes_given_ranges(p) ? inner_ranges.data() : nullptr, name);
 }
 
 Tensor QTensor::signed_codes() const {

@@ -279,6 +279,51 @@ TEST(Quantize, OptimizedKernelsBitExactAgainstReference) {
   }
 }
 
+// max |x| along each group of the inner axis (columns for axis 1, rows for axis 0), by hand.
+std::vector<float> inner_ranges(const Tensor& x, int axis) {
+  const std::int64_t R = x.size(0), C = x.size(1);
+  std::vector<float> r(axis == 1 ? C : R, 0.0f);
+  const float* p = x.data<float>();
+  for (std::int64_t i = 0; i < R; ++i)
+    for (std::int64_t j = 0; j < C; ++j) {
+      float& m = r[axis == 1 ? j : i];
+      m = std::max(m, std::fabs(p[i * C + j]));
+    }
+  return r;
+}
+
+TEST(Quantize, GivenInnerRangesGiveTheSameQuantization) {
+  Generator gen(14);
+  Tensor x = channel_spread(67, 45, log_uniform_ranges(45, -10, 2, gen), gen);
+  for (std::int64_t c = 0; c < 45; ++c) x.data<float>()[3 * 45 + c] = 0.0f;  // an all-zero row group
+  for (int axis : {0, 1})
+    for (Rounding rounding : {Rounding::nearest_even, Rounding::stochastic})
+      for (bool unsigned_codes : {false, true}) {
+        const QuantizeParams p = QuantizeParams::shiftquant(4, 4, axis)
+                                     .with_rounding(rounding, {5, 6, 7})
+                                     .with_unsigned_codes(unsigned_codes);
+        const QTensor want = quantize(x, p);
+        const QTensor got = quantize(x, p, inner_ranges(x, axis));
+        EXPECT_EQ(got.codes.dtype(), want.codes.dtype());
+        EXPECT_EQ(got.signed_codes().to_vector<std::int8_t>(), want.signed_codes().to_vector<std::int8_t>())
+            << "axis " << axis;
+        EXPECT_EQ(got.scales.to_vector<float>(), want.scales.to_vector<float>());
+        EXPECT_EQ(got.exponents.to_vector<std::int8_t>(), want.exponents.to_vector<std::int8_t>());
+      }
+  // Wrong length: a clear error. Ranges that cannot be used (per-tensor scale) are not needed.
+  EXPECT_THROW(quantize(x, QuantizeParams::shiftquant(4, 4, 1), std::vector<float>(44, 1.0f)), ShapeError);
+  const QuantizeParams per_tensor = QuantizeParams::per_tensor(4);
+  EXPECT_EQ(quantize(x, per_tensor, std::vector<float>(45, 0.0f)).codes.to_vector<std::int8_t>(),
+            quantize(x, per_tensor).codes.to_vector<std::int8_t>());
+  // Non-finite x is still caught when the first pass is skipped.
+  for (int axis : {0, 1}) {
+    Tensor y = x.clone();
+    const std::vector<float> ranges = inner_ranges(y, axis);
+    y.data<float>()[100] = NAN;
+    EXPECT_THROW(quantize(y, QuantizeParams::shiftquant(4, 4, axis), ranges, "g"), NumericError);
+  }
+}
+
 TEST(Quantize, StochasticRoundingIsUnbiased) {
   // Mean of the dequantized values over many independent keys -> x. The per-draw error lies in
   // (-step, step), so the mean of n draws is within 5 * step / (2 sqrt(n)) except with tiny probability.

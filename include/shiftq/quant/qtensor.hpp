@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <span>
 
 #include "shiftq/core/tensor.hpp"
 
@@ -113,5 +114,12 @@ struct QTensor {
 // Quantizes x: f32 [R, C]. Throws ShapeError for a non-2-D or empty x, ValueError for invalid
 // params, NumericError (naming `name` when given) if x holds NaN or Inf.
 QTensor quantize(const Tensor& x, const QuantizeParams& params, const char* name = nullptr);
+// The same, for a producer that already knows the inner ranges: inner_ranges[k] = max |x| over
+// group k of the inner axis (a column when inner_axis = 1, a row when 0), exactly. With S > 0,
+// per-index outer scales and no nonnegative_range they replace quantize's first pass over x (the
+// result is bit-identical); otherwise they are not needed and the first pass runs as usual.
+// Throws ShapeError if inner_ranges does not have one entry per group.
+QTensor quantize(const Tensor& x, const QuantizeParams& params, std::span<const float> inner_ranges,
+                 const char* name = nullptr);
 
 }  // namespace shiftq::quant
