@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Reproduces the ResNet rows of docs/results.md: ResNet-20 on Fashion-MNIST, same recipe and epochs,
 # fp32 + BatchNorm vs 4-bit ShiftQuant + fully quantized L1 BatchNorm, and two 4-bit ablations.
-# Usage: scripts/run-resnet-results.sh [BUILD_DIR] [EPOCHS] [THREADS] [main|ablations|options|all] [OUT_DIR]
-# (logs in OUT_DIR, default docs/results/; docs/results/5-epochs/ holds the 5-epoch main rows)
+# Usage: scripts/run-resnet-results.sh [BUILD_DIR] [EPOCHS] [THREADS] [main|ablations|options|seeds|all] [OUT_DIR]
+# (logs in OUT_DIR, default docs/results/; docs/results/5-epochs/ holds the 5-epoch main rows).
+# Every run uses seed 1, except `seeds`: fp32 and the method with seeds 2 and 3, in OUT_DIR/seed2 and
+# OUT_DIR/seed3 (one directory per seed, so that each table's gap is taken against the fp32 run of
+# the same seed). `all` does not include `seeds`.
 set -euo pipefail
 build=${1:-build}
 epochs=${2:-3}
 threads=${3:-2}
-which=${4:-all}   # main | ablations | options | all
+which=${4:-all}   # main | ablations | options | seeds | all
 bin="$build/examples/shiftq-train-resnet"
 out=${5:-docs/results}
 mkdir -p "$out"
@@ -15,7 +18,7 @@ run() {
   local name=$1; shift
   rm -f "$out/resnet-$name.jsonl"
   echo "== $name: $bin --epochs $epochs --threads $threads $*"
-  "$bin" --epochs "$epochs" --threads "$threads" --seed 1 --log "$out/resnet-$name.jsonl" --no-verbose "$@"
+  "$bin" --epochs "$epochs" --threads "$threads" --seed "${seed:-1}" --log "$out/resnet-$name.jsonl" --no-verbose "$@"
 }
 if [[ $which == main || $which == all ]]; then
   run fp32-l2 --norm l2
@@ -28,4 +31,13 @@ fi
 if [[ $which == options || $which == all ]]; then
   run w4a4g4-l1-actsq --bits 4 --norm l1 --act-quant shiftquant
   run w4a4g4-l1-mseclip --bits 4 --norm l1 --act-clip mse
+fi
+if [[ $which == seeds ]]; then
+  base=$out
+  for seed in 2 3; do
+    out="$base/seed$seed"
+    mkdir -p "$out"
+    run fp32-l2 --norm l2
+    run w4a4g4-l1 --bits 4 --norm l1
+  done
 fi

@@ -5,13 +5,38 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <exception>
+#include <mutex>
 
 #include "shiftq/core/parallel.hpp"
 
 namespace shiftq::detail {
 
+// An exception escaping an OpenMP region terminates the process: the regions below run fn through
+// this, which keeps the first exception and rethrows it on the calling thread after the region.
+class FirstError {
+ public:
+  template <class F>
+  void run(F&& fn) noexcept {
+    try {
+      fn();
+    } catch (...) {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      if (!error_) error_ = std::current_exception();
+    }
+  }
+  void rethrow() const {
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::exception_ptr error_;
+};
+
 // Calls fn(begin, end) on chunks of [0, n), in parallel when n >= grain. Chunks are static, so the
-// split depends only on n and the thread count.
+// split depends only on n and the thread count. An exception from fn is rethrown after the region
+// (the other chunks still run).
 template <class F>
 void parallel_for(std::int64_t n, std::int64_t grain, F&& fn) {
   if (n <= 0) return;
@@ -20,6 +45,7 @@ void parallel_for(std::int64_t n, std::int64_t grain, F&& fn) {
     fn(std::int64_t{0}, n);
     return;
   }
+  FirstError error;
 #pragma omp parallel num_threads(threads)
   {
     const std::int64_t t = omp_get_thread_num();
@@ -27,8 +53,9 @@ void parallel_for(std::int64_t n, std::int64_t grain, F&& fn) {
     const std::int64_t chunk = (n + nt - 1) / nt;
     const std::int64_t begin = std::min(n, t * chunk);
     const std::int64_t end = std::min(n, begin + chunk);
-    if (begin < end) fn(begin, end);
+    if (begin < end) error.run([&] { fn(begin, end); });
   }
+  error.rethrow();
 }
 
 // Like parallel_for, but [0, n) is cut into about 8 chunks per thread (each at least `grain`
@@ -48,8 +75,10 @@ void parallel_for_dynamic(std::int64_t n, std::int64_t grain, F&& fn) {
   }
   const std::int64_t chunk = std::max(grain, (n + kChunksPerThread * threads - 1) / (kChunksPerThread * threads));
   const std::int64_t chunks = (n + chunk - 1) / chunk;
+  FirstError error;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-  for (std::int64_t c = 0; c < chunks; ++c) fn(c * chunk, std::min(n, (c + 1) * chunk));
+  for (std::int64_t c = 0; c < chunks; ++c) error.run([&] { fn(c * chunk, std::min(n, (c + 1) * chunk)); });
+  error.rethrow();
 }
 
 }  // namespace shiftq::detail

@@ -1,25 +1,24 @@
 // The quantized 2-D convolution: three int8 GEMMs per step over the channels-last im2col matrix,
-// run block by block so that no im2col matrix or product wider than the layer's input is ever
-// materialized.
+// run block by block so that neither the im2col matrix nor a GEMM product is ever materialized for
+// the whole batch.
 //
 // With x: [N, C, H, W], W: [O, C, KH, KW], P = OH*OW output pixels and patch = KH*KW*C, the three
 // products over the rows r = n*P + p of the im2col matrix cols: [N*P, patch] are
 //   forward  Y[r, o]      = cols[r, :] . W[o, :]
 //   backward dcols[r, j]  = dY[r, :] . W[:, j]          (then col2im into dX)
 //            dW^T[j, o]   = sum_r cols[r, j] dY[r, o]
-// Each thread owns a range of samples and walks its rows in blocks of at most block_rows(): it
-// builds that block's im2col rows (forward, dW) from the saved int8 codes, multiplies, and applies
-// the scales while the int32 product is in cache: the forward writes Y straight to NCHW, the dX
-// product is scattered (col2im) into the sample's channels-last gradient and then moved to NCHW,
-// and the dW products are summed exactly in int64 (per thread, then across threads). Integer sums
-// are exact, so results do not depend on the blocking or the thread count.
+// Threads claim chunks of whole samples and walk their rows in blocks of at most block_rows(): a
+// block's im2col rows (forward, dW) are built from the saved int8 codes, multiplied, and scaled
+// while the int32 product is in cache: the forward writes Y straight to NCHW, the dX product is
+// scattered (col2im) into the sample's channels-last gradient and then moved to NCHW, and the dW
+// products are summed exactly in int64 (per chunk, then across chunks). Integer sums are exact, so
+// results do not depend on the blocking, the chunks or the thread count.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <mutex>
 #include <vector>
 
-#include "detail/conv_layout.hpp"
 #include "detail/parallel.hpp"
 #include "quant/qlayers_internal.hpp"
 #include "shiftq/kernels/gemm_int.hpp"

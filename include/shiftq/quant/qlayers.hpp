@@ -54,9 +54,10 @@ Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bia
                         const LayerQuant& quant, std::uint64_t step);
 
 // x: [N, C, H, W], weight: [O, C, KH, KW], bias: [O] or undefined -> [N, O, OH, OW]. The input is
-// quantized once (before im2col), its codes moved to channels-last, and the im2col matrix built
-// from them with patches ordered (ky, kx, c); the packed weight uses the same order
-// ([O, KH*KW*C]).
+// quantized once (before im2col) and its codes moved to channels-last; the im2col rows are built
+// from them block by block (patches ordered (ky, kx, c), as in the packed weight [O, KH*KW*C]) and
+// consumed while in cache, forward and backward. Throws ValueError when C*KH*KW or O exceeds
+// kernels::kMaxGemmKu8s8 (66313; e.g. more than 7368 input channels at 3x3).
 Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& params,
                         PackedWeight& packed, const LayerQuant& quant, std::uint64_t step);
 
