@@ -16,7 +16,7 @@ Tensor map_unary(const Tensor& x, F f) {
   Tensor out = Tensor::uninitialized(x.shape());
   const float* px = x.data<float>();
   float* po = out.data<float>();
-  parallel_for_dynamic(x.numel(), kElementwiseGrain, [&](std::int64_t b, std::int64_t e) {
+  parallel_for(x.numel(), kElementwiseGrain, [&](std::int64_t b, std::int64_t e) {
     for (std::int64_t i = b; i < e; ++i) po[i] = f(px[i]);
   });
   return out;
@@ -29,7 +29,7 @@ Tensor map_binary_same(const Tensor& x, const Tensor& y, F f) {
   const float* px = x.data<float>();
   const float* py = y.data<float>();
   float* po = out.data<float>();
-  parallel_for_dynamic(x.numel(), kElementwiseGrain, [&](std::int64_t b, std::int64_t e) {
+  parallel_for(x.numel(), kElementwiseGrain, [&](std::int64_t b, std::int64_t e) {
     for (std::int64_t i = b; i < e; ++i) po[i] = f(px[i], py[i]);
   });
   return out;
@@ -59,7 +59,7 @@ Tensor map_binary(const Tensor& a, const Tensor& b, F f) {
   const std::int64_t rank = static_cast<std::int64_t>(out_shape.size());
   const std::int64_t inner = out_shape.back(), rows = out.numel() / inner;
   const std::int64_t ia = sa.back(), ib = sb.back();
-  parallel_for_dynamic(rows, std::max<std::int64_t>(1, kElementwiseGrain / inner), [&](std::int64_t r0, std::int64_t r1) {
+  parallel_for(rows, std::max<std::int64_t>(1, kElementwiseGrain / inner), [&](std::int64_t r0, std::int64_t r1) {
     for (std::int64_t r = r0; r < r1; ++r) {
       std::int64_t rest = r, oa = 0, ob = 0;
       for (std::int64_t d = rank - 2; d >= 0; --d) {

@@ -33,7 +33,7 @@ inline Tensor rows_to_nchw(const Tensor& y_rows, const Tensor& bias, std::int64_
   const float* pr = y_rows.data<float>();
   const float* pb = bias.defined() ? bias.data<float>() : nullptr;
   float* po = out.data<float>();
-  parallel_for_dynamic(N, 1, [&](std::int64_t b, std::int64_t e) {
+  parallel_for(N, 1, [&](std::int64_t b, std::int64_t e) {
     for (std::int64_t n = b; n < e; ++n)
       transpose_tiled(pr + n * P * O, po + n * O * P, P, O,
                       [pb](float v, std::int64_t o) { return v + (pb ? pb[o] : 0.0f); });
@@ -46,7 +46,7 @@ inline Tensor nchw_to_rows(const Tensor& grad, std::int64_t N, std::int64_t O, s
   Tensor rows = Tensor::uninitialized({N * P, O});
   const float* pg = grad.data<float>();
   float* pr = rows.data<float>();
-  parallel_for_dynamic(N, 1, [&](std::int64_t b, std::int64_t e) {
+  parallel_for(N, 1, [&](std::int64_t b, std::int64_t e) {
     for (std::int64_t n = b; n < e; ++n) kernels::transpose_f32(pg + n * O * P, pr + n * P * O, O, P);
   });
   return rows;
@@ -58,7 +58,7 @@ inline Tensor col2im_batch(const kernels::Conv2dGeometry& g, const Tensor& dcols
   const std::int64_t N = x_shape[0], P = g.out_h() * g.out_w(), image = g.channels * g.height * g.width;
   const float* pc = dcols.data<float>();
   float* pdx = dx.data<float>();
-  parallel_for_dynamic(N, 1, [&](std::int64_t b, std::int64_t e) {
+  parallel_for(N, 1, [&](std::int64_t b, std::int64_t e) {
     for (std::int64_t n = b; n < e; ++n) kernels::col2im_f32(g, pc + n * P * g.patch(), pdx + n * image);
   });
   return dx;

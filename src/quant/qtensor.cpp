@@ -49,7 +49,7 @@ void for_row_blocks(std::int64_t rows, std::int64_t cols, F fn) {
     fn(std::int64_t{0}, rows);
     return;
   }
-  detail::parallel_for_dynamic(rows, std::max<std::int64_t>(1, kParallelElements / std::max<std::int64_t>(cols, 1)), fn);
+  detail::parallel_for(rows, std::max<std::int64_t>(1, kParallelElements / std::max<std::int64_t>(cols, 1)), fn);
 }
 
 // max over rows of |x[r, c]| * row_weight[r], per column, with per-block partial maxima.
