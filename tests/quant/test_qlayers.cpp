@@ -230,6 +230,17 @@ TEST(QuantizedLayers, NanGradientIsReportedNotQuantized) {
   Tensor bad = Tensor::ones({2, 3});
   bad.data<float>()[4] = NAN;
   EXPECT_THROW(y.backward(bad), NumericError);
+  // The quantized Conv2d takes its gradient's ranges while transposing it: NaN or Inf anywhere (the
+  // first sample, the last) is still reported.
+  nn::Conv2d conv(nn::Conv2dOptions{3, 5, 3}.padding(1), gen);
+  quantize_alone(conv, QConfig::bits(4));
+  for (std::int64_t at : {std::int64_t{0}, std::int64_t{2 * 5 * 36 - 1}})
+    for (float v : {NAN, INFINITY}) {
+      Tensor yc = conv(Tensor::randn({2, 3, 6, 6}, gen));
+      Tensor g = Tensor::ones(yc.shape());
+      g.data<float>()[at] = v;
+      EXPECT_THROW(yc.backward(g), NumericError) << "at " << at;
+    }
 }
 
 TEST(L1Norm, BatchNormStatisticsRunningStatsAndEval) {
