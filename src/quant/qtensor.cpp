@@ -238,7 +238,7 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
   if (S > 0)
     detail::parallel_for(inner_len, kParallelElements, [&](std::int64_t k0, std::int64_t k1) {
       for (std::int64_t k = k0; k < k1; ++k) {
-        const int e = (ranges[k] == 0.0f || m == 0.0f) ? S : std::min(S, floor_log2_ratio(m, ranges[k]));
+        const int e = (ranges[k] == 0.0f || m == 0.0f) ? S : std::clamp(floor_log2_ratio(m, ranges[k]), 0, S);
         e_out[k] = static_cast<std::int8_t>(e);
         pow_e[k] = pow2(e);
         pack[k] = pow2(S - e);
@@ -325,6 +325,9 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, std::span<const float
   const std::int64_t inner_len = x.size(p.inner_axis == 1 ? 1 : 0);
   SHIFTQ_CHECK(static_cast<std::int64_t>(inner_ranges.size()) == inner_len, ShapeError, "quantize: ",
                inner_ranges.size(), " inner ranges given for an inner axis of ", inner_len,
+               name ? std::string(" ('") + name + "')" : std::string());
+  SHIFTQ_CHECK(std::all_of(inner_ranges.begin(), inner_ranges.end(), [](float r) { return std::isfinite(r) && r >= 0.0f; }),
+               ValueError, "quantize: inner ranges must be finite and >= 0",
                name ? std::string(" ('") + name + "')" : std::string());
   return quantize_impl(x, p, takes_given_ranges(p) ? inner_ranges.data() : nullptr, name);
 }

@@ -312,6 +312,11 @@ TEST(Quantize, GivenInnerRangesGiveTheSameQuantization) {
       }
   // Wrong length: a clear error. Ranges that cannot be used (per-tensor scale) are not needed.
   EXPECT_THROW(quantize(x, QuantizeParams::shiftquant(4, 4, 1), std::vector<float>(44, 1.0f)), ShapeError);
+  for (float bad : {NAN, INFINITY, -1.0f}) {
+    std::vector<float> ranges = inner_ranges(x, 1);
+    ranges[7] = bad;
+    EXPECT_THROW(quantize(x, QuantizeParams::shiftquant(4, 4, 1), ranges), ValueError) << bad;
+  }
   const QuantizeParams per_tensor = QuantizeParams::per_tensor(4);
   EXPECT_EQ(quantize(x, per_tensor, std::vector<float>(45, 0.0f)).codes.to_vector<std::int8_t>(),
             quantize(x, per_tensor).codes.to_vector<std::int8_t>());

@@ -118,7 +118,8 @@ QTensor quantize(const Tensor& x, const QuantizeParams& params, const char* name
 // group k of the inner axis (a column when inner_axis = 1, a row when 0), exactly. With S > 0,
 // per-index outer scales and no nonnegative_range they replace quantize's first pass over x (the
 // result is bit-identical); otherwise they are not needed and the first pass runs as usual.
-// Throws ShapeError if inner_ranges does not have one entry per group.
+// Throws ShapeError if inner_ranges does not have one entry per group, ValueError if one is NaN,
+// infinite or negative.
 QTensor quantize(const Tensor& x, const QuantizeParams& params, std::span<const float> inner_ranges,
                  const char* name = nullptr);
 
