@@ -17,10 +17,11 @@ inline quant::QConfig make_qconfig(std::int64_t bits, std::int64_t act_bits, con
   quant::QConfig q = quant::QConfig::bits(static_cast<int>(bits));
   if (act_bits > 0) q.activations.bits = static_cast<int>(act_bits);
   if (act_quant == "shiftquant") {
-    // Power-of-two groups (per sample and channel for convolutions) on a per-tensor base. With the
-    // unsigned range, (2^b - 1) 2^S must fit int8: S = 7 - b (8 - b for symmetric codes).
+    // Power-of-two groups (per sample and channel for convolutions) on a per-tensor base, with the
+    // largest S that keeps the codes one int8 operand: 7 - b unsigned, 8 - b symmetric.
     q.activations.kind = quant::QuantizerKind::shiftquant;
-    q.activations.shift_budget = std::max(0, (act_range == "symmetric" ? 8 : 7) - q.activations.bits);
+    q.activations.shift_budget =
+        std::max(0, quant::max_shift_budget(q.activations.bits, act_range != "symmetric"));
   }
   q.activations.nonnegative_range = act_range != "symmetric";
   q.activations.mse_clip = act_clip == "mse";

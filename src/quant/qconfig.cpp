@@ -17,7 +17,7 @@ void TensorQConfig::validate(const char* role) const {
   if (kind == QuantizerKind::none) return;
   SHIFTQ_CHECK(bits >= 2 && bits <= 8, ValueError, "QConfig: ", role, " bits must be in [2, 8], got ", bits);
   const int s = kind == QuantizerKind::shiftquant ? shift_budget : 0;
-  SHIFTQ_CHECK(s >= 0 && bits + s <= 8, ValueError, "QConfig: ", role, " shift budget S=", shift_budget,
+  SHIFTQ_CHECK(s >= 0 && s <= max_shift_budget(bits, false), ValueError, "QConfig: ", role, " shift budget S=", shift_budget,
                " with ", bits, " bits needs b + S <= 8");
   SHIFTQ_CHECK(kind == QuantizerKind::shiftquant || shift_budget == 0, ValueError, "QConfig: ", role,
                " shift budget is only meaningful for shiftquant");
@@ -26,9 +26,9 @@ void TensorQConfig::validate(const char* role) const {
 QConfig QConfig::bits(int b) {
   SHIFTQ_CHECK(b >= 2 && b <= 8, ValueError, "QConfig::bits: b must be in [2, 8], got ", b);
   QConfig c;
-  c.weights = {QuantizerKind::shiftquant, b, 8 - b, Rounding::nearest_even};
+  c.weights = {QuantizerKind::shiftquant, b, max_shift_budget(b, false), Rounding::nearest_even};
   c.activations = {QuantizerKind::per_tensor, b, 0, Rounding::nearest_even, true};
-  c.gradients = {QuantizerKind::shiftquant, b, 8 - b, Rounding::stochastic};
+  c.gradients = {QuantizerKind::shiftquant, b, max_shift_budget(b, false), Rounding::stochastic};
   return c;
 }
 
@@ -49,7 +49,7 @@ std::string QConfig::str() const {
                        t.kind == QuantizerKind::shiftquant ? detail::cat(" S=", t.shift_budget) : std::string(),
                        t.rounding == Rounding::stochastic ? " stochastic" : " nearest",
                        t.nonnegative_range && (t.kind == QuantizerKind::per_tensor ||
-                                               (t.kind == QuantizerKind::shiftquant && t.bits + t.shift_budget <= 7))
+                                               (t.kind == QuantizerKind::shiftquant && t.shift_budget <= max_shift_budget(t.bits, true)))
                            ? " (unsigned when >= 0)"
                            : "",
                        t.mse_clip && t.kind == QuantizerKind::per_tensor ? " (MSE-clipped range)" : "");

@@ -72,7 +72,7 @@ LayerQuant layer_quant(const QConfig& config, bool first_or_last, std::uint64_t 
   if (first_or_last && config.first_last_bits != 0) {
     for (TensorQConfig* t : {&q.weights, &q.activations, &q.gradients}) {
       t->bits = config.first_last_bits;
-      if (t->kind == QuantizerKind::shiftquant) t->shift_budget = 8 - config.first_last_bits;
+      if (t->kind == QuantizerKind::shiftquant) t->shift_budget = max_shift_budget(config.first_last_bits, false);
     }
   }
   q.validate();
@@ -165,7 +165,7 @@ Tensor quantized_matmul(const Tensor& a, const Tensor& b, int bits, std::uint64_
                ShapeError, "quantized_matmul: operands need rank >= 2 and equal batch dims, got ", a.str(), " and ", b.str());
   SHIFTQ_CHECK(a.size(-1) == b.size(-2), ShapeError, "quantized_matmul: inner dims differ: ", a.str(), " x ", b.str());
   SHIFTQ_CHECK(bits >= 2 && bits <= 8, ValueError, "quantized_matmul: bits must be in [2, 8], got ", bits);
-  const int S = 8 - bits;
+  const int S = max_shift_budget(bits, false);
   const std::int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1), batch = a.numel() / std::max<std::int64_t>(M * K, 1);
   Shape out_shape(a.shape().begin(), a.shape().end() - 1);
   out_shape.push_back(N);

@@ -165,7 +165,7 @@ QuantizeParams QuantizeParams::shiftquant(int bits, int shift_budget, int inner_
 
 void QuantizeParams::validate() const {
   SHIFTQ_CHECK(bits >= 2 && bits <= 8, ValueError, "quantize: bits must be in [2, 8], got ", bits);
-  SHIFTQ_CHECK(shift_budget >= 0 && bits + shift_budget <= 8, ValueError, "quantize: shift budget S=", shift_budget,
+  SHIFTQ_CHECK(shift_budget >= 0 && shift_budget <= max_shift_budget(bits, false), ValueError, "quantize: shift budget S=", shift_budget,
                " with b=", bits, " bits needs S >= 0 and b + S <= 8 (int8 operands)");
   SHIFTQ_CHECK(inner_axis == 0 || inner_axis == 1, ValueError, "quantize: inner_axis must be 0 or 1, got ",
                inner_axis);
@@ -204,8 +204,7 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
     ranges.assign(given_ranges, given_ranges + inner_len);
     m = *std::max_element(ranges.begin(), ranges.end());
   } else if (S > 0) {
-    // Unsigned codes with groups need (2^b - 1) * 2^S <= 127, i.e. b + S <= 7.
-    const bool sign_pass = p.nonnegative_range && p.bits + S <= 7;
+    const bool sign_pass = p.nonnegative_range && S <= max_shift_budget(p.bits, true);
     if (groups_on_cols)
       ranges = column_absmax(px, R, C, nullptr, finite);
     else
