@@ -131,6 +131,9 @@ float mse_clipped_range(const float* x, std::int64_t n, float m, float qmax, boo
   return best_alpha;
 }
 
+// " ('name')" for error messages, or nothing.
+std::string name_suffix(const char* name) { return name ? std::string(" ('") + name + "')" : std::string(); }
+
 [[noreturn]] void throw_nonfinite(const Tensor& x, const char* name) {
   x.check_finite(std::string("quantize: input") + (name ? std::string(" '") + name + "'" : std::string()));
   throw NumericError("quantize: non-finite input");  // unreachable: check_finite throws
@@ -175,7 +178,7 @@ namespace {
 void check_quantize_input(const Tensor& x, const QuantizeParams& p, const char* name) {
   check_dtype(x, DType::f32, "quantize", name ? name : "x");
   SHIFTQ_CHECK(x.dim() == 2 && x.numel() > 0, ShapeError, "quantize: expects a non-empty 2-D tensor, got ", x.str(),
-               name ? std::string(" ('") + name + "')" : std::string());
+               name_suffix(name));
   p.validate();
 }
 
@@ -200,9 +203,8 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
   QuantizeScratch& scratch = quantize_scratch();
   std::vector<float>& ranges = scratch.ranges;
   float m = 1.0f;  // unknown but irrelevant when the first pass is skipped (S = 0, per-row)
-  if (given_ranges) {  // exact maxima from the caller; later passes still check finiteness
-    ranges.assign(given_ranges, given_ranges + inner_len);
-    m = *std::max_element(ranges.begin(), ranges.end());
+  if (given_ranges) {  // exact maxima from the caller, read in place; later passes still check finiteness
+    m = *std::max_element(given_ranges, given_ranges + inner_len);
   } else if (S > 0) {
     const bool sign_pass = p.nonnegative_range && S <= max_shift_budget(p.bits, true);
     if (groups_on_cols)
@@ -215,6 +217,7 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
     m = *std::max_element(scratch.row_max.begin(), scratch.row_max.end());
   }
   if (!finite) throw_nonfinite(x, name);
+  const float* range = given_ranges ? given_ranges : ranges.data();  // r_k (when S > 0)
 
   QTensor q;
   q.bits = p.bits;
@@ -237,7 +240,7 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
   if (S > 0)
     detail::parallel_for(inner_len, kParallelElements, [&](std::int64_t k0, std::int64_t k1) {
       for (std::int64_t k = k0; k < k1; ++k) {
-        const int e = (ranges[k] == 0.0f || m == 0.0f) ? S : std::clamp(floor_log2_ratio(m, ranges[k]), 0, S);
+        const int e = (range[k] == 0.0f || m == 0.0f) ? S : std::clamp(floor_log2_ratio(m, range[k]), 0, S);
         e_out[k] = static_cast<std::int8_t>(e);
         pow_e[k] = pow2(e);
         pack[k] = pow2(S - e);
@@ -264,7 +267,7 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
     if (S == 0)
       mx = p.mse_clip ? mse_clipped_range(px, R * C, m, qmax, q.nonnegative) : m;  // max |x|, maybe clipped
     else
-      for (std::int64_t k = 0; k < inner_len; ++k) mx = std::max(mx, ranges[k] * pow_e[k]);
+      for (std::int64_t k = 0; k < inner_len; ++k) mx = std::max(mx, range[k] * pow_e[k]);
     set_scale(0, mx);
     std::fill(inv_scale.begin(), inv_scale.end(), inv_scale[0]);
   } else if (!groups_on_cols) {  // one scale per column: needs every row first
@@ -324,10 +327,10 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, std::span<const float
   const std::int64_t inner_len = x.size(p.inner_axis == 1 ? 1 : 0);
   SHIFTQ_CHECK(static_cast<std::int64_t>(inner_ranges.size()) == inner_len, ShapeError, "quantize: ",
                inner_ranges.size(), " inner ranges given for an inner axis of ", inner_len,
-               name ? std::string(" ('") + name + "')" : std::string());
+               name_suffix(name));
   SHIFTQ_CHECK(std::all_of(inner_ranges.begin(), inner_ranges.end(), [](float r) { return std::isfinite(r) && r >= 0.0f; }),
                ValueError, "quantize: inner ranges must be finite and >= 0",
-               name ? std::string(" ('") + name + "')" : std::string());
+               name_suffix(name));
   return quantize_impl(x, p, takes_given_ranges(p) ? inner_ranges.data() : nullptr, name);
 }
 
