@@ -21,6 +21,7 @@
 
 #include "detail/parallel.hpp"
 #include "quant/qlayers_internal.hpp"
+#include "quant/shiftmm_internal.hpp"
 #include "shiftq/kernels/gemm_int.hpp"
 #include "shiftq/kernels/im2col.hpp"
 #include "shiftq/kernels/quantize.hpp"
@@ -63,13 +64,6 @@ T* thread_scratch(std::int64_t n) {
 // The scale of index i along q's scaled axis (or its one per-tensor scale).
 float scale_at(const QTensor& q, std::int64_t i) {
   return q.scales.data<float>()[q.scale_axis() >= 0 ? i : 0];
-}
-
-// -128 * sums: the u8 GEMM's per-column compensation for A stored as v + 128.
-std::vector<std::int32_t> u8_offsets(const Tensor& sums) {
-  std::vector<std::int32_t> out(sums.data<std::int32_t>(), sums.data<std::int32_t>() + sums.numel());
-  for (auto& v : out) v *= -128;
-  return out;
 }
 
 struct ConvShape {
@@ -133,10 +127,11 @@ void im2col_rows(const ConvShape& s, const std::uint8_t* x_nhwc, std::int64_t r0
 // Y: [N, O, OH, OW] = cols · W^T (+ bias), x codes [N, HW, C] u8.
 Tensor conv_forward(const ConvShape& s, const QTensor& x_nhwc, const QTensor& wq, const Tensor& bias) {
   Tensor out = Tensor::uninitialized({s.N, s.O, s.g.out_h(), s.g.out_w()});
-  const std::vector<std::int32_t> offsets = u8_offsets(wq.row_sums);  // B = W^T: sums over each row of W
   const float row = scale_at(x_nhwc, 0) * std::ldexp(1.0f, -(x_nhwc.shift_budget + wq.shift_budget));
   const std::uint8_t* x = x_nhwc.codes.data<std::uint8_t>();
   const std::int8_t* w = wq.codes.data<std::int8_t>();
+  // B = W^T: the packed weight's row sums
+  const std::vector<std::int32_t> offsets = internal::u8_compensation(wq.row_sums, w, Trans::T, s.patch, s.O);
   const float* pb = bias.defined() ? bias.data<float>() : nullptr;
   float* y = out.data<float>();
   const std::int64_t rows_per_block = block_rows(s.patch, s.O);
@@ -165,11 +160,12 @@ Tensor conv_forward(const ConvShape& s, const QTensor& x_nhwc, const QTensor& wq
 Tensor conv_input_grad(const ConvShape& s, const QTensor& gq, const QTensor& wq, const Shape& x_shape) {
   SHIFTQ_CHECK(wq.scale_axis() < 0, Error, "quantized_conv2d: internal error: packed weight needs a per-tensor scale");
   Tensor dx = Tensor::uninitialized(x_shape);
-  const std::vector<std::int32_t> offsets = u8_offsets(wq.col_sums);  // B = W: sums over each column
   const float shift = std::ldexp(1.0f, -(gq.shift_budget + wq.shift_budget));
   const std::int64_t HW = s.g.height * s.g.width, rows_per_block = block_rows(s.patch, s.O);
   const std::uint8_t* g = gq.codes.data<std::uint8_t>();
   const std::int8_t* w = wq.codes.data<std::int8_t>();
+  // B = W: the packed weight's column sums
+  const std::vector<std::int32_t> offsets = internal::u8_compensation(wq.col_sums, w, Trans::N, s.O, s.patch);
   float* px = dx.data<float>();
   detail::parallel_for_dynamic(s.N, 1, [&](std::int64_t b, std::int64_t e) {
     std::int32_t* acc = thread_scratch<std::int32_t, 0>(rows_per_block * s.patch);
@@ -203,19 +199,17 @@ Tensor conv_weight_grad(const ConvShape& s, const QTensor& gq, const QTensor& x_
   detail::parallel_for_dynamic(s.N, 1, [&](std::int64_t b, std::int64_t e) {
     std::uint8_t* cols = thread_scratch<std::uint8_t, 0>(rows_per_block * s.patch);
     std::int32_t* acc = thread_scratch<std::int32_t, 0>(s.patch * s.O);
-    std::int32_t* offsets = thread_scratch<std::int32_t, 1>(s.O);
     std::int64_t* part = thread_scratch<std::int64_t, 0>(s.patch * s.O);  // this call's dW^T sums
     std::fill_n(part, s.patch * s.O, 0);
     for (std::int64_t r0 = b * s.P; r0 < e * s.P; r0 += rows_per_block) {
       const std::int64_t r1 = std::min(e * s.P, r0 + rows_per_block);
       im2col_rows(s, x, r0, r1, cols);
-      std::fill_n(offsets, s.O, 0);  // -128 * the column sums of this block of dY
-      for (std::int64_t r = r0; r < r1; ++r)
-        for (std::int64_t o = 0; o < s.O; ++o) offsets[o] += g[r * s.O + o];
-      for (std::int64_t o = 0; o < s.O; ++o) offsets[o] *= -128;
+      // B = this block of dY: [r1 - r0, O]
+      const std::vector<std::int32_t> offsets =
+          internal::u8_compensation(Tensor(), g + r0 * s.O, Trans::N, r1 - r0, s.O);
       // [patch, O] = cols^T · dY over this block's rows
       kernels::gemm_u8s8s32(Trans::T, Trans::N, s.patch, s.O, r1 - r0, cols, s.patch, g + r0 * s.O, s.O,
-                            acc, s.O, offsets);
+                            acc, s.O, offsets.data());
       for (std::int64_t i = 0; i < s.patch * s.O; ++i) part[i] += acc[i];
     }
     const std::lock_guard<std::mutex> lock(total_mutex);

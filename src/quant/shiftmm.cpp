@@ -5,18 +5,16 @@
 #include <vector>
 
 #include "detail/parallel.hpp"
+#include "quant/shiftmm_internal.hpp"
 #include "shiftq/kernels/gemm_int.hpp"
 
 namespace shiftq::quant {
-namespace {
-// -128 * sum_k op(B)[k, n]: compensates A stored as u8 = v + 128. Uses B's precomputed sums when
-// it has them (weights packed once per step).
-std::vector<std::int32_t> u8_compensation(const QTensor& b, const std::int8_t* B, Trans tb, std::int64_t K,
+namespace internal {
+std::vector<std::int32_t> u8_compensation(const Tensor& cached_sums, const std::int8_t* B, Trans tb, std::int64_t K,
                                           std::int64_t N) {
-  const Tensor& cached = tb == Trans::N ? b.col_sums : b.row_sums;
   std::vector<std::int32_t> sums(N, 0);
-  if (cached.defined() && cached.numel() == N) {
-    std::copy_n(cached.data<std::int32_t>(), N, sums.begin());
+  if (cached_sums.defined() && cached_sums.numel() == N) {
+    std::copy_n(cached_sums.data<std::int32_t>(), N, sums.begin());
   } else if (tb == Trans::N) {  // B: [K, N]
     for (std::int64_t k = 0; k < K; ++k)
       for (std::int64_t n = 0; n < N; ++n) sums[n] += B[k * N + n];
@@ -32,7 +30,9 @@ std::vector<std::int32_t> u8_compensation(const QTensor& b, const std::int8_t* B
   for (auto& v : sums) v *= -128;
   return sums;
 }
+}  // namespace internal
 
+namespace {
 void check_operand(const QTensor& q, const char* which) {
   check_defined(q.codes, "shiftmm", which);
   SHIFTQ_CHECK(q.codes.dtype() == DType::s8 || q.codes.dtype() == DType::u8, DTypeError, "shiftmm: operand ", which,
@@ -85,7 +85,9 @@ void integer_product(const QTensor& a, Trans ta, const QTensor& b, Trans tb, con
       for (std::int64_t i = i0; i < i1; ++i) dst[i] = src[i] ^ 0x80u;
     });
   }
-  const std::vector<std::int32_t> offsets = u8_compensation(b, pb, tb, s.K, s.N);
+  // B's precomputed sums when it has them (weights packed once per step).
+  const std::vector<std::int32_t> offsets =
+      internal::u8_compensation(tb == Trans::N ? b.col_sums : b.row_sums, pb, tb, s.K, s.N);
   kernels::gemm_u8s8s32(ta, tb, s.M, s.N, s.K, a_u8.data<std::uint8_t>(), lda, pb, ldb, c, s.N, offsets.data());
 }
 

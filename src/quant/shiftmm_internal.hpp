@@ -1,0 +1,19 @@
+// Internal: the u8 GEMM's compensation, shared by shiftmm (shiftmm.cpp) and the blocked quantized
+// convolution (qconv.cpp).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "shiftq/core/tensor.hpp"
+#include "shiftq/kernels/gemm.hpp"
+
+namespace shiftq::quant::internal {
+
+// -128 * sum_k op(B)[k, n] for n < N: compensates A stored as u8 = v + 128 in
+// gemm_u8s8s32. B: [K, N] (tb = N) or [N, K] (tb = T), contiguous s8. Uses `cached_sums` (s32 [N],
+// e.g. a packed weight's sums) when it is defined with N entries.
+std::vector<std::int32_t> u8_compensation(const Tensor& cached_sums, const std::int8_t* B, kernels::Trans tb,
+                                          std::int64_t K, std::int64_t N);
+
+}  // namespace shiftq::quant::internal
