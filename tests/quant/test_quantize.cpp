@@ -417,6 +417,22 @@ TEST(Quantize, ShiftQuantMseWithOutlierChannels) {
   EXPECT_GT(six.vs_ideal, 3.0);
 }
 
+TEST(Quantize, MaxShiftBudgetKeepsTheLargestCodeInInt8) {
+  for (int b = 2; b <= 8; ++b) {
+    const int symmetric = max_shift_budget(b, false), unsigned_s = max_shift_budget(b, true);
+    EXPECT_LE(((1 << (b - 1)) - 1) << symmetric, 127) << b;
+    EXPECT_GT(((1 << (b - 1)) - 1) << (symmetric + 1), 127) << b;
+    if (unsigned_s >= 0) {
+      EXPECT_LE(((1 << b) - 1) << unsigned_s, 127) << b;
+      EXPECT_GT(((1 << b) - 1) << (unsigned_s + 1), 127) << b;
+    } else {
+      EXPECT_EQ(b, 8);  // 255 never fits int8
+    }
+    EXPECT_NO_THROW(QuantizeParams::shiftquant(b, symmetric).validate());
+    EXPECT_THROW(QuantizeParams::shiftquant(b, symmetric + 1).validate(), ValueError);
+  }
+}
+
 TEST(Quantize, BadInputThrows) {
   Generator gen(9);
   const Tensor x = Tensor::randn({4, 4}, gen);
