@@ -2,7 +2,9 @@
 
 #include "quant/qlayers_internal.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "detail/parallel.hpp"
 #include "shiftq/quant/shiftmm.hpp"
@@ -134,23 +136,37 @@ Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bia
 }
 
 namespace {
-// out[i] = op(batch i of a) · op(batch i of b) for [batch, R, C] operands, each matrix quantized on
-// its own with the given parameters.
-Tensor batched_shiftmm(const Tensor& a, Trans ta, const QuantizeParams& pa, const Tensor& b, Trans tb,
-                       const QuantizeParams& pb, std::int64_t batch) {
-  const std::int64_t ar = a.size(-2), ac = a.size(-1), br = b.size(-2), bc = b.size(-1);
-  const std::int64_t M = ta == Trans::N ? ar : ac, N = tb == Trans::N ? bc : br;
+// Each [R, C] matrix of a [batch, R, C] tensor quantized on its own; matrix i's stochastic stream is
+// tensor_id * 65536 + i.
+std::vector<QTensor> quantize_batches(const Tensor& x, const QuantizeParams& params, std::int64_t batch) {
+  const std::int64_t rows = x.size(-2), cols = x.size(-1);
+  const float* data = x.data<float>();
+  std::vector<QTensor> out;
+  out.reserve(static_cast<std::size_t>(batch));
+  for (std::int64_t i = 0; i < batch; ++i) {
+    const float* first = data + i * rows * cols;
+    const Tensor xi = Tensor::from_vector(std::vector<float>(first, first + rows * cols), {rows, cols});
+    QuantizeParams pi = params;
+    pi.key.tensor_id = params.key.tensor_id * 65536 + static_cast<std::uint64_t>(i);
+    out.push_back(quantize(xi, pi, "matmul operand"));
+  }
+  return out;
+}
+
+std::int64_t code_bytes(const std::vector<QTensor>& qs) {
+  std::int64_t bytes = 0;
+  for (const QTensor& q : qs) bytes += static_cast<std::int64_t>(q.codes.nbytes());
+  return bytes;
+}
+
+// out: [batch, M, N], out[i] = op(a[i]) · op(b[i]).
+Tensor batched_shiftmm(const std::vector<QTensor>& a, Trans ta, const std::vector<QTensor>& b, Trans tb) {
+  const auto batch = static_cast<std::int64_t>(a.size());
+  const std::int64_t M = ta == Trans::N ? a[0].rows() : a[0].cols(), N = tb == Trans::N ? b[0].cols() : b[0].rows();
   Tensor out = Tensor::uninitialized({batch, M, N});
-  const float* pa_data = a.data<float>();
-  const float* pb_data = b.data<float>();
   float* po = out.data<float>();
   for (std::int64_t i = 0; i < batch; ++i) {
-    const Tensor ai = Tensor::from_vector(std::vector<float>(pa_data + i * ar * ac, pa_data + (i + 1) * ar * ac), {ar, ac});
-    const Tensor bi = Tensor::from_vector(std::vector<float>(pb_data + i * br * bc, pb_data + (i + 1) * br * bc), {br, bc});
-    QuantizeParams pai = pa, pbi = pb;
-    pai.key.tensor_id = pa.key.tensor_id * 65536 + static_cast<std::uint64_t>(i);
-    pbi.key.tensor_id = pb.key.tensor_id * 65536 + static_cast<std::uint64_t>(i);
-    const Tensor ci = shiftmm(quantize(ai, pai, "matmul operand"), ta, quantize(bi, pbi, "matmul operand"), tb);
+    const Tensor ci = shiftmm(a[static_cast<std::size_t>(i)], ta, b[static_cast<std::size_t>(i)], tb);
     std::copy_n(ci.data<float>(), M * N, po + i * M * N);
   }
   return out;
@@ -174,15 +190,28 @@ Tensor quantized_matmul(const Tensor& a, const Tensor& b, int bits, std::uint64_
     return stochastic ? p.with_rounding(Rounding::stochastic, {seed, step, id}) : p;
   };
   // a: groups over K (axis 1), scale per row; b: groups over K (axis 0), scale per column.
-  Tensor out = batched_shiftmm(a, Trans::N, params(1, false, 0), b, Trans::N, params(0, false, 0), batch).view(out_shape);
+  Tensor out = batched_shiftmm(quantize_batches(a, params(1, false, 0), batch), Trans::N,
+                               quantize_batches(b, params(0, false, 0), batch), Trans::N)
+                   .view(out_shape);
   const bool ga = a.requires_grad(), gb = b.requires_grad();
+  if (!ga && !gb) return out;
+  // Backward re-quantizes each operand along the other product's contraction axis, with nearest
+  // rounding: a deterministic function of the operand, so it is done here and only the codes are
+  // saved (a quarter of the fp32 bytes). b for da = g b^T: groups over N (axis 1), per row;
+  // a for db = a^T g: groups over M (axis 0), per column.
+  std::vector<QTensor> b_rows = ga ? quantize_batches(b, params(1, false, 0), batch) : std::vector<QTensor>{};
+  std::vector<QTensor> a_cols = gb ? quantize_batches(a, params(0, false, 0), batch) : std::vector<QTensor>{};
+  internal::count_saved_bytes(code_bytes(b_rows) + code_bytes(a_cols));
   return record("quantized_matmul", out, {&a, &b},
-                [a = a.detach(), b = b.detach(), ga, gb, batch, params, key_id](const Tensor& g) {
+                [a_cols = std::move(a_cols), b_rows = std::move(b_rows), a_shape = a.shape(), b_shape = b.shape(),
+                 ga, gb, batch, params, key_id](const Tensor& g) {
     Tensor da, db;
-    if (ga)  // da = g b^T: contraction over N. g: groups over N (axis 1), per row; b: groups over N (axis 1), per row.
-      da = batched_shiftmm(g, Trans::N, params(1, true, 4 * key_id), b, Trans::T, params(1, false, 0), batch).view(a.shape());
-    if (gb)  // db = a^T g: contraction over M. a: groups over M (axis 0), per column; g: groups over M (axis 0), per column.
-      db = batched_shiftmm(a, Trans::T, params(0, false, 0), g, Trans::N, params(0, true, 4 * key_id + 1), batch).view(b.shape());
+    if (ga)  // da = g b^T: contraction over N; g: groups over N (axis 1), per row.
+      da = batched_shiftmm(quantize_batches(g, params(1, true, 4 * key_id), batch), Trans::N, b_rows, Trans::T)
+               .view(a_shape);
+    if (gb)  // db = a^T g: contraction over M; g: groups over M (axis 0), per column.
+      db = batched_shiftmm(a_cols, Trans::T, quantize_batches(g, params(0, true, 4 * key_id + 1), batch), Trans::N)
+               .view(b_shape);
     return std::vector<Tensor>{da, db};
   });
 }

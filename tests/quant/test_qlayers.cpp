@@ -348,6 +348,14 @@ TEST(QuantizedMatmul, ForwardAndGradientsCloseToFloatAt8BitsAndUnbiased) {
     da_sum = add(da_sum, a.grad());
   }
   EXPECT_LT(rel_error(mul(da_sum, 1.0f / 200), da_f), rel_error(first, da_f));
+  // The backward operands are saved as int8 codes: one byte per element of a and of b.
+  quant::reset_saved_activation_bytes();
+  (void)quant::quantized_matmul(a, b, 4, 1, 0, 0);
+  EXPECT_EQ(quant::saved_activation_bytes(), a.numel() + b.numel());
+  quant::reset_saved_activation_bytes();
+  (void)quant::quantized_matmul(a.detach(), b, 4, 1, 0, 0);  // only db = a^T g is needed: a's codes
+  EXPECT_EQ(quant::saved_activation_bytes(), a.numel());
+  quant::reset_saved_activation_bytes();
   EXPECT_THROW(quant::quantized_matmul(a, Tensor::randn({2, 3, 6, 4}, gen), 8, 0, 0, 0), ShapeError);
   EXPECT_THROW(quant::quantized_matmul(a, b, 9, 0, 0, 0), ValueError);
 }

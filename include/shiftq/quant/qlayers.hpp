@@ -66,8 +66,9 @@ Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bia
 // Forward: a with ShiftQuant groups over K and a scale per row, b with groups over K and a scale per
 // column. Backward: da = g b^T and db = a^T g, each operand re-quantized with its groups along that
 // product's contraction axis; g stochastically rounded. `bits` applies to a, b and g (S = 8 - bits);
-// `key_id` separates the stochastic streams of different call sites. a and b are saved as fp32
-// (they are re-quantized along other axes in backward).
+// `key_id` separates the stochastic streams of different call sites. Those backward operands (a with
+// groups over M, b with groups over N, nearest rounding) are quantized in the forward and saved as
+// int8 codes, not as fp32.
 Tensor quantized_matmul(const Tensor& a, const Tensor& b, int bits, std::uint64_t seed, std::uint64_t key_id,
                         std::uint64_t step);
 
