@@ -80,6 +80,7 @@ class GroupQuantizer {
     args_.key = key.derive();
     args_.xor_mask = 0;
     args_.out = codes.data<std::int8_t>();
+    args_.unit_factors = true;
     reference_ = kernels::kernel_path() == kernels::KernelPath::reference;
   }
   GroupQuantizer(const GroupQuantizer&) = delete;  // the pack arguments point into the members

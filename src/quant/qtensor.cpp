@@ -289,6 +289,7 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
   args.stochastic = p.rounding == Rounding::stochastic;
   args.key = p.key.derive();
   args.xor_mask = p.unsigned_codes ? 0x80 : 0x00;
+  args.unit_factors = S == 0 && groups_on_cols;  // every 2^e and 2^(S-e) is 1 and col_mul = pow_e
   args.out = p.unsigned_codes ? reinterpret_cast<std::int8_t*>(q.codes.data<std::uint8_t>()) : q.codes.data<std::int8_t>();
   const bool reference = kernels::kernel_path() == kernels::KernelPath::reference;
   std::vector<float>& row_max = scratch.row_max;

@@ -3,6 +3,9 @@
 // their row-by-row calls.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <limits>
+
 #include <shiftq/kernels/l1norm.hpp>
 #include <shiftq/kernels/quantize.hpp>
 #include <shiftq/shiftq.hpp>
@@ -111,6 +114,50 @@ TEST(QuantizeKernels, StridedRowsEqualRowByRowCalls) {
     for (std::int64_t r = 1; r < rows; r += step) quantize_pack_f32_s8(a, r, r + 1);
     EXPECT_EQ(strided, single);
     EXPECT_EQ(strided, ref);
+    // The unit-factor promise skips multiplies by 1 and changes nothing.
+    std::vector<std::int8_t> unit(rows * cols, 99);
+    a.out = unit.data();
+    a.unit_factors = true;
+    quantize_pack_f32_s8(a, 1, rows, step);
+    EXPECT_EQ(unit, ref);
+  }
+}
+
+TEST(QuantizeKernels, AbsmaxRowsEqualsPlainLoopAtEveryTailLength) {
+  Generator gen(4);
+  for (std::int64_t cols : {1, 7, 15, 16, 17, 31, 49, 64, 100}) {
+    const std::int64_t rows = 5;
+    const Tensor x = Tensor::randn({rows, cols}, gen);
+    const Tensor w = add(relu(Tensor::randn({cols}, gen)), 0.25f);  // positive column weights
+    for (const float* weight : {static_cast<const float*>(nullptr), w.data<float>()}) {
+      std::vector<float> got(rows, -1.0f);
+      bool negative = false;
+      ASSERT_TRUE(absmax_rows_f32(x.data<float>(), 0, rows, cols, weight, got.data(), &negative, 1));
+      bool any_negative = false;
+      for (std::int64_t r = 0; r < rows; ++r) {
+        float want = 0.0f;
+        for (std::int64_t c = 0; c < cols; ++c) {
+          const float v = x.data<float>()[r * cols + c];
+          want = std::max(want, std::fabs(v) * (weight ? weight[c] : 1.0f));
+          any_negative |= v < 0.0f;
+        }
+        EXPECT_EQ(got[r], want) << "cols " << cols << " row " << r;
+      }
+      EXPECT_EQ(negative, any_negative) << "cols " << cols;
+    }
+    // NaN or Inf anywhere, the masked tail's last element included, is reported.
+    for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+      Tensor y = x.clone();
+      y.data<float>()[2 * cols + cols - 1] = bad;
+      std::vector<float> got(rows);
+      EXPECT_FALSE(absmax_rows_f32(y.data<float>(), 0, rows, cols, nullptr, got.data(), nullptr, 1)) << cols;
+    }
+    // Non-negative rows leave the flag unset.
+    const Tensor pos = relu(x);
+    std::vector<float> got(rows);
+    bool negative = false;
+    ASSERT_TRUE(absmax_rows_f32(pos.data<float>(), 0, rows, cols, nullptr, got.data(), &negative, 1));
+    EXPECT_FALSE(negative);
   }
 }
 

@@ -49,6 +49,9 @@ struct QuantizePackArgs {
   std::uint64_t key;
   std::uint8_t xor_mask;   // 0: store v as s8; 0x80: store v + 128 as u8
   std::int8_t* out;        // [rows, cols] packed values
+  // Promise that every col_mul, row_pack and col_pack entry is 1 (the pointers must still be
+  // valid): kernels may skip those multiplies, which changes nothing (x * 1 == x exactly).
+  bool unit_factors = false;
 };
 // Nearest-even: q = round(clamp(y, -qmax, qmax)); stochastic: q = floor(clamp(y, -qmax, qmax) + u).
 // Packs rows r0, r0 + row_step, r0 + 2 row_step, ... below r1 (row_step >= 1: the rows of one
