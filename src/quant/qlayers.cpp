@@ -136,40 +136,43 @@ Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bia
 }
 
 namespace {
-// Each [R, C] matrix of a [batch, R, C] tensor quantized on its own; matrix i's stochastic stream is
-// tensor_id * 65536 + i.
-std::vector<QTensor> quantize_batches(const Tensor& x, const QuantizeParams& params, std::int64_t batch) {
+// Matrix i of a [batch, R, C] tensor, as its own [R, C] tensor (a copy).
+Tensor matrix(const Tensor& x, std::int64_t i) {
   const std::int64_t rows = x.size(-2), cols = x.size(-1);
-  const float* data = x.data<float>();
-  std::vector<QTensor> out;
-  out.reserve(static_cast<std::size_t>(batch));
-  for (std::int64_t i = 0; i < batch; ++i) {
-    const float* first = data + i * rows * cols;
-    const Tensor xi = Tensor::from_vector(std::vector<float>(first, first + rows * cols), {rows, cols});
-    QuantizeParams pi = params;
-    pi.key.tensor_id = params.key.tensor_id * 65536 + static_cast<std::uint64_t>(i);
-    out.push_back(quantize(xi, pi, "matmul operand"));
-  }
-  return out;
+  const float* first = x.data<float>() + i * rows * cols;
+  return Tensor::from_vector(std::vector<float>(first, first + rows * cols), {rows, cols});
+}
+
+// The parameters for matrix i: its own stochastic stream, tensor_id * 65536 + i.
+QuantizeParams for_matrix(const QuantizeParams& params, std::int64_t i) {
+  QuantizeParams p = params;
+  p.key.tensor_id = params.key.tensor_id * 65536 + static_cast<std::uint64_t>(i);
+  return p;
+}
+
+QTensor quantize_matrix(const Tensor& x, std::int64_t i, const QuantizeParams& params) {
+  return quantize(matrix(x, i), for_matrix(params, i), "matmul operand");
+}
+
+// out: [batch, R, C]; out[i] = m ([R, C]).
+void store_matrix(Tensor& out, std::int64_t i, const Tensor& m) {
+  std::copy_n(m.data<float>(), m.numel(), out.data<float>() + i * m.numel());
+}
+
+// fn(i) for every matrix i of a batch, the matrices spread over the threads (attention has many
+// small ones: B * H of [T, Dh] or [T, T]); the quantizers and GEMMs inside run on one thread each.
+// Results do not depend on the split: matrix i's stochastic stream is its own.
+template <class F>
+void for_each_matrix(std::int64_t batch, F&& fn) {
+  detail::parallel_for_dynamic(batch, 1, [&](std::int64_t i0, std::int64_t i1) {
+    for (std::int64_t i = i0; i < i1; ++i) fn(i);
+  });
 }
 
 std::int64_t code_bytes(const std::vector<QTensor>& qs) {
   std::int64_t bytes = 0;
   for (const QTensor& q : qs) bytes += static_cast<std::int64_t>(q.codes.nbytes());
   return bytes;
-}
-
-// out: [batch, M, N], out[i] = op(a[i]) · op(b[i]).
-Tensor batched_shiftmm(const std::vector<QTensor>& a, Trans ta, const std::vector<QTensor>& b, Trans tb) {
-  const auto batch = static_cast<std::int64_t>(a.size());
-  const std::int64_t M = ta == Trans::N ? a[0].rows() : a[0].cols(), N = tb == Trans::N ? b[0].cols() : b[0].rows();
-  Tensor out = Tensor::uninitialized({batch, M, N});
-  float* po = out.data<float>();
-  for (std::int64_t i = 0; i < batch; ++i) {
-    const Tensor ci = shiftmm(a[static_cast<std::size_t>(i)], ta, b[static_cast<std::size_t>(i)], tb);
-    std::copy_n(ci.data<float>(), M * N, po + i * M * N);
-  }
-  return out;
 }
 }  // namespace
 
@@ -189,30 +192,37 @@ Tensor quantized_matmul(const Tensor& a, const Tensor& b, int bits, std::uint64_
     QuantizeParams p = QuantizeParams::shiftquant(bits, S, inner_axis);
     return stochastic ? p.with_rounding(Rounding::stochastic, {seed, step, id}) : p;
   };
-  // a: groups over K (axis 1), scale per row; b: groups over K (axis 0), scale per column.
-  Tensor out = batched_shiftmm(quantize_batches(a, params(1, false, 0), batch), Trans::N,
-                               quantize_batches(b, params(0, false, 0), batch), Trans::N)
-                   .view(out_shape);
   const bool ga = a.requires_grad(), gb = b.requires_grad();
-  if (!ga && !gb) return out;
   // Backward re-quantizes each operand along the other product's contraction axis, with nearest
   // rounding: a deterministic function of the operand, so it is done here and only the codes are
   // saved (a quarter of the fp32 bytes). b for da = g b^T: groups over N (axis 1), per row;
   // a for db = a^T g: groups over M (axis 0), per column.
-  std::vector<QTensor> b_rows = ga ? quantize_batches(b, params(1, false, 0), batch) : std::vector<QTensor>{};
-  std::vector<QTensor> a_cols = gb ? quantize_batches(a, params(0, false, 0), batch) : std::vector<QTensor>{};
+  std::vector<QTensor> b_rows(ga ? static_cast<std::size_t>(batch) : 0);
+  std::vector<QTensor> a_cols(gb ? static_cast<std::size_t>(batch) : 0);
+  Tensor out = Tensor::uninitialized({batch, M, N});
+  for_each_matrix(batch, [&](std::int64_t i) {
+    // a: groups over K (axis 1), scale per row; b: groups over K (axis 0), scale per column.
+    store_matrix(out, i, shiftmm(quantize_matrix(a, i, params(1, false, 0)), Trans::N,
+                                 quantize_matrix(b, i, params(0, false, 0)), Trans::N));
+    if (ga) b_rows[static_cast<std::size_t>(i)] = quantize_matrix(b, i, params(1, false, 0));
+    if (gb) a_cols[static_cast<std::size_t>(i)] = quantize_matrix(a, i, params(0, false, 0));
+  });
+  out = out.view(out_shape);
+  if (!ga && !gb) return out;
   internal::count_saved_bytes(code_bytes(b_rows) + code_bytes(a_cols));
   return record("quantized_matmul", out, {&a, &b},
                 [a_cols = std::move(a_cols), b_rows = std::move(b_rows), a_shape = a.shape(), b_shape = b.shape(),
-                 ga, gb, batch, params, key_id](const Tensor& g) {
-    Tensor da, db;
-    if (ga)  // da = g b^T: contraction over N; g: groups over N (axis 1), per row.
-      da = batched_shiftmm(quantize_batches(g, params(1, true, 4 * key_id), batch), Trans::N, b_rows, Trans::T)
-               .view(a_shape);
-    if (gb)  // db = a^T g: contraction over M; g: groups over M (axis 0), per column.
-      db = batched_shiftmm(a_cols, Trans::T, quantize_batches(g, params(0, true, 4 * key_id + 1), batch), Trans::N)
-               .view(b_shape);
-    return std::vector<Tensor>{da, db};
+                 ga, gb, batch, M, K, N, params, key_id](const Tensor& g) {
+    Tensor da = ga ? Tensor::uninitialized({batch, M, K}) : Tensor();
+    Tensor db = gb ? Tensor::uninitialized({batch, K, N}) : Tensor();
+    for_each_matrix(batch, [&](std::int64_t i) {
+      const auto n = static_cast<std::size_t>(i);
+      if (ga)  // da = g b^T: contraction over N; g: groups over N (axis 1), per row.
+        store_matrix(da, i, shiftmm(quantize_matrix(g, i, params(1, true, 4 * key_id)), Trans::N, b_rows[n], Trans::T));
+      if (gb)  // db = a^T g: contraction over M; g: groups over M (axis 0), per column.
+        store_matrix(db, i, shiftmm(a_cols[n], Trans::T, quantize_matrix(g, i, params(0, true, 4 * key_id + 1)), Trans::N));
+    });
+    return std::vector<Tensor>{ga ? da.view(a_shape) : da, gb ? db.view(b_shape) : db};
   });
 }
 
