@@ -125,7 +125,7 @@ TEST(QuantizeKernels, StridedRowsEqualRowByRowCalls) {
 
 TEST(QuantizeKernels, AbsmaxRowsEqualsPlainLoopAtEveryTailLength) {
   Generator gen(4);
-  for (std::int64_t cols : {1, 7, 15, 16, 17, 31, 49, 64, 100}) {
+  for (std::int64_t cols : {1, 7, 15, 16, 17, 31, 49, 64, 100, 255, 256, 300}) {
     const std::int64_t rows = 5;
     const Tensor x = Tensor::randn({rows, cols}, gen);
     const Tensor w = add(relu(Tensor::randn({cols}, gen)), 0.25f);  // positive column weights
