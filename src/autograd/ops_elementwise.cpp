@@ -2,7 +2,8 @@
 #include <numbers>
 
 #include "ops_util.hpp"
-#include "detail/fast_math.hpp"
+#include "shiftq/kernels/activation.hpp"
+#include "shiftq/kernels/gemm.hpp"
 
 namespace shiftq {
 using detail::check_f32;
@@ -109,25 +110,24 @@ Tensor relu(const Tensor& x) {
   });
 }
 
-namespace {
-constexpr float kGeluC = 0.7978845608028654f;  // sqrt(2/pi)
-constexpr float kGeluA = 0.044715f;
-// GPT-2's tanh GELU, 0.5 x (1 + tanh(u)) with u = C (x + A x^3), written as x * sigmoid(2u)
-// (the same function: 0.5 (1 + tanh(u)) = sigmoid(2u)) so it costs one vectorized exp.
-float gelu_value(float x) { return x * detail::fast_sigmoid(2.0f * kGeluC * (x + kGeluA * x * x * x)); }
-// d/dx = s + 2 x s (1 - s) du/dx, s = sigmoid(2u)
-float gelu_derivative(float x) {
-  const float s = detail::fast_sigmoid(2.0f * kGeluC * (x + kGeluA * x * x * x));
-  const float du = kGeluC * (1.0f + 3.0f * kGeluA * x * x);
-  return s + 2.0f * x * s * (1.0f - s) * du;
-}
-}  // namespace
-
 Tensor gelu(const Tensor& x) {
   check_f32(x, "gelu", "x");
-  Tensor out = map_unary(x, [](float v) { return gelu_value(v); });
-  return record("gelu", out, {&x}, [x = x.detach()](const Tensor& g) {
-    return std::vector<Tensor>{map_binary_same(g, x, [](float gi, float xi) { return gi * gelu_derivative(xi); })};
+  const bool reference = kernels::kernel_path() == kernels::KernelPath::reference;
+  Tensor out = Tensor::uninitialized(x.shape());
+  const float* px = x.data<float>();
+  float* po = out.data<float>();
+  detail::parallel_for(x.numel(), detail::kElementwiseGrain, [&](std::int64_t b, std::int64_t e) {
+    (reference ? kernels::gelu_f32_ref : kernels::gelu_f32)(px + b, po + b, e - b);
+  });
+  return record("gelu", out, {&x}, [x = x.detach(), reference](const Tensor& g) {
+    Tensor dx = Tensor::uninitialized(x.shape());
+    const float* pg = g.data<float>();
+    const float* pxs = x.data<float>();
+    float* pdx = dx.data<float>();
+    detail::parallel_for(x.numel(), detail::kElementwiseGrain, [&](std::int64_t b, std::int64_t e) {
+      (reference ? kernels::gelu_backward_f32_ref : kernels::gelu_backward_f32)(pg + b, pxs + b, pdx + b, e - b);
+    });
+    return std::vector<Tensor>{dx};
   });
 }
 

@@ -34,4 +34,16 @@ inline float fast_exp(float x) {
 // 1 / (1 + e^-x)
 inline float fast_sigmoid(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
 
+inline constexpr float kGeluC = 0.7978845608028654f;  // sqrt(2/pi)
+inline constexpr float kGeluA = 0.044715f;
+// GPT-2's tanh GELU, 0.5 x (1 + tanh(u)) with u = C (x + A x^3), written as x * sigmoid(2u)
+// (the same function: 0.5 (1 + tanh(u)) = sigmoid(2u)) so it costs one vectorized exp.
+inline float gelu(float x) { return x * fast_sigmoid(2.0f * kGeluC * (x + kGeluA * x * x * x)); }
+// d/dx = s + 2 x s (1 - s) du/dx, s = sigmoid(2u)
+inline float gelu_derivative(float x) {
+  const float s = fast_sigmoid(2.0f * kGeluC * (x + kGeluA * x * x * x));
+  const float du = kGeluC * (1.0f + 3.0f * kGeluA * x * x);
+  return s + 2.0f * x * s * (1.0f - s) * du;
+}
+
 }  // namespace shiftq::detail

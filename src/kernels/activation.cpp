@@ -1,0 +1,33 @@
+// Runtime ISA dispatch of the activation kernels, and the scalar references.
+#include "detail/fast_math.hpp"
+#include "isa.hpp"
+#include "shiftq/kernels/activation.hpp"
+
+namespace shiftq::kernels {
+
+#define SHIFTQ_DECLARE_ISA(ns)                                                        \
+  namespace ns {                                                                      \
+  void gelu_f32(const float*, float*, std::int64_t);                                  \
+  void gelu_backward_f32(const float*, const float*, float*, std::int64_t);           \
+  }
+SHIFTQ_DECLARE_ISA(avx512)
+SHIFTQ_DECLARE_ISA(avx2)
+SHIFTQ_DECLARE_ISA(base)
+#undef SHIFTQ_DECLARE_ISA
+
+void gelu_f32(const float* x, float* y, std::int64_t n) { SHIFTQ_ISA_DISPATCH(gelu_f32, x, y, n) }
+
+void gelu_backward_f32(const float* g, const float* x, float* dx, std::int64_t n) {
+  SHIFTQ_ISA_DISPATCH(gelu_backward_f32, g, x, dx, n)
+}
+
+// The references: the same formulas, compiled for the baseline x86-64 ISA.
+void gelu_f32_ref(const float* x, float* y, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) y[i] = detail::gelu(x[i]);
+}
+
+void gelu_backward_f32_ref(const float* g, const float* x, float* dx, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) dx[i] = g[i] * detail::gelu_derivative(x[i]);
+}
+
+}  // namespace shiftq::kernels
