@@ -188,8 +188,11 @@ Tensor quantized_matmul(const Tensor& a, const Tensor& b, int bits, std::uint64_
   const std::int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1), batch = a.numel() / std::max<std::int64_t>(M * K, 1);
   Shape out_shape(a.shape().begin(), a.shape().end() - 1);
   out_shape.push_back(N);
-  auto params = [bits, S, seed, step](int inner_axis, bool stochastic, std::uint64_t id) {
+  // The A operand of each product is stored as u8 = v + 128, the form the u8·s8 GEMM takes (the
+  // same values; it saves shiftmm a conversion copy).
+  auto params = [bits, S, seed, step](int inner_axis, bool stochastic, std::uint64_t id, bool a_operand) {
     QuantizeParams p = QuantizeParams::shiftquant(bits, S, inner_axis);
+    p.with_unsigned_codes(a_operand);
     return stochastic ? p.with_rounding(Rounding::stochastic, {seed, step, id}) : p;
   };
   const bool ga = a.requires_grad(), gb = b.requires_grad();
@@ -202,10 +205,10 @@ Tensor quantized_matmul(const Tensor& a, const Tensor& b, int bits, std::uint64_
   Tensor out = Tensor::uninitialized({batch, M, N});
   for_each_matrix(batch, [&](std::int64_t i) {
     // a: groups over K (axis 1), scale per row; b: groups over K (axis 0), scale per column.
-    store_matrix(out, i, shiftmm(quantize_matrix(a, i, params(1, false, 0)), Trans::N,
-                                 quantize_matrix(b, i, params(0, false, 0)), Trans::N));
-    if (ga) b_rows[static_cast<std::size_t>(i)] = quantize_matrix(b, i, params(1, false, 0));
-    if (gb) a_cols[static_cast<std::size_t>(i)] = quantize_matrix(a, i, params(0, false, 0));
+    store_matrix(out, i, shiftmm(quantize_matrix(a, i, params(1, false, 0, true)), Trans::N,
+                                 quantize_matrix(b, i, params(0, false, 0, false)), Trans::N));
+    if (ga) b_rows[static_cast<std::size_t>(i)] = quantize_matrix(b, i, params(1, false, 0, false));
+    if (gb) a_cols[static_cast<std::size_t>(i)] = quantize_matrix(a, i, params(0, false, 0, true));
   });
   out = out.view(out_shape);
   if (!ga && !gb) return out;
@@ -218,9 +221,9 @@ Tensor quantized_matmul(const Tensor& a, const Tensor& b, int bits, std::uint64_
     for_each_matrix(batch, [&](std::int64_t i) {
       const auto n = static_cast<std::size_t>(i);
       if (ga)  // da = g b^T: contraction over N; g: groups over N (axis 1), per row.
-        store_matrix(da, i, shiftmm(quantize_matrix(g, i, params(1, true, 4 * key_id)), Trans::N, b_rows[n], Trans::T));
+        store_matrix(da, i, shiftmm(quantize_matrix(g, i, params(1, true, 4 * key_id, true)), Trans::N, b_rows[n], Trans::T));
       if (gb)  // db = a^T g: contraction over M; g: groups over M (axis 0), per column.
-        store_matrix(db, i, shiftmm(a_cols[n], Trans::T, quantize_matrix(g, i, params(0, true, 4 * key_id + 1)), Trans::N));
+        store_matrix(db, i, shiftmm(a_cols[n], Trans::T, quantize_matrix(g, i, params(0, true, 4 * key_id + 1, false)), Trans::N));
     });
     return std::vector<Tensor>{ga ? da.view(a_shape) : da, gb ? db.view(b_shape) : db};
   });
