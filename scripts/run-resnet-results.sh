@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Reproduces the ResNet rows of docs/results.md: ResNet-20 on Fashion-MNIST, same recipe and epochs,
 # fp32 + BatchNorm vs 4-bit ShiftQuant + fully quantized L1 BatchNorm, and two 4-bit ablations.
-# Usage: scripts/run-resnet-results.sh [BUILD_DIR] [EPOCHS] [THREADS] [main|ablations|options|seeds|all] [OUT_DIR]
+# Usage: scripts/run-resnet-results.sh [BUILD_DIR] [EPOCHS] [THREADS] [main|ablations|options|seeds|seeds-actsq|all] [OUT_DIR]
 # (logs in OUT_DIR, default docs/results/; docs/results/5-epochs/ holds the 5-epoch main rows).
 # Every run uses seed 1, except `seeds`: fp32 and the method with seeds 2 and 3, in OUT_DIR/seed2 and
 # OUT_DIR/seed3 (one directory per seed, so that each table's gap is taken against the fp32 run of
-# the same seed). `all` does not include `seeds`.
+# the same seed); `seeds-actsq`: the --act-quant shiftquant option with seeds 2 and 3, beside them.
+# `all` does not include the seed modes.
 set -euo pipefail
 build=${1:-build}
 epochs=${2:-3}
 threads=${3:-2}
-which=${4:-all}   # main | ablations | options | seeds | all
+which=${4:-all}   # main | ablations | options | seeds | seeds-actsq | all
 bin="$build/examples/shiftq-train-resnet"
 out=${5:-docs/results}
 mkdir -p "$out"
@@ -32,12 +33,16 @@ if [[ $which == options || $which == all ]]; then
   run w4a4g4-l1-actsq --bits 4 --norm l1 --act-quant shiftquant
   run w4a4g4-l1-mseclip --bits 4 --norm l1 --act-clip mse
 fi
-if [[ $which == seeds ]]; then
+if [[ $which == seeds || $which == seeds-actsq ]]; then
   base=$out
   for seed in 2 3; do
     out="$base/seed$seed"
     mkdir -p "$out"
-    run fp32-l2 --norm l2
-    run w4a4g4-l1 --bits 4 --norm l1
+    if [[ $which == seeds ]]; then
+      run fp32-l2 --norm l2
+      run w4a4g4-l1 --bits 4 --norm l1
+    else
+      run w4a4g4-l1-actsq --bits 4 --norm l1 --act-quant shiftquant
+    fi
   done
 fi

@@ -150,8 +150,9 @@ QuantizeParams for_matrix(const QuantizeParams& params, std::int64_t i) {
   return p;
 }
 
-QTensor quantize_matrix(const Tensor& x, std::int64_t i, const QuantizeParams& params) {
-  return quantize(matrix(x, i), for_matrix(params, i), "matmul operand");
+// m: matrix i of its batch.
+QTensor quantize_matrix(const Tensor& m, std::int64_t i, const QuantizeParams& params) {
+  return quantize(m, for_matrix(params, i), "matmul operand");
 }
 
 // out: [batch, R, C]; out[i] = m ([R, C]).
@@ -204,11 +205,12 @@ Tensor quantized_matmul(const Tensor& a, const Tensor& b, int bits, std::uint64_
   std::vector<QTensor> a_cols(gb ? static_cast<std::size_t>(batch) : 0);
   Tensor out = Tensor::uninitialized({batch, M, N});
   for_each_matrix(batch, [&](std::int64_t i) {
+    const Tensor ai = matrix(a, i), bi = matrix(b, i);
     // a: groups over K (axis 1), scale per row; b: groups over K (axis 0), scale per column.
-    store_matrix(out, i, shiftmm(quantize_matrix(a, i, params(1, false, 0, true)), Trans::N,
-                                 quantize_matrix(b, i, params(0, false, 0, false)), Trans::N));
-    if (ga) b_rows[static_cast<std::size_t>(i)] = quantize_matrix(b, i, params(1, false, 0, false));
-    if (gb) a_cols[static_cast<std::size_t>(i)] = quantize_matrix(a, i, params(0, false, 0, true));
+    store_matrix(out, i, shiftmm(quantize_matrix(ai, i, params(1, false, 0, true)), Trans::N,
+                                 quantize_matrix(bi, i, params(0, false, 0, false)), Trans::N));
+    if (ga) b_rows[static_cast<std::size_t>(i)] = quantize_matrix(bi, i, params(1, false, 0, false));
+    if (gb) a_cols[static_cast<std::size_t>(i)] = quantize_matrix(ai, i, params(0, false, 0, true));
   });
   out = out.view(out_shape);
   if (!ga && !gb) return out;
@@ -220,10 +222,11 @@ Tensor quantized_matmul(const Tensor& a, const Tensor& b, int bits, std::uint64_
     Tensor db = gb ? Tensor::uninitialized({batch, K, N}) : Tensor();
     for_each_matrix(batch, [&](std::int64_t i) {
       const auto n = static_cast<std::size_t>(i);
+      const Tensor gi = matrix(g, i);
       if (ga)  // da = g b^T: contraction over N; g: groups over N (axis 1), per row.
-        store_matrix(da, i, shiftmm(quantize_matrix(g, i, params(1, true, 4 * key_id, true)), Trans::N, b_rows[n], Trans::T));
+        store_matrix(da, i, shiftmm(quantize_matrix(gi, i, params(1, true, 4 * key_id, true)), Trans::N, b_rows[n], Trans::T));
       if (gb)  // db = a^T g: contraction over M; g: groups over M (axis 0), per column.
-        store_matrix(db, i, shiftmm(a_cols[n], Trans::T, quantize_matrix(g, i, params(0, true, 4 * key_id + 1, false)), Trans::N));
+        store_matrix(db, i, shiftmm(a_cols[n], Trans::T, quantize_matrix(gi, i, params(0, true, 4 * key_id + 1, false)), Trans::N));
     });
     return std::vector<Tensor>{ga ? da.view(a_shape) : da, gb ? db.view(b_shape) : db};
   });
