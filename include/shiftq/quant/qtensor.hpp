@@ -23,13 +23,13 @@ enum class OuterScale : std::uint8_t {
   per_tensor,  // one scale for the whole tensor
 };
 
-// Key of the counter-based generator behind stochastic rounding: each element's draw depends only
-// on (seed, step, tensor_id, element index), never on the thread count.
 // The largest shift budget S with which b-bit codes shifted by up to S still fit one int8 operand:
 // symmetric codes need (2^(b-1) - 1) 2^S <= 127, i.e. b + S <= 8; unsigned codes (the
 // non-negative range) (2^b - 1) 2^S <= 127, i.e. b + S <= 7. Negative when no S fits.
 constexpr int max_shift_budget(int bits, bool unsigned_range) { return (unsigned_range ? 7 : 8) - bits; }
 
+// Key of the counter-based generator behind stochastic rounding: each element's draw depends only
+// on (seed, step, tensor_id, element index), never on the thread count.
 struct StochasticKey {
   std::uint64_t seed = 0;
   std::uint64_t step = 0;
