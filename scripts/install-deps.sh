@@ -10,6 +10,8 @@ packages=(
   build-essential cmake pkg-config
   libeigen3-dev      # Eigen 3.4: reference fp32 GEMM
   libdnnl-dev        # oneDNN 2.6.3: optimized GEMMs
+  ocl-icd-opencl-dev # OpenCL loader + headers: Debian's dnnl-config.cmake find_package(OpenCL REQUIRED)s
+                     # (its GPU runtime is OCL); only a Recommends of libdnnl-dev, which we skip
   libgtest-dev       # GoogleTest
   libbenchmark-dev   # Google Benchmark
   zlib1g-dev         # .gz datasets

@@ -3,6 +3,7 @@
 // their row-by-row calls.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -120,6 +121,56 @@ TEST(QuantizeKernels, StridedRowsEqualRowByRowCalls) {
     a.unit_factors = true;
     quantize_pack_f32_s8(a, 1, rows, step);
     EXPECT_EQ(unit, ref);
+  }
+}
+
+// The dispatched pack (64-code steps with saturating packs, then 16-lane masked steps) equals the
+// scalar reference at every length around those step sizes, with power-of-two pack factors, in
+// both rounding modes and both code forms, and with codes at the int8 range's ends (+-127).
+TEST(QuantizeKernels, PackEqualsReferenceAcrossStepBoundaries) {
+  Generator gen(5);
+  for (std::int64_t cols : {1, 15, 16, 17, 48, 63, 64, 65, 80, 127, 128, 129, 144, 200, 1024}) {
+    const std::int64_t rows = 3;
+    const Tensor x = mul(Tensor::randn({rows, cols}, gen), 9.0f);  // many values clamp at +-qmax
+    std::vector<float> row_mul{1.0f, 0.5f, 2.0f}, row_pack{1.0f, 1.0f, 1.0f};  // |v| <= 15 * 2^3
+    std::vector<float> col_mul(cols), col_pack(cols);
+    for (std::int64_t c = 0; c < cols; ++c) {
+      const int e = static_cast<int>(c % 4);  // exponent e: y = x 2^e, v = q 2^(3 - e) with qmax 15
+      col_mul[c] = std::ldexp(1.0f, e);
+      col_pack[c] = std::ldexp(1.0f, 3 - e);
+    }
+    for (bool stochastic : {false, true}) {
+      for (std::uint8_t xor_mask : {std::uint8_t{0}, std::uint8_t{0x80}}) {
+        std::vector<std::int8_t> got(rows * cols, 99), want(rows * cols, 99);
+        QuantizePackArgs a{x.data<float>(), rows,         cols,  row_mul.data(), col_mul.data(), row_pack.data(),
+                           col_pack.data(), 15.0f,        stochastic, 777,       xor_mask,       got.data()};
+        quantize_pack_f32_s8(a, 0, rows);
+        a.out = want.data();
+        quantize_pack_f32_s8_ref(a, 0, rows);
+        EXPECT_EQ(got, want) << "cols " << cols << " stochastic " << stochastic << " xor " << int(xor_mask);
+        const auto extreme = std::minmax_element(want.begin(), want.end());
+        if (cols >= 64 && xor_mask == 0) {  // clamped codes: +-15 * 2^3
+          EXPECT_EQ(*extreme.first, -120) << cols;
+          EXPECT_EQ(*extreme.second, 120) << cols;
+        }
+      }
+    }
+    // 8-bit codes with unit factors: +-127 itself goes through the packs.
+    std::vector<float> ones(std::max<std::int64_t>(rows, cols), 1.0f);
+    std::vector<std::int8_t> got(rows * cols), want(rows * cols);
+    QuantizePackArgs a{x.data<float>(), rows, cols, row_mul.data(), ones.data(), ones.data(), ones.data(),
+                       127.0f, false, 0, 0, got.data()};
+    std::vector<float> big_mul{20.0f, 20.0f, 20.0f};
+    a.row_mul = big_mul.data();
+    a.unit_factors = true;
+    quantize_pack_f32_s8(a, 0, rows);
+    a.out = want.data();
+    quantize_pack_f32_s8_ref(a, 0, rows);
+    EXPECT_EQ(got, want) << "cols " << cols;
+    if (cols >= 64) {
+      EXPECT_EQ(*std::min_element(want.begin(), want.end()), -127);
+      EXPECT_EQ(*std::max_element(want.begin(), want.end()), 127);
+    }
   }
 }
 
