@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "detail/parallel.hpp"
+#include "quant/shiftmm_internal.hpp"
 #include "shiftq/kernels/gemm.hpp"
 #include "shiftq/kernels/quantize.hpp"
 
@@ -336,14 +337,7 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, std::span<const float
 }
 
 Tensor QTensor::signed_codes() const {
-  if (!unsigned_codes()) return codes;
-  Tensor out = Tensor::uninitialized(codes.shape(), DType::s8);
-  const std::uint8_t* src = codes.data<std::uint8_t>();
-  std::int8_t* dst = out.data<std::int8_t>();
-  detail::parallel_for(codes.numel(), 1 << 16, [&](std::int64_t i0, std::int64_t i1) {
-    for (std::int64_t i = i0; i < i1; ++i) dst[i] = static_cast<std::int8_t>(src[i] ^ 0x80u);
-  });
-  return out;
+  return unsigned_codes() ? internal::flip_code_form(codes, DType::s8) : codes;
 }
 
 QTensor& QTensor::compute_sums() {

@@ -1,5 +1,5 @@
 // Internal: the u8 GEMM's compensation, shared by shiftmm (shiftmm.cpp) and the blocked quantized
-// convolution (qconv.cpp).
+// convolution (qconv.cpp); the code-form conversion shared by shiftmm and QTensor::signed_codes.
 #pragma once
 
 #include <cstdint>
@@ -15,5 +15,9 @@ namespace shiftq::quant::internal {
 // e.g. a packed weight's sums) when it is defined with N entries.
 std::vector<std::int32_t> u8_compensation(const Tensor& cached_sums, const std::int8_t* B, kernels::Trans tb,
                                           std::int64_t K, std::int64_t N);
+
+// The same codes in the other form: s8 v <-> u8 v + 128 (each byte XOR 0x80), as a new tensor of
+// dtype `to` (s8 or u8) and the shape of `codes`.
+Tensor flip_code_form(const Tensor& codes, DType to);
 
 }  // namespace shiftq::quant::internal
