@@ -158,10 +158,9 @@ TEST(QuantizeKernels, PackEqualsReferenceAcrossStepBoundaries) {
     // 8-bit codes with unit factors: +-127 itself goes through the packs.
     std::vector<float> ones(std::max<std::int64_t>(rows, cols), 1.0f);
     std::vector<std::int8_t> got(rows * cols), want(rows * cols);
-    QuantizePackArgs a{x.data<float>(), rows, cols, row_mul.data(), ones.data(), ones.data(), ones.data(),
-                       127.0f, false, 0, 0, got.data()};
     std::vector<float> big_mul{20.0f, 20.0f, 20.0f};
-    a.row_mul = big_mul.data();
+    QuantizePackArgs a{x.data<float>(), rows, cols, big_mul.data(), ones.data(), ones.data(), ones.data(),
+                       127.0f, false, 0, 0, got.data()};
     a.unit_factors = true;
     quantize_pack_f32_s8(a, 0, rows);
     a.out = want.data();
