@@ -351,17 +351,8 @@ QTensor& QTensor::compute_sums() {
   const std::int64_t blocks = R * C < kParallelElements ? 1 : std::min<std::int64_t>(get_num_threads(), R);
   std::vector<std::vector<std::int32_t>> partial(blocks, std::vector<std::int32_t>(C, 0));
   detail::parallel_for(blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
-    for (std::int64_t b = b0; b < b1; ++b) {
-      std::int32_t* cs = partial[b].data();
-      for (std::int64_t r = R * b / blocks; r < R * (b + 1) / blocks; ++r) {
-        std::int32_t acc = 0;
-        for (std::int64_t c = 0; c < C; ++c) {
-          acc += pv[r * C + c];
-          cs[c] += pv[r * C + c];
-        }
-        rs[r] = acc;
-      }
-    }
+    for (std::int64_t b = b0; b < b1; ++b)
+      kernels::code_sums_s8(pv, R * b / blocks, R * (b + 1) / blocks, C, rs, partial[b].data());
   });
   std::int32_t* cs = col_sums.data<std::int32_t>();
   for (std::int64_t b = 0; b < blocks; ++b)

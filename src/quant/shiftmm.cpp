@@ -7,6 +7,7 @@
 #include "detail/parallel.hpp"
 #include "quant/shiftmm_internal.hpp"
 #include "shiftq/kernels/gemm_int.hpp"
+#include "shiftq/kernels/quantize.hpp"
 
 namespace shiftq::quant {
 namespace internal {
@@ -15,9 +16,9 @@ std::vector<std::int32_t> u8_compensation(const Tensor& cached_sums, const std::
   std::vector<std::int32_t> sums(N, 0);
   if (cached_sums.defined() && cached_sums.numel() == N) {
     std::copy_n(cached_sums.data<std::int32_t>(), N, sums.begin());
-  } else if (tb == Trans::N) {  // B: [K, N]
-    for (std::int64_t k = 0; k < K; ++k)
-      for (std::int64_t n = 0; n < N; ++n) sums[n] += B[k * N + n];
+  } else if (tb == Trans::N) {  // B: [K, N]: its column sums (the kernel's row sums are not needed)
+    std::vector<std::int32_t> row_sums(static_cast<std::size_t>(K));
+    kernels::code_sums_s8(B, 0, K, N, row_sums.data(), sums.data());
   } else {  // B: [N, K]
     detail::parallel_for(N, 64, [&](std::int64_t n0, std::int64_t n1) {
       for (std::int64_t n = n0; n < n1; ++n) {

@@ -60,6 +60,14 @@ void quantize_pack_f32_s8(const QuantizePackArgs& args, std::int64_t r0, std::in
 void quantize_pack_f32_s8_ref(const QuantizePackArgs& args, std::int64_t r0, std::int64_t r1,
                               std::int64_t row_step = 1);
 
+// Sums of packed s8 values v: [rows, cols] over rows [r0, r1): row_sums[r] = sum_c v[r, c] and
+// col_sums[c] += sum_r v[r, c] (accumulates: callers split rows across threads and add partials).
+// The compensation terms of the u8 x s8 GEMM for a weight packed once per step.
+void code_sums_s8(const std::int8_t* v, std::int64_t r0, std::int64_t r1, std::int64_t cols, std::int32_t* row_sums,
+                  std::int32_t* col_sums);
+void code_sums_s8_ref(const std::int8_t* v, std::int64_t r0, std::int64_t r1, std::int64_t cols,
+                      std::int32_t* row_sums, std::int32_t* col_sums);
+
 // The instruction set the dispatched kernels use here: "avx512", "avx2" or "x86-64".
 const char* quantize_isa_name();
 
