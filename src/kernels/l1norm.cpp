@@ -12,9 +12,9 @@ namespace shiftq::kernels {
   L1GroupSums l1_group_sums_s8(const std::int8_t*, std::int64_t, std::int64_t, std::int64_t);                     \
   L1GradientSums l1_gradient_sums_s8(const std::int8_t*, const std::int8_t*, std::int64_t, std::int64_t,          \
                                      std::int64_t);                                                                \
-  void affine_s8_f32(const std::int8_t*, std::int64_t, float, float, float*);                                     \
+  void affine_s8_f32(const std::int8_t*, std::int64_t, std::int64_t, std::int64_t, float, float, float*);         \
   void l1_bn_backward_s8_f32(const L1BatchNormBackward&, const std::int8_t*, const std::int8_t*, std::int64_t,    \
-                             float*);                                                                              \
+                             std::int64_t, std::int64_t, float*);                                                  \
   void l1_ln_forward_row_s8_f32(const std::int8_t*, std::int64_t, float, float, const float*, const float*,       \
                                 float*);                                                                           \
   L1RowGradientSums l1_ln_backward_sums_s8(const std::int8_t*, const std::int8_t*, std::int64_t, std::int32_t,    \
@@ -34,12 +34,13 @@ L1GradientSums l1_gradient_sums_s8(const std::int8_t* d, const std::int8_t* q, s
                                    std::int64_t stride) {
   SHIFTQ_ISA_DISPATCH(l1_gradient_sums_s8, d, q, runs, len, stride)
 }
-void affine_s8_f32(const std::int8_t* q, std::int64_t n, float a, float b, float* y) {
-  SHIFTQ_ISA_DISPATCH(affine_s8_f32, q, n, a, b, y)
+void affine_s8_f32(const std::int8_t* q, std::int64_t runs, std::int64_t len, std::int64_t stride, float a, float b,
+                   float* y) {
+  SHIFTQ_ISA_DISPATCH(affine_s8_f32, q, runs, len, stride, a, b, y)
 }
-void l1_bn_backward_s8_f32(const L1BatchNormBackward& k, const std::int8_t* q, const std::int8_t* d, std::int64_t n,
-                           float* dx) {
-  SHIFTQ_ISA_DISPATCH(l1_bn_backward_s8_f32, k, q, d, n, dx)
+void l1_bn_backward_s8_f32(const L1BatchNormBackward& k, const std::int8_t* q, const std::int8_t* d, std::int64_t runs,
+                           std::int64_t len, std::int64_t stride, float* dx) {
+  SHIFTQ_ISA_DISPATCH(l1_bn_backward_s8_f32, k, q, d, runs, len, stride, dx)
 }
 void l1_ln_forward_row_s8_f32(const std::int8_t* q, std::int64_t D, float a, float mu, const float* gamma,
                               const float* beta, float* y) {
@@ -84,16 +85,19 @@ L1GradientSums l1_gradient_sums_s8_ref(const std::int8_t* d, const std::int8_t* 
   return s;
 }
 
-void affine_s8_f32_ref(const std::int8_t* q, std::int64_t n, float a, float b, float* y) {
-  for (std::int64_t i = 0; i < n; ++i) y[i] = a * static_cast<float>(q[i]) + b;
+void affine_s8_f32_ref(const std::int8_t* q, std::int64_t runs, std::int64_t len, std::int64_t stride, float a,
+                       float b, float* y) {
+  for (std::int64_t o = 0; o < runs; ++o)
+    for (std::int64_t i = o * stride; i < o * stride + len; ++i) y[i] = a * static_cast<float>(q[i]) + b;
 }
 
 void l1_bn_backward_s8_f32_ref(const L1BatchNormBackward& k, const std::int8_t* q, const std::int8_t* d,
-                               std::int64_t n, float* dx) {
-  for (std::int64_t i = 0; i < n; ++i) {
-    const float sgn = static_cast<float>(sign_of(std::int64_t{k.m} * q[i] - k.s1));
-    dx[i] = k.k_d * static_cast<float>(d[i]) + (k.k_s * sgn + k.k_0);
-  }
+                               std::int64_t runs, std::int64_t len, std::int64_t stride, float* dx) {
+  for (std::int64_t o = 0; o < runs; ++o)
+    for (std::int64_t i = o * stride; i < o * stride + len; ++i) {
+      const float sgn = static_cast<float>(sign_of(std::int64_t{k.m} * q[i] - k.s1));
+      dx[i] = k.k_d * static_cast<float>(d[i]) + (k.k_s * sgn + k.k_0);
+    }
 }
 
 void l1_ln_forward_row_s8_f32_ref(const std::int8_t* q, std::int64_t D, float a, float mu, const float* gamma,

@@ -105,6 +105,57 @@ class GroupQuantizer {
       kernels::quantize_pack_f32_s8(args_, g, rows, l_.groups);
     return true;
   }
+  // Quantizes every group at once (BatchNorm: `outer` > 1 rows per group, `inner` values each):
+  // seen as [outer, groups * inner], each sample's channels are one contiguous row, so the range
+  // and pack kernels run on full-width vectors instead of `inner`-value rows (49 for 7x7: four
+  // 16-lane steps, a quarter of them one lane wide, and per-row setup for every 49 values). Each
+  // column gets its channel's 1/s as col_mul: (x * 1) * inv is x * inv, and the element index of
+  // the stochastic draws is the same, so the codes equal quantize_group's. Call before any
+  // quantize_group; false (codes unset, remembered for throw_if_nonfinite) on NaN or Inf.
+  // Worth it for BatchNorm rows shorter than one 64-code store; longer rows (14x14, 28x28) keep
+  // the per-channel passes, whose second read hits the cache (a whole-tensor pass would not).
+  bool quantizes_all_at_once() const { return l_.outer > 1 && l_.inner < 64; }
+  bool quantize_all() {
+    const std::int64_t n = l_.outer, width = l_.groups * l_.inner;
+    const std::int64_t blocks = std::min<std::int64_t>(n * width < (1 << 15) ? 1 : get_num_threads(), n);
+    // x: [n, width]; per-column maxima per block of samples, then per channel.
+    std::vector<std::vector<float>> partial(static_cast<std::size_t>(blocks), std::vector<float>(width, 0.0f));
+    std::vector<char> finite(static_cast<std::size_t>(blocks), 1);
+    detail::parallel_for(blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
+      for (std::int64_t b = b0; b < b1; ++b)
+        finite[b] = kernels::absmax_cols_f32(args_.x, n * b / blocks, n * (b + 1) / blocks, width, nullptr, partial[b].data());
+    });
+    if (std::find(finite.begin(), finite.end(), 0) != finite.end()) {
+      nonfinite_ = true;
+      return false;
+    }
+    col_inv_.resize(static_cast<std::size_t>(width));
+    float* scales_out = scales.data<float>();
+    for (std::int64_t g = 0; g < l_.groups; ++g) {
+      float mx = 0.0f;
+      for (const std::vector<float>& block : partial)
+        for (std::int64_t j = g * l_.inner; j < (g + 1) * l_.inner; ++j) mx = std::max(mx, block[j]);
+      const float scale = mx > 0.0f ? mx / qmax_ : 1.0f, inv = 1.0f / scale;  // all zero: v = 0
+      scales_out[g] = scale;
+      std::fill(col_inv_.begin() + g * l_.inner, col_inv_.begin() + (g + 1) * l_.inner, inv);
+    }
+    col_ones_.assign(static_cast<std::size_t>(width), 1.0f);
+    kernels::QuantizePackArgs wide = args_;
+    wide.rows = n;
+    wide.cols = width;
+    wide.row_mul = ones_.data();  // ones_ holds >= outer * groups >= n entries
+    wide.row_pack = ones_.data();
+    wide.col_mul = col_inv_.data();
+    wide.col_pack = col_ones_.data();
+    wide.unit_factors = false;
+    detail::parallel_for(n, std::max<std::int64_t>(1, 4096 / width), [&](std::int64_t r0, std::int64_t r1) {
+      if (reference_)
+        kernels::quantize_pack_f32_s8_ref(wide, r0, r1);
+      else
+        kernels::quantize_pack_f32_s8(wide, r0, r1);
+    });
+    return true;
+  }
   // Throws NumericError naming the tensor if some quantize_group met NaN or Inf. Called after the
   // parallel region (exceptions must not leave an OpenMP region).
   void throw_if_nonfinite() const {
@@ -121,7 +172,7 @@ class GroupQuantizer {
   Layout l_;
   const char* what_;
   float qmax_ = 127.0f;
-  std::vector<float> row_max_, row_inv_, ones_;
+  std::vector<float> row_max_, row_inv_, ones_, col_inv_, col_ones_;
   kernels::QuantizePackArgs args_{};
   bool reference_ = false;
   std::atomic<bool> nonfinite_{false};
@@ -136,8 +187,8 @@ struct GroupStats {
   std::vector<float> mean_sign;  // SG / m
 };
 
-// Quantizes group g of the input, computes its statistics, then calls `then(g, stats)` on the same
-// thread while the group's codes are still in cache.
+// Quantizes group g of the input (7x7 BatchNorm: all groups first, in two wide passes), computes its
+// statistics, then calls `then(g, stats)` on the same thread while the group's codes are in cache.
 template <class Then>
 GroupStats statistics(GroupQuantizer& xq, const Layout& l, float c, float eps, Then then) {
   GroupStats st;
@@ -150,9 +201,11 @@ GroupStats statistics(GroupQuantizer& xq, const Layout& l, float c, float eps, T
   const float* scales = xq.scales.data<float>();
   const double m = static_cast<double>(l.count());
   const L1Kernels& k = l1_kernels();
+  const bool all_at_once = xq.quantizes_all_at_once();
+  if (all_at_once && !xq.quantize_all()) xq.throw_if_nonfinite();
   detail::parallel_for(l.groups, std::max<std::int64_t>(1, 4096 / l.count()), [&](std::int64_t g0, std::int64_t g1) {
     for (std::int64_t g = g0; g < g1; ++g) {
-      if (!xq.quantize_group(g)) continue;
+      if (!all_at_once && !xq.quantize_group(g)) continue;
       const kernels::L1GroupSums sums = group_sums(k, q, l, g);
       st.s1[g] = sums.s1;
       st.scale[g] = scales[g];
@@ -202,7 +255,7 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
   const Layout l{x.size(0), C, x.size(2) * x.size(3)};
   check_layout(l, "quantized_l1_batch_norm2d");
   GroupQuantizer xq(x, l, config.bits, Rounding::nearest_even, {}, "l1_batch_norm2d input");
-  // One pass per channel: quantize it, sum its codes, write y = a_c * q + b_c with
+  // One pass per channel: quantize it (or all first, see quantize_all), sum its codes, write y = a_c * q + b_c with
   // a_c = gamma * s_c / sigma, b_c = beta - a_c * mean_q.
   Tensor y = Tensor::uninitialized(x.shape());
   const std::int8_t* q = xq.codes.data<std::int8_t>();
@@ -212,10 +265,7 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
   const L1Kernels& k = l1_kernels();
   const GroupStats st = statistics(xq, l, state.c, state.eps, [&](std::int64_t g, const GroupStats& stats) {
     const float a = (gm ? gm[g] : 1.0f) * stats.scale[g] / stats.sigma[g], b = (bt ? bt[g] : 0.0f) - a * stats.mean_q[g];
-    for (std::int64_t o = 0; o < l.outer; ++o) {
-      const std::int64_t base = (o * C + g) * l.inner;
-      k.affine(q + base, l.inner, a, b, py + base);
-    }
+    k.affine(q + g * l.inner, l.outer, l.inner, C * l.inner, a, b, py + g * l.inner);
   });
   if (state.running_mean.defined()) {
     float* rm = state.running_mean.data<float>();
@@ -241,10 +291,13 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
     Tensor dbeta = need_beta ? Tensor::empty({l.groups}) : Tensor();
     float* pdx = dx.data<float>();
     const L1Kernels& k = l1_kernels();
-    // One pass per channel: quantize its gradient, the two integer sums, dx.
+    // One pass per channel: quantize its gradient (or all channels first, see quantize_all), the two
+    // integer sums, dx.
+    const bool all_at_once = dq.quantizes_all_at_once();
+    if (all_at_once && !dq.quantize_all()) dq.throw_if_nonfinite();
     detail::parallel_for(l.groups, 1, [&](std::int64_t g0, std::int64_t g1) {
       for (std::int64_t g = g0; g < g1; ++g) {
-        if (!dq.quantize_group(g)) continue;
+        if (!all_at_once && !dq.quantize_group(g)) continue;
         // G1 = sum dq, G2 = sum dq * (m q - S1) = m * sum(dq q) - S1 * G1: integer sums.
         const std::int64_t mi = l.count(), s1 = st.s1[g];
         const kernels::L1GradientSums sums = k.gradient_sums(d + g * l.inner, q + g * l.inner, l.outer, l.inner,
@@ -261,10 +314,7 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
         const kernels::L1BatchNormBackward coef{static_cast<std::int32_t>(mi), static_cast<std::int32_t>(s1),
                                                 inv * w * sg, -inv * c * mean_gx,
                                                 inv * (-mean_g + c * mean_gx * st.mean_sign[g])};
-        for (std::int64_t o = 0; o < l.outer; ++o) {
-          const std::int64_t base = (o * l.groups + g) * l.inner;
-          k.bn_backward(coef, q + base, d + base, l.inner, pdx + base);
-        }
+        k.bn_backward(coef, q + g * l.inner, d + g * l.inner, l.outer, l.inner, l.groups * l.inner, pdx + g * l.inner);
       }
     });
     dq.throw_if_nonfinite();

@@ -45,6 +45,32 @@ TEST(L1NormKernels, GroupAndGradientSumsMatchReference) {
     }
 }
 
+TEST(L1NormKernels, StridedElementwiseKernelsMatchReferenceAndSkipTheGaps) {
+  Generator gen(4);
+  for (const RunLayout& l : kLayouts) {
+    const std::int64_t n = (l.runs - 1) * l.stride + l.len;
+    const auto q = random_ints<std::int8_t>(n, -128, 127, gen), d = random_ints<std::int8_t>(n, -128, 127, gen);
+    const std::int32_t m = static_cast<std::int32_t>(l.runs * l.len);
+    for (std::int32_t s1 : {3 * m + 1, -2 * m}) {
+      // Sentinels in the gaps between runs: the kernels must write the runs only.
+      std::vector<float> a(n, -7.0f), b(n, -7.0f);
+      affine_s8_f32(q.data(), l.runs, l.len, l.stride, 0.37f, -1.3f, a.data());
+      affine_s8_f32_ref(q.data(), l.runs, l.len, l.stride, 0.37f, -1.3f, b.data());
+      EXPECT_EQ(a, b) << l.runs << "x" << l.len << " stride " << l.stride;
+      const L1BatchNormBackward k{m, s1, 0.01f, -0.3f, 0.05f};
+      std::vector<float> da(n, -7.0f), db(n, -7.0f);
+      l1_bn_backward_s8_f32(k, q.data(), d.data(), l.runs, l.len, l.stride, da.data());
+      l1_bn_backward_s8_f32_ref(k, q.data(), d.data(), l.runs, l.len, l.stride, db.data());
+      EXPECT_EQ(da, db) << l.runs << "x" << l.len << " stride " << l.stride << " s1 " << s1;
+      for (std::int64_t i = 0; i < n; ++i)
+        if (i % l.stride >= l.len) {
+          EXPECT_EQ(a[i], -7.0f) << "affine wrote the gap at " << i;
+          EXPECT_EQ(da[i], -7.0f) << "bn backward wrote the gap at " << i;
+        }
+    }
+  }
+}
+
 TEST(L1NormKernels, GradientSumsDoNotOverflowOnLargeGroups) {
   // 2^20 products of -128 * -128: far past int32 in one lane without the periodic flush.
   const std::int64_t n = std::int64_t{1} << 20;
@@ -64,14 +90,14 @@ TEST(L1NormKernels, ElementwiseKernelsMatchReferenceBitExact) {
       beta[j] = gen.uniform() - 0.5f;
     }
     std::vector<float> a(n), b(n);
-    affine_s8_f32(q.data(), n, 0.37f, -1.3f, a.data());
-    affine_s8_f32_ref(q.data(), n, 0.37f, -1.3f, b.data());
+    affine_s8_f32(q.data(), 1, n, n, 0.37f, -1.3f, a.data());
+    affine_s8_f32_ref(q.data(), 1, n, n, 0.37f, -1.3f, b.data());
     EXPECT_EQ(a, b);
     // s1 with a remainder and an exact multiple of m (the sign is 0 for codes at the mean).
     for (std::int32_t s1 : {static_cast<std::int32_t>(3 * n + 1), static_cast<std::int32_t>(-2 * n)}) {
       const L1BatchNormBackward k{static_cast<std::int32_t>(n), s1, 0.01f, -0.3f, 0.05f};
-      l1_bn_backward_s8_f32(k, q.data(), d.data(), n, a.data());
-      l1_bn_backward_s8_f32_ref(k, q.data(), d.data(), n, b.data());
+      l1_bn_backward_s8_f32(k, q.data(), d.data(), 1, n, n, a.data());
+      l1_bn_backward_s8_f32_ref(k, q.data(), d.data(), 1, n, n, b.data());
       EXPECT_EQ(a, b) << "n " << n << " s1 " << s1;
       for (const float* g : {static_cast<const float*>(nullptr), static_cast<const float*>(gamma.data())}) {
         const float* bt = g ? beta.data() : nullptr;
@@ -92,6 +118,38 @@ TEST(L1NormKernels, ElementwiseKernelsMatchReferenceBitExact) {
       }
     }
   }
+}
+
+TEST(QuantizeKernels, CodeSumsEqualReference) {
+  // Row sums of [r0, r1) and column sums added to what col_sums held, at widths around the vector
+  // steps and with extreme codes (a column of 1024 rows of -128 passes int16).
+  Generator gen(6);
+  for (const auto& [rows, cols] : std::vector<std::pair<std::int64_t, std::int64_t>>{
+           {1, 1}, {3, 15}, {7, 16}, {5, 17}, {2, 63}, {9, 64}, {4, 65}, {1024, 33}, {64, 1024}}) {
+    for (const auto& [lo, hi] : std::vector<std::pair<int, int>>{{-128, 127}, {-128, -128}, {127, 127}}) {
+      const auto v = random_ints<std::int8_t>(rows * cols, lo, hi, gen);
+      const std::int64_t r0 = rows / 3, r1 = rows;
+      std::vector<std::int32_t> rs_a(rows, -1), rs_b(rows, -1), cs_a(cols), cs_b;
+      for (std::int64_t c = 0; c < cols; ++c) cs_a[c] = static_cast<std::int32_t>(c) - 5;
+      cs_b = cs_a;
+      code_sums_s8(v.data(), r0, r1, cols, rs_a.data(), cs_a.data());
+      code_sums_s8_ref(v.data(), r0, r1, cols, rs_b.data(), cs_b.data());
+      EXPECT_EQ(rs_a, rs_b) << rows << "x" << cols << " codes " << lo << ".." << hi;
+      EXPECT_EQ(cs_a, cs_b) << rows << "x" << cols << " codes " << lo << ".." << hi;
+      if (r0 > 0) {
+        EXPECT_EQ(rs_a[0], -1) << "a row below r0 was written";
+      }
+    }
+  }
+  // The reference itself, on a case worked by hand.
+  const std::int8_t v[6] = {1, -2, 3, -128, 127, 0};  // [2, 3]
+  std::int32_t rs[2], cs[3] = {10, 0, 0};
+  code_sums_s8_ref(v, 0, 2, 3, rs, cs);
+  EXPECT_EQ(rs[0], 2);
+  EXPECT_EQ(rs[1], -1);
+  EXPECT_EQ(cs[0], 10 + 1 - 128);
+  EXPECT_EQ(cs[1], -2 + 127);
+  EXPECT_EQ(cs[2], 3);
 }
 
 TEST(QuantizeKernels, StridedRowsEqualRowByRowCalls) {

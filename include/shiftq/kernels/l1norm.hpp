@@ -32,19 +32,22 @@ L1GradientSums l1_gradient_sums_s8(const std::int8_t* d, const std::int8_t* q, s
 L1GradientSums l1_gradient_sums_s8_ref(const std::int8_t* d, const std::int8_t* q, std::int64_t runs,
                                        std::int64_t len, std::int64_t stride);
 
-// y[i] = a * q[i] + b for i < n (a BatchNorm channel's output).
-void affine_s8_f32(const std::int8_t* q, std::int64_t n, float a, float b, float* y);
-void affine_s8_f32_ref(const std::int8_t* q, std::int64_t n, float a, float b, float* y);
+// y[i] = a * q[i] + b over a group (a BatchNorm channel's output; y has the layout of q).
+void affine_s8_f32(const std::int8_t* q, std::int64_t runs, std::int64_t len, std::int64_t stride, float a, float b,
+                   float* y);
+void affine_s8_f32_ref(const std::int8_t* q, std::int64_t runs, std::int64_t len, std::int64_t stride, float a,
+                       float b, float* y);
 
-// BatchNorm input gradient: dx[i] = k_d * d[i] + (k_s * sgn(m q[i] - s1) + k_0) for i < n.
+// BatchNorm input gradient over a group: dx[i] = k_d * d[i] + (k_s * sgn(m q[i] - s1) + k_0) (d and
+// dx have the layout of q). The sign thresholds are derived once per group, not once per run.
 struct L1BatchNormBackward {
   std::int32_t m, s1;
   float k_d, k_s, k_0;
 };
-void l1_bn_backward_s8_f32(const L1BatchNormBackward& k, const std::int8_t* q, const std::int8_t* d, std::int64_t n,
-                           float* dx);
+void l1_bn_backward_s8_f32(const L1BatchNormBackward& k, const std::int8_t* q, const std::int8_t* d, std::int64_t runs,
+                           std::int64_t len, std::int64_t stride, float* dx);
 void l1_bn_backward_s8_f32_ref(const L1BatchNormBackward& k, const std::int8_t* q, const std::int8_t* d,
-                               std::int64_t n, float* dx);
+                               std::int64_t runs, std::int64_t len, std::int64_t stride, float* dx);
 
 // LayerNorm row forward: y[j] = gamma[j] * (a * (q[j] - mu)) + beta[j] for j < D (gamma, beta may
 // be null: 1 and 0).
