@@ -15,6 +15,9 @@ namespace shiftq::kernels {
   void affine_s8_f32(const std::int8_t*, std::int64_t, std::int64_t, std::int64_t, float, float, float*);         \
   void l1_bn_backward_s8_f32(const L1BatchNormBackward&, const std::int8_t*, const std::int8_t*, std::int64_t,    \
                              std::int64_t, std::int64_t, float*);                                                  \
+  void affine_cols_s8_f32(const std::int8_t*, std::int64_t, const float*, const float*, float*);                  \
+  void l1_bn_backward_cols_s8_f32(const L1BatchNormBackwardCols&, const std::int8_t*, const std::int8_t*,         \
+                                  std::int64_t, float*);                                                           \
   void l1_ln_forward_row_s8_f32(const std::int8_t*, std::int64_t, float, float, const float*, const float*,       \
                                 float*);                                                                           \
   L1RowGradientSums l1_ln_backward_sums_s8(const std::int8_t*, const std::int8_t*, std::int64_t, std::int32_t,    \
@@ -41,6 +44,13 @@ void affine_s8_f32(const std::int8_t* q, std::int64_t runs, std::int64_t len, st
 void l1_bn_backward_s8_f32(const L1BatchNormBackward& k, const std::int8_t* q, const std::int8_t* d, std::int64_t runs,
                            std::int64_t len, std::int64_t stride, float* dx) {
   SHIFTQ_ISA_DISPATCH(l1_bn_backward_s8_f32, k, q, d, runs, len, stride, dx)
+}
+void affine_cols_s8_f32(const std::int8_t* q, std::int64_t n, const float* a, const float* b, float* y) {
+  SHIFTQ_ISA_DISPATCH(affine_cols_s8_f32, q, n, a, b, y)
+}
+void l1_bn_backward_cols_s8_f32(const L1BatchNormBackwardCols& k, const std::int8_t* q, const std::int8_t* d,
+                                std::int64_t n, float* dx) {
+  SHIFTQ_ISA_DISPATCH(l1_bn_backward_cols_s8_f32, k, q, d, n, dx)
 }
 void l1_ln_forward_row_s8_f32(const std::int8_t* q, std::int64_t D, float a, float mu, const float* gamma,
                               const float* beta, float* y) {
@@ -98,6 +108,18 @@ void l1_bn_backward_s8_f32_ref(const L1BatchNormBackward& k, const std::int8_t* 
       const float sgn = static_cast<float>(sign_of(std::int64_t{k.m} * q[i] - k.s1));
       dx[i] = k.k_d * static_cast<float>(d[i]) + (k.k_s * sgn + k.k_0);
     }
+}
+
+void affine_cols_s8_f32_ref(const std::int8_t* q, std::int64_t n, const float* a, const float* b, float* y) {
+  for (std::int64_t i = 0; i < n; ++i) y[i] = a[i] * static_cast<float>(q[i]) + b[i];
+}
+
+void l1_bn_backward_cols_s8_f32_ref(const L1BatchNormBackwardCols& k, const std::int8_t* q, const std::int8_t* d,
+                                    std::int64_t n, float* dx) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float sgn = static_cast<float>((q[i] > k.above[i]) - (q[i] < k.below[i]));
+    dx[i] = k.k_d[i] * static_cast<float>(d[i]) + (k.k_s[i] * sgn + k.k_0[i]);
+  }
 }
 
 void l1_ln_forward_row_s8_f32_ref(const std::int8_t* q, std::int64_t D, float a, float mu, const float* gamma,

@@ -26,6 +26,8 @@ struct L1Kernels {
   decltype(&kernels::l1_gradient_sums_s8) gradient_sums;
   decltype(&kernels::affine_s8_f32) affine;
   decltype(&kernels::l1_bn_backward_s8_f32) bn_backward;
+  decltype(&kernels::affine_cols_s8_f32) affine_cols;
+  decltype(&kernels::l1_bn_backward_cols_s8_f32) bn_backward_cols;
   decltype(&kernels::l1_ln_forward_row_s8_f32) ln_forward_row;
   decltype(&kernels::l1_ln_backward_sums_s8) ln_backward_sums;
   decltype(&kernels::l1_ln_backward_row_s8_f32) ln_backward_row;
@@ -33,10 +35,12 @@ struct L1Kernels {
 const L1Kernels& l1_kernels() {
   static constexpr L1Kernels optimized{&kernels::l1_group_sums_s8,         &kernels::l1_gradient_sums_s8,
                                        &kernels::affine_s8_f32,            &kernels::l1_bn_backward_s8_f32,
+                                       &kernels::affine_cols_s8_f32,       &kernels::l1_bn_backward_cols_s8_f32,
                                        &kernels::l1_ln_forward_row_s8_f32, &kernels::l1_ln_backward_sums_s8,
                                        &kernels::l1_ln_backward_row_s8_f32};
   static constexpr L1Kernels reference{&kernels::l1_group_sums_s8_ref,         &kernels::l1_gradient_sums_s8_ref,
                                        &kernels::affine_s8_f32_ref,            &kernels::l1_bn_backward_s8_f32_ref,
+                                       &kernels::affine_cols_s8_f32_ref,       &kernels::l1_bn_backward_cols_s8_f32_ref,
                                        &kernels::l1_ln_forward_row_s8_f32_ref, &kernels::l1_ln_backward_sums_s8_ref,
                                        &kernels::l1_ln_backward_row_s8_f32_ref};
   return kernels::kernel_path() == kernels::KernelPath::reference ? reference : optimized;
@@ -105,55 +109,54 @@ class GroupQuantizer {
       kernels::quantize_pack_f32_s8(args_, g, rows, l_.groups);
     return true;
   }
-  // Quantizes every group at once (BatchNorm: `outer` > 1 rows per group, `inner` values each):
-  // seen as [outer, groups * inner], each sample's channels are one contiguous row, so the range
-  // and pack kernels run on full-width vectors instead of `inner`-value rows (49 for 7x7: four
-  // 16-lane steps, a quarter of them one lane wide, and per-row setup for every 49 values). Each
-  // column gets its channel's 1/s as col_mul: (x * 1) * inv is x * inv, and the element index of
-  // the stochastic draws is the same, so the codes equal quantize_group's. Call before any
-  // quantize_group; false (codes unset, remembered for throw_if_nonfinite) on NaN or Inf.
-  // Worth it for BatchNorm rows shorter than one 64-code store; longer rows (14x14, 28x28) keep
-  // the per-channel passes, whose second read hits the cache (a whole-tensor pass would not).
-  bool quantizes_all_at_once() const { return l_.outer > 1 && l_.inner < 64; }
-  bool quantize_all() {
-    const std::int64_t n = l_.outer, width = l_.groups * l_.inner;
-    const std::int64_t blocks = std::min<std::int64_t>(n * width < (1 << 15) ? 1 : get_num_threads(), n);
-    // x: [n, width]; per-column maxima per block of samples, then per channel.
-    std::vector<std::vector<float>> partial(static_cast<std::size_t>(blocks), std::vector<float>(width, 0.0f));
-    std::vector<char> finite(static_cast<std::size_t>(blocks), 1);
-    detail::parallel_for(blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
-      for (std::int64_t b = b0; b < b1; ++b)
-        finite[b] = kernels::absmax_cols_f32(args_.x, n * b / blocks, n * (b + 1) / blocks, width, nullptr, partial[b].data());
-    });
-    if (std::find(finite.begin(), finite.end(), 0) != finite.end()) {
-      nonfinite_ = true;
-      return false;
-    }
-    col_inv_.resize(static_cast<std::size_t>(width));
+  // Whether groups are quantized a range at a time (quantize_groups) instead of one by one: for
+  // BatchNorm runs shorter than one 64-code store (7x7: 49 values, four 16-lane steps, a quarter
+  // of them one lane wide, and per-run setup for every 49 values). Longer runs (14x14, 28x28) are
+  // packed one group at a time.
+  bool packs_group_ranges() const { return l_.outer > 1 && l_.inner < 64; }
+
+  // Quantizes groups [g0, g1) (BatchNorm channels): in each sample their runs are one contiguous
+  // stretch of (g1 - g0) * inner values, so the range and pack kernels run on rows that long, with
+  // the group's 1/s per column ((x * 1) * inv is x * inv, and each element keeps its index for the
+  // stochastic draws, so the codes equal quantize_group's). The callers pass their thread's range
+  // of groups, so the input, its codes and the statistics stay in the same core's cache. Returns
+  // false (codes unset, remembered for throw_if_nonfinite) on NaN or Inf.
+  bool quantize_groups(std::int64_t g0, std::int64_t g1) {
+    const std::int64_t width = (g1 - g0) * l_.inner, sample_stride = l_.groups * l_.inner, first = g0 * l_.inner;
+    std::vector<float> col_max(static_cast<std::size_t>(width), 0.0f);  // per column of the stretch
+    for (std::int64_t n = 0; n < l_.outer; ++n)
+      if (!kernels::absmax_cols_f32(args_.x + n * sample_stride + first, 0, 1, width, nullptr, col_max.data())) {
+        nonfinite_ = true;
+        return false;
+      }
+    std::vector<float> col_inv(static_cast<std::size_t>(width)), col_ones(static_cast<std::size_t>(width), 1.0f);
     float* scales_out = scales.data<float>();
-    for (std::int64_t g = 0; g < l_.groups; ++g) {
-      float mx = 0.0f;
-      for (const std::vector<float>& block : partial)
-        for (std::int64_t j = g * l_.inner; j < (g + 1) * l_.inner; ++j) mx = std::max(mx, block[j]);
+    for (std::int64_t g = g0; g < g1; ++g) {
+      const auto run = col_max.begin() + (g - g0) * l_.inner;
+      const float mx = *std::max_element(run, run + l_.inner);
       const float scale = mx > 0.0f ? mx / qmax_ : 1.0f, inv = 1.0f / scale;  // all zero: v = 0
       scales_out[g] = scale;
-      std::fill(col_inv_.begin() + g * l_.inner, col_inv_.begin() + (g + 1) * l_.inner, inv);
+      std::fill_n(col_inv.begin() + (g - g0) * l_.inner, l_.inner, inv);
     }
-    col_ones_.assign(static_cast<std::size_t>(width), 1.0f);
-    kernels::QuantizePackArgs wide = args_;
-    wide.rows = n;
-    wide.cols = width;
-    wide.row_mul = ones_.data();  // ones_ holds >= outer * groups >= n entries
-    wide.row_pack = ones_.data();
-    wide.col_mul = col_inv_.data();
-    wide.col_pack = col_ones_.data();
-    wide.unit_factors = false;
-    detail::parallel_for(n, std::max<std::int64_t>(1, 4096 / width), [&](std::int64_t r0, std::int64_t r1) {
+    kernels::QuantizePackArgs stretch = args_;  // one sample's stretch: [1, width]
+    stretch.rows = 1;
+    stretch.cols = width;
+    stretch.row_mul = ones_.data();
+    stretch.row_pack = ones_.data();
+    stretch.col_mul = col_inv.data();
+    stretch.col_pack = col_ones.data();
+    stretch.unit_factors = false;
+    stretch.col_mul_only = true;
+    for (std::int64_t n = 0; n < l_.outer; ++n) {
+      const std::int64_t offset = n * sample_stride + first;
+      stretch.x = args_.x + offset;
+      stretch.out = args_.out + offset;
+      stretch.index_base = static_cast<std::uint64_t>(offset);
       if (reference_)
-        kernels::quantize_pack_f32_s8_ref(wide, r0, r1);
+        kernels::quantize_pack_f32_s8_ref(stretch, 0, 1);
       else
-        kernels::quantize_pack_f32_s8(wide, r0, r1);
-    });
+        kernels::quantize_pack_f32_s8(stretch, 0, 1);
+    }
     return true;
   }
   // Throws NumericError naming the tensor if some quantize_group met NaN or Inf. Called after the
@@ -172,7 +175,7 @@ class GroupQuantizer {
   Layout l_;
   const char* what_;
   float qmax_ = 127.0f;
-  std::vector<float> row_max_, row_inv_, ones_, col_inv_, col_ones_;
+  std::vector<float> row_max_, row_inv_, ones_;
   kernels::QuantizePackArgs args_{};
   bool reference_ = false;
   std::atomic<bool> nonfinite_{false};
@@ -187,10 +190,12 @@ struct GroupStats {
   std::vector<float> mean_sign;  // SG / m
 };
 
-// Quantizes group g of the input (7x7 BatchNorm: all groups first, in two wide passes), computes its
-// statistics, then calls `then(g, stats)` on the same thread while the group's codes are in cache.
-template <class Then>
-GroupStats statistics(GroupQuantizer& xq, const Layout& l, float c, float eps, Then then) {
+// Quantizes group g of the input (7x7 BatchNorm: the thread's range of groups first, see
+// quantize_groups), computes its statistics, then calls `then(g, stats)` on the same thread while
+// the group's codes are in cache; after the thread's last group, `then_range(g0, g1, stats)` for
+// its range [g0, g1).
+template <class Then, class ThenRange>
+GroupStats statistics(GroupQuantizer& xq, const Layout& l, float c, float eps, Then then, ThenRange then_range) {
   GroupStats st;
   st.s1.resize(l.groups);
   st.scale.resize(l.groups);
@@ -201,11 +206,11 @@ GroupStats statistics(GroupQuantizer& xq, const Layout& l, float c, float eps, T
   const float* scales = xq.scales.data<float>();
   const double m = static_cast<double>(l.count());
   const L1Kernels& k = l1_kernels();
-  const bool all_at_once = xq.quantizes_all_at_once();
-  if (all_at_once && !xq.quantize_all()) xq.throw_if_nonfinite();
+  const bool ranges = xq.packs_group_ranges();
   detail::parallel_for(l.groups, std::max<std::int64_t>(1, 4096 / l.count()), [&](std::int64_t g0, std::int64_t g1) {
+    if (ranges && !xq.quantize_groups(g0, g1)) return;
     for (std::int64_t g = g0; g < g1; ++g) {
-      if (!all_at_once && !xq.quantize_group(g)) continue;
+      if (!ranges && !xq.quantize_group(g)) continue;
       const kernels::L1GroupSums sums = group_sums(k, q, l, g);
       st.s1[g] = sums.s1;
       st.scale[g] = scales[g];
@@ -214,6 +219,7 @@ GroupStats statistics(GroupQuantizer& xq, const Layout& l, float c, float eps, T
       st.mean_sign[g] = static_cast<float>(static_cast<double>(sums.sign) / m);
       then(g, st);
     }
+    then_range(g0, g1, st);
   });
   xq.throw_if_nonfinite();
   return st;
@@ -255,7 +261,8 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
   const Layout l{x.size(0), C, x.size(2) * x.size(3)};
   check_layout(l, "quantized_l1_batch_norm2d");
   GroupQuantizer xq(x, l, config.bits, Rounding::nearest_even, {}, "l1_batch_norm2d input");
-  // One pass per channel: quantize it (or all first, see quantize_all), sum its codes, write y = a_c * q + b_c with
+  // One pass per channel (7x7: per thread's range, see quantize_groups): quantize it, sum its codes,
+  // write y = a_c * q + b_c with
   // a_c = gamma * s_c / sigma, b_c = beta - a_c * mean_q.
   Tensor y = Tensor::uninitialized(x.shape());
   const std::int8_t* q = xq.codes.data<std::int8_t>();
@@ -263,10 +270,31 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
   const float* bt = beta.defined() ? beta.data<float>() : nullptr;
   float* py = y.data<float>();
   const L1Kernels& k = l1_kernels();
-  const GroupStats st = statistics(xq, l, state.c, state.eps, [&](std::int64_t g, const GroupStats& stats) {
+  // Ranges of short channels (7x7): a and b per column of the range, then one affine_cols call per
+  // sample over the range's contiguous stretch (full vector steps) instead of a call per channel.
+  const bool ranges = xq.packs_group_ranges();
+  std::vector<float> coef_a(static_cast<std::size_t>(C)), coef_b(static_cast<std::size_t>(C));
+  const auto per_channel = [&](std::int64_t g, const GroupStats& stats) {
     const float a = (gm ? gm[g] : 1.0f) * stats.scale[g] / stats.sigma[g], b = (bt ? bt[g] : 0.0f) - a * stats.mean_q[g];
-    k.affine(q + g * l.inner, l.outer, l.inner, C * l.inner, a, b, py + g * l.inner);
-  });
+    if (!ranges) {
+      k.affine(q + g * l.inner, l.outer, l.inner, C * l.inner, a, b, py + g * l.inner);
+      return;
+    }
+    coef_a[g] = a;
+    coef_b[g] = b;
+  };
+  const auto per_range = [&](std::int64_t g0, std::int64_t g1, const GroupStats&) {
+    if (!ranges) return;
+    const std::int64_t width = (g1 - g0) * l.inner, first = g0 * l.inner;
+    std::vector<float> a(static_cast<std::size_t>(width)), b(static_cast<std::size_t>(width));
+    for (std::int64_t g = g0; g < g1; ++g) {
+      std::fill_n(a.begin() + (g - g0) * l.inner, l.inner, coef_a[g]);
+      std::fill_n(b.begin() + (g - g0) * l.inner, l.inner, coef_b[g]);
+    }
+    for (std::int64_t n = 0; n < l.outer; ++n)
+      k.affine_cols(q + n * C * l.inner + first, width, a.data(), b.data(), py + n * C * l.inner + first);
+  };
+  const GroupStats st = statistics(xq, l, state.c, state.eps, per_channel, per_range);
   if (state.running_mean.defined()) {
     float* rm = state.running_mean.data<float>();
     float* rs = state.running_sigma.data<float>();
@@ -291,13 +319,18 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
     Tensor dbeta = need_beta ? Tensor::empty({l.groups}) : Tensor();
     float* pdx = dx.data<float>();
     const L1Kernels& k = l1_kernels();
-    // One pass per channel: quantize its gradient (or all channels first, see quantize_all), the two
-    // integer sums, dx.
-    const bool all_at_once = dq.quantizes_all_at_once();
-    if (all_at_once && !dq.quantize_all()) dq.throw_if_nonfinite();
+    // One pass per channel (7x7: per thread's range of channels, see quantize_groups): quantize its
+    // gradient, the two integer sums, dx.
+    // Ranges of short channels (7x7): the coefficients per column of the range, then one
+    // bn_backward_cols call per sample over its contiguous stretch.
+    const bool ranges = dq.packs_group_ranges();
     detail::parallel_for(l.groups, 1, [&](std::int64_t g0, std::int64_t g1) {
+      if (ranges && !dq.quantize_groups(g0, g1)) return;
+      const std::int64_t width = ranges ? (g1 - g0) * l.inner : 0;
+      std::vector<float> k_d(width), k_s(width), k_0(width);
+      std::vector<std::int32_t> above(width), below(width);
       for (std::int64_t g = g0; g < g1; ++g) {
-        if (!all_at_once && !dq.quantize_group(g)) continue;
+        if (!ranges && !dq.quantize_group(g)) continue;
         // G1 = sum dq, G2 = sum dq * (m q - S1) = m * sum(dq q) - S1 * G1: integer sums.
         const std::int64_t mi = l.count(), s1 = st.s1[g];
         const kernels::L1GradientSums sums = k.gradient_sums(d + g * l.inner, q + g * l.inner, l.outer, l.inner,
@@ -314,8 +347,23 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
         const kernels::L1BatchNormBackward coef{static_cast<std::int32_t>(mi), static_cast<std::int32_t>(s1),
                                                 inv * w * sg, -inv * c * mean_gx,
                                                 inv * (-mean_g + c * mean_gx * st.mean_sign[g])};
-        k.bn_backward(coef, q + g * l.inner, d + g * l.inner, l.outer, l.inner, l.groups * l.inner, pdx + g * l.inner);
+        if (!ranges) {
+          k.bn_backward(coef, q + g * l.inner, d + g * l.inner, l.outer, l.inner, l.groups * l.inner, pdx + g * l.inner);
+          continue;
+        }
+        const kernels::L1SignThresholds t = kernels::l1_sign_thresholds(coef.s1, coef.m);
+        const std::int64_t col = (g - g0) * l.inner;
+        std::fill_n(k_d.begin() + col, l.inner, coef.k_d);
+        std::fill_n(k_s.begin() + col, l.inner, coef.k_s);
+        std::fill_n(k_0.begin() + col, l.inner, coef.k_0);
+        std::fill_n(above.begin() + col, l.inner, t.above);
+        std::fill_n(below.begin() + col, l.inner, t.below);
       }
+      if (!ranges) return;
+      const kernels::L1BatchNormBackwardCols cols{k_d.data(), k_s.data(), k_0.data(), above.data(), below.data()};
+      const std::int64_t sample = l.groups * l.inner, first = g0 * l.inner;
+      for (std::int64_t n = 0; n < l.outer; ++n)
+        k.bn_backward_cols(cols, q + n * sample + first, d + n * sample + first, width, pdx + n * sample + first);
     });
     dq.throw_if_nonfinite();
     return std::vector<Tensor>{dx, dgamma, dbeta};
@@ -342,9 +390,12 @@ Tensor quantized_l1_layer_norm(const Tensor& x, const Tensor& gamma, const Tenso
   float* py = y.data<float>();
   const L1Kernels& k = l1_kernels();
   // One pass per row: quantize, statistics, y.
-  const GroupStats st = statistics(xq, l, c, eps, [&](std::int64_t r, const GroupStats& stats) {
-    k.ln_forward_row(q + r * D, D, stats.scale[r] / stats.sigma[r], stats.mean_q[r], gm, bt, py + r * D);
-  });
+  const GroupStats st = statistics(
+      xq, l, c, eps,
+      [&](std::int64_t r, const GroupStats& stats) {
+        k.ln_forward_row(q + r * D, D, stats.scale[r] / stats.sigma[r], stats.mean_q[r], gm, bt, py + r * D);
+      },
+      [](std::int64_t, std::int64_t, const GroupStats&) {});
   const bool need_gamma = gamma.defined() && gamma.requires_grad(), need_beta = beta.defined() && beta.requires_grad();
   return record("quantized_l1_layer_norm", y, {&x, &gamma, &beta},
                 [codes = xq.codes, st, l, c, gamma = gamma.detach(), need_gamma, need_beta, config, step](const Tensor& dy) {

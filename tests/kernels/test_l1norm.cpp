@@ -71,6 +71,64 @@ TEST(L1NormKernels, StridedElementwiseKernelsMatchReferenceAndSkipTheGaps) {
   }
 }
 
+TEST(L1NormKernels, SignThresholdsGiveTheSignOfTheDeviation) {
+  for (const std::int64_t m : {1, 2, 7, 49, 6272})
+    for (const std::int64_t s1 : {std::int64_t{0}, std::int64_t{1}, std::int64_t{-1}, 3 * m, -3 * m, 3 * m + 1,
+                                  -3 * m - 1, 127 * m - 1, -128 * m + 1}) {
+      const L1SignThresholds t = l1_sign_thresholds(s1, m);
+      for (int q = -128; q <= 127; ++q) {
+        const std::int64_t dev = m * q - s1;
+        EXPECT_EQ((q > t.above) - (q < t.below), (dev > 0) - (dev < 0)) << "m " << m << " s1 " << s1 << " q " << q;
+      }
+    }
+}
+
+TEST(L1NormKernels, ColumnKernelsMatchReferenceBitExact) {
+  // Stretches of several groups' runs with per-column coefficients, at lengths around the steps.
+  Generator gen(5);
+  for (std::int64_t n : {1, 15, 16, 17, 49, 98, 1568, 1571}) {
+    const auto q = random_ints<std::int8_t>(n, -128, 127, gen), d = random_ints<std::int8_t>(n, -128, 127, gen);
+    std::vector<float> a(n), b(n), k_d(n), k_s(n), k_0(n);
+    std::vector<std::int32_t> above(n), below(n);
+    for (std::int64_t j = 0; j < n; ++j) {
+      a[j] = gen.uniform() - 0.5f;
+      b[j] = 2.0f * gen.uniform();
+      k_d[j] = 0.01f * gen.uniform();
+      k_s[j] = -0.3f * gen.uniform();
+      k_0[j] = gen.uniform() - 0.5f;
+      const L1SignThresholds t = l1_sign_thresholds(static_cast<std::int64_t>(gen.uniform() * 2000.0f) - 1000, 17);
+      above[j] = t.above;
+      below[j] = t.below;
+    }
+    std::vector<float> ya(n + 1, -7.0f), yb(n + 1, -7.0f);  // one sentinel past the end
+    affine_cols_s8_f32(q.data(), n, a.data(), b.data(), ya.data());
+    affine_cols_s8_f32_ref(q.data(), n, a.data(), b.data(), yb.data());
+    EXPECT_EQ(ya, yb) << "n " << n;
+    EXPECT_EQ(ya[n], -7.0f);
+    const L1BatchNormBackwardCols k{k_d.data(), k_s.data(), k_0.data(), above.data(), below.data()};
+    std::vector<float> da(n + 1, -7.0f), db(n + 1, -7.0f);
+    l1_bn_backward_cols_s8_f32(k, q.data(), d.data(), n, da.data());
+    l1_bn_backward_cols_s8_f32_ref(k, q.data(), d.data(), n, db.data());
+    EXPECT_EQ(da, db) << "n " << n;
+    EXPECT_EQ(da[n], -7.0f);
+  }
+  // The per-column forms equal the per-group kernels on a group laid out as one stretch.
+  const std::int64_t len = 49;
+  const auto q = random_ints<std::int8_t>(len, -128, 127, gen), d = random_ints<std::int8_t>(len, -128, 127, gen);
+  const L1BatchNormBackward group{static_cast<std::int32_t>(len), 300, 0.02f, -0.1f, 0.3f};
+  const L1SignThresholds t = l1_sign_thresholds(group.s1, group.m);
+  const std::vector<float> a(len, 0.37f), b(len, -1.3f), k_d(len, group.k_d), k_s(len, group.k_s), k_0(len, group.k_0);
+  const std::vector<std::int32_t> above(len, t.above), below(len, t.below);
+  std::vector<float> by_cols(len), by_group(len);
+  affine_cols_s8_f32(q.data(), len, a.data(), b.data(), by_cols.data());
+  affine_s8_f32(q.data(), 1, len, len, 0.37f, -1.3f, by_group.data());
+  EXPECT_EQ(by_cols, by_group);
+  l1_bn_backward_cols_s8_f32({k_d.data(), k_s.data(), k_0.data(), above.data(), below.data()}, q.data(), d.data(), len,
+                             by_cols.data());
+  l1_bn_backward_s8_f32(group, q.data(), d.data(), 1, len, len, by_group.data());
+  EXPECT_EQ(by_cols, by_group);
+}
+
 TEST(L1NormKernels, GradientSumsDoNotOverflowOnLargeGroups) {
   // 2^20 products of -128 * -128: far past int32 in one lane without the periodic flush.
   const std::int64_t n = std::int64_t{1} << 20;

@@ -530,6 +530,34 @@ TEST(QuantizedL1Norm, ReferenceAndOptimizedKernelsAgreeBitForBit) {
   }
 }
 
+TEST(QuantizedL1Norm, BatchNormDoesNotDependOnTheThreadCount) {
+  // 7x7-type channels are quantized and normalized a thread's range of channels at a time (the
+  // ranges change with the thread count); longer ones channel by channel. Same bits either way.
+  Generator gen(20);
+  struct Result {
+    std::vector<float> y, dx, dgamma, dbeta;
+    bool operator==(const Result&) const = default;
+  };
+  auto run = [](int threads, const Tensor& x, const Tensor& r) {
+    const int before = get_num_threads();
+    set_num_threads(threads);
+    const Tensor gamma = Tensor::full({x.size(1)}, 0.75f).set_requires_grad(true);
+    const Tensor beta = Tensor::full({x.size(1)}, 0.25f).set_requires_grad(true);
+    const Tensor xg = x.clone().set_requires_grad(true);
+    L1BatchNormState state;
+    const Tensor y = quant::quantized_l1_batch_norm2d(xg, gamma, beta, state, true, {8, 8, 4, 1}, 7);
+    sum(mul(y, r)).backward();
+    set_num_threads(before);
+    return Result{y.to_vector<float>(), xg.grad().to_vector<float>(), gamma.grad().to_vector<float>(),
+                  beta.grad().to_vector<float>()};
+  };
+  for (const Shape& shape : {Shape{16, 7, 7, 7}, Shape{9, 5, 3, 3}, Shape{4, 3, 9, 9}}) {
+    const Tensor x = add(mul(Tensor::randn(shape, gen), 1.5f), 0.2f), r = Tensor::randn(shape, gen);
+    const Result one = run(1, x, r);
+    for (int threads : {2, 3}) EXPECT_TRUE(run(threads, x, r) == one) << threads << " threads, shape " << x.str();
+  }
+}
+
 TEST(QuantizedL1Norm, NonFiniteInputOrGradientThrows) {
   Generator gen(19);
   Tensor x = Tensor::randn({2, 3, 4, 4}, gen).set_requires_grad(true);

@@ -49,6 +49,37 @@ void l1_bn_backward_s8_f32(const L1BatchNormBackward& k, const std::int8_t* q, c
 void l1_bn_backward_s8_f32_ref(const L1BatchNormBackward& k, const std::int8_t* q, const std::int8_t* d,
                                std::int64_t runs, std::int64_t len, std::int64_t stride, float* dx);
 
+// For m > 0 and integer q: m q > s1 <=> q > above and m q < s1 <=> q < below, with above =
+// floor(s1 / m) and below = ceil(s1 / m): the sign of a code's deviation is two compares.
+struct L1SignThresholds {
+  std::int32_t above, below;  // sgn(m q - s1) = (q > above) - (q < below)
+};
+inline L1SignThresholds l1_sign_thresholds(std::int64_t s1, std::int64_t m) {
+  std::int64_t fl = s1 / m;
+  if (s1 % m != 0 && s1 < 0) --fl;
+  return {static_cast<std::int32_t>(fl), static_cast<std::int32_t>(s1 % m == 0 ? fl : fl + 1)};
+}
+
+// The same two maps on a stretch of n codes of several groups (one sample's run of a range of
+// BatchNorm channels: contiguous), each column j with its own group's coefficients:
+//   affine:   y[j] = a[j] * q[j] + b[j]
+//   backward: dx[j] = k_d[j] * d[j] + (k_s[j] * sgn_j + k_0[j]),
+//             sgn_j = (q[j] > above[j]) - (q[j] < below[j])  (the group's l1_sign_thresholds)
+// Full-width vector steps instead of one short run at a time.
+void affine_cols_s8_f32(const std::int8_t* q, std::int64_t n, const float* a, const float* b, float* y);
+void affine_cols_s8_f32_ref(const std::int8_t* q, std::int64_t n, const float* a, const float* b, float* y);
+struct L1BatchNormBackwardCols {
+  const float* k_d;
+  const float* k_s;
+  const float* k_0;
+  const std::int32_t* above;
+  const std::int32_t* below;
+};
+void l1_bn_backward_cols_s8_f32(const L1BatchNormBackwardCols& k, const std::int8_t* q, const std::int8_t* d,
+                                std::int64_t n, float* dx);
+void l1_bn_backward_cols_s8_f32_ref(const L1BatchNormBackwardCols& k, const std::int8_t* q, const std::int8_t* d,
+                                    std::int64_t n, float* dx);
+
 // LayerNorm row forward: y[j] = gamma[j] * (a * (q[j] - mu)) + beta[j] for j < D (gamma, beta may
 // be null: 1 and 0).
 void l1_ln_forward_row_s8_f32(const std::int8_t* q, std::int64_t D, float a, float mu, const float* gamma,

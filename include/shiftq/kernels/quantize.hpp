@@ -45,13 +45,20 @@ struct QuantizePackArgs {
   const float* row_pack;   // [rows] v = (q * row_pack[r]) * col_pack[c]  (powers of two)
   const float* col_pack;   // [cols]
   float qmax;              // q in [-qmax, qmax]
-  bool stochastic;         // q = floor(y + u) with u = stochastic_uniform(key, r * cols + c)
+  bool stochastic;         // q = floor(y + u) with u = stochastic_uniform(key, index_base + r * cols + c)
   std::uint64_t key;
   std::uint8_t xor_mask;   // 0: store v as s8; 0x80: store v + 128 as u8
   std::int8_t* out;        // [rows, cols] packed values
   // Promise that every col_mul, row_pack and col_pack entry is 1 (the pointers must still be
   // valid): kernels may skip those multiplies, which changes nothing (x * 1 == x exactly).
   bool unit_factors = false;
+  // Promise that every row_mul, row_pack and col_pack entry is 1 (y = x * col_mul, v = q): the
+  // same kind of shortcut for one scale per column.
+  bool col_mul_only = false;
+  // Added to every element's index for the stochastic draws: a caller packing a piece of a larger
+  // tensor (one row's run of channels) gives the piece's first element index in that tensor, so
+  // the draws do not depend on how the tensor was cut into calls.
+  std::uint64_t index_base = 0;
 };
 // Nearest-even: q = round(clamp(y, -qmax, qmax)); stochastic: q = floor(clamp(y, -qmax, qmax) + u).
 // Packs rows r0, r0 + row_step, r0 + 2 row_step, ... below r1 (row_step >= 1: the rows of one
