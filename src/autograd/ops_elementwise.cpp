@@ -104,9 +104,24 @@ Tensor square(const Tensor& a) {
 
 Tensor relu(const Tensor& x) {
   check_f32(x, "relu", "x");
-  Tensor out = map_unary(x, [](float v) { return v > 0.0f ? v : 0.0f; });
-  return record("relu", out, {&x}, [y = out.detach()](const Tensor& g) {
-    return std::vector<Tensor>{map_binary_same(g, y, [](float gi, float yi) { return yi > 0.0f ? gi : 0.0f; })};
+  // The per-ISA kernels: this file builds for the x86-64 baseline, where the loops ran 4 wide (ReLU
+  // forward and backward were 5.5% of the 4-bit ResNet-20 training step).
+  const bool reference = kernels::kernel_path() == kernels::KernelPath::reference;
+  Tensor out = Tensor::uninitialized(x.shape());
+  const float* px = x.data<float>();
+  float* po = out.data<float>();
+  detail::parallel_for(x.numel(), detail::kElementwiseGrain, [&](std::int64_t b, std::int64_t e) {
+    (reference ? kernels::relu_f32_ref : kernels::relu_f32)(px + b, po + b, e - b);
+  });
+  return record("relu", out, {&x}, [y = out.detach(), reference](const Tensor& g) {
+    Tensor dx = Tensor::uninitialized(y.shape());
+    const float* pg = g.data<float>();
+    const float* py = y.data<float>();
+    float* pdx = dx.data<float>();
+    detail::parallel_for(y.numel(), detail::kElementwiseGrain, [&](std::int64_t b, std::int64_t e) {
+      (reference ? kernels::relu_backward_f32_ref : kernels::relu_backward_f32)(pg + b, py + b, pdx + b, e - b);
+    });
+    return std::vector<Tensor>{dx};
   });
 }
 

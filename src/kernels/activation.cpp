@@ -7,6 +7,8 @@ namespace shiftq::kernels {
 
 #define SHIFTQ_DECLARE_ISA(ns)                                                        \
   namespace ns {                                                                      \
+  void relu_f32(const float*, float*, std::int64_t);                                  \
+  void relu_backward_f32(const float*, const float*, float*, std::int64_t);           \
   void gelu_f32(const float*, float*, std::int64_t);                                  \
   void gelu_backward_f32(const float*, const float*, float*, std::int64_t);           \
   }
@@ -15,6 +17,12 @@ SHIFTQ_DECLARE_ISA(avx2)
 SHIFTQ_DECLARE_ISA(base)
 #undef SHIFTQ_DECLARE_ISA
 
+void relu_f32(const float* x, float* y, std::int64_t n) { SHIFTQ_ISA_DISPATCH(relu_f32, x, y, n) }
+
+void relu_backward_f32(const float* g, const float* y, float* dx, std::int64_t n) {
+  SHIFTQ_ISA_DISPATCH(relu_backward_f32, g, y, dx, n)
+}
+
 void gelu_f32(const float* x, float* y, std::int64_t n) { SHIFTQ_ISA_DISPATCH(gelu_f32, x, y, n) }
 
 void gelu_backward_f32(const float* g, const float* x, float* dx, std::int64_t n) {
@@ -22,6 +30,14 @@ void gelu_backward_f32(const float* g, const float* x, float* dx, std::int64_t n
 }
 
 // The references: the same formulas, compiled for the baseline x86-64 ISA.
+void relu_f32_ref(const float* x, float* y, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}
+
+void relu_backward_f32_ref(const float* g, const float* y, float* dx, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) dx[i] = y[i] > 0.0f ? g[i] : 0.0f;
+}
+
 void gelu_f32_ref(const float* x, float* y, std::int64_t n) {
   for (std::int64_t i = 0; i < n; ++i) y[i] = detail::gelu(x[i]);
 }

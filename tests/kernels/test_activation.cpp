@@ -1,4 +1,4 @@
-// The dispatched (per-ISA) GELU kernels against their scalar references, bit for bit, on lengths
+// The dispatched (per-ISA) ReLU and GELU kernels against their scalar references, bit for bit, on lengths
 // with and without vector tails and on values where the exp saturates; and against tanh itself.
 #include <gtest/gtest.h>
 
@@ -38,6 +38,26 @@ TEST(ActivationKernels, GeluForwardAndBackwardEqualReference) {
     gelu_backward_f32(g.data(), x.data(), got.data(), n);
     gelu_backward_f32_ref(g.data(), x.data(), want.data(), n);
     EXPECT_EQ(bits(got), bits(want)) << "backward, n = " << n;
+  }
+}
+
+TEST(ActivationKernels, ReluForwardAndBackwardEqualReference) {
+  Generator gen(7);
+  for (std::int64_t n : {1, 7, 15, 16, 17, 33, 64, 1000, 4099}) {
+    std::vector<float> x = inputs(n, gen), g = inputs(n, gen);
+    x[n / 2] = std::nanf("");  // NaN and -0 give +0 (the first compare is false)
+    std::vector<float> got(x.size(), -1.0f), want(x.size(), -2.0f);
+    relu_f32(x.data(), got.data(), n);
+    relu_f32_ref(x.data(), want.data(), n);
+    EXPECT_EQ(bits(got), bits(want)) << "forward, n = " << n;
+    for (std::int64_t i = 0; i < n; ++i) {
+      EXPECT_EQ(std::bit_cast<std::uint32_t>(want[i]), std::bit_cast<std::uint32_t>(x[i] > 0.0f ? x[i] : 0.0f));
+      EXPECT_FALSE(std::signbit(want[i]));
+    }
+    relu_backward_f32(g.data(), want.data(), got.data(), n);
+    relu_backward_f32_ref(g.data(), want.data(), x.data(), n);
+    EXPECT_EQ(bits(got), bits(x)) << "backward, n = " << n;
+    for (std::int64_t i = 0; i < n; ++i) EXPECT_EQ(got[i], want[i] > 0.0f ? g[i] : 0.0f);
   }
 }
 
