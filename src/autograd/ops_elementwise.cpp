@@ -102,47 +102,53 @@ Tensor square(const Tensor& a) {
 
 // ---- activations ----
 
-Tensor relu(const Tensor& x) {
-  check_f32(x, "relu", "x");
-  // The per-ISA kernels: this file builds for the x86-64 baseline, where the loops ran 4 wide (ReLU
-  // forward and backward were 5.5% of the 4-bit ResNet-20 training step).
-  const bool reference = kernels::kernel_path() == kernels::KernelPath::reference;
+namespace {
+using ForwardKernel = void (*)(const float*, float*, std::int64_t);
+using BackwardKernel = void (*)(const float*, const float*, float*, std::int64_t);
+
+// out[i] = fn's map of x[i], in chunks over the threads.
+Tensor run_forward_kernel(const Tensor& x, ForwardKernel fn) {
   Tensor out = Tensor::uninitialized(x.shape());
   const float* px = x.data<float>();
   float* po = out.data<float>();
-  detail::parallel_for(x.numel(), detail::kElementwiseGrain, [&](std::int64_t b, std::int64_t e) {
-    (reference ? kernels::relu_f32_ref : kernels::relu_f32)(px + b, po + b, e - b);
-  });
+  detail::parallel_for(x.numel(), detail::kElementwiseGrain, [&](std::int64_t b, std::int64_t e) { fn(px + b, po + b, e - b); });
+  return out;
+}
+
+// dx[i] from the output gradient g[i] and the saved tensor s[i] (the op's input or output).
+Tensor run_backward_kernel(const Tensor& g, const Tensor& s, BackwardKernel fn) {
+  Tensor dx = Tensor::uninitialized(s.shape());
+  const float* pg = g.data<float>();
+  const float* ps = s.data<float>();
+  float* pdx = dx.data<float>();
+  detail::parallel_for(s.numel(), detail::kElementwiseGrain,
+                       [&](std::int64_t b, std::int64_t e) { fn(pg + b, ps + b, pdx + b, e - b); });
+  return dx;
+}
+
+bool reference_kernels() { return kernels::kernel_path() == kernels::KernelPath::reference; }
+}  // namespace
+
+// ReLU and GELU run the per-ISA kernels (activation_*.cpp): this file builds for the x86-64
+// baseline, where ReLU's loops ran 4 wide (forward and backward were 5.5% of the 4-bit ResNet-20
+// training step).
+Tensor relu(const Tensor& x) {
+  check_f32(x, "relu", "x");
+  const bool reference = reference_kernels();
+  Tensor out = run_forward_kernel(x, reference ? kernels::relu_f32_ref : kernels::relu_f32);
   return record("relu", out, {&x}, [y = out.detach(), reference](const Tensor& g) {
-    Tensor dx = Tensor::uninitialized(y.shape());
-    const float* pg = g.data<float>();
-    const float* py = y.data<float>();
-    float* pdx = dx.data<float>();
-    detail::parallel_for(y.numel(), detail::kElementwiseGrain, [&](std::int64_t b, std::int64_t e) {
-      (reference ? kernels::relu_backward_f32_ref : kernels::relu_backward_f32)(pg + b, py + b, pdx + b, e - b);
-    });
-    return std::vector<Tensor>{dx};
+    return std::vector<Tensor>{
+        run_backward_kernel(g, y, reference ? kernels::relu_backward_f32_ref : kernels::relu_backward_f32)};
   });
 }
 
 Tensor gelu(const Tensor& x) {
   check_f32(x, "gelu", "x");
-  const bool reference = kernels::kernel_path() == kernels::KernelPath::reference;
-  Tensor out = Tensor::uninitialized(x.shape());
-  const float* px = x.data<float>();
-  float* po = out.data<float>();
-  detail::parallel_for(x.numel(), detail::kElementwiseGrain, [&](std::int64_t b, std::int64_t e) {
-    (reference ? kernels::gelu_f32_ref : kernels::gelu_f32)(px + b, po + b, e - b);
-  });
+  const bool reference = reference_kernels();
+  Tensor out = run_forward_kernel(x, reference ? kernels::gelu_f32_ref : kernels::gelu_f32);
   return record("gelu", out, {&x}, [x = x.detach(), reference](const Tensor& g) {
-    Tensor dx = Tensor::uninitialized(x.shape());
-    const float* pg = g.data<float>();
-    const float* pxs = x.data<float>();
-    float* pdx = dx.data<float>();
-    detail::parallel_for(x.numel(), detail::kElementwiseGrain, [&](std::int64_t b, std::int64_t e) {
-      (reference ? kernels::gelu_backward_f32_ref : kernels::gelu_backward_f32)(pg + b, pxs + b, pdx + b, e - b);
-    });
-    return std::vector<Tensor>{dx};
+    return std::vector<Tensor>{
+        run_backward_kernel(g, x, reference ? kernels::gelu_backward_f32_ref : kernels::gelu_backward_f32)};
   });
 }
 

@@ -94,10 +94,13 @@ void col2im_nhwc_s32_f32(const Conv2dGeometry& g, const std::int32_t* acc, const
   SHIFTQ_ISA_DISPATCH(col2im_nhwc_s32_f32, g, acc, row_scale, col_scale, col_step, dx, p_begin, p_end)
 }
 
-// The references: every output pixel, kernel tap and channel on its own, from the definitions.
-void im2col_nhwc_u8_ref(const Conv2dGeometry& g, const std::uint8_t* x, std::uint8_t* cols, std::uint8_t pad,
-                        std::int64_t p_begin, std::int64_t p_end) {
-  const std::int64_t ow = g.out_w(), patch = g.patch();
+namespace {
+// The references' walk: fn(row, j, input_index) for every output pixel p in [p_begin, p_end) (p_end
+// < 0: all), kernel tap and channel, row = p - p_begin, j the patch column (ky, kx, c), input_index
+// the element of x: [H, W, C] it reads, or -1 on the padding.
+template <class F>
+void for_each_patch_element(const Conv2dGeometry& g, std::int64_t p_begin, std::int64_t p_end, F fn) {
+  const std::int64_t ow = g.out_w();
   if (p_end < 0) p_end = g.out_h() * ow;
   for (std::int64_t p = p_begin; p < p_end; ++p)
     for (std::int64_t ky = 0; ky < g.kernel_h; ++ky)
@@ -105,26 +108,27 @@ void im2col_nhwc_u8_ref(const Conv2dGeometry& g, const std::uint8_t* x, std::uin
         for (std::int64_t c = 0; c < g.channels; ++c) {
           const std::int64_t iy = (p / ow) * g.stride_h - g.pad_h + ky, ix = (p % ow) * g.stride_w - g.pad_w + kx;
           const bool in = iy >= 0 && iy < g.height && ix >= 0 && ix < g.width;
-          cols[(p - p_begin) * patch + (ky * g.kernel_w + kx) * g.channels + c] =
-              in ? x[(iy * g.width + ix) * g.channels + c] : pad;
+          fn(p - p_begin, (ky * g.kernel_w + kx) * g.channels + c, in ? (iy * g.width + ix) * g.channels + c : -1);
         }
+}
+}  // namespace
+
+// The references: every output pixel, kernel tap and channel on its own, from the definitions.
+void im2col_nhwc_u8_ref(const Conv2dGeometry& g, const std::uint8_t* x, std::uint8_t* cols, std::uint8_t pad,
+                        std::int64_t p_begin, std::int64_t p_end) {
+  const std::int64_t patch = g.patch();
+  for_each_patch_element(g, p_begin, p_end, [&](std::int64_t row, std::int64_t j, std::int64_t in) {
+    cols[row * patch + j] = in >= 0 ? x[in] : pad;
+  });
 }
 
 void col2im_nhwc_s32_f32_ref(const Conv2dGeometry& g, const std::int32_t* acc, const float* row_scale,
                              const float* col_scale, std::int64_t col_step, float* dx, std::int64_t p_begin,
                              std::int64_t p_end) {
-  const std::int64_t ow = g.out_w(), patch = g.patch();
-  if (p_end < 0) p_end = g.out_h() * ow;
-  for (std::int64_t p = p_begin; p < p_end; ++p)
-    for (std::int64_t ky = 0; ky < g.kernel_h; ++ky)
-      for (std::int64_t kx = 0; kx < g.kernel_w; ++kx)
-        for (std::int64_t c = 0; c < g.channels; ++c) {
-          const std::int64_t iy = (p / ow) * g.stride_h - g.pad_h + ky, ix = (p % ow) * g.stride_w - g.pad_w + kx;
-          if (iy < 0 || iy >= g.height || ix < 0 || ix >= g.width) continue;
-          const std::int64_t j = (ky * g.kernel_w + kx) * g.channels + c;
-          dx[(iy * g.width + ix) * g.channels + c] +=
-              static_cast<float>(acc[(p - p_begin) * patch + j]) * (row_scale[p - p_begin] * col_scale[j * col_step]);
-        }
+  const std::int64_t patch = g.patch();
+  for_each_patch_element(g, p_begin, p_end, [&](std::int64_t row, std::int64_t j, std::int64_t in) {
+    if (in >= 0) dx[in] += static_cast<float>(acc[row * patch + j]) * (row_scale[row] * col_scale[j * col_step]);
+  });
 }
 
 void col2im_f32(const Conv2dGeometry& g, const float* cols, float* dx) {
