@@ -319,10 +319,9 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
     Tensor dbeta = need_beta ? Tensor::empty({l.groups}) : Tensor();
     float* pdx = dx.data<float>();
     const L1Kernels& k = l1_kernels();
-    // One pass per channel (7x7: per thread's range of channels, see quantize_groups): quantize its
-    // gradient, the two integer sums, dx.
-    // Ranges of short channels (7x7): the coefficients per column of the range, then one
-    // bn_backward_cols call per sample over its contiguous stretch.
+    // One pass per channel: quantize its gradient, the two integer sums, dx. Short channels (7x7)
+    // go by the thread's range (quantize_groups): the sums per channel, the coefficients per column
+    // of the range, then one bn_backward_cols call per sample over its contiguous stretch.
     const bool ranges = dq.packs_group_ranges();
     detail::parallel_for(l.groups, 1, [&](std::int64_t g0, std::int64_t g1) {
       if (ranges && !dq.quantize_groups(g0, g1)) return;
