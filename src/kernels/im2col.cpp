@@ -107,8 +107,8 @@ void for_each_patch_element(const Conv2dGeometry& g, std::int64_t p_begin, std::
       for (std::int64_t kx = 0; kx < g.kernel_w; ++kx)
         for (std::int64_t c = 0; c < g.channels; ++c) {
           const std::int64_t iy = (p / ow) * g.stride_h - g.pad_h + ky, ix = (p % ow) * g.stride_w - g.pad_w + kx;
-          const bool in = iy >= 0 && iy < g.height && ix >= 0 && ix < g.width;
-          fn(p - p_begin, (ky * g.kernel_w + kx) * g.channels + c, in ? (iy * g.width + ix) * g.channels + c : -1);
+          fn(p - p_begin, (ky * g.kernel_w + kx) * g.channels + c,
+             conv_rows::inside(g, iy, ix) ? (iy * g.width + ix) * g.channels + c : -1);
         }
 }
 }  // namespace

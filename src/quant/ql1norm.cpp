@@ -100,8 +100,7 @@ class GroupQuantizer {
     }
     float mx = 0.0f;
     for (std::int64_t r = g; r < rows; r += l_.groups) mx = std::max(mx, row_max_[r]);
-    const float scale = mx > 0.0f ? mx / qmax_ : 1.0f, inv = 1.0f / scale;  // all zero: v = 0
-    scales.data<float>()[g] = scale;
+    const float inv = set_scale(g, mx);
     for (std::int64_t r = g; r < rows; r += l_.groups) row_inv_[r] = inv;
     if (reference_)
       kernels::quantize_pack_f32_s8_ref(args_, g, rows, l_.groups);
@@ -130,13 +129,9 @@ class GroupQuantizer {
         return false;
       }
     std::vector<float> col_inv(static_cast<std::size_t>(width)), col_ones(static_cast<std::size_t>(width), 1.0f);
-    float* scales_out = scales.data<float>();
     for (std::int64_t g = g0; g < g1; ++g) {
       const auto run = col_max.begin() + (g - g0) * l_.inner;
-      const float mx = *std::max_element(run, run + l_.inner);
-      const float scale = mx > 0.0f ? mx / qmax_ : 1.0f, inv = 1.0f / scale;  // all zero: v = 0
-      scales_out[g] = scale;
-      std::fill_n(col_inv.begin() + (g - g0) * l_.inner, l_.inner, inv);
+      std::fill_n(col_inv.begin() + (g - g0) * l_.inner, l_.inner, set_scale(g, *std::max_element(run, run + l_.inner)));
     }
     kernels::QuantizePackArgs stretch = args_;  // one sample's stretch: [1, width]
     stretch.rows = 1;
@@ -171,6 +166,13 @@ class GroupQuantizer {
   Tensor scales;  // f32 [groups]
 
  private:
+  // scales[g] = max |x| / qmax over group g (1 when all zero: v = 0); returns 1 / scales[g].
+  float set_scale(std::int64_t g, float max_abs) {
+    const float scale = max_abs > 0.0f ? max_abs / qmax_ : 1.0f;
+    scales.data<float>()[g] = scale;
+    return 1.0f / scale;
+  }
+
   Tensor x_;
   Layout l_;
   const char* what_;
