@@ -259,9 +259,17 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
   float* scales = q.scales.data<float>();
   std::vector<float>& inv_scale = scratch.inv_scale;
   inv_scale.assign(static_cast<std::size_t>(outer_len), 1.0f);
-  auto set_scale = [&](std::int64_t i, float outer_max) {
-    scales[i] = outer_max > 0.0f ? outer_max / qmax : 1.0f;
-    inv_scale[i] = 1.0f / scales[i];
+  // scales[i] = max[i] / qmax (1 where max[i] = 0) and their reciprocals, for i in [i0, i1): a loop
+  // that vectorizes (the same IEEE divisions as one by one).
+  auto set_scales = [&](const float* max, std::int64_t i0, std::int64_t i1) {
+    float* __restrict s_out = scales;
+    float* __restrict inv_out = inv_scale.data();
+    const float* __restrict m = max;
+    for (std::int64_t i = i0; i < i1; ++i) {
+      const float sc = m[i] > 0.0f ? m[i] / qmax : 1.0f;
+      s_out[i] = sc;
+      inv_out[i] = 1.0f / sc;
+    }
   };
   if (per_tensor) {
     float mx = 0.0f;
@@ -269,12 +277,12 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
       mx = p.mse_clip ? mse_clipped_range(px, R * C, m, qmax, q.nonnegative) : m;  // max |x|, maybe clipped
     else
       for (std::int64_t k = 0; k < inner_len; ++k) mx = std::max(mx, range[k] * pow_e[k]);
-    set_scale(0, mx);
+    set_scales(&mx, 0, 1);
     std::fill(inv_scale.begin(), inv_scale.end(), inv_scale[0]);
   } else if (!groups_on_cols) {  // one scale per column: needs every row first
     const std::vector<float> col_max = column_absmax(px, R, C, pow_e.data(), finite);
     if (!finite) throw_nonfinite(x, name);
-    for (std::int64_t c = 0; c < C; ++c) set_scale(c, col_max[c]);
+    set_scales(col_max.data(), 0, C);
   }
   std::vector<float>& ones_outer = scratch.ones_outer;
   ones_outer.assign(static_cast<std::size_t>(outer_len), 1.0f);
@@ -306,7 +314,7 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
           rows_finite = false;  // reported after the loop; never convert NaN/Inf to integers
           continue;
         }
-        for (std::int64_t r = t0; r < t1; ++r) set_scale(r, row_max[r]);
+        set_scales(row_max.data(), t0, t1);
       }
       if (reference)
         kernels::quantize_pack_f32_s8_ref(args, t0, t1);

@@ -240,6 +240,116 @@ TEST(QuantizeKernels, StridedRowsEqualRowByRowCalls) {
   }
 }
 
+// absmax_rows_f32 against its definition, row by row: short rows go through the 16-row max
+// network (whole groups of 16 rows, then the rest one by one), longer ones through the per-row
+// loops; with and without column weights, contiguous and strided rows, and the negative and
+// non-finite flags raised by a value in any row, including one inside a network group.
+TEST(QuantizeKernels, RowMaximaEqualTheirDefinition) {
+  Generator gen(11);
+  for (std::int64_t cols : {1, 7, 16, 17, 32, 49, 64, 65, 196, 300}) {
+    for (std::int64_t rows : {1, 15, 16, 17, 40}) {
+      for (std::int64_t step : {1, 3}) {
+        Tensor x = Tensor::randn({rows, cols}, gen);
+        for (std::int64_t i = 0; i < rows * cols; ++i) x.data<float>()[i] = std::fabs(x.data<float>()[i]);  // no negative value
+        std::vector<float> weight(cols);
+        for (std::int64_t c = 0; c < cols; ++c) weight[c] = std::ldexp(1.0f, static_cast<int>(c % 5));
+        for (const float* w : {static_cast<const float*>(nullptr), static_cast<const float*>(weight.data())}) {
+          std::vector<float> got(rows, -1.0f), want(rows, -1.0f);
+          bool negative = false;
+          ASSERT_TRUE(absmax_rows_f32(x.data<float>(), 0, rows, cols, w, got.data(), &negative, step));
+          for (std::int64_t r = 0; r < rows; r += step) {
+            float m = 0.0f;
+            for (std::int64_t c = 0; c < cols; ++c)
+              m = std::max(m, std::fabs(x.data<float>()[r * cols + c]) * (w ? w[c] : 1.0f));
+            want[r] = m;
+          }
+          EXPECT_EQ(got, want) << rows << "x" << cols << " step " << step << " weights " << (w != nullptr);
+          EXPECT_FALSE(negative) << rows << "x" << cols;
+        }
+        // One negative value, then one NaN, in the last row the stride reaches.
+        const std::int64_t last = (rows - 1) / step * step;
+        Tensor y = x.clone();
+        y.data<float>()[last * cols + cols / 2] = -0.5f;
+        std::vector<float> out(rows);
+        bool negative = false;
+        ASSERT_TRUE(absmax_rows_f32(y.data<float>(), 0, rows, cols, nullptr, out.data(), &negative, step));
+        EXPECT_TRUE(negative) << rows << "x" << cols << " step " << step;
+        y.data<float>()[last * cols + cols / 2] = std::numeric_limits<float>::quiet_NaN();
+        EXPECT_FALSE(absmax_rows_f32(y.data<float>(), 0, rows, cols, nullptr, out.data(), nullptr, step))
+            << rows << "x" << cols << " step " << step;
+      }
+    }
+  }
+}
+
+// absmax_cols_f32 against its definition: it accumulates into col_max (max with what is there),
+// with and without row weights, around the 16-lane steps and the 64-column register path; a NaN
+// anywhere is reported.
+TEST(QuantizeKernels, ColumnMaximaEqualTheirDefinition) {
+  Generator gen(12);
+  for (std::int64_t cols : {1, 7, 16, 17, 49, 64, 65, 100}) {
+    const std::int64_t rows = 23;
+    const Tensor x = Tensor::randn({rows, cols}, gen);
+    std::vector<float> weight(rows);
+    for (std::int64_t r = 0; r < rows; ++r) weight[r] = std::ldexp(1.0f, static_cast<int>(r % 4) - 1);
+    for (const float* w : {static_cast<const float*>(nullptr), static_cast<const float*>(weight.data())}) {
+      std::vector<float> got(cols), want(cols);
+      for (std::int64_t c = 0; c < cols; ++c) got[c] = want[c] = c % 3 == 0 ? 2.5f : 0.0f;  // prior maxima
+      ASSERT_TRUE(absmax_cols_f32(x.data<float>(), 2, rows, cols, w, got.data()));
+      for (std::int64_t r = 2; r < rows; ++r)
+        for (std::int64_t c = 0; c < cols; ++c)
+          want[c] = std::max(want[c], std::fabs(x.data<float>()[r * cols + c]) * (w ? w[r] : 1.0f));
+      EXPECT_EQ(got, want) << rows << "x" << cols << " weights " << (w != nullptr);
+    }
+    Tensor y = x.clone();
+    y.data<float>()[(rows - 1) * cols + cols - 1] = std::numeric_limits<float>::infinity();
+    std::vector<float> out(cols, 0.0f);
+    EXPECT_FALSE(absmax_cols_f32(y.data<float>(), 0, rows, cols, nullptr, out.data())) << cols;
+  }
+}
+
+// Many short rows in one call (the constants set up once per call, each row's scales and
+// stochastic indices its own) equal the reference, for the three factor forms, with an index base
+// whose rows cross 2^32 partway (those rows take the scalar path inside the vector loop).
+TEST(QuantizeKernels, PackOfManyShortRowsEqualsReference) {
+  Generator gen(13);
+  for (std::int64_t cols : {16, 32, 48, 64}) {
+    const std::int64_t rows = 37;
+    const Tensor x = mul(Tensor::randn({rows, cols}, gen), 5.0f);
+    std::vector<float> row_mul(rows), row_pack(rows), col_mul(cols), col_pack(cols), ones(std::max(rows, cols), 1.0f);
+    for (std::int64_t r = 0; r < rows; ++r) {
+      row_mul[r] = 0.5f + 0.125f * static_cast<float>(r % 7);
+      row_pack[r] = std::ldexp(1.0f, static_cast<int>(r % 3));
+    }
+    for (std::int64_t c = 0; c < cols; ++c) {
+      col_mul[c] = std::ldexp(1.0f, static_cast<int>(c % 3));
+      col_pack[c] = std::ldexp(1.0f, static_cast<int>(2 - c % 3));
+    }
+    for (int form = 0; form < 3; ++form) {  // general, unit_factors, col_mul_only
+      for (bool stochastic : {false, true}) {
+        for (std::uint64_t index_base : {std::uint64_t{0}, (std::uint64_t{1} << 32) - 5 * static_cast<std::uint64_t>(cols) - 3}) {
+          std::vector<std::int8_t> got(rows * cols, 99), want(rows * cols, 99);
+          QuantizePackArgs a{x.data<float>(), rows, cols, row_mul.data(), col_mul.data(), row_pack.data(),
+                             col_pack.data(), 7.0f, stochastic, 4242, 0x80, got.data()};
+          if (form == 1) {
+            a.unit_factors = true;
+            a.col_mul = a.row_pack = a.col_pack = ones.data();
+          } else if (form == 2) {
+            a.col_mul_only = true;
+            a.row_mul = a.row_pack = a.col_pack = ones.data();
+          }
+          a.index_base = index_base;
+          quantize_pack_f32_s8(a, 0, rows);
+          a.out = want.data();
+          quantize_pack_f32_s8_ref(a, 0, rows);
+          EXPECT_EQ(got, want) << "cols " << cols << " form " << form << " stochastic " << stochastic
+                               << " base " << index_base;
+        }
+      }
+    }
+  }
+}
+
 // The dispatched pack (64-code steps with saturating packs, then 16-lane masked steps) equals the
 // scalar reference at every length around those step sizes, with power-of-two pack factors, in
 // both rounding modes and both code forms, and with codes at the int8 range's ends (+-127).
