@@ -1,7 +1,5 @@
 #include "shiftq/kernels/im2col.hpp"
 
-#include <cstring>
-
 #include "conv_rows.hpp"
 #include "isa.hpp"
 
@@ -54,6 +52,8 @@ void im2col_u8(const Conv2dGeometry& g, const std::uint8_t* x, std::uint8_t* col
 
 #define SHIFTQ_DECLARE_ISA(ns)                                                                              \
   namespace ns {                                                                                            \
+  void im2col_nhwc_u8(const Conv2dGeometry&, const std::uint8_t*, std::uint8_t*, std::uint8_t, std::int64_t, \
+                      std::int64_t);                                                                        \
   void col2im_nhwc_s32_f32(const Conv2dGeometry&, const std::int32_t*, const float*, const float*,           \
                            std::int64_t, float*, std::int64_t, std::int64_t);                               \
   }
@@ -62,30 +62,9 @@ SHIFTQ_DECLARE_ISA(avx2)
 SHIFTQ_DECLARE_ISA(base)
 #undef SHIFTQ_DECLARE_ISA
 
-namespace {
-// Inline 16-byte moves: the runs are short (KW*C bytes), too short for a libc call each.
-void copy_bytes(std::uint8_t* dst, const std::uint8_t* src, std::int64_t n) {
-  std::int64_t i = 0;
-  for (; i + 16 <= n; i += 16) std::memcpy(dst + i, src + i, 16);
-  for (; i < n; ++i) dst[i] = src[i];
-}
-}  // namespace
-
 void im2col_nhwc_u8(const Conv2dGeometry& g, const std::uint8_t* x, std::uint8_t* cols, std::uint8_t pad,
                     std::int64_t p_begin, std::int64_t p_end) {
-  const std::int64_t C = g.channels, patch = g.patch();
-  conv_rows::for_each_kernel_row(
-      g, p_begin, p_end,
-      [&](std::int64_t row, std::int64_t j, std::int64_t src, std::int64_t n) {
-        copy_bytes(cols + row * patch + j, x + src, n);
-      },
-      [&](std::int64_t row, std::int64_t j, std::int64_t iy, std::int64_t ix) {
-        std::uint8_t* dst = cols + row * patch + j;
-        if (conv_rows::inside(g, iy, ix))
-          copy_bytes(dst, x + (iy * g.width + ix) * C, C);
-        else
-          std::memset(dst, pad, static_cast<std::size_t>(C));
-      });
+  SHIFTQ_ISA_DISPATCH(im2col_nhwc_u8, g, x, cols, pad, p_begin, p_end)
 }
 
 void col2im_nhwc_s32_f32(const Conv2dGeometry& g, const std::int32_t* acc, const float* row_scale,

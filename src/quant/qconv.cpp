@@ -85,7 +85,9 @@ Tensor to_channels_last(const Tensor& codes, const ConvShape& s) {
 
 // dY: [N, O, P] -> [N*P, O], the layout both gradient GEMMs read, together with the inner ranges of
 // both gradient quantizers: max |dY| per row (output pixel; dW's groups) and per column (output
-// channel; dX's groups). One pass over dY: each sample is transposed, then scanned while in cache.
+// channel; dX's groups). One pass over dY: each sample is scanned in its [O, P] layout, where both
+// maxima are vertical or long-row reductions (the transposed rows are only O = 16..64 wide, one
+// horizontal reduction per pixel), then transposed while in cache.
 struct GradientRows {
   Tensor rows;                   // [N*P, O]
   std::vector<float> row_max;    // [N*P]
@@ -100,14 +102,18 @@ GradientRows gradient_rows(const Tensor& grad, const ConvShape& s) {
   std::mutex col_mutex;
   std::atomic<bool> finite{true};
   detail::parallel_for_dynamic(s.N, 1, [&](std::int64_t b, std::int64_t e) {
-    float* col = thread_scratch<float, 2>(s.O);
+    float* col = thread_scratch<float, 2>(2 * s.O);  // [O]: this thread's maxima, [O]: one sample's
+    float* sample_col = col + s.O;
     std::fill_n(col, s.O, 0.0f);
     bool ok = true;
     for (std::int64_t n = b; n < e; ++n) {
-      float* rows = dst + n * s.P * s.O;
-      kernels::transpose_f32(src + n * s.O * s.P, rows, s.O, s.P);
-      ok &= kernels::absmax_rows_f32(rows, 0, s.P, s.O, nullptr, g.row_max.data() + n * s.P);
-      ok &= kernels::absmax_cols_f32(rows, 0, s.P, s.O, nullptr, col);
+      const float* sample = src + n * s.O * s.P;  // [O, P]
+      float* pixel_max = g.row_max.data() + n * s.P;
+      std::fill_n(pixel_max, s.P, 0.0f);
+      ok &= kernels::absmax_cols_f32(sample, 0, s.O, s.P, nullptr, pixel_max);
+      ok &= kernels::absmax_rows_f32(sample, 0, s.O, s.P, nullptr, sample_col);
+      for (std::int64_t o = 0; o < s.O; ++o) col[o] = std::max(col[o], sample_col[o]);
+      kernels::transpose_f32(sample, dst + n * s.P * s.O, s.O, s.P);
     }
     if (!ok) finite = false;
     const std::lock_guard<std::mutex> lock(col_mutex);  // max: exact in any order
@@ -132,24 +138,28 @@ Tensor conv_forward(const ConvShape& s, const QTensor& x_nhwc, const QTensor& wq
   const std::int8_t* w = wq.codes.data<std::int8_t>();
   // B = W^T: the packed weight's row sums
   const std::vector<std::int32_t> offsets = internal::u8_compensation(wq.row_sums, w, Trans::T, s.patch, s.O);
-  const float* pb = bias.defined() ? bias.data<float>() : nullptr;
+  std::vector<float> col_scale(static_cast<std::size_t>(s.O)), col_add(static_cast<std::size_t>(s.O), 0.0f);
+  for (std::int64_t o = 0; o < s.O; ++o) {
+    col_scale[o] = row * scale_at(wq, o);
+    if (bias.defined()) col_add[o] = bias.data<float>()[o];
+  }
   float* y = out.data<float>();
   const std::int64_t rows_per_block = block_rows(s.patch, s.O);
   detail::parallel_for_dynamic(s.N, 1, [&](std::int64_t b, std::int64_t e) {
     std::uint8_t* cols = thread_scratch<std::uint8_t, 0>(rows_per_block * s.patch);
     std::int32_t* acc = thread_scratch<std::int32_t, 0>(rows_per_block * s.O);
+    float* block = thread_scratch<float, 0>(rows_per_block * s.O);  // the block's Y: [rows, O]
     for (std::int64_t r0 = b * s.P; r0 < e * s.P; r0 += rows_per_block) {
       const std::int64_t r1 = std::min(e * s.P, r0 + rows_per_block);
       im2col_rows(s, x, r0, r1, cols);
       kernels::gemm_u8s8s32(Trans::N, Trans::T, r1 - r0, s.O, s.patch, cols, s.patch, w, s.patch, acc,
                             s.O, offsets.data());
+      // Scaled along the rows (contiguous), then moved to NCHW by a blocked transpose per sample part.
+      for (std::int64_t r = 0; r < r1 - r0; ++r)
+        for (std::int64_t o = 0; o < s.O; ++o)
+          block[r * s.O + o] = static_cast<float>(acc[r * s.O + o]) * col_scale[o] + col_add[o];
       for_each_sample_part(r0, r1, s.P, [&](std::int64_t n, std::int64_t p0, std::int64_t p1, std::int64_t r) {
-        for (std::int64_t o = 0; o < s.O; ++o) {
-          const float scale = row * scale_at(wq, o), add = pb ? pb[o] : 0.0f;
-          float* dst = y + (n * s.O + o) * s.P;
-          const std::int32_t* src = acc + r * s.O + o;
-          for (std::int64_t p = p0; p < p1; ++p) dst[p] = static_cast<float>(src[(p - p0) * s.O]) * scale + add;
-        }
+        kernels::transpose_f32(block + r * s.O, s.O, y + n * s.O * s.P + p0, s.P, p1 - p0, s.O);
       });
     }
   });
@@ -200,7 +210,17 @@ Tensor conv_weight_grad(const ConvShape& s, const QTensor& gq, const QTensor& x_
     std::uint8_t* cols = thread_scratch<std::uint8_t, 0>(rows_per_block * s.patch);
     std::int32_t* acc = thread_scratch<std::int32_t, 0>(s.patch * s.O);
     std::int64_t* part = thread_scratch<std::int64_t, 0>(s.patch * s.O);  // this call's dW^T sums
+    // The block products are summed in int32 over up to kMaxGemmKu8s8 rows (|sum| <= rows * 128 *
+    // 127 < 2^31: exact), then moved into the int64 sums.
+    std::int32_t* part32 = thread_scratch<std::int32_t, 1>(s.patch * s.O);
     std::fill_n(part, s.patch * s.O, 0);
+    std::fill_n(part32, s.patch * s.O, 0);
+    std::int64_t rows_in_part32 = 0;
+    auto flush = [&] {
+      for (std::int64_t i = 0; i < s.patch * s.O; ++i) part[i] += part32[i];
+      std::fill_n(part32, s.patch * s.O, 0);
+      rows_in_part32 = 0;
+    };
     for (std::int64_t r0 = b * s.P; r0 < e * s.P; r0 += rows_per_block) {
       const std::int64_t r1 = std::min(e * s.P, r0 + rows_per_block);
       im2col_rows(s, x, r0, r1, cols);
@@ -210,8 +230,11 @@ Tensor conv_weight_grad(const ConvShape& s, const QTensor& gq, const QTensor& x_
       // [patch, O] = cols^T · dY over this block's rows
       kernels::gemm_u8s8s32(Trans::T, Trans::N, s.patch, s.O, r1 - r0, cols, s.patch, g + r0 * s.O, s.O,
                             acc, s.O, offsets.data());
-      for (std::int64_t i = 0; i < s.patch * s.O; ++i) part[i] += acc[i];
+      if (rows_in_part32 + (r1 - r0) > kernels::kMaxGemmKu8s8) flush();
+      for (std::int64_t i = 0; i < s.patch * s.O; ++i) part32[i] += acc[i];
+      rows_in_part32 += r1 - r0;
     }
+    flush();
     const std::lock_guard<std::mutex> lock(total_mutex);
     for (std::int64_t i = 0; i < s.patch * s.O; ++i) total[i] += part[i];
   });

@@ -12,7 +12,7 @@ namespace {
 struct TransposeShape {
   std::int64_t rows, cols;
 };
-const TransposeShape kShapes[] = {{1, 1}, {3, 5}, {4, 4}, {16, 16}, {16, 784}, {64, 49}, {17, 33}, {49, 64}, {196, 32}, {5, 16}};
+const TransposeShape kShapes[] = {{1, 1}, {3, 5}, {4, 4}, {16, 16}, {16, 784}, {64, 49}, {17, 33}, {49, 64}, {196, 32}, {5, 16}, {8, 8}, {24, 40}, {9, 100}, {784, 16}};
 
 TEST(TransposeKernels, FloatEqualsReference) {
   Generator gen(3);
@@ -23,6 +23,21 @@ TEST(TransposeKernels, FloatEqualsReference) {
     transpose_f32_ref(src.data(), want.data(), s.rows, s.cols);
     EXPECT_EQ(got, want) << s.rows << "x" << s.cols;
     EXPECT_EQ(got[s.cols > 1 ? s.rows : 0], src[s.cols > 1 ? 1 : 0]);  // dst[1][0] = src[0][1]
+  }
+}
+
+// With leading dimensions: a block of rows into a column range of a wider matrix, from a source
+// with padded rows; everything outside the written range is left as it was.
+TEST(TransposeKernels, FloatWithLeadingDimensions) {
+  Generator gen(5);
+  for (const auto& s : kShapes) {
+    const std::int64_t src_ld = s.cols + 3, dst_ld = s.rows + 11, offset = 5;
+    std::vector<float> src(s.rows * src_ld), got(s.cols * dst_ld, -1.0f), want(got);
+    for (float& v : src) v = gen.normal();
+    transpose_f32(src.data(), src_ld, got.data() + offset, dst_ld, s.rows, s.cols);
+    for (std::int64_t r = 0; r < s.rows; ++r)
+      for (std::int64_t c = 0; c < s.cols; ++c) want[c * dst_ld + offset + r] = src[r * src_ld + c];
+    EXPECT_EQ(got, want) << s.rows << "x" << s.cols;
   }
 }
 

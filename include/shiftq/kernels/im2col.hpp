@@ -33,8 +33,8 @@ void im2col_nhwc_u8(const Conv2dGeometry& g, const std::uint8_t* x, std::uint8_t
 void col2im_nhwc_s32_f32(const Conv2dGeometry& g, const std::int32_t* acc, const float* row_scale,
                          const float* col_scale, std::int64_t col_step, float* dx, std::int64_t p_begin = 0,
                          std::int64_t p_end = -1);
-// Plain scalar references of the two channels-last kernels, from the definitions (col2im is
-// compiled per ISA and picked at run time; both are bit-identical to these).
+// Plain scalar references of the two channels-last kernels, from the definitions (the kernels are
+// compiled per ISA and picked at run time; all are bit-identical to these).
 void im2col_nhwc_u8_ref(const Conv2dGeometry& g, const std::uint8_t* x, std::uint8_t* cols, std::uint8_t pad,
                         std::int64_t p_begin = 0, std::int64_t p_end = -1);
 void col2im_nhwc_s32_f32_ref(const Conv2dGeometry& g, const std::int32_t* acc, const float* row_scale,
