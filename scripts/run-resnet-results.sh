@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Reproduces the ResNet rows of docs/results.md: ResNet-20 on Fashion-MNIST, same recipe and epochs,
 # fp32 + BatchNorm vs 4-bit ShiftQuant + fully quantized L1 BatchNorm, and two 4-bit ablations.
-# Usage: scripts/run-resnet-results.sh [BUILD_DIR] [EPOCHS] [THREADS] [main|ablations|options|seeds|seeds-actsq|all] [OUT_DIR]
+# Usage: scripts/run-resnet-results.sh [BUILD_DIR] [EPOCHS] [THREADS] [main|ablations|options|seeds|seeds-actsq|seeds-fp32-actsq|all] [OUT_DIR]
 # (logs in OUT_DIR, default docs/results/; docs/results/5-epochs/ holds the 5-epoch main rows).
 # Every run uses seed 1, except `seeds`: fp32 and the method with seeds 2 and 3, in OUT_DIR/seed2 and
 # OUT_DIR/seed3 (one directory per seed, so that each table's gap is taken against the fp32 run of
-# the same seed); `seeds-actsq`: the --act-quant shiftquant option with seeds 2 and 3, beside them.
-# `all` does not include the seed modes.
+# the same seed); `seeds-actsq`: the --act-quant shiftquant option with seeds 2 and 3, beside them;
+# `seeds-fp32-actsq`: fp32 and that option, seed by seed. SEEDS="2 3" (environment) sets the seeds
+# of the seed modes; seed 1 writes into OUT_DIR itself. `all` does not include the seed modes.
 set -euo pipefail
 build=${1:-build}
 epochs=${2:-3}
@@ -33,16 +34,19 @@ if [[ $which == options || $which == all ]]; then
   run w4a4g4-l1-actsq --bits 4 --norm l1 --act-quant shiftquant
   run w4a4g4-l1-mseclip --bits 4 --norm l1 --act-clip mse
 fi
-if [[ $which == seeds || $which == seeds-actsq ]]; then
+if [[ $which == seeds* ]]; then
   base=$out
-  for seed in 2 3; do
-    out="$base/seed$seed"
+  for seed in ${SEEDS:-2 3}; do
+    out=$base
+    [[ $seed == 1 ]] || out="$base/seed$seed"
     mkdir -p "$out"
-    if [[ $which == seeds ]]; then
-      run fp32-l2 --norm l2
-      run w4a4g4-l1 --bits 4 --norm l1
-    else
-      run w4a4g4-l1-actsq --bits 4 --norm l1 --act-quant shiftquant
-    fi
+    case $which in
+      seeds) run fp32-l2 --norm l2; run w4a4g4-l1 --bits 4 --norm l1 ;;
+      seeds-actsq) run w4a4g4-l1-actsq --bits 4 --norm l1 --act-quant shiftquant ;;
+      seeds-fp32-actsq)
+        [[ $seed == 1 ]] || run fp32-l2 --norm l2  # seed 1's fp32 run is the main mode's
+        run w4a4g4-l1-actsq --bits 4 --norm l1 --act-quant shiftquant ;;
+      *) echo "unknown mode $which" >&2; exit 2 ;;
+    esac
   done
 fi
