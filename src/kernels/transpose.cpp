@@ -6,6 +6,7 @@
 #include <emmintrin.h>
 
 #include "isa.hpp"
+#include "shiftq/core/error.hpp"
 #include "transpose_blocked.hpp"
 
 #define SHIFTQ_DECLARE_ISA(ns)                                                                  \
@@ -52,6 +53,8 @@ void block_u8(const std::uint8_t* s, std::int64_t sld, std::uint8_t* d, std::int
 
 void transpose_f32(const float* src, std::int64_t src_ld, float* dst, std::int64_t dst_ld, std::int64_t rows,
                    std::int64_t cols) {
+  SHIFTQ_CHECK(rows >= 0 && cols >= 0 && src_ld >= cols && dst_ld >= rows, ShapeError, "transpose_f32: rows=", rows,
+               " cols=", cols, " need src_ld >= cols and dst_ld >= rows, got src_ld=", src_ld, " dst_ld=", dst_ld);
   SHIFTQ_ISA_DISPATCH(transpose_f32, src, src_ld, dst, dst_ld, rows, cols)
 }
 

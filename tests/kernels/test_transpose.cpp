@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "shiftq/core/error.hpp"
 #include "shiftq/core/generator.hpp"
 #include "shiftq/kernels/transpose.hpp"
 
@@ -39,6 +40,14 @@ TEST(TransposeKernels, FloatWithLeadingDimensions) {
       for (std::int64_t c = 0; c < s.cols; ++c) want[c * dst_ld + offset + r] = src[r * src_ld + c];
     EXPECT_EQ(got, want) << s.rows << "x" << s.cols;
   }
+}
+
+TEST(TransposeKernels, FloatRejectsShortLeadingDimensions) {
+  std::vector<float> src(64), dst(64);
+  EXPECT_THROW(transpose_f32(src.data(), 3, dst.data(), 8, 4, 4), ShapeError);  // src_ld < cols
+  EXPECT_THROW(transpose_f32(src.data(), 4, dst.data(), 3, 4, 4), ShapeError);  // dst_ld < rows
+  EXPECT_THROW(transpose_f32(src.data(), 4, dst.data(), 4, -1, 4), ShapeError);
+  EXPECT_NO_THROW(transpose_f32(src.data(), 4, dst.data(), 4, 4, 4));
 }
 
 TEST(TransposeKernels, BytesEqualReference) {

@@ -10,7 +10,8 @@ namespace shiftq::kernels {
 // are the plain loops.
 void transpose_f32(const float* src, float* dst, std::int64_t rows, std::int64_t cols);
 // The same with leading dimensions (src_ld >= cols, dst_ld >= rows): dst[c * dst_ld + r] =
-// src[r * src_ld + c], e.g. a block of rows into a column range of a larger matrix.
+// src[r * src_ld + c], e.g. a block of rows into a column range of a larger matrix. Throws
+// ShapeError for negative sizes or a leading dimension below them.
 void transpose_f32(const float* src, std::int64_t src_ld, float* dst, std::int64_t dst_ld, std::int64_t rows,
                    std::int64_t cols);
 void transpose_u8(const std::uint8_t* src, std::uint8_t* dst, std::int64_t rows, std::int64_t cols);
