@@ -1,6 +1,9 @@
 // Per-layer forward + backward: fp32 vs quantized (int8 GEMMs), and normalization L2 vs L1.
 //   BM_Linear_<f32|int>/rows/in/out/threads       x: [rows, in] -> [rows, out]
 //   BM_Conv2d_<f32|int>/N/C/HW/threads            3x3, padding 1, C -> C channels on HW x HW
+//   BM_Conv2d_int_<actsq|actsq_mse>/N/C/HW/threads the same on a post-ReLU input with ShiftQuant
+//                                                 activations (S = 3, unsigned), without and with
+//                                                 MSE-chosen exponents for activations and weights
 //   BM_BatchNorm2d_<L2_f32|L1_f32|L1_int>/N/C/HW/threads
 //   BM_LayerNorm_<L2_f32|L1_f32|L1_int>/rows/D/threads
 // L1_int: fully quantized L1 normalization (8-bit input and gradient codes, integer statistics)
@@ -17,9 +20,19 @@ using namespace shiftq;
 void set_threads(benchmark::State& state, int arg) { set_num_threads(static_cast<int>(state.range(arg))); }
 
 // One training step of a layer: forward, backward with a fixed output gradient.
+// The trainers' --act-quant shiftquant [--act-clip mse --weight-clip mse] at 4 bits.
+quant::QConfig shiftquant_activations(bool mse) {
+  quant::QConfig c = quant::QConfig::bits(4);
+  c.activations.kind = quant::QuantizerKind::shiftquant;
+  c.activations.shift_budget = quant::max_shift_budget(4, true);
+  c.activations.mse_clip = c.weights.mse_clip = mse;
+  return c;
+}
+
 template <class Layer>
-void run_layer(benchmark::State& state, Layer& layer, const Tensor& x, bool quantized) {
-  if (quantized) layer.set_quantization(quant::layer_quant(quant::QConfig::bits(4), false, 1, 0));
+void run_layer(benchmark::State& state, Layer& layer, const Tensor& x, bool quantized,
+               const quant::QConfig& config = quant::QConfig::bits(4)) {
+  if (quantized) layer.set_quantization(quant::layer_quant(config, false, 1, 0));
   Generator gen(2);
   const Tensor grad = Tensor::randn(layer.forward(x).shape(), gen);
   for (auto _ : state) {
@@ -44,18 +57,28 @@ void linear_case(benchmark::State& state, bool quantized) {
 void BM_Linear_f32(benchmark::State& state) { linear_case(state, false); }
 void BM_Linear_int(benchmark::State& state) { linear_case(state, true); }
 
-void conv_case(benchmark::State& state, bool quantized) {
+void conv_case(benchmark::State& state, bool quantized, const quant::QConfig* config = nullptr) {
   set_threads(state, 3);
   const std::int64_t N = state.range(0), C = state.range(1), HW = state.range(2);
   Generator gen(1);
   nn::Conv2d conv(nn::Conv2dOptions{C, C, 3}.padding(1).bias(false), gen);
-  const Tensor x = Tensor::randn({N, C, HW, HW}, gen).set_requires_grad(true);
-  run_layer(state, conv, x, quantized);
+  Tensor x = Tensor::randn({N, C, HW, HW}, gen);
+  if (config) x = relu(x);  // the unsigned range of ShiftQuant activations needs x >= 0
+  x.set_requires_grad(true);
+  run_layer(state, conv, x, quantized, config ? *config : quant::QConfig::bits(4));
   state.counters["GOPS"] =
       benchmark::Counter(6.0 * N * HW * HW * C * C * 9 * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 void BM_Conv2d_f32(benchmark::State& state) { conv_case(state, false); }
 void BM_Conv2d_int(benchmark::State& state) { conv_case(state, true); }
+void BM_Conv2d_int_actsq(benchmark::State& state) {
+  const quant::QConfig c = shiftquant_activations(false);
+  conv_case(state, true, &c);
+}
+void BM_Conv2d_int_actsq_mse(benchmark::State& state) {
+  const quant::QConfig c = shiftquant_activations(true);
+  conv_case(state, true, &c);
+}
 
 template <class Norm>
 void run_norm(benchmark::State& state, Norm& norm, const Shape& shape) {
@@ -134,6 +157,8 @@ BENCHMARK(BM_Linear_f32)->Apply(linear_shapes);
 BENCHMARK(BM_Linear_int)->Apply(linear_shapes);
 BENCHMARK(BM_Conv2d_f32)->Apply(conv_shapes);
 BENCHMARK(BM_Conv2d_int)->Apply(conv_shapes);
+BENCHMARK(BM_Conv2d_int_actsq)->Apply(conv_shapes);
+BENCHMARK(BM_Conv2d_int_actsq_mse)->Apply(conv_shapes);
 BENCHMARK(BM_BatchNorm2d_L2_f32)->Apply(bn_shapes);
 BENCHMARK(BM_BatchNorm2d_L1_f32)->Apply(bn_shapes);
 BENCHMARK(BM_BatchNorm2d_L1_int)->Apply(bn_shapes);

@@ -29,7 +29,7 @@ import statistics
 import sys
 
 MODELS = {"ResNet20": ("ResNet-20", "resnet20", "images"), "GPT": ("char-GPT", "gpt", "tokens")}
-NAME_RE = re.compile(r"BM_TrainStep_(ResNet20|GPT)/(fp32_l2|int\d+_l1)/threads:(\d+)")
+NAME_RE = re.compile(r"BM_TrainStep_(ResNet20|GPT)/(fp32_l2|int\d+_l1[a-z0-9_]*)/threads:(\d+)")
 
 
 def round_of(path):
@@ -203,8 +203,9 @@ def report(shiftq_path, pytorch_path, made_by=None):
                              fp32["start_rss"]))
             for v in ints:
                 r = sq[(model_key, v, threads)]
-                bits = re.match(r"int(\d+)_l1", v).group(1)
-                rows.append((f"shiftq int{bits} (W{bits}A{bits}G{bits}, first/last 8-bit), L1 norm", r["ms"],
+                bits, variant = re.match(r"int(\d+)_l1_?(.*)", v).groups()
+                extra = f", {variant}" if variant else ""  # e.g. actsq_mse: the trainer's best 4-bit options
+                rows.append((f"shiftq int{bits} (W{bits}A{bits}G{bits}, first/last 8-bit{extra}), L1 norm", r["ms"],
                              r["items_per_second"], r["peak_rss"], r["start_rss"]))
             if torch_run:
                 layout = f", {torch_run['memory_format']}" if pt_model == "resnet20" else ""

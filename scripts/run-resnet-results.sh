@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Reproduces the ResNet rows of docs/results.md: ResNet-20 on Fashion-MNIST, same recipe and epochs,
 # fp32 + BatchNorm vs 4-bit ShiftQuant + fully quantized L1 BatchNorm, and two 4-bit ablations.
-# Usage: scripts/run-resnet-results.sh [BUILD_DIR] [EPOCHS] [THREADS] [main|ablations|options|seeds|seeds-actsq|seeds-fp32-actsq|all] [OUT_DIR]
+# Usage: scripts/run-resnet-results.sh [BUILD_DIR] [EPOCHS] [THREADS] [main|ablations|options|mse|seeds|seeds-actsq|seeds-fp32-actsq|seeds-mse|all] [OUT_DIR]
 # (logs in OUT_DIR, default docs/results/; docs/results/5-epochs/ holds the 5-epoch main rows).
 # Every run uses seed 1, except `seeds`: fp32 and the method with seeds 2 and 3, in OUT_DIR/seed2 and
 # OUT_DIR/seed3 (one directory per seed, so that each table's gap is taken against the fp32 run of
 # the same seed); `seeds-actsq`: the --act-quant shiftquant option with seeds 2 and 3, beside them;
-# `seeds-fp32-actsq`: fp32 and that option, seed by seed. SEEDS="2 3" (environment) sets the seeds
+# `seeds-fp32-actsq`: fp32 and that option, seed by seed; `seeds-mse`: that option with MSE-chosen
+# exponents for activations and weights (the best 4-bit configuration). `mse` runs that
+# configuration and its two halves (activations only, weights only). SEEDS="2 3" (environment) sets the seeds
 # of the seed modes; seed 1 writes into OUT_DIR itself. `all` does not include the seed modes.
 set -euo pipefail
 build=${1:-build}
 epochs=${2:-3}
 threads=${3:-2}
-which=${4:-all}   # main | ablations | options | seeds | seeds-actsq | all
+which=${4:-all}   # main | ablations | options | mse | seeds | seeds-actsq | seeds-fp32-actsq | seeds-mse | all
 bin="$build/examples/shiftq-train-resnet"
 out=${5:-docs/results}
 mkdir -p "$out"
@@ -34,6 +36,12 @@ if [[ $which == options || $which == all ]]; then
   run w4a4g4-l1-actsq --bits 4 --norm l1 --act-quant shiftquant
   run w4a4g4-l1-mseclip --bits 4 --norm l1 --act-clip mse
 fi
+mse_flags=(--bits 4 --norm l1 --act-quant shiftquant --act-clip mse --weight-clip mse)
+if [[ $which == mse || $which == all ]]; then
+  run w4a4g4-l1-actsq-mse "${mse_flags[@]}"
+  run w4a4g4-l1-actsq-mse-act-only --bits 4 --norm l1 --act-quant shiftquant --act-clip mse
+  run w4a4g4-l1-actsq-mse-weight-only --bits 4 --norm l1 --act-quant shiftquant --weight-clip mse
+fi
 if [[ $which == seeds* ]]; then
   base=$out
   for seed in ${SEEDS:-2 3}; do
@@ -46,6 +54,7 @@ if [[ $which == seeds* ]]; then
       seeds-fp32-actsq)
         [[ $seed == 1 ]] || run fp32-l2 --norm l2  # seed 1's fp32 run is the main mode's
         run w4a4g4-l1-actsq --bits 4 --norm l1 --act-quant shiftquant ;;
+      seeds-mse) run w4a4g4-l1-actsq-mse "${mse_flags[@]}" ;;
       *) echo "unknown mode $which" >&2; exit 2 ;;
     esac
   done

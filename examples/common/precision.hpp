@@ -1,4 +1,4 @@
-// The trainers' precision flags (--bits, --act-bits, --act-range, --act-clip, --act-quant, --grad-quant,
+// The trainers' precision flags (--bits, --act-bits, --act-range, --act-clip, --act-quant, --weight-clip, --grad-quant,
 // first/last or head bits, --norm-bits) as a QConfig: the paper's b-bit defaults (QConfig::bits) with the overrides applied.
 #pragma once
 
@@ -13,7 +13,8 @@ namespace shiftq::examples {
 inline quant::QConfig make_qconfig(std::int64_t bits, std::int64_t act_bits, const std::string& grad_quant,
                                    std::int64_t first_last_bits, std::int64_t norm_bits,
                                    const std::string& act_range = "auto", const std::string& act_clip = "none",
-                                   const std::string& act_quant = "per-tensor") {
+                                   const std::string& act_quant = "per-tensor",
+                                   const std::string& weight_clip = "none") {
   quant::QConfig q = quant::QConfig::bits(static_cast<int>(bits));
   if (act_bits > 0) q.activations.bits = static_cast<int>(act_bits);
   if (act_quant == "shiftquant") {
@@ -25,6 +26,7 @@ inline quant::QConfig make_qconfig(std::int64_t bits, std::int64_t act_bits, con
   }
   q.activations.nonnegative_range = act_range != "symmetric";
   q.activations.mse_clip = act_clip == "mse";
+  q.weights.mse_clip = weight_clip == "mse";
   if (grad_quant == "per-tensor") q.gradients.kind = quant::QuantizerKind::per_tensor;
   if (grad_quant == "per-row") q.gradients.kind = quant::QuantizerKind::per_row;
   if (grad_quant != "shiftquant") q.gradients.shift_budget = 0;

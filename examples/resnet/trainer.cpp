@@ -99,6 +99,7 @@ void ResNetTrainConfig::validate() const {
   require(act_bits == 0 || (act_bits >= 2 && act_bits <= 8), "--act-bits must be 0 (same as --bits) or 2..8");
   require(act_range == "auto" || act_range == "symmetric", "--act-range must be auto or symmetric");
   require(act_clip == "none" || act_clip == "mse", "--act-clip must be none or mse");
+  require(weight_clip == "none" || weight_clip == "mse", "--weight-clip must be none or mse");
   require(act_quant == "per-tensor" || act_quant == "shiftquant", "--act-quant must be per-tensor or shiftquant");
   require(grad_quant == "shiftquant" || grad_quant == "per-tensor" || grad_quant == "per-row",
           "--grad-quant must be shiftquant, per-tensor or per-row");
@@ -120,11 +121,13 @@ std::string ResNetTrainConfig::fingerprint() const {
     << " act_bits=" << act_bits << " act_range=" << act_range << " act_clip=" << act_clip << " act_quant=" << act_quant << " grad_quant=" << grad_quant << " first_last_bits=" << first_last_bits << " norm_bits=" << norm_bits
     << " batch=" << batch << " lr=" << lr << " momentum=" << momentum << " weight_decay=" << weight_decay
     << " warmup_epochs=" << warmup_epochs << " seed=" << seed;
+  if (weight_clip != "none") s << " weight_clip=" << weight_clip;  // absent before the flag existed
   return s.str();
 }
 
 quant::QConfig ResNetTrainConfig::qconfig() const {
-  return make_qconfig(bits, act_bits, grad_quant, first_last_bits, norm_bits, act_range, act_clip, act_quant);
+  return make_qconfig(bits, act_bits, grad_quant, first_last_bits, norm_bits, act_range, act_clip, act_quant,
+                      weight_clip);
 }
 
 std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {

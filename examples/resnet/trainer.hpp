@@ -27,6 +27,7 @@ struct ResNetTrainConfig {
   std::int64_t act_bits = 0;              // activation bits (0 = same as bits)
   std::string act_range = "auto";         // auto: unsigned codes for non-negative activations; symmetric
   std::string act_clip = "none";          // none: range = max |x|; mse: least-squared-error clipped range
+  std::string weight_clip = "none";       // none | mse: least-squared-error group exponents (QuantizeParams::mse_clip)
   std::string act_quant = "per-tensor";   // per-tensor | shiftquant (S = 7 - bits; 8 - bits if symmetric)
   std::string grad_quant = "shiftquant";  // shiftquant | per-tensor | per-row
   std::int64_t first_last_bits = 8;

@@ -15,6 +15,7 @@ namespace shiftq::kernels {
   void quantize_pack_f32_s8(const QuantizePackArgs&, std::int64_t, std::int64_t, std::int64_t);        \
   void code_sums_s8(const std::int8_t*, std::int64_t, std::int64_t, std::int64_t, std::int32_t*,          \
                     std::int32_t*);                                                                    \
+  void shift_clip_errors_f32(const float*, std::int64_t, float, float, float, float*);                  \
   }
 SHIFTQ_DECLARE_ISA(avx512)
 SHIFTQ_DECLARE_ISA(avx2)
@@ -40,6 +41,10 @@ void code_sums_s8(const std::int8_t* v, std::int64_t r0, std::int64_t r1, std::i
   SHIFTQ_ISA_DISPATCH(code_sums_s8, v, r0, r1, cols, row_sums, col_sums)
 }
 
+void shift_clip_errors_f32(const float* x, std::int64_t n, float a, float lo, float qmax, float errors[2]) {
+  SHIFTQ_ISA_DISPATCH(shift_clip_errors_f32, x, n, a, lo, qmax, errors)
+}
+
 const char* quantize_isa_name() {
   switch (dispatch::cpu_isa()) {
     case dispatch::Isa::avx512: return "avx512";
@@ -57,6 +62,22 @@ void quantize_pack_f32_s8_ref(const QuantizePackArgs& a, std::int64_t r0, std::i
                           : std::nearbyint(y);
       a.out[r * a.cols + c] = static_cast<std::int8_t>(static_cast<std::int32_t>(std::lrint((q * a.row_pack[r]) * a.col_pack[c])) ^ a.xor_mask);
     }
+}
+
+void shift_clip_errors_f32_ref(const float* x, std::int64_t n, float a, float lo, float qmax, float errors[2]) {
+  float keep[8] = {}, halve[8] = {};
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float y = x[i] * a, y2 = y + y;
+    const float d0 = std::nearbyint(std::min(qmax, std::max(lo, y))) - y;
+    const float d1 = std::nearbyint(std::min(qmax, std::max(lo, y2))) - y2;
+    keep[i % 8] += d0 * d0;
+    halve[i % 8] += d1 * d1;
+  }
+  errors[0] = errors[1] = 0.0f;
+  for (int l = 0; l < 8; ++l) {
+    errors[0] += keep[l];
+    errors[1] += halve[l];
+  }
 }
 
 void code_sums_s8_ref(const std::int8_t* v, std::int64_t r0, std::int64_t r1, std::int64_t cols,

@@ -36,6 +36,8 @@ void QConfig::validate() const {
   weights.validate("weights");
   activations.validate("activations");
   gradients.validate("gradients");
+  SHIFTQ_CHECK(!gradients.mse_clip, ValueError,
+               "QConfig: gradients cannot be MSE-clipped (clipping would bias their stochastic rounding)");
   SHIFTQ_CHECK(first_last_bits == 0 || (first_last_bits >= 2 && first_last_bits <= 8), ValueError,
                "QConfig: first_last_bits must be 0 or in [2, 8], got ", first_last_bits);
   SHIFTQ_CHECK(norm_bits == 0 || (norm_bits >= 2 && norm_bits <= 8), ValueError,
@@ -52,7 +54,7 @@ std::string QConfig::str() const {
                                                (t.kind == QuantizerKind::shiftquant && t.shift_budget <= max_shift_budget(t.bits, true)))
                            ? " (unsigned when >= 0)"
                            : "",
-                       t.mse_clip && t.kind == QuantizerKind::per_tensor ? " (MSE-clipped range)" : "");
+                       t.mse_clip ? (t.kind == QuantizerKind::shiftquant ? " (MSE-chosen exponents)" : " (MSE-clipped range)") : "");
   };
   return detail::cat("weights: ", role(weights), "; activations: ", role(activations), "; gradients: ",
                      role(gradients), "; first/last layer: ",

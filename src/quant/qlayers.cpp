@@ -29,7 +29,9 @@ QuantizeParams params_for(const TensorQConfig& c, int inner_axis, OuterScale out
 
 // W: [out, in]: groups over the output channels, one per-tensor base (reused as B in Y = X W^T and
 // dX = dY W, where either axis is the contraction axis).
-QuantizeParams weight_params(const TensorQConfig& c) { return params_for(c, 0, OuterScale::per_tensor); }
+QuantizeParams weight_params(const TensorQConfig& c) {
+  return params_for(c, 0, OuterScale::per_tensor).with_mse_clip(c.mse_clip);
+}
 
 QTensor with_signed_codes(const QTensor& q) {
   QTensor s = q;

@@ -7,6 +7,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "detail/parallel.hpp"
@@ -131,6 +132,61 @@ float mse_clipped_range(const float* x, std::int64_t n, float m, float qmax, boo
   }
   return best_alpha;
 }
+
+// QuantizeParams::mse_clip with S > 0 and a per-tensor base: each group k with e_k < S keeps e_k or
+// takes e_k + 1 (its range halved: its largest values saturate), whichever gives the group the
+// smaller squared quantization error. With y = x * 2^e / s the errors are s^2 4^-e sum (q(y) - y)^2
+// and s^2 4^-e sum (q(2y) - 2y)^2 / 4 (kernels::shift_clip_errors_f32); ties keep e_k. Each group's
+// sums run in a fixed order, so the choice does not depend on the thread count.
+struct ShiftClip {
+  int S;
+  float inv_scale, lo, qmax;
+  std::int8_t* e_out;
+  float* pow_e;
+  float* pack;
+  // Group k, given its two error sums.
+  void choose(std::int64_t k, float keep, float halve) const {
+    if (0.25f * halve >= keep) return;
+    const int e = e_out[k] + 1;
+    e_out[k] = static_cast<std::int8_t>(e);
+    pow_e[k] = pow2(e);
+    pack[k] = pow2(S - e);
+  }
+  // Groups along rows: rows [r0, r1) of x: [R, C], one kernel call each (run by the pack loop on
+  // its tile, so that the pack reads the rows from L1).
+  void rows(const float* x, std::int64_t C, std::int64_t r0, std::int64_t r1, bool reference) const {
+    for (std::int64_t r = r0; r < r1; ++r) {
+      if (e_out[r] >= S) continue;
+      float errors[2];
+      (reference ? kernels::shift_clip_errors_f32_ref : kernels::shift_clip_errors_f32)(
+          x + r * C, C, pow_e[r] * inv_scale, lo, qmax, errors);
+      choose(r, errors[0], errors[1]);
+    }
+  }
+  // Groups along columns: column blocks in parallel, each column's sums running over the rows in
+  // order.
+  void columns(const float* x, std::int64_t R, std::int64_t C) const {
+    constexpr std::int64_t kBlock = 64;
+    constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: (t + kMagic) - kMagic rounds to nearest even
+    detail::parallel_for((C + kBlock - 1) / kBlock, 1, [&](std::int64_t b0, std::int64_t b1) {
+      for (std::int64_t b = b0; b < b1; ++b) {
+        const std::int64_t c0 = b * kBlock, c1 = std::min(C, c0 + kBlock);
+        float keep[kBlock] = {}, halve[kBlock] = {}, a[kBlock];
+        for (std::int64_t c = c0; c < c1; ++c) a[c - c0] = pow_e[c] * inv_scale;
+        for (std::int64_t r = 0; r < R; ++r)
+          for (std::int64_t c = c0; c < c1; ++c) {
+            const float y = x[r * C + c] * a[c - c0], y2 = y + y;
+            const float d0 = ((std::min(qmax, std::max(lo, y)) + kMagic) - kMagic) - y;
+            const float d1 = ((std::min(qmax, std::max(lo, y2)) + kMagic) - kMagic) - y2;
+            keep[c - c0] += d0 * d0;
+            halve[c - c0] += d1 * d1;
+          }
+        for (std::int64_t c = c0; c < c1; ++c)
+          if (e_out[c] < S) choose(c, keep[c - c0], halve[c - c0]);
+      }
+    });
+  }
+};
 
 // " ('name')" for error messages, or nothing.
 std::string name_suffix(const char* name) { return name ? std::string(" ('") + name + "')" : std::string(); }
@@ -271,6 +327,7 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
       inv_out[i] = 1.0f / sc;
     }
   };
+  std::optional<ShiftClip> shift_clip;  // QuantizeParams::mse_clip's group exponents (S > 0)
   if (per_tensor) {
     float mx = 0.0f;
     if (S == 0)
@@ -278,6 +335,9 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
     else
       for (std::int64_t k = 0; k < inner_len; ++k) mx = std::max(mx, range[k] * pow_e[k]);
     set_scales(&mx, 0, 1);
+    if (S > 0 && p.mse_clip)  // the base stays that of the unclipped groups
+      shift_clip = ShiftClip{S, inv_scale[0], q.nonnegative ? 0.0f : -qmax, qmax, e_out, pow_e.data(), pack.data()};
+    if (shift_clip && groups_on_cols) shift_clip->columns(px, R, C);
     std::fill(inv_scale.begin(), inv_scale.end(), inv_scale[0]);
   } else if (!groups_on_cols) {  // one scale per column: needs every row first
     const std::vector<float> col_max = column_absmax(px, R, C, pow_e.data(), finite);
@@ -316,6 +376,7 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
         }
         set_scales(row_max.data(), t0, t1);
       }
+      if (shift_clip && !groups_on_cols) shift_clip->rows(px, C, t0, t1, reference);
       if (reference)
         kernels::quantize_pack_f32_s8_ref(args, t0, t1);
       else

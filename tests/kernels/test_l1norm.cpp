@@ -399,6 +399,46 @@ TEST(QuantizeKernels, PackEqualsReferenceAcrossStepBoundaries) {
   }
 }
 
+// The two error sums of QuantizeParams::mse_clip's exponent choice: the dispatched kernel equals
+// the scalar reference bit for bit at every tail length, and the reference equals the definition
+// (lane i % 8, lanes added in order) computed here once more.
+TEST(QuantizeKernels, ShiftClipErrorsEqualReference) {
+  Generator gen(12);
+  for (std::int64_t n : {0, 1, 7, 8, 9, 15, 16, 17, 31, 49, 196, 784, 1000}) {
+    Tensor x = Tensor::randn({std::max<std::int64_t>(n, 1)}, gen);
+    for (const bool relu : {true, false}) {
+      std::vector<float> v(x.data<float>(), x.data<float>() + n);
+      if (relu) {
+        for (float& e : v) e = std::max(e, 0.0f);
+      }
+      const float qmax = relu ? 15.0f : 7.0f, lo = relu ? 0.0f : -7.0f;
+      for (const float a : {0.5f, 3.0f, 4.75f, 12.0f}) {
+        float got[2] = {-1, -1}, want[2] = {-1, -1};
+        shift_clip_errors_f32(v.data(), n, a, lo, qmax, got);
+        shift_clip_errors_f32_ref(v.data(), n, a, lo, qmax, want);
+        EXPECT_EQ(got[0], want[0]) << "n " << n << " a " << a;
+        EXPECT_EQ(got[1], want[1]) << "n " << n << " a " << a;
+        float lanes[2][8] = {};
+        for (std::int64_t i = 0; i < n; ++i) {
+          const float y = v[i] * a;
+          const float d0 = std::nearbyint(std::clamp(y, lo, qmax)) - y;
+          const float d1 = std::nearbyint(std::clamp(2 * y, lo, qmax)) - 2 * y;
+          lanes[0][i % 8] += d0 * d0;
+          lanes[1][i % 8] += d1 * d1;
+        }
+        float sums[2] = {0.0f, 0.0f};
+        for (int k = 0; k < 2; ++k)
+          for (float l : lanes[k]) sums[k] += l;
+        EXPECT_EQ(want[0], sums[0]) << "n " << n;
+        EXPECT_EQ(want[1], sums[1]) << "n " << n;
+        if (n > 0 && a >= 12.0f) {
+          EXPECT_GT(want[1], want[0]);  // most values saturate at 2y
+        }
+      }
+    }
+  }
+}
+
 TEST(QuantizeKernels, AbsmaxRowsEqualsPlainLoopAtEveryTailLength) {
   Generator gen(4);
   for (std::int64_t cols : {1, 7, 15, 16, 17, 31, 49, 64, 100, 255, 256, 300}) {

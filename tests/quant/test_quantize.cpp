@@ -255,6 +255,83 @@ TEST(Quantize, MseClipLowersTheErrorOfHeavyTailedInputsAndKeepsUniformOnes) {
   EXPECT_EQ(one, two);
 }
 
+// Squared error of group k of q (a row when inner_axis = 0, else a column) against x, in double.
+double group_error(const QTensor& q, const Tensor& x, std::int64_t k) {
+  const Tensor xh = q.dequantize();
+  const std::int64_t R = x.size(0), C = x.size(1);
+  const float* a = xh.data<float>();
+  const float* b = x.data<float>();
+  double e = 0.0;
+  for (std::int64_t i = 0; i < (q.inner_axis == 0 ? C : R); ++i) {
+    const std::int64_t j = q.inner_axis == 0 ? k * C + i : i * C + k;
+    e += (double(a[j]) - b[j]) * (double(a[j]) - b[j]);
+  }
+  return e;
+}
+
+TEST(Quantize, MseClipChoosesEachGroupExponentByItsError) {
+  Generator gen(33);
+  // Groups of Gaussian values (post-ReLU for the unsigned range) whose ranges span three octaves:
+  // where a group's power-of-two range sits well above its max, halving it (one more shift, the
+  // top values saturating) has the smaller error.
+  for (const bool relu : {true, false}) {
+    for (const int inner_axis : {0, 1}) {
+      const std::int64_t groups = 96, len = 400;
+      const std::vector<float> range = log_uniform_ranges(groups, -3.0f, 0.0f, gen);
+      Tensor x = Tensor::randn(inner_axis == 0 ? Shape{groups, len} : Shape{len, groups}, gen);
+      float* px = x.data<float>();
+      for (std::int64_t i = 0; i < x.numel(); ++i) {
+        const std::int64_t k = inner_axis == 0 ? i / len : i % groups;
+        px[i] = (relu ? std::max(px[i], 0.0f) : px[i]) * range[k];
+      }
+      const int S = relu ? 3 : 4;
+      const QuantizeParams p =
+          QuantizeParams::shiftquant(4, S, inner_axis, OuterScale::per_tensor).with_nonnegative_range(relu);
+      const QTensor plain = quantize(x, p), clipped = quantize(x, QuantizeParams(p).with_mse_clip());
+      ASSERT_EQ(clipped.nonnegative, relu && inner_axis == 0);
+      EXPECT_EQ(clipped.scales.item(), plain.scales.item());  // the base is the unclipped one
+      int moved = 0;
+      double plain_total = 0.0, clipped_total = 0.0;
+      for (std::int64_t k = 0; k < groups; ++k) {
+        const int e0 = plain.exponents.data<std::int8_t>()[k], e1 = clipped.exponents.data<std::int8_t>()[k];
+        ASSERT_TRUE(e1 == e0 || (e1 == e0 + 1 && e1 <= S)) << "group " << k << ": " << e0 << " -> " << e1;
+        moved += e1 != e0;
+        const double ep = group_error(plain, x, k), ec = group_error(clipped, x, k);
+        EXPECT_LE(ec, ep * (1 + 1e-5)) << "group " << k;
+        plain_total += ep;
+        clipped_total += ec;
+      }
+      std::printf("mse_clip exponents, %s, groups along %s: %d of %lld groups take e + 1, squared error x%.3f\n",
+                  relu ? "post-ReLU" : "signed", inner_axis == 0 ? "rows" : "columns", moved,
+                  static_cast<long long>(groups), clipped_total / plain_total);
+      EXPECT_GT(moved, groups / 8) << "relu " << relu << " axis " << inner_axis;
+      EXPECT_LT(moved, groups);
+      EXPECT_LT(clipped_total, 0.9 * plain_total);
+      // Codes stay in range and the saturated groups hit their top code.
+      const std::vector<std::int8_t> v = clipped.signed_codes().to_vector<std::int8_t>();
+      const int top = clipped.qmax() << S;
+      for (std::int8_t c : v) ASSERT_LE(std::abs(int(c)), top);
+      // Each group's choice is made in a fixed order: the same codes at every thread count.
+      const int previous = get_num_threads();
+      set_num_threads(1);
+      const std::vector<std::int8_t> one = quantize(x, QuantizeParams(p).with_mse_clip()).signed_codes().to_vector<std::int8_t>();
+      set_num_threads(2);
+      const std::vector<std::int8_t> two = quantize(x, QuantizeParams(p).with_mse_clip()).signed_codes().to_vector<std::int8_t>();
+      set_num_threads(previous);
+      EXPECT_EQ(one, two);
+      EXPECT_EQ(one, v);
+    }
+  }
+}
+
+TEST(Quantize, MseClipOfGradientsIsRejected) {
+  QConfig c = QConfig::bits(4);
+  c.weights.mse_clip = c.activations.mse_clip = true;
+  EXPECT_NO_THROW(c.validate());
+  c.gradients.mse_clip = true;
+  EXPECT_THROW(c.validate(), ValueError);
+}
+
 TEST(Quantize, AllZeroInputGivesZeroCodes) {
   const QTensor q = quantize(Tensor::zeros({4, 5}), QuantizeParams::shiftquant(4, 4));
   for (std::int8_t v : q.codes.to_vector<std::int8_t>()) EXPECT_EQ(v, 0);

@@ -75,6 +75,14 @@ void code_sums_s8(const std::int8_t* v, std::int64_t r0, std::int64_t r1, std::i
 void code_sums_s8_ref(const std::int8_t* v, std::int64_t r0, std::int64_t r1, std::int64_t cols,
                       std::int32_t* row_sums, std::int32_t* col_sums);
 
+// Squared rounding errors of one quantization group at two candidate steps (QuantizeParams::mse_clip):
+// with y_i = x[i] * a and q(t) = round_half_even(min(qmax, max(lo, t))),
+//   errors[0] = sum_i (q(y_i) - y_i)^2    (the group's exponent e)
+//   errors[1] = sum_i (q(2 y_i) - 2 y_i)^2  (e + 1: half the range, the top values saturating)
+// Element i is summed into lane i % 8 (multiply, then add: never fused), and the eight lanes are
+// then added in order from 0, so every variant returns the same bits. x must be finite.
+void shift_clip_errors_f32(const float* x, std::int64_t n, float a, float lo, float qmax, float errors[2]);
+void shift_clip_errors_f32_ref(const float* x, std::int64_t n, float a, float lo, float qmax, float errors[2]);
 // The instruction set the dispatched kernels use here: "avx512", "avx2" or "x86-64".
 const char* quantize_isa_name();
 

@@ -19,8 +19,8 @@ struct TensorQConfig {
   // (QuantizeParams::nonnegative_range): per-tensor quantizers, and ShiftQuant with b + S <= 7
   // where the groups run along the range pass's rows (convolution inputs).
   bool nonnegative_range = false;
-  // Per-tensor quantizers only: the range clipped to the least-squared-error alpha
-  // (QuantizeParams::mse_clip).
+  // Least-squared-error clipping (QuantizeParams::mse_clip): per-tensor quantizers clip their
+  // range; ShiftQuant with a per-tensor base (weights, activations) chooses each group's exponent.
   bool mse_clip = false;
   void validate(const char* role) const;
 };

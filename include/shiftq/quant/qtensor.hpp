@@ -57,6 +57,13 @@ struct QuantizeParams {
   // fixed strided sample of 16384 elements (deterministic, independent of the thread count).
   // Values beyond alpha saturate at the top code (straight-through in backward). At 4 bits the
   // finer step inside the range outweighs the clipping of the rare large values.
+  // S > 0 with a per-tensor base: the base stays max |x| (over the groups, as without clipping),
+  // and each group with e < S keeps e or takes e + 1 (half its range, its largest values
+  // saturating), whichever has the smaller squared error over the group (ties keep e). The pow2
+  // rounding of a group's range wastes up to one bit (its top code may sit at up to 2x its max);
+  // this takes that bit back where clipping costs less. Deterministic, independent of the thread
+  // count; one more read of each group (from L1 for groups along rows: the pack loop makes the
+  // choice for the tile of rows it is about to pack).
   bool mse_clip = false;
 
   // The three quantizers of the spec.
