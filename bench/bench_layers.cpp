@@ -19,7 +19,6 @@ using namespace shiftq;
 
 void set_threads(benchmark::State& state, int arg) { set_num_threads(static_cast<int>(state.range(arg))); }
 
-// One training step of a layer: forward, backward with a fixed output gradient.
 // The trainers' --act-quant shiftquant [--act-clip mse --weight-clip mse] at 4 bits.
 quant::QConfig shiftquant_activations(bool mse) {
   quant::QConfig c = quant::QConfig::bits(4);
@@ -29,6 +28,7 @@ quant::QConfig shiftquant_activations(bool mse) {
   return c;
 }
 
+// One training step of a layer: forward, backward with a fixed output gradient.
 template <class Layer>
 void run_layer(benchmark::State& state, Layer& layer, const Tensor& x, bool quantized,
                const quant::QConfig& config = quant::QConfig::bits(4)) {
