@@ -45,6 +45,8 @@ int main(int argc, char** argv) {
       .add("resume", &c.resume, "continue training from this checkpoint")
       .add("log", &c.log, "append per-epoch metrics to this JSON-lines file")
       .add("stop-after", &c.stop_after, "stop after this epoch, as if interrupted (0 = train all epochs)")
+      .add("eval-batch", &c.eval_batch, "test-set batch size (integer models take their activation ranges per batch)")
+      .add("eval-only", &c.eval_only, "with --resume: evaluate the checkpoint on the test set and exit")
       .add("skip-nonfinite", &c.skip_nonfinite, "skip up to N consecutive steps with NaN/Inf loss or gradients (0 = stop)")
       .add("verbose", &c.verbose, "progress bar and per-epoch lines");
   try {

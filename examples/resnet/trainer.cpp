@@ -110,6 +110,8 @@ void ResNetTrainConfig::validate() const {
   require(lr > 0 && momentum >= 0 && momentum < 1 && weight_decay >= 0 && warmup_epochs >= 0,
           "--lr must be > 0, --momentum in [0, 1), --weight-decay and --warmup-epochs >= 0");
   require(pad >= 0 && pad <= 16, "--pad must be in 0..16");
+  require(eval_batch >= 1, "--eval-batch must be positive");
+  require(!eval_only || !resume.empty(), "--eval-only needs --resume CHECKPOINT");
   require(threads >= 0 && train_subset >= 0 && test_subset >= 0 && seed >= 0 && stop_after >= 0 && skip_nonfinite >= 0,
           "--threads, --train-subset, --test-subset, --seed, --stop-after and --skip-nonfinite must be >= 0");
 }
@@ -144,7 +146,8 @@ std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
                                                  .std(data.std)
                                                  .pad_crop(c.augment ? c.pad : 0)
                                                  .hflip(c.augment));
-  data::ImageLoader test_loader(data.test, data::ImageLoaderOptions(500).shuffle(false).mean(data.mean).std(data.std));
+  data::ImageLoader test_loader(data.test,
+                                data::ImageLoaderOptions(c.eval_batch).shuffle(false).mean(data.mean).std(data.std));
 
   Generator init_gen(static_cast<std::uint64_t>(c.seed));
   ResNet model({c.depth, channels, data.train.num_classes, c.width, c.norm}, init_gen);
@@ -170,6 +173,19 @@ std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
     nn::set_quantization_counters(model, split_counters(info("quant_counters"), c.resume));
     first_epoch = std::stoll(info("epoch")) + 1;
     step = std::stoll(info("step"));
+  }
+  if (c.eval_only) {
+    const EvalResult test = evaluate(model, test_loader);
+    EpochMetrics m;
+    m.epoch = first_epoch - 1;
+    m.step = step;
+    m.test_loss = test.loss;
+    m.test_accuracy = test.accuracy;
+    if (c.verbose)
+      std::printf("%s (epoch %lld): test loss %.4f acc %.2f%% on %lld images, batches of %lld\n", c.resume.c_str(),
+                  static_cast<long long>(m.epoch), m.test_loss, 100 * m.test_accuracy,
+                  static_cast<long long>(test_loader.size()), static_cast<long long>(c.eval_batch));
+    return {m};
   }
   MetricsLog log(c.log, /*append=*/!c.resume.empty());
   if (c.verbose) {

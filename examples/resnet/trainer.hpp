@@ -47,6 +47,8 @@ struct ResNetTrainConfig {
   std::string log;         // JSON-lines metrics
   std::int64_t stop_after = 0;  // stop after this epoch as if interrupted (0 = run all; tests resume)
   std::int64_t skip_nonfinite = 0;  // skip up to N consecutive steps with NaN/Inf (0 = stop with the error)
+  std::int64_t eval_batch = 500;  // test-set batch size (integer models take activation ranges per batch)
+  bool eval_only = false;  // with resume: evaluate the checkpoint on the test set, no training
   bool verbose = true;     // progress and per-epoch lines on stdout
 
   // Throws UsageError for invalid combinations.
@@ -63,7 +65,9 @@ struct EpochMetrics {
 };
 
 // Trains and evaluates; returns one entry per epoch run by this call (a resumed run starts after the
-// checkpoint's epoch). Throws shiftq::Error (IOError for data/checkpoint problems).
+// checkpoint's epoch). With eval_only, returns one entry for the checkpoint's epoch holding only the
+// test loss and accuracy (nothing is trained, logged or saved). Throws shiftq::Error (IOError for
+// data/checkpoint problems).
 std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& config);
 
 }  // namespace shiftq::examples

@@ -126,6 +126,44 @@ TEST_F(TrainerTest, ResNetResumeIsBitExact) {
   EXPECT_EQ(a.info.at("quant_counters"), b.info.at("quant_counters"));
 }
 
+// --eval-only: the checkpoint's test accuracy again, with nothing trained or logged; another eval
+// batch size is a different (valid) measurement of the same weights.
+TEST_F(TrainerTest, ResNetEvalOnlyScoresTheCheckpoint) {
+  if (!have_fashion_mnist()) GTEST_FAIL() << "dataset-fashion-mnist is not installed";
+  ResNetTrainConfig c = small_resnet(4, "l1");
+  c.width = 4;
+  c.train_subset = 512;
+  c.test_subset = 500;
+  c.epochs = 1;
+  c.eval_batch = 250;
+  c.checkpoint = path("e.safetensors");
+  const auto trained = train_resnet(c);
+  ASSERT_EQ(trained.size(), 1u);
+
+  ResNetTrainConfig e = c;
+  e.checkpoint.clear();
+  e.resume = path("e.safetensors");
+  e.eval_only = true;
+  e.log = path("eval.jsonl");
+  const auto scored = train_resnet(e);
+  ASSERT_EQ(scored.size(), 1u);
+  EXPECT_EQ(scored[0].epoch, 1);
+  EXPECT_EQ(scored[0].test_accuracy, trained[0].test_accuracy);
+  EXPECT_EQ(scored[0].test_loss, trained[0].test_loss);
+  EXPECT_FALSE(fs::exists(path("eval.jsonl")));
+  e.eval_batch = 7;  // uneven last batch
+  const auto other = train_resnet(e);
+  EXPECT_GT(other[0].test_accuracy, 0.0);
+  EXPECT_LE(other[0].test_accuracy, 1.0);
+
+  ResNetTrainConfig bad = c;
+  bad.eval_only = true;  // no --resume
+  EXPECT_THROW(bad.validate(), UsageError);
+  bad = c;
+  bad.eval_batch = 0;
+  EXPECT_THROW(bad.validate(), UsageError);
+}
+
 TEST_F(TrainerTest, ResNetRejectsMismatchedCheckpointAndBadConfig) {
   if (!have_fashion_mnist()) GTEST_FAIL() << "dataset-fashion-mnist is not installed";
   ResNetTrainConfig c = small_resnet(0, "l2");
