@@ -14,18 +14,17 @@
 
 #include <shiftq/shiftq.hpp>
 
+#include "common/precision.hpp"
+
 namespace {
 using namespace shiftq;
 
 void set_threads(benchmark::State& state, int arg) { set_num_threads(static_cast<int>(state.range(arg))); }
 
-// The trainers' --act-quant shiftquant [--act-clip mse --weight-clip mse] at 4 bits.
+// The trainers' --bits 4 --act-quant shiftquant [--act-clip mse --weight-clip mse].
 quant::QConfig shiftquant_activations(bool mse) {
-  quant::QConfig c = quant::QConfig::bits(4);
-  c.activations.kind = quant::QuantizerKind::shiftquant;
-  c.activations.shift_budget = quant::max_shift_budget(4, true);
-  c.activations.mse_clip = c.weights.mse_clip = mse;
-  return c;
+  return examples::make_qconfig(4, 0, "shiftquant", 8, 8, "auto", mse ? "mse" : "none", "shiftquant",
+                                mse ? "mse" : "none");
 }
 
 // One training step of a layer: forward, backward with a fixed output gradient.

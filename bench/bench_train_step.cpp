@@ -39,6 +39,7 @@
 #include <shiftq/shiftq.hpp>
 #include <shiftq/version.hpp>
 
+#include "common/precision.hpp"
 #include "resnet/model.hpp"
 #include "transformer/model.hpp"
 
@@ -90,15 +91,10 @@ class ResNetStep final : public TrainStep {
     Generator gen(kSeed);
     model_ = std::make_unique<examples::ResNet>(examples::ResNetOptions{20, 1, 10, 16, quantized_ ? "l1" : "l2"}, gen);
     if (quantized_) {
-      config_ = quant::QConfig::bits(4);
-      config_.first_last_bits = 8;
-      config_.norm_bits = 8;
-      if (precision == ResNetPrecision::int4_actsq_mse) {
-        config_.activations.kind = quant::QuantizerKind::shiftquant;
-        config_.activations.shift_budget = quant::max_shift_budget(4, true);
-        config_.activations.mse_clip = config_.weights.mse_clip = true;
-      }
-      config_.validate();
+      // The trainer's --bits 4 --norm l1 [--act-quant shiftquant --act-clip mse --weight-clip mse].
+      const bool mse = precision == ResNetPrecision::int4_actsq_mse;
+      config_ = examples::make_qconfig(4, 0, "shiftquant", /*first_last_bits=*/8, /*norm_bits=*/8, "auto",
+                                       mse ? "mse" : "none", mse ? "shiftquant" : "per-tensor", mse ? "mse" : "none");
       nn::quantize_model(*model_, config_, kSeed);
     }
     optimizer_ = std::make_unique<optim::SGD>(model_->named_parameters(),

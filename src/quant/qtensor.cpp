@@ -97,6 +97,13 @@ QuantizeScratch& quantize_scratch() {
   return scratch;
 }
 
+// Round half to even for |y| < 2^22 without libm (1.5 * 2^23 pushes the fraction out of the
+// mantissa): loops that use it vectorize, and it equals nearbyint.
+inline float round_half_even(float y) {
+  constexpr float kMagic = 12582912.0f;
+  return (y + kMagic) - kMagic;
+}
+
 // The clipped range of QuantizeParams::mse_clip: among alpha = m * 2^(-k/4), k = 0..8, the one with
 // the least squared quantization error on a strided sample of x (ties: the larger alpha). The
 // sample is gathered once; each candidate is one vectorizable pass over it.
@@ -107,7 +114,6 @@ float mse_clipped_range(const float* x, std::int64_t n, float m, float qmax, boo
   sample.reserve(static_cast<std::size_t>(std::min(n, kSample + 1)));
   for (std::int64_t i = 0; i < n; i += stride) sample.push_back(x[i]);
   const float lo = nonnegative ? 0.0f : -qmax;
-  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: (y + kMagic) - kMagic rounds |y| < 2^22 to nearest even
   float best_alpha = m, best_error = -1.0f;
   for (int k = 0; k <= 8; ++k) {
     const float alpha = m * std::exp2(-0.25f * static_cast<float>(k));
@@ -116,7 +122,7 @@ float mse_clipped_range(const float* x, std::int64_t n, float m, float qmax, boo
     float lanes[8] = {};
     auto add = [&](std::size_t i, int lane) {
       const float y = std::min(qmax, std::max(lo, sample[i] * inv));
-      const float e = ((y + kMagic) - kMagic) * scale - sample[i];
+      const float e = round_half_even(y) * scale - sample[i];
       lanes[lane] += e * e;
     };
     std::size_t i = 0;
@@ -167,7 +173,6 @@ struct ShiftClip {
   // order.
   void columns(const float* x, std::int64_t R, std::int64_t C) const {
     constexpr std::int64_t kBlock = 64;
-    constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: (t + kMagic) - kMagic rounds to nearest even
     detail::parallel_for((C + kBlock - 1) / kBlock, 1, [&](std::int64_t b0, std::int64_t b1) {
       for (std::int64_t b = b0; b < b1; ++b) {
         const std::int64_t c0 = b * kBlock, c1 = std::min(C, c0 + kBlock);
@@ -176,8 +181,8 @@ struct ShiftClip {
         for (std::int64_t r = 0; r < R; ++r)
           for (std::int64_t c = c0; c < c1; ++c) {
             const float y = x[r * C + c] * a[c - c0], y2 = y + y;
-            const float d0 = ((std::min(qmax, std::max(lo, y)) + kMagic) - kMagic) - y;
-            const float d1 = ((std::min(qmax, std::max(lo, y2)) + kMagic) - kMagic) - y2;
+            const float d0 = round_half_even(std::min(qmax, std::max(lo, y))) - y;
+            const float d1 = round_half_even(std::min(qmax, std::max(lo, y2))) - y2;
             keep[c - c0] += d0 * d0;
             halve[c - c0] += d1 * d1;
           }
