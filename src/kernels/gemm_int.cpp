@@ -2,6 +2,8 @@
 #include "shiftq/core/error.hpp"
 #include "shiftq/kernels/gemm_int.hpp"
 
+#include "isa.hpp"
+
 namespace shiftq::kernels {
 namespace {
 void check_gemm_args(const char* op, Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64_t K,
@@ -14,17 +16,39 @@ void check_gemm_args(const char* op, Trans ta, Trans tb, std::int64_t M, std::in
                ", the largest contraction whose int32 accumulation cannot overflow; split the GEMM");
 }
 
-bool use_optimized() { return kernel_path() == KernelPath::optimized && cpu_has_int8_dot_product(); }
+// The kernels of this call: the reference loops when forced (or for K = 0, which oneDNN rejects).
+IntGemmKernel kernel_for(std::int64_t K) {
+  if (kernel_path() == KernelPath::reference || K == 0) return IntGemmKernel::reference;
+  return int_gemm_kernel();
+}
 }  // namespace
+
+IntGemmKernel int_gemm_kernel() {
+  static const IntGemmKernel kernel = [] {
+    if (cpu_has_int8_dot_product()) return IntGemmKernel::onednn_vnni;
+    if (dispatch::cpu_isa() != dispatch::Isa::base) return IntGemmKernel::avx2_int16;
+    return IntGemmKernel::reference;
+  }();
+  return kernel;
+}
+
+const char* int_gemm_kernel_name(IntGemmKernel kernel) {
+  switch (kernel) {
+    case IntGemmKernel::onednn_vnni: return "onednn_vnni";
+    case IntGemmKernel::avx2_int16: return "avx2_int16";
+    default: return "reference";
+  }
+}
 
 void gemm_s8s8s32(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64_t K, const std::int8_t* A,
                   std::int64_t lda, const std::int8_t* B, std::int64_t ldb, std::int32_t* C, std::int64_t ldc) {
   check_gemm_args("gemm_s8s8s32", ta, tb, M, N, K, lda, ldb, ldc, kMaxGemmKs8s8);
   if (M == 0 || N == 0) return;
-  if (use_optimized() && K > 0)
-    gemm_s8s8s32_onednn(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
-  else
-    gemm_s8s8s32_ref(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
+  switch (kernel_for(K)) {
+    case IntGemmKernel::onednn_vnni: return gemm_s8s8s32_onednn(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
+    case IntGemmKernel::avx2_int16: return gemm_s8s8s32_avx2(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
+    default: return gemm_s8s8s32_ref(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
+  }
 }
 
 void gemm_u8s8s32(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64_t K, const std::uint8_t* A,
@@ -32,10 +56,11 @@ void gemm_u8s8s32(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64
                   const std::int32_t* col_offset) {
   check_gemm_args("gemm_u8s8s32", ta, tb, M, N, K, lda, ldb, ldc, kMaxGemmKu8s8);
   if (M == 0 || N == 0) return;
-  if (use_optimized() && K > 0)
-    gemm_u8s8s32_onednn(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, col_offset);
-  else
-    gemm_u8s8s32_ref(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, col_offset);
+  switch (kernel_for(K)) {
+    case IntGemmKernel::onednn_vnni: return gemm_u8s8s32_onednn(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, col_offset);
+    case IntGemmKernel::avx2_int16: return gemm_u8s8s32_avx2(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, col_offset);
+    default: return gemm_u8s8s32_ref(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, col_offset);
+  }
 }
 
 }  // namespace shiftq::kernels

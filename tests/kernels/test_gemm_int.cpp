@@ -1,4 +1,5 @@
-// Integer GEMMs: the optimized (oneDNN) kernels are bit-exact against the reference loops.
+// Integer GEMMs: the optimized kernels (oneDNN with VNNI, our AVX2 int16 kernels) are bit-exact
+// against the reference loops.
 #include <gtest/gtest.h>
 
 #include <shiftq/kernels/gemm_int.hpp>
@@ -51,7 +52,7 @@ TEST_P(GemmIntTest, DispatchedU8S8WithColumnOffsetsMatchesReferenceBitExact) {
 
 TEST_P(GemmIntTest, OneDnnKernelsDirectlyWhenTheCpuHasVnni) {
   // The dispatcher only routes to oneDNN on CPUs with int8 dot products; check those kernels
-  // directly there, and the fallback to the reference elsewhere.
+  // directly there, and the dispatched kernels (AVX2 or reference) elsewhere.
   const auto [ta, tb] = GetParam();
   Generator gen(3);
   const Case c{37, 29, 300};
@@ -73,6 +74,69 @@ TEST_P(GemmIntTest, OneDnnKernelsDirectlyWhenTheCpuHasVnni) {
   gemm_u8s8s32_onednn(ta, tb, c.M, c.N, c.K, Au.data(), lda, B.data(), ldb, fast.data(), c.N, nullptr);
   gemm_u8s8s32_ref(ta, tb, c.M, c.N, c.K, Au.data(), lda, B.data(), ldb, ref.data(), c.N, nullptr);
   EXPECT_EQ(fast, ref);
+}
+
+bool cpu_has_avx2() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2");
+}
+
+// Every tile and k-block edge of the AVX2 kernels: M and N around the 8-wide tiles, K odd and even,
+// shorter than a 16-value pack step and longer than one k-block (512 values, fewer for wide N),
+// leading dimensions larger than the matrices, operands at their extremes.
+TEST_P(GemmIntTest, Avx2KernelsMatchReferenceBitExact) {
+  if (!cpu_has_avx2()) GTEST_SKIP() << "the CPU has no AVX2: the dispatcher never calls these kernels";
+  const auto [ta, tb] = GetParam();
+  Generator gen(4);
+  const std::vector<Case> cases = {{1, 1, 1},  {8, 8, 16},   {9, 7, 17},  {7, 9, 15},    {17, 23, 2},
+                                   {64, 16, 144}, {33, 64, 576}, {16, 300, 1030}, {5, 1030, 700}, {100, 3, 1100}};
+  for (const Case& c : cases) {
+    const std::int64_t pad = 3;
+    const std::int64_t lda = (ta == Trans::N ? c.K : c.M) + pad, ldb = (tb == Trans::N ? c.N : c.K) + pad;
+    const std::int64_t a_size = (ta == Trans::N ? c.M : c.K) * lda, b_size = (tb == Trans::N ? c.K : c.N) * ldb;
+    const auto A = random_ints<std::int8_t>(a_size, -128, 127, gen);
+    const auto Au = random_ints<std::uint8_t>(a_size, 0, 255, gen);
+    const auto B = random_ints<std::int8_t>(b_size, -128, 127, gen);
+    const auto co = random_ints<std::int32_t>(c.N, -100000, 100000, gen);
+    const std::int64_t ldc = c.N + 1;
+    std::vector<std::int32_t> fast(c.M * ldc, -1), ref(c.M * ldc, -1);
+    gemm_s8s8s32_avx2(ta, tb, c.M, c.N, c.K, A.data(), lda, B.data(), ldb, fast.data(), ldc);
+    gemm_s8s8s32_ref(ta, tb, c.M, c.N, c.K, A.data(), lda, B.data(), ldb, ref.data(), ldc);
+    EXPECT_EQ(fast, ref) << "s8 M=" << c.M << " N=" << c.N << " K=" << c.K;
+    for (const std::int32_t* offsets : {static_cast<const std::int32_t*>(nullptr), co.data()}) {
+      std::fill(fast.begin(), fast.end(), -1);
+      std::fill(ref.begin(), ref.end(), -1);
+      gemm_u8s8s32_avx2(ta, tb, c.M, c.N, c.K, Au.data(), lda, B.data(), ldb, fast.data(), ldc, offsets);
+      gemm_u8s8s32_ref(ta, tb, c.M, c.N, c.K, Au.data(), lda, B.data(), ldb, ref.data(), ldc, offsets);
+      EXPECT_EQ(fast, ref) << "u8 M=" << c.M << " N=" << c.N << " K=" << c.K << " offsets=" << (offsets != nullptr);
+    }
+  }
+}
+
+TEST_P(GemmIntTest, Avx2KernelsDoNotSaturate) {
+  if (!cpu_has_avx2()) GTEST_SKIP() << "the CPU has no AVX2: the dispatcher never calls these kernels";
+  // The pairs vpmaddubsw would saturate: 255 * 127 * 2 and (-128) * (-128) * 2 exceed int16.
+  const auto [ta, tb] = GetParam();
+  const std::int64_t M = 9, N = 10, K = 2001;
+  std::vector<std::int8_t> A(M * K, -128), B(K * N, -128), Bp(K * N, 127);
+  std::vector<std::uint8_t> Au(M * K, 255);
+  const std::int64_t lda = ta == Trans::N ? K : M, ldb = tb == Trans::N ? N : K;
+  std::vector<std::int32_t> C(M * N);
+  gemm_s8s8s32_avx2(ta, tb, M, N, K, A.data(), lda, B.data(), ldb, C.data(), N);
+  for (std::int32_t v : C) EXPECT_EQ(v, K * 128 * 128);
+  gemm_u8s8s32_avx2(ta, tb, M, N, K, Au.data(), lda, Bp.data(), ldb, C.data(), N, nullptr);
+  for (std::int32_t v : C) EXPECT_EQ(v, K * 255 * 127);
+}
+
+TEST(GemmInt, DispatcherNamesItsKernels) {
+  const IntGemmKernel kernel = int_gemm_kernel();
+  if (cpu_has_int8_dot_product())
+    EXPECT_EQ(kernel, IntGemmKernel::onednn_vnni);
+  else if (cpu_has_avx2())
+    EXPECT_EQ(kernel, IntGemmKernel::avx2_int16);
+  else
+    EXPECT_EQ(kernel, IntGemmKernel::reference);
+  EXPECT_STREQ(int_gemm_kernel_name(IntGemmKernel::avx2_int16), "avx2_int16");
 }
 
 INSTANTIATE_TEST_SUITE_P(AllTranspositions, GemmIntTest,

@@ -350,12 +350,13 @@ TEST(QuantizeKernels, PackOfManyShortRowsEqualsReference) {
   }
 }
 
-// The dispatched pack (64-code steps with saturating packs, then 16-lane masked steps) equals the
-// scalar reference at every length around those step sizes, with power-of-two pack factors, in
+// The dispatched pack (AVX-512: 64-code steps with saturating packs, then 16-lane masked steps;
+// AVX2: 32-code steps, 8-lane steps, a masked tail) equals the scalar reference at every length
+// around those step sizes, with power-of-two pack factors, in
 // both rounding modes and both code forms, and with codes at the int8 range's ends (+-127).
 TEST(QuantizeKernels, PackEqualsReferenceAcrossStepBoundaries) {
   Generator gen(5);
-  for (std::int64_t cols : {1, 15, 16, 17, 48, 63, 64, 65, 80, 127, 128, 129, 144, 200, 1024}) {
+  for (std::int64_t cols : {1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 40, 48, 63, 64, 65, 80, 127, 128, 129, 144, 200, 1024}) {
     const std::int64_t rows = 3;
     const Tensor x = mul(Tensor::randn({rows, cols}, gen), 9.0f);  // many values clamp at +-qmax
     std::vector<float> row_mul{1.0f, 0.5f, 2.0f}, row_pack{1.0f, 1.0f, 1.0f};  // |v| <= 15 * 2^3

@@ -1,7 +1,9 @@
 // Integer GEMMs with int32 accumulation on raw row-major buffers:
 //   C[M,N] = op(A) · op(B) (+ co[n] when `col_offset` is given), no saturation, no scaling.
 // Transposition and leading dimensions as in gemm_f32 (gemm.hpp). The reference implementations
-// are plain loops; the optimized ones call oneDNN's JIT int8 GEMM (AVX-512 VNNI / AVX-VNNI).
+// are plain loops. The optimized path calls oneDNN's JIT int8 GEMM on CPUs with int8 dot products
+// (AVX-512 VNNI / AVX-VNNI), our exact int16 AVX2 kernels on other AVX2 CPUs, and the reference
+// loops on the rest (int_gemm_kernel() says which).
 #pragma once
 
 #include <cstdint>
@@ -31,6 +33,13 @@ void gemm_s8s8s32_ref(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::i
 void gemm_u8s8s32_ref(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64_t K,
                       const std::uint8_t* A, std::int64_t lda, const std::int8_t* B, std::int64_t ldb,
                       std::int32_t* C, std::int64_t ldc, const std::int32_t* col_offset);
+// AVX2 (int16 multiply-adds, exact; callable only where the CPU has AVX2).
+void gemm_s8s8s32_avx2(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64_t K,
+                       const std::int8_t* A, std::int64_t lda, const std::int8_t* B, std::int64_t ldb,
+                       std::int32_t* C, std::int64_t ldc);
+void gemm_u8s8s32_avx2(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64_t K,
+                       const std::uint8_t* A, std::int64_t lda, const std::int8_t* B, std::int64_t ldb,
+                       std::int32_t* C, std::int64_t ldc, const std::int32_t* col_offset);
 void gemm_s8s8s32_onednn(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64_t K,
                          const std::int8_t* A, std::int64_t lda, const std::int8_t* B,
                          std::int64_t ldb, std::int32_t* C, std::int64_t ldc);
@@ -40,8 +49,13 @@ void gemm_u8s8s32_onednn(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std
                          const std::int32_t* col_offset);
 
 // Whether the CPU has int8 dot-product instructions (AVX-512 VNNI or AVX-VNNI). Without them
-// oneDNN's u8·s8 kernels may saturate in int16 intermediates, so the integer GEMMs use the
-// reference loops instead (exact, slower).
+// oneDNN's u8·s8 kernels may saturate in int16 intermediates (vpmaddubsw), so the integer GEMMs
+// use the AVX2 int16 kernels instead (exact), or the reference loops on CPUs without AVX2.
 bool cpu_has_int8_dot_product();
+
+// The kernels the optimized path runs on this CPU.
+enum class IntGemmKernel { onednn_vnni, avx2_int16, reference };
+IntGemmKernel int_gemm_kernel();
+const char* int_gemm_kernel_name(IntGemmKernel kernel);  // "onednn_vnni", "avx2_int16", "reference"
 
 }  // namespace shiftq::kernels
