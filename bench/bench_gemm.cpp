@@ -175,6 +175,8 @@ int main(int argc, char** argv) {
                                             std::to_string(v->patch) + " cpu_runtime=" + std::to_string(v->cpu_runtime));
   benchmark::AddCustomContext("onednn_isa", std::to_string(static_cast<int>(dnnl_get_effective_cpu_isa())));
   benchmark::AddCustomContext("int8_dot_product", shiftq::kernels::cpu_has_int8_dot_product() ? "yes" : "no");
+  benchmark::AddCustomContext("int_gemm_kernel",
+                              shiftq::kernels::int_gemm_kernel_name(shiftq::kernels::int_gemm_kernel()));
   benchmark::AddCustomContext("quantize_isa", shiftq::kernels::quantize_isa_name());
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -282,6 +282,8 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("onednn_isa", onednn_isa_name(dnnl_get_effective_cpu_isa()));
   benchmark::AddCustomContext("cpu_flags", cpu_flags());
   benchmark::AddCustomContext("int8_dot_product", shiftq::kernels::cpu_has_int8_dot_product() ? "yes" : "no");
+  benchmark::AddCustomContext("int_gemm_kernel",
+                              shiftq::kernels::int_gemm_kernel_name(shiftq::kernels::int_gemm_kernel()));
   benchmark::AddCustomContext("quantize_isa", shiftq::kernels::quantize_isa_name());
   benchmark::AddCustomContext("warmup_steps", std::to_string(kWarmupSteps));
   benchmark::AddCustomContext("memory_note",

@@ -75,7 +75,8 @@ def main():
             table[(kind, shape, threads)][impl] = b
     print(f"Machine: {context.get('host_name', '?')}, {context.get('num_cpus', '?')} CPUs at "
           f"{context.get('mhz_per_cpu', '?')} MHz; oneDNN {context.get('onednn', '?')}; "
-          f"int8 dot product: {context.get('int8_dot_product', '?')}; quantizer ISA: {context.get('quantize_isa', '?')}.")
+          f"int8 dot product: {context.get('int8_dot_product', '?')}; integer GEMM: "
+          f"{context.get('int_gemm_kernel', '?')}; quantizer ISA: {context.get('quantize_isa', '?')}.")
     print("Median of the repetitions; times in ms; ratios are fp32 oneDNN time / other time (higher = faster).\n")
     print("| M x N x K | threads | f32 oneDNN | f32 Eigen | s8s8s32 | u8s8s32 | ShiftQuant e2e | "
           "ShiftQuant / f32 oneDNN | u8s8s32 / f32 oneDNN | weight pack (once/step) |")

@@ -253,7 +253,7 @@ def report(shiftq_path, pytorch_path, made_by=None):
               f"{sq_ctx.get('host_name', '?')}, {sq_ctx.get('num_cpus', '?')} CPUs at {sq_ctx.get('mhz_per_cpu', '?')} MHz; "
               f"CPU flags: {sq_ctx.get('cpu_flags', '?')}; oneDNN {sq_ctx.get('onednn', '?')} "
               f"(ISA {sq_ctx.get('onednn_isa', '?')}); int8 dot product: {sq_ctx.get('int8_dot_product', '?')}; "
-              f"quantizer ISA: {sq_ctx.get('quantize_isa', '?')}; {sq_ctx.get('warmup_steps', '?')} warmup steps per case.")
+              f"integer GEMM: {sq_ctx.get('int_gemm_kernel', '?')}; quantizer ISA: {sq_ctx.get('quantize_isa', '?')}; {sq_ctx.get('warmup_steps', '?')} warmup steps per case.")
     if pt_ctx:
         blas = [l for l in pt_ctx.get("loaded_libraries", []) if "blas" in l or "lapack" in l]
         build = re.search(r"BLAS_INFO=([^,]*)", pt_ctx.get("config", ""))
