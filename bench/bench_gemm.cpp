@@ -2,7 +2,8 @@
 // docs/benchmarks.md). Every GEMM case computes Y[M,N] = X[M,K] · W[N,K]^T as a Linear forward
 // does; names are BM_Gemm_<impl>/M/N/K/threads so a report can pair int cases with fp32 baselines.
 //   f32_onednn, f32_eigen  fp32 baselines (oneDNN sgemm, Eigen)
-//   s8s8s32, u8s8s32       raw int8 GEMMs on ready int8 operands (oneDNN)
+//   s8s8s32, u8s8s32       raw int8 GEMMs on ready int8 operands (codes in [0, 127])
+//   u8s8s32_codes4, s8s8s32_codes6  the same on 4-bit / 6-bit training's value ranges
 //   shiftquant             end to end as training uses it: fp32 X -> ShiftQuant (4-bit, S = 4,
 //                          per-row, stochastic) -> int8 GEMM against W quantized once -> fp32 Y
 // BM_PackWeights_shiftquant: the once-per-optimizer-step cost of quantizing W.
@@ -52,12 +53,18 @@ void run_f32(benchmark::State& state, GemmF32 gemm) {
 void BM_Gemm_f32_onednn(benchmark::State& state) { run_f32(state, kernels::gemm_f32_onednn); }
 void BM_Gemm_f32_eigen(benchmark::State& state) { run_f32(state, kernels::gemm_f32_ref); }
 
-template <class TA>
-Tensor random_codes(std::int64_t rows, std::int64_t cols, Generator& gen) {
-  Tensor t = Tensor::empty({rows, cols}, dtype_of<TA>);
-  TA* p = t.data<TA>();
-  for (std::int64_t i = 0; i < t.numel(); ++i) p[i] = static_cast<TA>(gen.next_u32() & 0x7f);
+// Codes in [lo, hi]: the ranges training produces (see BM_Gemm_u8s8s32_codes4 and _s8s8s32_codes6).
+template <class T>
+Tensor codes_in(std::int64_t rows, std::int64_t cols, int lo, int hi, Generator& gen) {
+  Tensor t = Tensor::empty({rows, cols}, dtype_of<T>);
+  T* p = t.data<T>();
+  const auto span = static_cast<std::uint32_t>(hi - lo + 1);
+  for (std::int64_t i = 0; i < t.numel(); ++i) p[i] = static_cast<T>(lo + static_cast<int>(gen.next_u32() % span));
   return t;
+}
+template <class T>
+Tensor random_codes(std::int64_t rows, std::int64_t cols, Generator& gen) {
+  return codes_in<T>(rows, cols, 0, 127, gen);
 }
 
 void BM_Gemm_s8s8s32(benchmark::State& state) {
@@ -82,6 +89,38 @@ void BM_Gemm_u8s8s32(benchmark::State& state) {
   Tensor c = Tensor::empty({s.M, s.N}, DType::s32);
   for (auto _ : state) {
     kernels::gemm_u8s8s32(Trans::N, Trans::T, s.M, s.N, s.K, a.data<std::uint8_t>(), s.K, b.data<std::int8_t>(), s.K,
+                          c.data<std::int32_t>(), s.N);
+    benchmark::DoNotOptimize(c.data<std::int32_t>());
+  }
+  report_gemm(state, s);
+}
+
+// The integer GEMMs on the value ranges of 4-bit and 6-bit training, which on AVX2 CPUs without
+// VNNI take the int8 path (vpmaddubsw with int16 partial sums) instead of the int16 one:
+//   codes4: u8 activation codes v + 128, v in [0, 15], against ShiftQuant 4-bit S=4 weights (|w| <= 112);
+//   codes6: signed 6-bit activations (|a| <= 31) against ShiftQuant 6-bit S=2 weights (|w| <= 124).
+void BM_Gemm_u8s8s32_codes4(benchmark::State& state) {
+  set_threads(state);
+  const Shape3 s = shape_of(state);
+  Generator gen(5);
+  const Tensor a = codes_in<std::uint8_t>(s.M, s.K, 128, 143, gen), b = codes_in<std::int8_t>(s.N, s.K, -112, 112, gen);
+  Tensor c = Tensor::empty({s.M, s.N}, DType::s32);
+  for (auto _ : state) {
+    kernels::gemm_u8s8s32(Trans::N, Trans::T, s.M, s.N, s.K, a.data<std::uint8_t>(), s.K, b.data<std::int8_t>(), s.K,
+                          c.data<std::int32_t>(), s.N);
+    benchmark::DoNotOptimize(c.data<std::int32_t>());
+  }
+  report_gemm(state, s);
+}
+
+void BM_Gemm_s8s8s32_codes6(benchmark::State& state) {
+  set_threads(state);
+  const Shape3 s = shape_of(state);
+  Generator gen(6);
+  const Tensor a = codes_in<std::int8_t>(s.M, s.K, -31, 31, gen), b = codes_in<std::int8_t>(s.N, s.K, -124, 124, gen);
+  Tensor c = Tensor::empty({s.M, s.N}, DType::s32);
+  for (auto _ : state) {
+    kernels::gemm_s8s8s32(Trans::N, Trans::T, s.M, s.N, s.K, a.data<std::int8_t>(), s.K, b.data<std::int8_t>(), s.K,
                           c.data<std::int32_t>(), s.N);
     benchmark::DoNotOptimize(c.data<std::int32_t>());
   }
@@ -138,6 +177,8 @@ BENCHMARK(BM_Gemm_f32_onednn)->Apply(gemm_shapes);
 BENCHMARK(BM_Gemm_f32_eigen)->Apply(gemm_shapes);
 BENCHMARK(BM_Gemm_s8s8s32)->Apply(gemm_shapes);
 BENCHMARK(BM_Gemm_u8s8s32)->Apply(gemm_shapes);
+BENCHMARK(BM_Gemm_u8s8s32_codes4)->Apply(gemm_shapes);
+BENCHMARK(BM_Gemm_s8s8s32_codes6)->Apply(gemm_shapes);
 BENCHMARK(BM_Gemm_shiftquant)->Apply(gemm_shapes);
 BENCHMARK(BM_PackWeights_shiftquant)->Apply(gemm_shapes);
 

@@ -128,6 +128,93 @@ TEST_P(GemmIntTest, Avx2KernelsDoNotSaturate) {
   for (std::int32_t v : C) EXPECT_EQ(v, K * 255 * 127);
 }
 
+// The int8 path of the AVX2 kernels (vpmaddubsw, DU results summed in int16) serves narrow value
+// ranges. Its choice is a pure function of the ranges; each row below is a case of the table.
+TEST(GemmInt, Avx2ByteDepthKeepsInt16SumsExact) {
+  EXPECT_EQ(avx2_byte_path_depth(15, 112), 4);  // 4-bit activation codes x ShiftQuant 4-bit S=4
+  EXPECT_EQ(avx2_byte_path_depth(62, 124), 2);  // signed 6-bit activations x ShiftQuant 6-bit S=2
+  EXPECT_EQ(avx2_byte_path_depth(224, 112), 0);  // 4-bit gradients x weights: the int16 path
+  EXPECT_EQ(avx2_byte_path_depth(255, 128), 0);
+  EXPECT_EQ(avx2_byte_path_depth(0, 128), 4);
+  EXPECT_EQ(avx2_byte_path_depth(63, 65), 4);  // 4 * 2 * 63 * 65 = 32760 <= 32767
+  EXPECT_EQ(avx2_byte_path_depth(64, 64), 2);  // 4 * 8192 > 32767 >= 2 * 8192
+  EXPECT_EQ(avx2_byte_path_depth(127, 64), 2);  // 2 * 2 * 127 * 64 = 32512 <= 32767
+  EXPECT_EQ(avx2_byte_path_depth(128, 64), 0);  // 2 * 2 * 128 * 64 = 32768 > 32767
+}
+
+struct NarrowRange {
+  int a_lo, a_hi, b_lo, b_hi, depth;  // A's values (u8 when a_lo >= 0), B's, the path's DU
+};
+
+// Bit-exact against the reference on the int8 path, at the tile and k-block edges as above, for
+// the ranges training produces and for operands whose every product sits at the int16 bound.
+TEST_P(GemmIntTest, Avx2Int8PathMatchesReferenceBitExact) {
+  if (!cpu_has_avx2()) GTEST_SKIP() << "the CPU has no AVX2: the dispatcher never calls these kernels";
+  const auto [ta, tb] = GetParam();
+  Generator gen(5);
+  const std::vector<Case> cases = {{1, 1, 1},     {8, 8, 16},    {9, 7, 17},      {7, 9, 15},     {17, 23, 2},
+                                   {64, 16, 144}, {33, 64, 576}, {16, 300, 1030}, {5, 1030, 700}, {100, 3, 2100}};
+  const std::vector<NarrowRange> ranges = {
+      {128, 143, -112, 112, 4},  // the conv's u8 activation codes (v + 128) x 4-bit S=4 weights
+      {0, 15, -112, 112, 4},     // no shift (min 0 in large blocks)
+      {-31, 31, -124, 124, 2},   // signed 6-bit activations x 6-bit S=2 weights
+      {-128, -120, -128, 127, 4},
+  };
+  for (const NarrowRange& r : ranges) {
+    EXPECT_EQ(avx2_byte_path_depth(r.a_hi - r.a_lo, std::max(-r.b_lo, r.b_hi)), r.depth);
+    for (const Case& c : cases) {
+      const std::int64_t pad = 3;
+      const std::int64_t lda = (ta == Trans::N ? c.K : c.M) + pad, ldb = (tb == Trans::N ? c.N : c.K) + pad;
+      const std::int64_t a_size = (ta == Trans::N ? c.M : c.K) * lda, b_size = (tb == Trans::N ? c.K : c.N) * ldb;
+      const auto B = random_ints<std::int8_t>(b_size, r.b_lo, r.b_hi, gen);
+      const auto co = random_ints<std::int32_t>(c.N, -100000, 100000, gen);
+      const std::int64_t ldc = c.N + 1;
+      std::vector<std::int32_t> fast(c.M * ldc, -1), ref(c.M * ldc, -1);
+      if (r.a_lo >= 0) {
+        const auto A = random_ints<std::uint8_t>(a_size, r.a_lo, r.a_hi, gen);
+        for (const std::int32_t* offsets : {static_cast<const std::int32_t*>(nullptr), co.data()}) {
+          gemm_u8s8s32_avx2(ta, tb, c.M, c.N, c.K, A.data(), lda, B.data(), ldb, fast.data(), ldc, offsets);
+          gemm_u8s8s32_ref(ta, tb, c.M, c.N, c.K, A.data(), lda, B.data(), ldb, ref.data(), ldc, offsets);
+          EXPECT_EQ(fast, ref) << "u8 [" << r.a_lo << "," << r.a_hi << "] M=" << c.M << " N=" << c.N << " K=" << c.K;
+        }
+      } else {
+        const auto A = random_ints<std::int8_t>(a_size, r.a_lo, r.a_hi, gen);
+        gemm_s8s8s32_avx2(ta, tb, c.M, c.N, c.K, A.data(), lda, B.data(), ldb, fast.data(), ldc);
+        gemm_s8s8s32_ref(ta, tb, c.M, c.N, c.K, A.data(), lda, B.data(), ldb, ref.data(), ldc);
+        EXPECT_EQ(fast, ref) << "s8 [" << r.a_lo << "," << r.a_hi << "] M=" << c.M << " N=" << c.N << " K=" << c.K;
+      }
+    }
+  }
+}
+
+TEST_P(GemmIntTest, Avx2Int8PathAtTheInt16Bound) {
+  if (!cpu_has_avx2()) GTEST_SKIP() << "the CPU has no AVX2: the dispatcher never calls these kernels";
+  // Every product at the bound the depth allows, all of one sign: each int16 lane of the int8 path
+  // sums DU pairs of a' * b to within 1% of 32767.
+  //   u8: a in {100, 131} (a' = a - 100 = 31 almost everywhere), b = -128: 4 * 2 * 31 * 128 = 31744.
+  //   s8: a in {-40, 40} (a' = 80), b = 102: 2 * 2 * 80 * 102 = 32640.
+  const auto [ta, tb] = GetParam();
+  const std::int64_t M = 13, N = 19, K = 1201;
+  const std::int64_t lda = ta == Trans::N ? K : M, ldb = tb == Trans::N ? N : K;
+  std::vector<std::int32_t> fast(M * N), ref(M * N);
+
+  std::vector<std::uint8_t> Au(M * K, 131);
+  Au[5] = 100;
+  const std::vector<std::int8_t> Bn(K * N, -128);
+  ASSERT_EQ(avx2_byte_path_depth(31, 128), 4);
+  gemm_u8s8s32_avx2(ta, tb, M, N, K, Au.data(), lda, Bn.data(), ldb, fast.data(), N, nullptr);
+  gemm_u8s8s32_ref(ta, tb, M, N, K, Au.data(), lda, Bn.data(), ldb, ref.data(), N, nullptr);
+  EXPECT_EQ(fast, ref);
+
+  std::vector<std::int8_t> As(M * K, 40);
+  As[7] = -40;
+  const std::vector<std::int8_t> Bp(K * N, 102);
+  ASSERT_EQ(avx2_byte_path_depth(80, 102), 2);
+  gemm_s8s8s32_avx2(ta, tb, M, N, K, As.data(), lda, Bp.data(), ldb, fast.data(), N);
+  gemm_s8s8s32_ref(ta, tb, M, N, K, As.data(), lda, Bp.data(), ldb, ref.data(), N);
+  EXPECT_EQ(fast, ref);
+}
+
 TEST(GemmInt, DispatcherNamesItsKernels) {
   const IntGemmKernel kernel = int_gemm_kernel();
   if (cpu_has_int8_dot_product())

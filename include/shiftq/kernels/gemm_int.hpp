@@ -2,8 +2,9 @@
 //   C[M,N] = op(A) · op(B) (+ co[n] when `col_offset` is given), no saturation, no scaling.
 // Transposition and leading dimensions as in gemm_f32 (gemm.hpp). The reference implementations
 // are plain loops. The optimized path calls oneDNN's JIT int8 GEMM on CPUs with int8 dot products
-// (AVX-512 VNNI / AVX-VNNI), our exact int16 AVX2 kernels on other AVX2 CPUs, and the reference
-// loops on the rest (int_gemm_kernel() says which).
+// (AVX-512 VNNI / AVX-VNNI), our exact AVX2 kernels on other AVX2 CPUs (int16 multiply-adds, or
+// int8 ones with int16 partial sums when the operands' value ranges make them exact), and the
+// reference loops on the rest (int_gemm_kernel() says which).
 #pragma once
 
 #include <cstdint>
@@ -33,13 +34,18 @@ void gemm_s8s8s32_ref(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::i
 void gemm_u8s8s32_ref(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64_t K,
                       const std::uint8_t* A, std::int64_t lda, const std::int8_t* B, std::int64_t ldb,
                       std::int32_t* C, std::int64_t ldc, const std::int32_t* col_offset);
-// AVX2 (int16 multiply-adds, exact; callable only where the CPU has AVX2).
+// AVX2 (exact int16 multiply-adds, or int8 ones with int16 partial sums where the operands' ranges
+// make them exact; callable only where the CPU has AVX2).
 void gemm_s8s8s32_avx2(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64_t K,
                        const std::int8_t* A, std::int64_t lda, const std::int8_t* B, std::int64_t ldb,
                        std::int32_t* C, std::int64_t ldc);
 void gemm_u8s8s32_avx2(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64_t K,
                        const std::uint8_t* A, std::int64_t lda, const std::int8_t* B, std::int64_t ldb,
                        std::int32_t* C, std::int64_t ldc, const std::int32_t* col_offset);
+// Which AVX2 kernels serve op(A) values spanning `a_span` = max - min (<= 255) against |op(B)| <=
+// `b_absmax` (<= 128): the int8 path with DU = 4 or 2 vpmaddubsw results summed per int16 lane
+// (returns DU) when DU * 2 * a_span * b_absmax <= 32767, else 0 (the int16 path). Both are exact.
+int avx2_byte_path_depth(int a_span, int b_absmax);
 void gemm_s8s8s32_onednn(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64_t K,
                          const std::int8_t* A, std::int64_t lda, const std::int8_t* B,
                          std::int64_t ldb, std::int32_t* C, std::int64_t ldc);
