@@ -26,7 +26,7 @@ IntGemmKernel kernel_for(std::int64_t K) {
 IntGemmKernel int_gemm_kernel() {
   static const IntGemmKernel kernel = [] {
     if (cpu_has_int8_dot_product()) return IntGemmKernel::onednn_vnni;
-    if (dispatch::cpu_isa() != dispatch::Isa::base) return IntGemmKernel::avx2_int16;
+    if (dispatch::cpu_isa() != dispatch::Isa::base) return IntGemmKernel::avx2;
     return IntGemmKernel::reference;
   }();
   return kernel;
@@ -35,7 +35,7 @@ IntGemmKernel int_gemm_kernel() {
 const char* int_gemm_kernel_name(IntGemmKernel kernel) {
   switch (kernel) {
     case IntGemmKernel::onednn_vnni: return "onednn_vnni";
-    case IntGemmKernel::avx2_int16: return "avx2_int16";
+    case IntGemmKernel::avx2: return "avx2";
     default: return "reference";
   }
 }
@@ -46,7 +46,7 @@ void gemm_s8s8s32(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64
   if (M == 0 || N == 0) return;
   switch (kernel_for(K)) {
     case IntGemmKernel::onednn_vnni: return gemm_s8s8s32_onednn(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
-    case IntGemmKernel::avx2_int16: return gemm_s8s8s32_avx2(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
+    case IntGemmKernel::avx2: return gemm_s8s8s32_avx2(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
     default: return gemm_s8s8s32_ref(ta, tb, M, N, K, A, lda, B, ldb, C, ldc);
   }
 }
@@ -58,7 +58,7 @@ void gemm_u8s8s32(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64
   if (M == 0 || N == 0) return;
   switch (kernel_for(K)) {
     case IntGemmKernel::onednn_vnni: return gemm_u8s8s32_onednn(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, col_offset);
-    case IntGemmKernel::avx2_int16: return gemm_u8s8s32_avx2(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, col_offset);
+    case IntGemmKernel::avx2: return gemm_u8s8s32_avx2(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, col_offset);
     default: return gemm_u8s8s32_ref(ta, tb, M, N, K, A, lda, B, ldb, C, ldc, col_offset);
   }
 }

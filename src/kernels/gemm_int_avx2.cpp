@@ -11,7 +11,7 @@
 //     that neither the pairs nor their DU-fold sums can leave int16 (DU * 2 * span(a) * max|b| <=
 //     32767), which makes every step exact. The shift comes back as min(a) * column sums of op(B),
 //     added with the column offsets; int32 sums wrap (vpaddd), and the result is exact whenever
-//     it fits int32 (K <= kMaxGemm*).
+//     it fits int32 (guaranteed for K <= kMaxGemm* while |a|, |b| <= 127).
 // The result equals the reference loops bit for bit on either path.
 //
 // Layout (GotoBLAS-style, one level of blocking), "lane" = one int32 of packed k values (a pair of
@@ -326,16 +326,37 @@ void gemm_blocked(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64
   }
 }
 
-// The smallest and largest value of a [lines, len] block with leading dimension ld.
+// The smallest and largest value of a [lines, len] block with leading dimension ld. Contiguous
+// lines are scanned as one run. The scan may stop early, once max - min exceeds `max_span`: the
+// range returned then spans more than max_span but may not be the whole block's.
 struct ValueRange {
   int min, max;
 };
 template <class T>
-ValueRange value_range(const T* p, std::int64_t lines, std::int64_t len, std::int64_t ld) {
+ValueRange value_range(const T* p, std::int64_t lines, std::int64_t len, std::int64_t ld, int max_span = 255) {
   constexpr bool is_u8 = std::is_same_v<T, std::uint8_t>;
-  __m256i lo = _mm256_set1_epi8(static_cast<char>(is_u8 ? 0xff : 0x7f));
-  __m256i hi = _mm256_set1_epi8(static_cast<char>(is_u8 ? 0x00 : 0x80));
+  constexpr std::int64_t kCheckBytes = 4096;  // how often the vector lanes are folded into [slo, shi]
+  if (ld == len) {
+    len *= lines;
+    lines = 1;
+  }
+  const __m256i lo_start = _mm256_set1_epi8(static_cast<char>(is_u8 ? 0xff : 0x7f));
+  const __m256i hi_start = _mm256_set1_epi8(static_cast<char>(is_u8 ? 0x00 : 0x80));
+  __m256i lo = lo_start, hi = hi_start;
   int slo = is_u8 ? 255 : 127, shi = is_u8 ? 0 : -128;
+  const auto fold = [&] {
+    alignas(32) T los[32], his[32];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(los), lo);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(his), hi);
+    for (int i = 0; i < 32; ++i) {
+      slo = std::min<int>(slo, los[i]);
+      shi = std::max<int>(shi, his[i]);
+    }
+    lo = lo_start;
+    hi = hi_start;
+    return shi - slo > max_span;
+  };
+  std::int64_t since_fold = 0;
   for (std::int64_t l = 0; l < lines; ++l) {
     const T* row = p + l * ld;
     std::int64_t i = 0;
@@ -343,19 +364,22 @@ ValueRange value_range(const T* p, std::int64_t lines, std::int64_t len, std::in
       const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + i));
       lo = is_u8 ? _mm256_min_epu8(lo, v) : _mm256_min_epi8(lo, v);
       hi = is_u8 ? _mm256_max_epu8(hi, v) : _mm256_max_epi8(hi, v);
+      if ((since_fold += 32) >= kCheckBytes) {
+        since_fold = 0;
+        if (fold()) return {slo, shi};
+      }
     }
+    since_fold += len - i + 1;  // the scalar tail (all of a short line), +1 for the line itself
     for (; i < len; ++i) {
       slo = std::min<int>(slo, row[i]);
       shi = std::max<int>(shi, row[i]);
     }
+    if (since_fold >= kCheckBytes) {  // short lines: fold every ~4 KiB too
+      since_fold = 0;
+      if (fold()) return {slo, shi};
+    }
   }
-  alignas(32) T los[32], his[32];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(los), lo);
-  _mm256_store_si256(reinterpret_cast<__m256i*>(his), hi);
-  for (int i = 0; i < 32; ++i) {
-    slo = std::min<int>(slo, los[i]);
-    shi = std::max<int>(shi, his[i]);
-  }
+  fold();
   return {slo, shi};
 }
 
@@ -402,9 +426,13 @@ void gemm_avx2(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64_t 
       for (std::int64_t n = 0; n < N; ++n) C[m * ldc + n] = co ? co[n] : 0;
     return;
   }
-  const ValueRange a = ta == Trans::N ? value_range(A, M, K, lda) : value_range(A, K, M, lda);
+  // op(B) first: its range caps the span of op(A) worth scanning for (DU >= 2), so A's scan stops
+  // early where the int16 path is certain (e.g. gradients against weights).
   const ValueRange b = tb == Trans::N ? value_range(B, K, N, ldb) : value_range(B, N, K, ldb);
-  const int depth = avx2_byte_path_depth(a.max - a.min, std::max(-b.min, b.max));
+  const int b_absmax = std::max(-b.min, b.max);
+  const int max_span = b_absmax == 0 ? 255 : std::min(255, 32767 / (4 * b_absmax));
+  const ValueRange a = ta == Trans::N ? value_range(A, M, K, lda, max_span) : value_range(A, K, M, lda, max_span);
+  const int depth = avx2_byte_path_depth(a.max - a.min, b_absmax);
   if (depth == 0) return gemm_blocked<Int16Pairs>(ta, tb, M, N, K, A, lda, 0, B, ldb, C, ldc, co);
   // op(A) = A' + a.min with A' >= 0: C = op(A') op(B) + (co + a.min * column sums of op(B)), mod 2^32.
   const std::int32_t* offsets = co;

@@ -90,7 +90,7 @@ void integer_product(const QTensor& a, Trans ta, const QTensor& b, Trans tb, con
       kernels::kernel_path() == kernels::KernelPath::optimized ? kernels::int_gemm_kernel() : kernels::IntGemmKernel::reference;
   const bool u8_path = s.K <= kernels::kMaxGemmKu8s8 &&
                        (kernel == kernels::IntGemmKernel::onednn_vnni ||
-                        (kernel == kernels::IntGemmKernel::avx2_int16 && a.unsigned_codes()));
+                        (kernel == kernels::IntGemmKernel::avx2 && a.unsigned_codes()));
   if (!u8_path) {
     const Tensor va = a.signed_codes();
     kernels::gemm_s8s8s32(ta, tb, s.M, s.N, s.K, va.data<std::int8_t>(), lda, pb, ldb, c, s.N);

@@ -1,6 +1,10 @@
-// Integer GEMMs: the optimized kernels (oneDNN with VNNI, our AVX2 int16 kernels) are bit-exact
-// against the reference loops.
+// Integer GEMMs: the optimized kernels (oneDNN with VNNI, our AVX2 kernels on their int16 and int8
+// paths) are bit-exact against the reference loops.
 #include <gtest/gtest.h>
+
+#include <algorithm>
+#include <utility>
+#include <vector>
 
 #include <shiftq/kernels/gemm_int.hpp>
 #include <shiftq/shiftq.hpp>
@@ -82,7 +86,8 @@ bool cpu_has_avx2() {
 }
 
 // Every tile and k-block edge of the AVX2 kernels: M and N around the 8-wide tiles, K odd and even,
-// shorter than a 16-value pack step and longer than one k-block (512 values, fewer for wide N),
+// shorter than a 16-value pack step and longer than one k-block (int16 path: 512 values, fewer for
+// wide N; int8 path: 1024),
 // leading dimensions larger than the matrices, operands at their extremes.
 TEST_P(GemmIntTest, Avx2KernelsMatchReferenceBitExact) {
   if (!cpu_has_avx2()) GTEST_SKIP() << "the CPU has no AVX2: the dispatcher never calls these kernels";
@@ -115,17 +120,22 @@ TEST_P(GemmIntTest, Avx2KernelsMatchReferenceBitExact) {
 
 TEST_P(GemmIntTest, Avx2KernelsDoNotSaturate) {
   if (!cpu_has_avx2()) GTEST_SKIP() << "the CPU has no AVX2: the dispatcher never calls these kernels";
-  // The pairs vpmaddubsw would saturate: 255 * 127 * 2 and (-128) * (-128) * 2 exceed int16.
+  // The pairs vpmaddubsw would saturate: 255 * 127 * 2 and (-128) * (-128) * 2 exceed int16. One
+  // element at the other end of the range widens A's span to 255, so the int16 path runs.
   const auto [ta, tb] = GetParam();
   const std::int64_t M = 9, N = 10, K = 2001;
   std::vector<std::int8_t> A(M * K, -128), B(K * N, -128), Bp(K * N, 127);
   std::vector<std::uint8_t> Au(M * K, 255);
+  A[0] = 127;  // op(A)[0, 0] in both layouts
+  Au[0] = 0;
+  ASSERT_EQ(avx2_byte_path_depth(255, 128), 0);
   const std::int64_t lda = ta == Trans::N ? K : M, ldb = tb == Trans::N ? N : K;
   std::vector<std::int32_t> C(M * N);
   gemm_s8s8s32_avx2(ta, tb, M, N, K, A.data(), lda, B.data(), ldb, C.data(), N);
-  for (std::int32_t v : C) EXPECT_EQ(v, K * 128 * 128);
+  for (std::int64_t i = 0; i < M * N; ++i)
+    EXPECT_EQ(C[i], i < N ? (K - 1) * 128 * 128 - 127 * 128 : K * 128 * 128) << i;
   gemm_u8s8s32_avx2(ta, tb, M, N, K, Au.data(), lda, Bp.data(), ldb, C.data(), N, nullptr);
-  for (std::int32_t v : C) EXPECT_EQ(v, K * 255 * 127);
+  for (std::int64_t i = 0; i < M * N; ++i) EXPECT_EQ(C[i], (i < N ? K - 1 : K) * 255 * 127) << i;
 }
 
 // The int8 path of the AVX2 kernels (vpmaddubsw, DU results summed in int16) serves narrow value
@@ -146,6 +156,27 @@ struct NarrowRange {
   int a_lo, a_hi, b_lo, b_hi, depth;  // A's values (u8 when a_lo >= 0), B's, the path's DU
 };
 
+// The smallest and largest value of a [lines, len] block with leading dimension ld.
+template <class T>
+std::pair<int, int> block_range(const std::vector<T>& v, std::int64_t lines, std::int64_t len, std::int64_t ld) {
+  int lo = 255, hi = -128;
+  for (std::int64_t l = 0; l < lines; ++l)
+    for (std::int64_t i = 0; i < len; ++i) {
+      lo = std::min<int>(lo, v[l * ld + i]);
+      hi = std::max<int>(hi, v[l * ld + i]);
+    }
+  return {lo, hi};
+}
+
+// The DU the AVX2 kernels choose for these operands (0: the int16 path).
+template <class TA>
+int chosen_depth(Trans ta, Trans tb, const Case& c, const std::vector<TA>& A, std::int64_t lda,
+                 const std::vector<std::int8_t>& B, std::int64_t ldb) {
+  const auto [a_lo, a_hi] = ta == Trans::N ? block_range(A, c.M, c.K, lda) : block_range(A, c.K, c.M, lda);
+  const auto [b_lo, b_hi] = tb == Trans::N ? block_range(B, c.K, c.N, ldb) : block_range(B, c.N, c.K, ldb);
+  return avx2_byte_path_depth(a_hi - a_lo, std::max(-b_lo, b_hi));
+}
+
 // Bit-exact against the reference on the int8 path, at the tile and k-block edges as above, for
 // the ranges training produces and for operands whose every product sits at the int16 bound.
 TEST_P(GemmIntTest, Avx2Int8PathMatchesReferenceBitExact) {
@@ -159,9 +190,11 @@ TEST_P(GemmIntTest, Avx2Int8PathMatchesReferenceBitExact) {
       {0, 15, -112, 112, 4},     // no shift (min 0 in large blocks)
       {-31, 31, -124, 124, 2},   // signed 6-bit activations x 6-bit S=2 weights
       {-128, -120, -128, 127, 4},
+      {100, 163, -128, 127, 2},  // DU 2 with u8 A and B = -128: 2 * 2 * 63 * 128 = 32256
   };
   for (const NarrowRange& r : ranges) {
     EXPECT_EQ(avx2_byte_path_depth(r.a_hi - r.a_lo, std::max(-r.b_lo, r.b_hi)), r.depth);
+    int cases_at_depth = 0;  // cases whose random operands reach the range's ends (the large ones)
     for (const Case& c : cases) {
       const std::int64_t pad = 3;
       const std::int64_t lda = (ta == Trans::N ? c.K : c.M) + pad, ldb = (tb == Trans::N ? c.N : c.K) + pad;
@@ -172,6 +205,9 @@ TEST_P(GemmIntTest, Avx2Int8PathMatchesReferenceBitExact) {
       std::vector<std::int32_t> fast(c.M * ldc, -1), ref(c.M * ldc, -1);
       if (r.a_lo >= 0) {
         const auto A = random_ints<std::uint8_t>(a_size, r.a_lo, r.a_hi, gen);
+        const int depth = chosen_depth(ta, tb, c, A, lda, B, ldb);
+        EXPECT_GE(depth, r.depth);
+        cases_at_depth += depth == r.depth;
         for (const std::int32_t* offsets : {static_cast<const std::int32_t*>(nullptr), co.data()}) {
           gemm_u8s8s32_avx2(ta, tb, c.M, c.N, c.K, A.data(), lda, B.data(), ldb, fast.data(), ldc, offsets);
           gemm_u8s8s32_ref(ta, tb, c.M, c.N, c.K, A.data(), lda, B.data(), ldb, ref.data(), ldc, offsets);
@@ -179,18 +215,22 @@ TEST_P(GemmIntTest, Avx2Int8PathMatchesReferenceBitExact) {
         }
       } else {
         const auto A = random_ints<std::int8_t>(a_size, r.a_lo, r.a_hi, gen);
+        const int depth = chosen_depth(ta, tb, c, A, lda, B, ldb);
+        EXPECT_GE(depth, r.depth);
+        cases_at_depth += depth == r.depth;
         gemm_s8s8s32_avx2(ta, tb, c.M, c.N, c.K, A.data(), lda, B.data(), ldb, fast.data(), ldc);
         gemm_s8s8s32_ref(ta, tb, c.M, c.N, c.K, A.data(), lda, B.data(), ldb, ref.data(), ldc);
         EXPECT_EQ(fast, ref) << "s8 [" << r.a_lo << "," << r.a_hi << "] M=" << c.M << " N=" << c.N << " K=" << c.K;
       }
     }
+    EXPECT_GE(cases_at_depth, 6) << "range [" << r.a_lo << "," << r.a_hi << "] x [" << r.b_lo << "," << r.b_hi << "]";
   }
 }
 
 TEST_P(GemmIntTest, Avx2Int8PathAtTheInt16Bound) {
   if (!cpu_has_avx2()) GTEST_SKIP() << "the CPU has no AVX2: the dispatcher never calls these kernels";
   // Every product at the bound the depth allows, all of one sign: each int16 lane of the int8 path
-  // sums DU pairs of a' * b to within 1% of 32767.
+  // sums DU pairs of a' * b to 31744 (u8) and 32640 (s8) of 32767.
   //   u8: a in {100, 131} (a' = a - 100 = 31 almost everywhere), b = -128: 4 * 2 * 31 * 128 = 31744.
   //   s8: a in {-40, 40} (a' = 80), b = 102: 2 * 2 * 80 * 102 = 32640.
   const auto [ta, tb] = GetParam();
@@ -215,15 +255,32 @@ TEST_P(GemmIntTest, Avx2Int8PathAtTheInt16Bound) {
   EXPECT_EQ(fast, ref);
 }
 
+TEST_P(GemmIntTest, Avx2RangeScanSeesTheLastValues) {
+  if (!cpu_has_avx2()) GTEST_SKIP() << "the CPU has no AVX2: the dispatcher never calls these kernels";
+  // A is 0 except its last 256 bytes (in the scan's last, partial 4 KiB fold), which are 255;
+  // against b = 112 those pairs saturate vpmaddubsw (2 * 255 * 112 > 32767). The range scan must see
+  // them and choose the int16 path.
+  const auto [ta, tb] = GetParam();
+  const std::int64_t M = 70, N = 21, K = 304;  // A: 21280 bytes = 5 folds + 800, all in vector steps
+  const std::int64_t lda = ta == Trans::N ? K : M, ldb = tb == Trans::N ? N : K;
+  std::vector<std::uint8_t> A(M * K, 0);
+  std::fill(A.end() - 256, A.end(), 255);
+  const std::vector<std::int8_t> B(K * N, 112);
+  std::vector<std::int32_t> fast(M * N), ref(M * N);
+  gemm_u8s8s32_avx2(ta, tb, M, N, K, A.data(), lda, B.data(), ldb, fast.data(), N, nullptr);
+  gemm_u8s8s32_ref(ta, tb, M, N, K, A.data(), lda, B.data(), ldb, ref.data(), N, nullptr);
+  EXPECT_EQ(fast, ref);
+}
+
 TEST(GemmInt, DispatcherNamesItsKernels) {
   const IntGemmKernel kernel = int_gemm_kernel();
   if (cpu_has_int8_dot_product())
     EXPECT_EQ(kernel, IntGemmKernel::onednn_vnni);
   else if (cpu_has_avx2())
-    EXPECT_EQ(kernel, IntGemmKernel::avx2_int16);
+    EXPECT_EQ(kernel, IntGemmKernel::avx2);
   else
     EXPECT_EQ(kernel, IntGemmKernel::reference);
-  EXPECT_STREQ(int_gemm_kernel_name(IntGemmKernel::avx2_int16), "avx2_int16");
+  EXPECT_STREQ(int_gemm_kernel_name(IntGemmKernel::avx2), "avx2");
 }
 
 INSTANTIATE_TEST_SUITE_P(AllTranspositions, GemmIntTest,

@@ -56,12 +56,13 @@ void gemm_u8s8s32_onednn(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std
 
 // Whether the CPU has int8 dot-product instructions (AVX-512 VNNI or AVX-VNNI). Without them
 // oneDNN's u8·s8 kernels may saturate in int16 intermediates (vpmaddubsw), so the integer GEMMs
-// use the AVX2 int16 kernels instead (exact), or the reference loops on CPUs without AVX2.
+// use shiftq's exact AVX2 kernels instead, or the reference loops on CPUs without AVX2.
 bool cpu_has_int8_dot_product();
 
 // The kernels the optimized path runs on this CPU.
-enum class IntGemmKernel { onednn_vnni, avx2_int16, reference };
+// avx2: the int16 path, or the int8 path where avx2_byte_path_depth() allows it, per call.
+enum class IntGemmKernel { onednn_vnni, avx2, reference };
 IntGemmKernel int_gemm_kernel();
-const char* int_gemm_kernel_name(IntGemmKernel kernel);  // "onednn_vnni", "avx2_int16", "reference"
+const char* int_gemm_kernel_name(IntGemmKernel kernel);  // "onednn_vnni", "avx2", "reference"
 
 }  // namespace shiftq::kernels
