@@ -12,6 +12,8 @@
 
 #include <oneapi/dnnl/dnnl.h>
 
+#include <type_traits>
+
 #include <shiftq/kernels/gemm_int.hpp>
 #include <shiftq/kernels/quantize.hpp>
 #include <shiftq/quant/shiftmm.hpp>
@@ -53,7 +55,7 @@ void run_f32(benchmark::State& state, GemmF32 gemm) {
 void BM_Gemm_f32_onednn(benchmark::State& state) { run_f32(state, kernels::gemm_f32_onednn); }
 void BM_Gemm_f32_eigen(benchmark::State& state) { run_f32(state, kernels::gemm_f32_ref); }
 
-// Codes in [lo, hi]: the ranges training produces (see BM_Gemm_u8s8s32_codes4 and _s8s8s32_codes6).
+// Codes in [lo, hi] (uniform).
 template <class T>
 Tensor codes_in(std::int64_t rows, std::int64_t cols, int lo, int hi, Generator& gen) {
   Tensor t = Tensor::empty({rows, cols}, dtype_of<T>);
@@ -62,70 +64,36 @@ Tensor codes_in(std::int64_t rows, std::int64_t cols, int lo, int hi, Generator&
   for (std::int64_t i = 0; i < t.numel(); ++i) p[i] = static_cast<T>(lo + static_cast<int>(gen.next_u32() % span));
   return t;
 }
-template <class T>
-Tensor random_codes(std::int64_t rows, std::int64_t cols, Generator& gen) {
-  return codes_in<T>(rows, cols, 0, 127, gen);
-}
 
-void BM_Gemm_s8s8s32(benchmark::State& state) {
+// C = A · B^T on int8 codes, A's in [a_lo, a_hi] and B's in [b_lo, b_hi] (u8 A: gemm_u8s8s32).
+template <class TA>
+void run_int_gemm(benchmark::State& state, std::uint64_t seed, int a_lo, int a_hi, int b_lo, int b_hi) {
   set_threads(state);
   const Shape3 s = shape_of(state);
-  Generator gen(2);
-  const Tensor a = random_codes<std::int8_t>(s.M, s.K, gen), b = random_codes<std::int8_t>(s.N, s.K, gen);
+  Generator gen(seed);
+  const Tensor a = codes_in<TA>(s.M, s.K, a_lo, a_hi, gen), b = codes_in<std::int8_t>(s.N, s.K, b_lo, b_hi, gen);
   Tensor c = Tensor::empty({s.M, s.N}, DType::s32);
   for (auto _ : state) {
-    kernels::gemm_s8s8s32(Trans::N, Trans::T, s.M, s.N, s.K, a.data<std::int8_t>(), s.K, b.data<std::int8_t>(), s.K,
-                          c.data<std::int32_t>(), s.N);
+    if constexpr (std::is_same_v<TA, std::uint8_t>)
+      kernels::gemm_u8s8s32(Trans::N, Trans::T, s.M, s.N, s.K, a.data<TA>(), s.K, b.data<std::int8_t>(), s.K,
+                            c.data<std::int32_t>(), s.N);
+    else
+      kernels::gemm_s8s8s32(Trans::N, Trans::T, s.M, s.N, s.K, a.data<TA>(), s.K, b.data<std::int8_t>(), s.K,
+                            c.data<std::int32_t>(), s.N);
     benchmark::DoNotOptimize(c.data<std::int32_t>());
   }
   report_gemm(state, s);
 }
 
-void BM_Gemm_u8s8s32(benchmark::State& state) {
-  set_threads(state);
-  const Shape3 s = shape_of(state);
-  Generator gen(3);
-  const Tensor a = random_codes<std::uint8_t>(s.M, s.K, gen), b = random_codes<std::int8_t>(s.N, s.K, gen);
-  Tensor c = Tensor::empty({s.M, s.N}, DType::s32);
-  for (auto _ : state) {
-    kernels::gemm_u8s8s32(Trans::N, Trans::T, s.M, s.N, s.K, a.data<std::uint8_t>(), s.K, b.data<std::int8_t>(), s.K,
-                          c.data<std::int32_t>(), s.N);
-    benchmark::DoNotOptimize(c.data<std::int32_t>());
-  }
-  report_gemm(state, s);
-}
+void BM_Gemm_s8s8s32(benchmark::State& state) { run_int_gemm<std::int8_t>(state, 2, 0, 127, 0, 127); }
+void BM_Gemm_u8s8s32(benchmark::State& state) { run_int_gemm<std::uint8_t>(state, 3, 0, 127, 0, 127); }
 
 // The integer GEMMs on the value ranges of 4-bit and 6-bit training, which on AVX2 CPUs without
 // VNNI take the int8 path (vpmaddubsw with int16 partial sums) instead of the int16 one:
 //   codes4: u8 activation codes v + 128, v in [0, 15], against ShiftQuant 4-bit S=4 weights (|w| <= 112);
 //   codes6: signed 6-bit activations (|a| <= 31) against ShiftQuant 6-bit S=2 weights (|w| <= 124).
-void BM_Gemm_u8s8s32_codes4(benchmark::State& state) {
-  set_threads(state);
-  const Shape3 s = shape_of(state);
-  Generator gen(5);
-  const Tensor a = codes_in<std::uint8_t>(s.M, s.K, 128, 143, gen), b = codes_in<std::int8_t>(s.N, s.K, -112, 112, gen);
-  Tensor c = Tensor::empty({s.M, s.N}, DType::s32);
-  for (auto _ : state) {
-    kernels::gemm_u8s8s32(Trans::N, Trans::T, s.M, s.N, s.K, a.data<std::uint8_t>(), s.K, b.data<std::int8_t>(), s.K,
-                          c.data<std::int32_t>(), s.N);
-    benchmark::DoNotOptimize(c.data<std::int32_t>());
-  }
-  report_gemm(state, s);
-}
-
-void BM_Gemm_s8s8s32_codes6(benchmark::State& state) {
-  set_threads(state);
-  const Shape3 s = shape_of(state);
-  Generator gen(6);
-  const Tensor a = codes_in<std::int8_t>(s.M, s.K, -31, 31, gen), b = codes_in<std::int8_t>(s.N, s.K, -124, 124, gen);
-  Tensor c = Tensor::empty({s.M, s.N}, DType::s32);
-  for (auto _ : state) {
-    kernels::gemm_s8s8s32(Trans::N, Trans::T, s.M, s.N, s.K, a.data<std::int8_t>(), s.K, b.data<std::int8_t>(), s.K,
-                          c.data<std::int32_t>(), s.N);
-    benchmark::DoNotOptimize(c.data<std::int32_t>());
-  }
-  report_gemm(state, s);
-}
+void BM_Gemm_u8s8s32_codes4(benchmark::State& state) { run_int_gemm<std::uint8_t>(state, 5, 128, 143, -112, 112); }
+void BM_Gemm_s8s8s32_codes6(benchmark::State& state) { run_int_gemm<std::int8_t>(state, 6, -31, 31, -124, 124); }
 
 // W: [N, K] quantized for op(B) = W^T: groups along K (inner_axis 1), one scale per output channel,
 // with the sums that give the u8 GEMM's compensation.
