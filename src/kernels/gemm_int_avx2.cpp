@@ -197,7 +197,7 @@ void store_block(const __m256i (&acc)[4][NP], std::int32_t* c, std::int64_t ldc,
 // 4 * NP vpmaddwd. NP = 2 (8 accumulators); at NP = 3 (12 of the 16 ymm registers) GCC 12 spills
 // accumulators to the stack and the kernel ran 1.4x slower (bench_gemm, 1024^3, Zen 3).
 struct Int16Pairs {
-  static constexpr std::int64_t kValuesPerLane = 2, kLaneMultiple = 1, kBytesPerValue = 2, kPanels = 2;
+  static constexpr std::int64_t kValuesPerLane = 2, kLaneMultiple = 1, kPanels = 2;
 
   template <class T>
   static void pack(const T* src, std::int64_t ld, bool k_contiguous, std::int64_t l0, std::int64_t lines,
@@ -231,7 +231,7 @@ struct Int16Pairs {
 // (4 accumulators, 4 panel registers) and DU = 2 with NP = 2 (8 and 4) fit the 16 ymm registers.
 template <int DU>
 struct Int8Quads {
-  static constexpr std::int64_t kValuesPerLane = 4, kLaneMultiple = DU, kBytesPerValue = 1, kPanels = DU == 4 ? 1 : 2;
+  static constexpr std::int64_t kValuesPerLane = 4, kLaneMultiple = DU, kPanels = DU == 4 ? 1 : 2;
 
   template <class T>
   static void pack(const T* src, std::int64_t ld, bool k_contiguous, std::int64_t l0, std::int64_t lines,
@@ -294,7 +294,8 @@ template <class Path, class TA>
 void gemm_blocked(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64_t K, const TA* A, std::int64_t lda,
                   int a_base, const std::int8_t* B, std::int64_t ldb, std::int32_t* C, std::int64_t ldc,
                   const std::int32_t* co) {
-  const std::int64_t kc_max = k_block(K, N, Path::kBytesPerValue), panels = (N + kTile - 1) / kTile,
+  const std::int64_t kc_max = k_block(K, N, 4 / Path::kValuesPerLane),  // a lane is 4 bytes
+                     panels = (N + kTile - 1) / kTile,
                      tiles = (M + kTile - 1) / kTile;
   const auto lanes_of = [](std::int64_t kc) {
     const std::int64_t lanes = (kc + Path::kValuesPerLane - 1) / Path::kValuesPerLane;
