@@ -71,6 +71,11 @@ class MetricsRow {
     fields_.emplace_back(key, std::to_string(value));
     return *this;
   }
+  // add(key, value) when `on` (fields that only some runs have).
+  template <class T>
+  MetricsRow& add_if(bool on, const std::string& key, T value) {
+    return on ? add(key, value) : *this;
+  }
   MetricsRow& add(const std::string& key, const std::string& value) {
     fields_.emplace_back(key, quote(value));
     return *this;

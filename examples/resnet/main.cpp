@@ -3,6 +3,7 @@
 //
 //   shiftq-train-resnet --epochs 3                          # fp32, BatchNorm
 //   shiftq-train-resnet --epochs 3 --bits 4 --norm l1       # W4A4G4 ShiftQuant + fully quantized L1 BatchNorm
+//   mpirun -np 2 shiftq-train-resnet --distributed --bits 4 --norm l1   # data-parallel, 2 processes
 //
 // Exit codes: 0 done, 1 runtime error (data, checkpoint, numerics), 2 bad command line.
 #include <cstdio>
@@ -49,6 +50,7 @@ int main(int argc, char** argv) {
       .add("eval-only", &c.eval_only, "with --resume: evaluate the checkpoint on the test set and exit")
       .add("skip-nonfinite", &c.skip_nonfinite, "skip up to N consecutive steps with NaN/Inf loss or gradients (0 = stop)")
       .add("verbose", &c.verbose, "progress bar and per-epoch lines");
+  c.dist.add_flags(flags);
   try {
     if (!flags.parse(argc, argv)) {
       std::printf("%s", flags.usage().c_str());
@@ -59,13 +61,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: %s\n\n%s", e.what(), flags.usage().c_str());
     return 2;
   }
-  try {
+  return run_trainer_main(c.dist.distributed, [&] {
     const auto history = train_resnet(c);
-    if (!history.empty())
+    if (!history.empty() && shiftq::dist::rank() == 0)
       std::printf("final test accuracy: %.2f%%\n", 100.0 * history.back().test_accuracy);
-  } catch (const shiftq::Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+    return 0;
+  });
 }

@@ -72,20 +72,24 @@ struct EvalResult {
   double loss = 0, accuracy = 0;
 };
 
-EvalResult evaluate(nn::Module& model, const data::ImageLoader& loader) {
+// Over the whole split; in a distributed run each rank scores every world-th batch (whole batches,
+// so the scores equal a single process's) and the sums are combined.
+EvalResult evaluate(nn::Module& model, const data::ImageLoader& loader, const TrainerGroup& group) {
   NoGradGuard no_grad;
   model.eval();
   double loss_sum = 0;
   std::int64_t correct = 0;
-  for (std::int64_t b = 0; b < loader.num_batches(); ++b) {
+  for (std::int64_t b = group.rank(); b < loader.num_batches(); b += group.world()) {
     const data::ImageBatch batch = loader.batch(0, b);
     const Tensor logits = model(batch.images);
     loss_sum += cross_entropy(logits, batch.labels).item() * static_cast<double>(batch.labels.numel());
     correct += count_correct(logits, batch.labels);
   }
   model.train();
+  std::vector<double> sums{loss_sum, static_cast<double>(correct)};
+  if (group.world() > 1) dist::allreduce_sum(sums);
   const auto n = static_cast<double>(loader.size());
-  return {loss_sum / n, static_cast<double>(correct) / n};
+  return {sums[0] / n, sums[1] / n};
 }
 
 }  // namespace
@@ -114,6 +118,7 @@ void ResNetTrainConfig::validate() const {
   require(!eval_only || !resume.empty(), "--eval-only needs --resume CHECKPOINT");
   require(threads >= 0 && train_subset >= 0 && test_subset >= 0 && seed >= 0 && stop_after >= 0 && skip_nonfinite >= 0,
           "--threads, --train-subset, --test-subset, --seed, --stop-after and --skip-nonfinite must be >= 0");
+  dist.validate();
 }
 
 std::string ResNetTrainConfig::fingerprint() const {
@@ -134,9 +139,13 @@ quant::QConfig ResNetTrainConfig::qconfig() const {
 
 std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
   c.validate();
+  TrainerGroup group(c.dist, c.bits);
+  const bool verbose = c.verbose && group.is_root();
+  const std::string checkpoint_path = group.is_root() ? c.checkpoint : std::string();
+  const std::string log_path = group.is_root() ? c.log : std::string();
   if (c.threads > 0) set_num_threads(static_cast<int>(c.threads));
-  check_output_path(c.checkpoint, "checkpoint");
-  check_output_path(c.log, "metrics log");
+  check_output_path(checkpoint_path, "checkpoint");
+  check_output_path(log_path, "metrics log");
   const Splits data = load_splits(c);
   const std::int64_t channels = data.train.images.dim() == 4 ? data.train.images.size(1) : 1;
   data::ImageLoader train_loader(data.train, data::ImageLoaderOptions(c.batch)
@@ -151,7 +160,7 @@ std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
 
   Generator init_gen(static_cast<std::uint64_t>(c.seed));
   ResNet model({c.depth, channels, data.train.num_classes, c.width, c.norm}, init_gen);
-  if (c.bits > 0) nn::quantize_model(model, c.qconfig(), static_cast<std::uint64_t>(c.seed));
+  if (c.bits > 0) nn::quantize_model(model, c.qconfig(), group.quant_seed(static_cast<std::uint64_t>(c.seed)));
   optim::SGD optimizer(model.named_parameters(),
                        optim::SGDOptions{c.lr}.momentum(c.momentum).weight_decay(c.weight_decay));
   const std::int64_t steps_per_epoch = train_loader.num_batches();
@@ -174,21 +183,25 @@ std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
     first_epoch = std::stoll(info("epoch")) + 1;
     step = std::stoll(info("step"));
   }
+  group.start(model, c.fingerprint(), static_cast<std::uint64_t>(c.seed));
   if (c.eval_only) {
-    const EvalResult test = evaluate(model, test_loader);
+    const EvalResult test = evaluate(model, test_loader, group);
     EpochMetrics m;
     m.epoch = first_epoch - 1;
     m.step = step;
     m.test_loss = test.loss;
     m.test_accuracy = test.accuracy;
-    if (c.verbose)
+    if (verbose)
       std::printf("%s (epoch %lld): test loss %.4f acc %.2f%% on %lld images, batches of %lld\n", c.resume.c_str(),
                   static_cast<long long>(m.epoch), m.test_loss, 100 * m.test_accuracy,
                   static_cast<long long>(test_loader.size()), static_cast<long long>(c.eval_batch));
     return {m};
   }
-  MetricsLog log(c.log, /*append=*/!c.resume.empty());
-  if (c.verbose) {
+  MetricsLog log(log_path, /*append=*/!c.resume.empty());
+  if (verbose) {
+    if (group.world() > 1)
+      std::printf("data-parallel: %d processes, global batch %lld, %s gradient exchange\n", group.world(),
+                  static_cast<long long>(c.batch), dist::to_string(c.dist.exchange(c.bits)));
     std::printf("%s: %lld train / %lld test images, ResNet-%lld (%lld parameters, %s norm), %s, %d threads\n",
                 c.dataset.c_str(), static_cast<long long>(train_loader.size()),
                 static_cast<long long>(test_loader.size()), static_cast<long long>(c.depth),
@@ -202,24 +215,27 @@ std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
   NonFiniteGuard guard(c.skip_nonfinite);
   const std::int64_t last_epoch = c.stop_after > 0 ? std::min(c.stop_after, c.epochs) : c.epochs;
   for (std::int64_t epoch = first_epoch; epoch <= last_epoch; ++epoch) {
-    Progress progress("epoch " + std::to_string(epoch) + "/" + std::to_string(c.epochs), steps_per_epoch, c.verbose);
+    Progress progress("epoch " + std::to_string(epoch) + "/" + std::to_string(c.epochs), steps_per_epoch, verbose);
     double loss_sum = 0, seconds = 0;
     std::int64_t correct = 0, seen = 0, counted_steps = 0, processed = 0;
     for (std::int64_t b = 0; b < steps_per_epoch; ++b, ++step) {
-      const data::ImageBatch batch = train_loader.batch(epoch, b);
+      const data::ImageBatch batch = train_loader.batch(epoch, b, group.shard());
+      const std::int64_t global = std::min(c.batch, train_loader.size() - b * c.batch);
       const auto start = std::chrono::steady_clock::now();
       optimizer.set_lr(schedule.lr_at(step));
       std::int64_t batch_correct = 0;
       const std::optional<double> loss = guard.run(
           [&] {
-            const Tensor logits = model(batch.images);
-            Tensor batch_loss = cross_entropy(logits, batch.labels);
-            check_loss(batch_loss.item());
-            optimizer.zero_grad();
-            batch_loss.backward();
+            Tensor logits;
+            const double batch_loss = group.backward(
+                [&] {
+                  logits = model(batch.images);
+                  return cross_entropy(logits, batch.labels);
+                },
+                optimizer, batch.labels.numel(), global, step);
             optimizer.step();
-            batch_correct = count_correct(logits, batch.labels);
-            return static_cast<double>(batch_loss.item());
+            if (logits.defined()) batch_correct = count_correct(logits, batch.labels);
+            return batch_loss;
           },
           optimizer);
       seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -236,7 +252,16 @@ std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
                     static_cast<double>(processed) / seconds);
       progress.update(b + 1, status);
     }
-    const EvalResult test = evaluate(model, test_loader);
+    if (group.world() > 1) {  // the epoch's sums over the ranks (each rank counted its own samples)
+      std::vector<double> sums{loss_sum, static_cast<double>(correct), static_cast<double>(seen),
+                               static_cast<double>(processed)};
+      dist::allreduce_sum(sums);
+      loss_sum = sums[0];
+      correct = static_cast<std::int64_t>(sums[1]);
+      seen = static_cast<std::int64_t>(sums[2]);
+      processed = static_cast<std::int64_t>(sums[3]);
+    }
+    const EvalResult test = evaluate(model, test_loader, group);
     EpochMetrics m{epoch,
                    step,
                    loss_sum / static_cast<double>(std::max<std::int64_t>(counted_steps, 1)),
@@ -259,14 +284,16 @@ std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
                   .add("lr", m.lr)
                   .add("skipped_steps", guard.skipped())
                   .add("precision", c.bits > 0 ? c.qconfig().str() : std::string("fp32"))
-                  .add("norm", c.norm));
-    if (c.verbose) {
+                  .add("norm", c.norm)
+                  .add_if(group.world() > 1, "processes", static_cast<std::int64_t>(group.world()))
+                  .add_if(group.world() > 1, "exchange_bytes_per_step", group.exchange_bytes_per_step()));
+    if (verbose) {
       std::printf("epoch %lld: train loss %.4f acc %.2f%% | test loss %.4f acc %.2f%% | %.0f images/s (%.0f s)\n",
                   static_cast<long long>(epoch), m.train_loss, 100 * m.train_accuracy, m.test_loss,
                   100 * m.test_accuracy, m.images_per_second, m.train_seconds);
       std::fflush(stdout);
     }
-    if (!c.checkpoint.empty()) {
+    if (!checkpoint_path.empty()) {
       io::TrainingCheckpoint ckpt;
       ckpt.model = model.state_dict();
       ckpt.optimizer = optimizer.state_dict();
@@ -276,7 +303,7 @@ std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
                    {"step", std::to_string(step)},
                    {"test_accuracy", std::to_string(m.test_accuracy)},
                    {"quant_counters", join_counters(nn::quantization_counters(model))}};
-      io::save_checkpoint(c.checkpoint, ckpt);
+      io::save_checkpoint(checkpoint_path, ckpt);
     }
   }
   return history;

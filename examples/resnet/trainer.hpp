@@ -8,6 +8,8 @@
 
 #include <shiftq/shiftq.hpp>
 
+#include "common/distributed.hpp"
+
 namespace shiftq::examples {
 
 struct ResNetTrainConfig {
@@ -50,6 +52,7 @@ struct ResNetTrainConfig {
   std::int64_t eval_batch = 500;  // test-set batch size (integer models take activation ranges per batch)
   bool eval_only = false;  // with resume: evaluate the checkpoint on the test set, no training
   bool verbose = true;     // progress and per-epoch lines on stdout
+  DistConfig dist;         // --distributed: data-parallel over MPI (rank 0 prints, logs and saves)
 
   // Throws UsageError for invalid combinations.
   void validate() const;

@@ -55,6 +55,7 @@ int main(int argc, char** argv) {
       .add("temperature", &s.temperature, "sampling temperature")
       .add("top-k", &s.top_k, "sample from the k most likely characters (0 = all)")
       .add("sample-seed", &s.seed, "seed of the sampler");
+  c.dist.add_flags(flags);
   try {
     if (!flags.parse(argc, argv)) {
       std::printf("%s", flags.usage().c_str());
@@ -62,23 +63,21 @@ int main(int argc, char** argv) {
     }
     require(sample >= 0, "--sample must be >= 0");
     require(sample == 0 || !load.empty(), "--sample needs --load CHECKPOINT");
+    require(sample == 0 || !c.dist.distributed, "--sample runs in one process (no --distributed)");
     c.validate();
   } catch (const UsageError& e) {
     std::fprintf(stderr, "error: %s\n\n%s", e.what(), flags.usage().c_str());
     return 2;
   }
-  try {
+  return run_trainer_main(c.dist.distributed, [&] {
     if (sample > 0) {
       s.length = sample;
       std::printf("%s%s\n", s.prompt.c_str(), sample_gpt(load, s).c_str());
       return 0;
     }
     const auto history = train_gpt(c);
-    if (!history.empty())
+    if (!history.empty() && shiftq::dist::rank() == 0)
       std::printf("final validation loss: %.4f (%.3f bits/char)\n", history.back().val_loss, history.back().val_bpc);
-  } catch (const shiftq::Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+    return 0;
+  });
 }

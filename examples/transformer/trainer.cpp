@@ -43,11 +43,25 @@ GPTOptions model_options(const GPTTrainConfig& c, std::int64_t vocab_size) {
   return {vocab_size, c.context, c.layers, c.d_model, c.heads, c.norm, c.tie};
 }
 
-std::unique_ptr<GPT> build_model(const GPTTrainConfig& c, std::int64_t vocab_size) {
+// quant_seed keys the quantized layers' stochastic rounding (TrainerGroup::quant_seed per rank).
+std::unique_ptr<GPT> build_model(const GPTTrainConfig& c, std::int64_t vocab_size, std::uint64_t quant_seed) {
   Generator init_gen(static_cast<std::uint64_t>(c.seed));
   auto model = std::make_unique<GPT>(model_options(c, vocab_size), init_gen);
-  if (c.bits > 0) model->quantize(c.qconfig(), static_cast<std::uint64_t>(c.seed));
+  if (c.bits > 0) model->quantize(c.qconfig(), quant_seed);
   return model;
+}
+
+// The rows of a batch that `shard` takes (data::shard_range); the batch itself for one process.
+data::TokenBatch shard_rows(const data::TokenBatch& batch, data::Shard shard) {
+  if (shard.world == 1) return batch;
+  const std::int64_t t = batch.inputs.size(1);
+  const auto [begin, end] = data::shard_range(batch.inputs.size(0), shard);
+  const auto rows = [&](const Tensor& all) {
+    Tensor part = Tensor::uninitialized({end - begin, t}, DType::s32);
+    std::copy_n(all.data<std::int32_t>() + begin * t, (end - begin) * t, part.data<std::int32_t>());
+    return part;
+  };
+  return {rows(batch.inputs), rows(batch.targets)};
 }
 
 // logits [B, T, V], targets [B, T] -> mean cross-entropy
@@ -56,17 +70,19 @@ Tensor lm_loss(const Tensor& logits, const Tensor& targets) {
   return cross_entropy(reshape(logits, {-1, v}), reshape(targets, {-1}));
 }
 
-double validation_loss(GPT& model, const data::TextDataset& text, const GPTTrainConfig& c) {
+// Mean over the validation batches; in a distributed run each rank scores every world-th batch.
+double validation_loss(GPT& model, const data::TextDataset& text, const GPTTrainConfig& c, const TrainerGroup& group) {
   NoGradGuard no_grad;
   model.eval();
   const std::int64_t batches = std::min(c.eval_batches, text.num_val_batches(c.batch, c.context));
-  double sum = 0;
-  for (std::int64_t i = 0; i < batches; ++i) {
+  std::vector<double> sum{0.0};
+  for (std::int64_t i = group.rank(); i < batches; i += group.world()) {
     const data::TokenBatch b = text.val_batch(i, c.batch, c.context);
-    sum += lm_loss(model(b.inputs), b.targets).item();
+    sum[0] += lm_loss(model(b.inputs), b.targets).item();
   }
   model.train();
-  return sum / static_cast<double>(batches);
+  if (group.world() > 1) dist::allreduce_sum(sum);
+  return sum[0] / static_cast<double>(batches);
 }
 
 io::TrainingCheckpoint make_checkpoint(const GPTTrainConfig& c, GPT& model, const optim::Optimizer& optimizer,
@@ -116,6 +132,7 @@ void GPTTrainConfig::validate() const {
   require(eval_every >= 1 && eval_batches >= 1, "--eval-every and --eval-batches must be positive");
   require(threads >= 0 && seed >= 0 && stop_after >= 0 && skip_nonfinite >= 0,
           "--threads, --seed, --stop-after and --skip-nonfinite must be >= 0");
+  dist.validate();
 }
 
 std::string GPTTrainConfig::fingerprint() const {
@@ -134,9 +151,13 @@ quant::QConfig GPTTrainConfig::qconfig() const {
 
 std::vector<GPTEvalPoint> train_gpt(const GPTTrainConfig& c) {
   c.validate();
+  TrainerGroup group(c.dist, c.bits);
+  const bool verbose = c.verbose && group.is_root();
+  const std::string checkpoint_path = group.is_root() ? c.checkpoint : std::string();
+  const std::string log_path = group.is_root() ? c.log : std::string();
   if (c.threads > 0) set_num_threads(static_cast<int>(c.threads));
-  check_output_path(c.checkpoint, "checkpoint");
-  check_output_path(c.log, "metrics log");
+  check_output_path(checkpoint_path, "checkpoint");
+  check_output_path(log_path, "metrics log");
   std::string text;
   try {
     text = data::read_text_file(c.data);
@@ -153,7 +174,7 @@ std::vector<GPTEvalPoint> train_gpt(const GPTTrainConfig& c) {
   const data::TextDataset dataset =
       ckpt ? data::TextDataset(text, data::CharVocab::from_string(info_entry(*ckpt, c.resume, "vocab")), c.val_fraction)
            : data::TextDataset(text, c.val_fraction);
-  auto model = build_model(c, dataset.vocab().size());
+  auto model = build_model(c, dataset.vocab().size(), group.quant_seed(static_cast<std::uint64_t>(c.seed)));
   optim::AdamW optimizer(model->named_parameters(), optim::AdamWOptions{c.lr}.weight_decay(c.weight_decay));
   const optim::WarmupCosine schedule(c.lr, std::min(c.warmup, c.steps - 1), c.steps, c.lr * c.min_lr_ratio);
   Generator data_gen(static_cast<std::uint64_t>(c.seed) ^ 0x9e3779b97f4a7c15ull);
@@ -166,9 +187,13 @@ std::vector<GPTEvalPoint> train_gpt(const GPTTrainConfig& c) {
     data_gen.set_state(gen->second);
     step = info_int(*ckpt, c.resume, "step");
   }
+  group.start(*model, c.fingerprint(), static_cast<std::uint64_t>(c.seed));
   const std::vector<Tensor> params = model->parameters();
-  MetricsLog log(c.log, /*append=*/ckpt.has_value());
-  if (c.verbose) {
+  MetricsLog log(log_path, /*append=*/ckpt.has_value());
+  if (verbose) {
+    if (group.world() > 1)
+      std::printf("data-parallel: %d processes, global batch %lld, %s gradient exchange\n", group.world(),
+                  static_cast<long long>(c.batch), dist::to_string(c.dist.exchange(c.bits)));
     std::printf("%s: %lld train / %lld validation characters, vocabulary %lld\n"
                 "GPT: %lld layers, d_model %lld, %lld heads, context %lld, %lld parameters, %s norm; %s; %d threads\n",
                 c.data.c_str(), static_cast<long long>(dataset.train_size()), static_cast<long long>(dataset.val_size()),
@@ -184,21 +209,20 @@ std::vector<GPTEvalPoint> train_gpt(const GPTTrainConfig& c) {
   double loss_sum = 0, seconds = 0;
   std::int64_t window_steps = 0, window_counted = 0;
   NonFiniteGuard guard(c.skip_nonfinite);
-  Progress progress("train", c.steps, c.verbose);
+  Progress progress("train", c.steps, verbose);
   const std::int64_t last_step = c.stop_after > 0 ? std::min(c.stop_after, c.steps) : c.steps;
   while (step < last_step) {
-    const data::TokenBatch batch = dataset.sample_train(c.batch, c.context, data_gen);
+    // Every rank draws the same global batch and trains on its rows of it.
+    const data::TokenBatch batch = shard_rows(dataset.sample_train(c.batch, c.context, data_gen), group.shard());
     const auto start = std::chrono::steady_clock::now();
     optimizer.set_lr(schedule.lr_at(step));
     const std::optional<double> loss = guard.run(
         [&] {
-          Tensor batch_loss = lm_loss((*model)(batch.inputs), batch.targets);
-          check_loss(batch_loss.item());
-          optimizer.zero_grad();
-          batch_loss.backward();
+          const double batch_loss = group.backward([&] { return lm_loss((*model)(batch.inputs), batch.targets); },
+                                                   optimizer, batch.inputs.size(0), c.batch, step);
           if (c.clip > 0) optim::clip_grad_norm(params, c.clip);
           optimizer.step();
-          return static_cast<double>(batch_loss.item());
+          return batch_loss;
         },
         optimizer);
     ++step;
@@ -214,7 +238,12 @@ std::vector<GPTEvalPoint> train_gpt(const GPTTrainConfig& c) {
                   tokens_per_second);
     progress.update(step, status);
     if (step % c.eval_every != 0 && step != last_step) continue;
-    const double val = validation_loss(*model, dataset, c);
+    if (group.world() > 1) {  // the window's losses summed over the ranks (each is weighted by its share)
+      std::vector<double> sums{loss_sum};
+      dist::allreduce_sum(sums);
+      loss_sum = sums[0];
+    }
+    const double val = validation_loss(*model, dataset, c, group);
     const GPTEvalPoint point{step, loss_sum / static_cast<double>(std::max<std::int64_t>(window_counted, 1)), val, val / std::log(2.0),
                              tokens_per_second};
     history.push_back(point);
@@ -227,15 +256,17 @@ std::vector<GPTEvalPoint> train_gpt(const GPTTrainConfig& c) {
                   .add("lr", optimizer.lr())
                   .add("skipped_steps", guard.skipped())
                   .add("precision", c.bits > 0 ? c.qconfig().str() : std::string("fp32"))
-                  .add("norm", c.norm));
-    if (c.verbose) {
+                  .add("norm", c.norm)
+                  .add_if(group.world() > 1, "processes", static_cast<std::int64_t>(group.world()))
+                  .add_if(group.world() > 1, "exchange_bytes_per_step", group.exchange_bytes_per_step()));
+    if (verbose) {
       std::printf("step %lld: train loss %.4f | val loss %.4f (%.3f bits/char) | %.0f tokens/s\n",
                   static_cast<long long>(step), point.train_loss, point.val_loss, point.val_bpc,
                   point.tokens_per_second);
       std::fflush(stdout);
     }
-    if (!c.checkpoint.empty())
-      io::save_checkpoint(c.checkpoint, make_checkpoint(c, *model, optimizer, data_gen, dataset.vocab(), step, val));
+    if (!checkpoint_path.empty())
+      io::save_checkpoint(checkpoint_path, make_checkpoint(c, *model, optimizer, data_gen, dataset.vocab(), step, val));
     loss_sum = 0;
     seconds = 0;
     window_steps = 0;
@@ -269,7 +300,7 @@ std::string sample_gpt(const std::string& checkpoint, const SampleOptions& optio
     throw IOError("checkpoint " + checkpoint + " holds an invalid model description: " + e.what());
   }
   const data::CharVocab vocab = data::CharVocab::from_string(info_entry(ckpt, checkpoint, "vocab"));
-  auto model = build_model(c, vocab.size());
+  auto model = build_model(c, vocab.size(), static_cast<std::uint64_t>(c.seed));
   io::restore(ckpt, checkpoint, *model, nullptr);
   model->eval();
   NoGradGuard no_grad;

@@ -7,6 +7,8 @@
 
 #include <shiftq/shiftq.hpp>
 
+#include "common/distributed.hpp"
+
 namespace shiftq::examples {
 
 struct GPTTrainConfig {
@@ -36,6 +38,7 @@ struct GPTTrainConfig {
   std::int64_t stop_after = 0;        // stop after this step as if interrupted (0 = run all)
   std::int64_t skip_nonfinite = 0;    // skip up to N consecutive steps with NaN/Inf (0 = stop with the error)
   bool verbose = true;
+  DistConfig dist;                    // --distributed: data-parallel over MPI (rank 0 prints, logs and saves)
 
   void validate() const;  // UsageError
   std::string fingerprint() const;

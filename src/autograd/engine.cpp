@@ -8,6 +8,7 @@
 namespace shiftq {
 namespace {
 thread_local bool t_grad_mode = true;
+thread_local GradReadyHook t_grad_ready_hook;
 
 void accumulate_into(Tensor& acc, const Tensor& g) {
   float* a = acc.data<float>();
@@ -60,6 +61,11 @@ bool grad_mode_enabled() { return t_grad_mode; }
 
 NoGradGuard::NoGradGuard() : previous_(t_grad_mode) { t_grad_mode = false; }
 NoGradGuard::~NoGradGuard() { t_grad_mode = previous_; }
+
+GradReadyHookGuard::GradReadyHookGuard(GradReadyHook hook) : previous_(std::move(t_grad_ready_hook)) {
+  t_grad_ready_hook = std::move(hook);
+}
+GradReadyHookGuard::~GradReadyHookGuard() { t_grad_ready_hook = std::move(previous_); }
 
 bool any_requires_grad(std::initializer_list<const Tensor*> inputs) {
   if (!t_grad_mode) return false;
@@ -134,6 +140,7 @@ void backward(const Tensor& output, const Tensor& gradient, bool retain_graph) {
         // A gradient no other handle refers to (the usual fresh result of a backward function) is
         // kept as is; a shared one is copied so later accumulation cannot write through an alias.
         meta->grad = std::make_shared<Tensor>(owned.count(meta) || grad.storage_is_unique() ? grad : grad.clone());
+      if (t_grad_ready_hook) t_grad_ready_hook(*meta);
       continue;
     }
     Node& node = *meta->grad_fn;

@@ -130,14 +130,27 @@ std::shared_ptr<const std::vector<std::int64_t>> ImageLoader::order_for(std::int
   return cache_->order;
 }
 
-ImageBatch ImageLoader::batch(std::int64_t epoch, std::int64_t index) const {
+std::pair<std::int64_t, std::int64_t> shard_range(std::int64_t count, Shard shard) {
+  SHIFTQ_CHECK(shard.world >= 1 && shard.rank >= 0 && shard.rank < shard.world, ValueError, "shard_range: rank ",
+               shard.rank, " of world ", shard.world, " is not a shard (need 0 <= rank < world)");
+  SHIFTQ_CHECK(count >= 0, ValueError, "shard_range: count must be >= 0, got ", count);
+  const std::int64_t base = count / shard.world, extra = count % shard.world;
+  const std::int64_t begin = shard.rank * base + std::min(shard.rank, extra);
+  return {begin, begin + base + (shard.rank < extra ? 1 : 0)};
+}
+
+ImageBatch ImageLoader::batch(std::int64_t epoch, std::int64_t index) const { return batch(epoch, index, Shard{}); }
+
+ImageBatch ImageLoader::batch(std::int64_t epoch, std::int64_t index, Shard shard) const {
   SHIFTQ_CHECK(epoch >= 0, ValueError, "ImageLoader::batch: epoch must be >= 0, got ", epoch);
   const std::int64_t nb = num_batches();
   SHIFTQ_CHECK(index >= 0 && index < nb, ValueError, "ImageLoader::batch: index ", index, " is outside [0, ", nb,
                ") (", n_, " samples, batch_size ", options_.batch_size(), ")");
   const std::shared_ptr<const std::vector<std::int64_t>> order = order_for(epoch);
-  const std::int64_t start = index * options_.batch_size();
-  const std::int64_t b = std::min(options_.batch_size(), n_ - start);
+  const auto [part_begin, part_end] =
+      shard_range(std::min(options_.batch_size(), n_ - index * options_.batch_size()), shard);
+  const std::int64_t start = index * options_.batch_size() + part_begin;  // epoch position of the first sample
+  const std::int64_t b = part_end - part_begin;
 
   ImageBatch out{Tensor::uninitialized({b, c_, h_, w_}, DType::f32), Tensor::uninitialized({b}, DType::s32)};
   const std::int64_t* ord = order->data() + start;

@@ -41,6 +41,23 @@ class NoGradGuard {
   bool previous_;
 };
 
+// Called by backward() once per leaf that received a gradient, as soon as the leaf's grad() holds
+// its whole gradient of that backward() (every path into the leaf has been summed). Data-parallel
+// training uses it to start exchanging a bucket of gradients while the rest of backward runs.
+using GradReadyHook = std::function<void(const AutogradMeta& leaf)>;
+
+// Installs `hook` for backward() calls on this thread during its lifetime (restores the previous one).
+class GradReadyHookGuard {
+ public:
+  explicit GradReadyHookGuard(GradReadyHook hook);
+  ~GradReadyHookGuard();
+  GradReadyHookGuard(const GradReadyHookGuard&) = delete;
+  GradReadyHookGuard& operator=(const GradReadyHookGuard&) = delete;
+
+ private:
+  GradReadyHook previous_;
+};
+
 // True when grad mode is on and any of the inputs requires grad.
 bool any_requires_grad(std::initializer_list<const Tensor*> inputs);
 

@@ -12,6 +12,17 @@
 
 namespace shiftq::data {
 
+// One process's part of every batch in data-parallel training (rank in [0, world)).
+struct Shard {
+  std::int64_t rank = 0;
+  std::int64_t world = 1;
+};
+
+// The samples [begin, end) of a batch of `count` that `shard` takes: consecutive slices in rank
+// order, the first count % world ranks one sample larger (a rank may get none when count < world).
+// Over the ranks, every sample of the batch is taken exactly once. ValueError for a bad shard.
+std::pair<std::int64_t, std::int64_t> shard_range(std::int64_t count, Shard shard);
+
 struct ImageBatch {
   Tensor images;  // f32 [B, C, H, W], normalized (and augmented)
   Tensor labels;  // s32 [B]
@@ -84,6 +95,9 @@ class ImageLoader {
   // Batch `index` (in [0, num_batches())) of epoch `epoch` (>= 0): images f32 [B, C, H, W],
   // labels s32 [B], with B = batch_size except for a smaller last batch. ValueError when out of range.
   ImageBatch batch(std::int64_t epoch, std::int64_t index) const;
+  // The part of batch(epoch, index) that `shard` takes (shard_range): the same samples with the same
+  // augmentation as in the whole batch, so the shards of all ranks together are that batch. B may be 0.
+  ImageBatch batch(std::int64_t epoch, std::int64_t index, Shard shard) const;
 
   // The order in which epoch `epoch` visits the samples (a permutation of [0, N), or the identity
   // without shuffle): batch b holds samples order[b * batch_size ...].

@@ -1,0 +1,230 @@
+// Data-parallel training across processes; run under `mpirun -np 2` (or more) by ctest. Every rank
+// runs every test; a failure on any rank fails the job.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <set>
+
+#include <shiftq/shiftq.hpp>
+
+namespace shiftq {
+namespace {
+
+int rank() { return dist::rank(); }
+int world() { return dist::world_size(); }
+
+// Every rank's copy of `values`, in rank order.
+std::vector<std::vector<double>> gather(const std::vector<double>& values) {
+  std::vector<double> all(values.size() * static_cast<std::size_t>(world()), 0.0);
+  std::copy(values.begin(), values.end(), all.begin() + static_cast<std::ptrdiff_t>(values.size()) * rank());
+  dist::allreduce_sum(all);  // each slot has one non-zero contributor: exact
+  std::vector<std::vector<double>> out;
+  for (int r = 0; r < world(); ++r)
+    out.emplace_back(all.begin() + static_cast<std::ptrdiff_t>(values.size()) * r,
+                     all.begin() + static_cast<std::ptrdiff_t>(values.size()) * (r + 1));
+  return out;
+}
+
+std::shared_ptr<nn::Sequential> small_model(std::uint64_t seed) {
+  Generator gen(seed);
+  return std::make_shared<nn::Sequential>(std::initializer_list<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Linear>(nn::LinearOptions(12, 40), gen), std::make_shared<nn::ReLU>(),
+      std::make_shared<nn::Linear>(nn::LinearOptions(40, 40), gen), std::make_shared<nn::ReLU>(),
+      std::make_shared<nn::Linear>(nn::LinearOptions(40, 3), gen)});
+}
+
+// Sets every parameter's gradient to f(rank, parameter index, element).
+template <class F>
+void set_grads(nn::Module& model, F f) {
+  std::int64_t p = 0;
+  for (auto& [name, value] : model.named_parameters()) {
+    Tensor g = Tensor::empty(value.shape());
+    for (std::int64_t i = 0; i < g.numel(); ++i) g.data<float>()[i] = f(rank(), p, i);
+    value.set_grad(g);
+    ++p;
+  }
+}
+
+TEST(DistMpi, GroupHasSeveralRanks) {
+  ASSERT_TRUE(dist::mpi_available());
+  ASSERT_GE(world(), 2) << "run under mpirun -np 2";
+}
+
+TEST(DistMpi, ExchangesAreExactOnIntegers) {
+  auto model = small_model(1);
+  for (auto exchange : {dist::GradExchange::fp32, dist::GradExchange::int8}) {
+    // bucket_bytes 1 KiB: several buckets, several groups per bucket and a padded tail.
+    dist::DataParallel dp(*model, dist::DataParallelOptions().exchange(exchange).bucket_bytes(1024).group_size(16));
+    // Codes that the int8 path carries exactly: multiples of 2^-4, |v| <= 127 * 2^-4, and a sum over
+    // the ranks divisible by the world size (each rank's value is the same plus a term that cancels).
+    const auto value = [](int r, std::int64_t p, std::int64_t i) {
+      const int base = static_cast<int>((p * 31 + i * 7) % 101) - 50;
+      const int cancel = (r % 2 == 0 ? 1 : -1) * static_cast<int>(i % 3) * (world() % 2 == 0 ? 1 : 0);
+      return std::ldexp(static_cast<float>(base + cancel), -4);
+    };
+    set_grads(*model, value);
+    dp.sync_gradients();
+    std::int64_t p = 0;
+    for (auto& [name, w] : model->named_parameters()) {
+      const float* g = w.grad().data<float>();
+      for (std::int64_t i = 0; i < w.numel(); ++i) {
+        double expect = 0;
+        for (int r = 0; r < world(); ++r) expect += value(r, p, i);
+        ASSERT_EQ(g[i], static_cast<float>(expect / world())) << dist::to_string(exchange) << " " << name << "[" << i << "]";
+      }
+      ++p;
+    }
+  }
+}
+
+TEST(DistMpi, UnevenWeightsGiveTheWeightedSum) {
+  auto model = small_model(2);
+  dist::DataParallel dp(*model, dist::DataParallelOptions().exchange(dist::GradExchange::fp32));
+  // Rank r has n_r = r + 1 samples: weight n_r / N, gradient r + 1 everywhere (exact in fp32).
+  const double total = world() * (world() + 1) / 2.0;
+  set_grads(*model, [](int r, std::int64_t, std::int64_t) { return static_cast<float>(r + 1); });
+  dp.sync_gradients((rank() + 1) / total);
+  double expect = 0;
+  for (int r = 0; r < world(); ++r) expect += (r + 1) * (r + 1) / total;
+  for (auto& [name, w] : model->named_parameters())
+    for (float g : w.grad().to_vector<float>()) ASSERT_NEAR(g, expect, 1e-5 * expect) << name;
+}
+
+TEST(DistMpi, Int8ExchangeIsUnbiased) {
+  auto model = small_model(3);
+  dist::DataParallel dp(*model, dist::DataParallelOptions().exchange(dist::GradExchange::int8).group_size(32).seed(5));
+  Generator gen(100 + static_cast<std::uint64_t>(rank()));
+  std::vector<std::vector<float>> mine;
+  for (auto& [name, w] : model->named_parameters()) {
+    Tensor g = Tensor::randn(w.shape(), gen, 0.01f);
+    mine.push_back(g.to_vector<float>());
+  }
+  // The true mean over the ranks, and the sum of the exchanged gradients over many steps.
+  std::vector<std::vector<double>> truth, sum;
+  for (const auto& g : mine) {
+    auto all = gather(std::vector<double>(g.begin(), g.end()));
+    std::vector<double> t(g.size(), 0.0);
+    for (const auto& r : all)
+      for (std::size_t i = 0; i < g.size(); ++i) t[i] += r[i] / world();
+    truth.push_back(t);
+    sum.emplace_back(g.size(), 0.0);
+  }
+  const int steps = 300;
+  std::vector<float> max_code_size(mine.size(), 0.0f);
+  for (int s = 0; s < steps; ++s) {
+    std::size_t p = 0;
+    for (auto& [name, w] : model->named_parameters()) w.set_grad(Tensor::from_vector(mine[p++], w.shape()));
+    dp.sync_gradients();
+    p = 0;
+    for (auto& [name, w] : model->named_parameters()) {
+      const auto g = w.grad().to_vector<float>();
+      for (std::size_t i = 0; i < g.size(); ++i) sum[p][i] += g[i];
+      ++p;
+    }
+  }
+  // Scale bound: group max <= ~0.05 (5 sigma of 0.01) -> code size <= 0.05 / 127 * 2; per-step
+  // rounding sd <= code * sqrt(1/(4 world) + 1/4).
+  const double code = 2 * 0.06 / 127;
+  const double sigma = code * std::sqrt(0.25 / world() + 0.25) / std::sqrt(steps);
+  double worst = 0;
+  for (std::size_t p = 0; p < sum.size(); ++p)
+    for (std::size_t i = 0; i < sum[p].size(); ++i) worst = std::max(worst, std::fabs(sum[p][i] / steps - truth[p][i]) / sigma);
+  EXPECT_LT(worst, 5.5) << "largest deviation of the mean exchanged gradient, in standard errors";
+  // And it is not trivially exact: one exchange alone differs from the truth.
+}
+
+TEST(DistMpi, ReplicasStayBitIdenticalAfterTraining) {
+  for (auto exchange : {dist::GradExchange::fp32, dist::GradExchange::int8}) {
+    // Each rank starts from its own initialization: broadcast_parameters makes them rank 0's.
+    auto model = small_model(10 + static_cast<std::uint64_t>(rank()));
+    nn::quantize_model(*model, quant::QConfig::bits(4), 7 + static_cast<std::uint64_t>(rank()));
+    dist::broadcast_parameters(*model);
+    dist::DataParallel dp(*model, dist::DataParallelOptions().exchange(exchange).bucket_bytes(2048));
+    optim::SGD opt(model->named_parameters(), optim::SGDOptions(0.05).momentum(0.9));
+    Generator gen(1000 + static_cast<std::uint64_t>(rank()));  // different data on every rank
+    for (int step = 0; step < 6; ++step) {
+      const Tensor x = Tensor::randn({8, 12}, gen);
+      const Tensor y = Tensor::from_vector(std::vector<std::int32_t>{0, 1, 2, 0, 1, 2, 0, 1}, {8});
+      opt.zero_grad();
+      dp.backward(cross_entropy(model->forward(x), y));
+      opt.step();
+    }
+    std::vector<double> bits;
+    for (auto& [name, w] : model->named_parameters())
+      for (float v : w.to_vector<float>()) {
+        std::uint32_t u = 0;
+        std::memcpy(&u, &v, 4);
+        bits.push_back(u);
+      }
+    const auto all = gather(bits);
+    for (int r = 1; r < world(); ++r) EXPECT_EQ(all[static_cast<std::size_t>(r)], all[0]) << "rank " << r << ", " << dist::to_string(exchange);
+    EXPECT_GT(dp.stats().bytes_sent, 0);
+  }
+}
+
+TEST(DistMpi, Int8ExchangeSendsAQuarterOfFp32sBytesPlusExponents) {
+  auto model = small_model(4);
+  std::int64_t bytes[2] = {0, 0};
+  for (auto exchange : {dist::GradExchange::fp32, dist::GradExchange::int8}) {
+    dist::DataParallel dp(*model, dist::DataParallelOptions().exchange(exchange).group_size(64));
+    set_grads(*model, [](int r, std::int64_t p, std::int64_t i) { return 0.01f * static_cast<float>((r + p + i) % 17); });
+    dp.sync_gradients();
+    bytes[exchange == dist::GradExchange::int8] = dp.stats().bytes_sent;
+  }
+  const double ratio = static_cast<double>(bytes[1]) / static_cast<double>(bytes[0]);
+  EXPECT_GT(ratio, 0.25);
+  EXPECT_LT(ratio, 0.30);
+}
+
+TEST(DistMpi, SamplerCoversEverySampleOncePerEpoch) {
+  const std::int64_t n = 53, batch = 8;  // an uneven tail of 5
+  data::LabeledImages d{Tensor::empty({n, 2, 2}, DType::u8), Tensor::empty({n}, DType::s32), 0};
+  for (std::int64_t i = 0; i < n; ++i) {
+    d.labels.data<std::int32_t>()[i] = static_cast<std::int32_t>(i);  // the label names the sample
+  }
+  const data::ImageLoader loader(d, data::ImageLoaderOptions(batch).seed(9));
+  for (std::int64_t epoch = 0; epoch < 2; ++epoch) {
+    std::vector<double> mine(static_cast<std::size_t>(n), 0.0);
+    for (std::int64_t b = 0; b < loader.num_batches(); ++b)
+      for (std::int32_t label : loader.batch(epoch, b, {rank(), world()}).labels.to_vector<std::int32_t>()) mine[label] += 1;
+    std::vector<double> total = mine;
+    dist::allreduce_sum(total);
+    for (std::int64_t i = 0; i < n; ++i) ASSERT_EQ(total[i], 1.0) << "sample " << i << " epoch " << epoch;
+  }
+}
+
+TEST(DistMpi, DifferentConfigurationsAreRefusedOnEveryRank) {
+  EXPECT_NO_THROW(dist::check_same_config("bits=4 norm=l1"));
+  try {
+    dist::check_same_config(rank() == 1 ? "bits=6 norm=l1" : "bits=4 norm=l1");
+    FAIL() << "no error";
+  } catch (const dist::DistError& e) {
+    EXPECT_NE(std::string(e.what()).find("rank(s) 1 differ from rank 0"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("bits=6"), std::string::npos) << e.what();
+  }
+}
+
+TEST(DistMpi, BroadcastParametersRefusesDifferentModels) {
+  Generator gen(1);
+  nn::Linear model(nn::LinearOptions(4, rank() == 0 ? 3 : 5), gen);
+  EXPECT_THROW(dist::broadcast_parameters(model), dist::DistError);
+}
+
+}  // namespace
+}  // namespace shiftq
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  shiftq::dist::init();
+  shiftq::dist::set_timeout(60);
+  if (shiftq::dist::rank() != 0) {  // one report: the other ranks print failures only
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+  }
+  const int failed = RUN_ALL_TESTS();
+  // Any rank's failure fails every rank's exit code.
+  const bool all_passed = shiftq::dist::all_true(failed == 0);
+  shiftq::dist::finalize();
+  return all_passed ? 0 : 1;
+}
