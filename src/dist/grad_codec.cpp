@@ -1,19 +1,25 @@
 #include "shiftq/dist/grad_codec.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 
 #include "shiftq/core/generator.hpp"
+#include "shiftq/kernels/quantize.hpp"
 
 namespace shiftq::dist::codec {
 namespace {
 
-// Uniform draw number i of the stream, from one Philox block per four values.
-std::uint32_t draw(std::uint64_t key, std::uint64_t stream, std::int64_t i) {
-  const auto block = philox4x32(key, stream, static_cast<std::uint64_t>(i) >> 2);
-  return block[static_cast<std::size_t>(i & 3)];
+// The key of one (key, stream) pair's draws; draw i is then kernels::stochastic_uniform(key, i), the
+// counter-based hash of the quantizers' stochastic rounding.
+std::uint64_t stream_key(std::uint64_t key, std::uint64_t stream) {
+  const auto block = philox4x32(key, stream, 0);
+  return (static_cast<std::uint64_t>(block[0]) << 32) | block[1];
 }
+
+// 2^e as a float, e in [-126, 127] (a normal number: multiplying by it is exact).
+float pow2(int e) { return std::bit_cast<float>(static_cast<std::uint32_t>(e + 127) << 23); }
 
 std::int8_t exponent_of(float max_abs) {
   if (!std::isfinite(max_abs)) return kNonFinite;
@@ -43,22 +49,26 @@ void group_exponents(const float* x, std::int64_t n, std::int64_t group, std::in
 
 void quantize(const float* x, std::int64_t n, std::int64_t group, const std::int8_t* exps, std::uint64_t key,
               std::uint64_t stream, std::int8_t* codes) {
-  for (std::int64_t i = 0; i < n; ++i) {
-    const std::int8_t e = exps[i / group];
-    if (e == kZeroGroup || e == kNonFinite) {
-      codes[i] = 0;
-      continue;
+  const std::uint64_t k = stream_key(key, stream);
+  for (std::int64_t g0 = 0; g0 < n; g0 += group) {
+    const std::int64_t g1 = std::min(n, g0 + group);
+    const std::int8_t e = exps[g0 / group];
+    const bool empty = e == kZeroGroup || e == kNonFinite;
+    const float inverse_scale = empty ? 0.0f : pow2(-e);
+    for (std::int64_t i = g0; i < g1; ++i) {
+      const float v = x[i] * inverse_scale;  // exact (a power of two) unless v is subnormal; |v| <= 127
+      const auto truncated = static_cast<int>(v);
+      const int low = truncated - (v < static_cast<float>(truncated) ? 1 : 0);  // floor(v)
+      const float frac = v - static_cast<float>(low);  // exact for |v| < 2^23
+      const float u = kernels::stochastic_uniform(k, static_cast<std::uint64_t>(i));
+      codes[i] = static_cast<std::int8_t>(low + (u < frac ? 1 : 0));
     }
-    const float v = std::ldexp(x[i], -e);  // exact: a power-of-two scaling into [-127, 127]
-    const float low = std::floor(v);
-    const float frac = v - low;            // exact for |v| < 2^23
-    const float u = u32_to_unit_float(draw(key, stream, i));
-    codes[i] = static_cast<std::int8_t>(static_cast<int>(low) + (u < frac ? 1 : 0));
   }
 }
 
 void mean_codes(const std::int8_t* codes, int world, std::int64_t n, std::uint64_t key, std::uint64_t stream,
                 std::int8_t* out) {
+  const std::uint64_t k = stream_key(key, stream);
   for (std::int64_t i = 0; i < n; ++i) {
     std::int32_t sum = 0;
     for (int r = 0; r < world; ++r) sum += codes[static_cast<std::int64_t>(r) * n + i];
@@ -68,22 +78,22 @@ void mean_codes(const std::int8_t* codes, int world, std::int64_t n, std::uint64
       rem += world;
       --q;
     }
-    // Round up with probability rem / world (to within 2^-32): a 32-bit draw scaled to [0, world).
-    const auto scaled = static_cast<std::uint32_t>((static_cast<std::uint64_t>(draw(key, stream, i)) *
-                                                    static_cast<std::uint64_t>(world)) >> 32);
-    out[i] = static_cast<std::int8_t>(q + (scaled < static_cast<std::uint32_t>(rem) ? 1 : 0));
+    // Round up with probability rem / world (to within 2^-24): u * world < rem.
+    const float u = kernels::stochastic_uniform(k, static_cast<std::uint64_t>(i));
+    out[i] = static_cast<std::int8_t>(q + (u * static_cast<float>(world) < static_cast<float>(rem) ? 1 : 0));
   }
 }
 
 void dequantize(const std::int8_t* codes, std::int64_t n, std::int64_t group, const std::int8_t* exps, float* out) {
-  for (std::int64_t i = 0; i < n; ++i) {
-    const std::int8_t e = exps[i / group];
-    if (e == kNonFinite)
-      out[i] = std::numeric_limits<float>::quiet_NaN();
-    else if (e == kZeroGroup)
-      out[i] = 0.0f;
-    else
-      out[i] = std::ldexp(static_cast<float>(codes[i]), e);
+  for (std::int64_t g0 = 0; g0 < n; g0 += group) {
+    const std::int64_t g1 = std::min(n, g0 + group);
+    const std::int8_t e = exps[g0 / group];
+    if (e == kNonFinite || e == kZeroGroup) {
+      std::fill(out + g0, out + g1, e == kZeroGroup ? 0.0f : std::numeric_limits<float>::quiet_NaN());
+      continue;
+    }
+    const float scale = pow2(e);
+    for (std::int64_t i = g0; i < g1; ++i) out[i] = static_cast<float>(codes[i]) * scale;
   }
 }
 

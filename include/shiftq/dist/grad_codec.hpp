@@ -21,13 +21,14 @@ inline constexpr std::int8_t kNonFinite = 127;
 // kNonFinite. exps: [ceil(n / group)].
 void group_exponents(const float* x, std::int64_t n, std::int64_t group, std::int8_t* exps);
 
-// codes[i] = floor(x[i] / 2^e + u_i), u_i uniform in [0, 1) from Philox (key, stream, i); 0 in
+// codes[i] = floor(x[i] / 2^e + u_i), u_i uniform in [0, 1) (24 bits) from the quantizers' counter
+// hash under a Philox-derived key of (key, stream) and index i; 0 in
 // zero and non-finite groups. Needs max |x| <= 127 * 2^e per group (the exponents above or larger).
 void quantize(const float* x, std::int64_t n, std::int64_t group, const std::int8_t* exps, std::uint64_t key,
               std::uint64_t stream, std::int8_t* codes);
 
 // out[i] = the world codes codes[r * n + i] summed exactly, divided by world and rounded
-// stochastically (Philox (key, stream, i)): floor(s / world) + 1 with probability (s mod world) / world.
+// stochastically (draws as in quantize): floor(s / world) + 1 with probability (s mod world) / world.
 void mean_codes(const std::int8_t* codes, int world, std::int64_t n, std::uint64_t key, std::uint64_t stream,
                 std::int8_t* out);
 
