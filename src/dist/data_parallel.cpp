@@ -11,7 +11,7 @@
 #include "shiftq/autograd/node.hpp"
 #include "shiftq/core/generator.hpp"
 #include "shiftq/dist/dist.hpp"
-#include "shiftq/dist/grad_codec.hpp"
+#include "shiftq/kernels/grad_codec.hpp"
 
 #ifdef SHIFTQ_HAVE_MPI
 #include "dist/mpi_util.hpp"
@@ -53,9 +53,13 @@ struct Bucket {
 #endif
 };
 
-// Philox streams of the two roundings (the codec's (key, stream) pairs).
-[[maybe_unused]] std::uint64_t rounding_key(std::uint64_t seed, int rank, int stage) {
-  const auto block = philox4x32(seed ^ 0x6a09e667f3bcc909ull, static_cast<std::uint64_t>(rank), static_cast<std::uint64_t>(stage));
+// The key of one stochastic rounding of the int8 exchange: stage 0 quantizes a rank's gradient,
+// stage 1 rounds an owner's mean; distinct for every (seed, rank, stage, step, bucket).
+[[maybe_unused]] std::uint64_t rounding_key(std::uint64_t seed, int rank, int stage, std::int64_t step,
+                                            std::size_t bucket) {
+  const auto stream = philox4x32(seed ^ 0x6a09e667f3bcc909ull, static_cast<std::uint64_t>(rank) * 2 + static_cast<std::uint64_t>(stage),
+                                 static_cast<std::uint64_t>(step));
+  const auto block = philox4x32((static_cast<std::uint64_t>(stream[0]) << 32) | stream[1], bucket, 0);
   return (static_cast<std::uint64_t>(block[0]) << 32) | block[1];
 }
 
@@ -155,10 +159,6 @@ struct DataParallel::Impl {
     }
   }
 
-  std::uint64_t stream(std::size_t bucket) const {
-    return (static_cast<std::uint64_t>(step) << 20) ^ static_cast<std::uint64_t>(bucket);
-  }
-
 #ifdef SHIFTQ_HAVE_MPI
   void issue(std::size_t index, int phase) {
     Bucket& b = buckets[index];
@@ -170,7 +170,7 @@ struct DataParallel::Impl {
     if (phase == 0) {
       gather_gradients(b);
       if (int8) {
-        codec::group_exponents(b.flat.data(), b.padded, options.group_size(), b.exps.data());
+        kernels::grad_group_exponents_f32(b.flat.data(), b.padded, options.group_size(), b.exps.data());
         const auto groups = static_cast<std::int64_t>(b.exps.size());
         code = MPI_Iallreduce(MPI_IN_PLACE, b.exps.data(), static_cast<int>(groups), MPI_INT8_T, MPI_MAX, comm, &b.request);
         stats.bytes_sent += 2 * p1 * ((groups + world - 1) / world);
@@ -179,16 +179,16 @@ struct DataParallel::Impl {
         stats.bytes_sent += p1 * b.chunk * 4;
       }
     } else if (phase == 1 && int8) {
-      codec::quantize(b.flat.data(), b.padded, options.group_size(), b.exps.data(),
-                      rounding_key(options.seed(), rank, 0), stream(index), b.codes.data());
+      kernels::grad_quantize_f32(b.flat.data(), b.padded, options.group_size(), b.exps.data(),
+                                 rounding_key(options.seed(), rank, 0, step, index), b.codes.data());
       code = MPI_Ialltoall(b.codes.data(), chunk, MPI_INT8_T, b.received.data(), chunk, MPI_INT8_T, comm, &b.request);
       stats.bytes_sent += p1 * b.chunk;
     } else if (phase == 1) {
       code = MPI_Iallgather(b.owned_sum.data(), chunk, MPI_FLOAT, b.flat.data(), chunk, MPI_FLOAT, comm, &b.request);
       stats.bytes_sent += p1 * b.chunk * 4;
     } else {
-      codec::mean_codes(b.received.data(), world, b.chunk, rounding_key(options.seed(), rank, 1), stream(index),
-                        b.owned_mean.data());
+      kernels::grad_mean_codes_s8(b.received.data(), world, b.chunk, rounding_key(options.seed(), rank, 1, step, index),
+                                  b.owned_mean.data());
       code = MPI_Iallgather(b.owned_mean.data(), chunk, MPI_INT8_T, b.codes.data(), chunk, MPI_INT8_T, comm, &b.request);
       stats.bytes_sent += p1 * b.chunk;
     }
@@ -201,7 +201,7 @@ struct DataParallel::Impl {
     ++b.phases_done;
     if (b.phases_done < num_phases()) return;
     if (options.exchange() == GradExchange::int8)
-      codec::dequantize(b.codes.data(), b.padded, options.group_size(), b.exps.data(), b.flat.data());
+      kernels::grad_dequantize_s8(b.codes.data(), b.padded, options.group_size(), b.exps.data(), b.flat.data());
     scatter_gradients(b);
   }
 

@@ -21,7 +21,7 @@
 // their gradient with stochastic rounding keyed by (seed, step, rank), send each owner its slice as
 // codes, the owner sums the world's codes exactly in int32 and rounds their mean stochastically back
 // to an int8 code, and the codes are all-gathered: 1/4 of fp32's bytes plus one byte per group, an
-// unbiased estimate of the mean gradient (tests/dist).
+// unbiased estimate of the mean gradient (kernels/grad_codec.hpp; tests/dist).
 #pragma once
 
 #include <cstdint>
