@@ -16,6 +16,7 @@ packages=(
   libbenchmark-dev   # Google Benchmark
   zlib1g-dev         # .gz datasets
   dataset-fashion-mnist  # demo / example data
+  python3            # scripts/check_layers.py (ctest layers.includes), the bench reports
   libopenmpi-dev openmpi-bin  # Open MPI 4.1: data-parallel training (shiftq/dist, SHIFTQ_WITH_MPI)
 )
 case "${1:-}" in

@@ -1,5 +1,5 @@
 // 2-D convolution (im2col + GEMM) and pooling, NCHW.
-#include "detail/conv_layout.hpp"
+#include "autograd/conv_layout.hpp"
 #include "ops_util.hpp"
 #include "shiftq/kernels/gemm.hpp"
 #include "shiftq/kernels/im2col.hpp"

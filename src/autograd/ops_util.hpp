@@ -3,7 +3,7 @@
 
 #include <cmath>
 
-#include "detail/parallel.hpp"
+#include "core/parallel_for.hpp"
 #include "shiftq/autograd/ops.hpp"
 
 namespace shiftq::detail {

@@ -5,7 +5,7 @@
 #include <new>
 #include <unordered_map>
 
-#include "detail/memory.hpp"
+#include "core/block_cache.hpp"
 
 namespace shiftq {
 namespace {

@@ -5,8 +5,8 @@
 #include <cstring>
 #include <limits>
 
-#include "detail/memory.hpp"
-#include "detail/parallel.hpp"
+#include "core/block_cache.hpp"
+#include "core/parallel_for.hpp"
 #include "shiftq/core/generator.hpp"
 
 namespace shiftq {

@@ -6,7 +6,7 @@
 #include <numeric>
 #include <string>
 
-#include "detail/parallel.hpp"
+#include "core/parallel_for.hpp"
 #include "shiftq/core/generator.hpp"
 
 namespace shiftq::data {

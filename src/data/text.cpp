@@ -1,6 +1,6 @@
 #include "shiftq/data/text.hpp"
 
-#include "detail/utf8.hpp"
+#include "core/utf8.hpp"
 
 #include <algorithm>
 #include <cerrno>

@@ -70,7 +70,7 @@ struct DataParallel::Impl {
   nn::Module* model = nullptr;
   int rank = 0, world = 1;
   std::vector<Param> params;
-  nn::NamedTensors buffers;
+  NamedTensors buffers;
   std::vector<Bucket> buckets;
   std::unordered_map<const AutogradMeta*, std::size_t> param_of_meta;
   std::vector<std::size_t> bucket_of_param;

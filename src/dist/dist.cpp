@@ -24,8 +24,8 @@ double g_timeout_seconds = 600.0;
 }
 
 // Parameters and buffers, or buffers only, by name: every rank must list the same ones.
-[[maybe_unused]] nn::NamedTensors state_of(const nn::Module& model, bool with_parameters) {
-  nn::NamedTensors out = with_parameters ? model.named_parameters() : nn::NamedTensors{};
+[[maybe_unused]] NamedTensors state_of(const nn::Module& model, bool with_parameters) {
+  NamedTensors out = with_parameters ? model.named_parameters() : NamedTensors{};
   for (auto& named : model.named_buffers()) out.push_back(named);
   return out;
 }
@@ -99,13 +99,13 @@ void wait_all(std::vector<MPI_Request>& requests, const std::string& what,
   }
 }
 
-std::string layout_of(const nn::NamedTensors& tensors) {
+std::string layout_of(const NamedTensors& tensors) {
   std::string layout;
   for (const auto& [name, t] : tensors) layout += name + " " + t.str() + "\n";
   return layout;
 }
 
-void broadcast_tensors(nn::NamedTensors& tensors, int root, const std::string& what) {
+void broadcast_tensors(NamedTensors& tensors, int root, const std::string& what) {
   std::size_t total = 0;
   for (const auto& named : tensors) total += named.second.nbytes();
   std::vector<std::uint8_t> packed(total);
@@ -163,7 +163,7 @@ std::vector<std::string> allgather_text(const std::string& text, const std::stri
 void broadcast_state(nn::Module& model, int root, bool with_parameters) {
   if (world_size() == 1) return;
   SHIFTQ_CHECK(root >= 0 && root < world_size(), ValueError, "dist: root ", root, " is not a rank of ", world_size());
-  nn::NamedTensors state = state_of(model, with_parameters);
+  NamedTensors state = state_of(model, with_parameters);
   check_same_config(detail::layout_of(state));  // names, dtypes and shapes agree before any bytes move
   detail::broadcast_tensors(state, root, with_parameters ? "dist::broadcast_parameters" : "dist::broadcast_buffers");
 }

@@ -36,8 +36,8 @@ MPI_Comm dup_world();
 MPI_Comm world_comm();
 
 // "name dtype shape" lines: what every rank must agree on before tensors are broadcast.
-std::string layout_of(const nn::NamedTensors& tensors);
+std::string layout_of(const NamedTensors& tensors);
 // Copies rank root's bytes of `tensors` into every rank's (one packed broadcast; the layouts must agree).
-void broadcast_tensors(nn::NamedTensors& tensors, int root, const std::string& what);
+void broadcast_tensors(NamedTensors& tensors, int root, const std::string& what);
 
 }  // namespace shiftq::dist::detail

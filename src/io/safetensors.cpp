@@ -1,6 +1,6 @@
 #include "shiftq/io/safetensors.hpp"
 
-#include "detail/utf8.hpp"
+#include "core/utf8.hpp"
 
 #include <fcntl.h>
 #include <signal.h>

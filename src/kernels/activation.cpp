@@ -1,5 +1,5 @@
 // Runtime ISA dispatch of the activation kernels, and the scalar references.
-#include "detail/fast_math.hpp"
+#include "kernels/fast_math.hpp"
 #include "isa.hpp"
 #include "shiftq/kernels/activation.hpp"
 

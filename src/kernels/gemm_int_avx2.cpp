@@ -33,7 +33,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "detail/parallel.hpp"
+#include "core/parallel_for.hpp"
 #include "shiftq/kernels/gemm_int.hpp"
 
 namespace shiftq::kernels {

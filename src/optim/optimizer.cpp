@@ -3,11 +3,11 @@
 #include <cmath>
 #include <set>
 
-#include "detail/parallel.hpp"
+#include "core/parallel_for.hpp"
 
 namespace shiftq::optim {
 
-Optimizer::Optimizer(const nn::NamedTensors& params, double lr) : lr_(lr) {
+Optimizer::Optimizer(const NamedTensors& params, double lr) : lr_(lr) {
   SHIFTQ_CHECK(!params.empty(), ValueError, "optimizer: empty parameter list");
   set_lr(lr);
   std::set<std::string> names;
@@ -81,7 +81,7 @@ void Optimizer::load_state_dict(const std::map<std::string, Tensor>& state) {
 
 // ---- SGD --------------------------------------------------------------------------------------
 
-SGD::SGD(const nn::NamedTensors& params, const SGDOptions& options)
+SGD::SGD(const NamedTensors& params, const SGDOptions& options)
     : Optimizer(params, options.lr()), options_(options) {
   SHIFTQ_CHECK(options.momentum() >= 0.0 && options.weight_decay() >= 0.0, ValueError,
                "SGD: momentum and weight_decay must be >= 0");
@@ -113,7 +113,7 @@ void SGD::update(Param& p, const Tensor& grad, std::int64_t) {
 
 // ---- AdamW ------------------------------------------------------------------------------------
 
-AdamW::AdamW(const nn::NamedTensors& params, const AdamWOptions& options)
+AdamW::AdamW(const NamedTensors& params, const AdamWOptions& options)
     : Optimizer(params, options.lr()), options_(options) {
   SHIFTQ_CHECK(options.beta1() >= 0.0 && options.beta1() < 1.0 && options.beta2() >= 0.0 &&
                    options.beta2() < 1.0 && options.eps() > 0.0 && options.weight_decay() >= 0.0,

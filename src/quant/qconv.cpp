@@ -19,7 +19,7 @@
 #include <mutex>
 #include <vector>
 
-#include "detail/parallel.hpp"
+#include "core/parallel_for.hpp"
 #include "quant/qlayers_internal.hpp"
 #include "quant/shiftmm_internal.hpp"
 #include "shiftq/kernels/gemm_int.hpp"

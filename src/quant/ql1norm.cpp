@@ -7,7 +7,7 @@
 #include <cmath>
 #include <vector>
 
-#include "detail/parallel.hpp"
+#include "core/parallel_for.hpp"
 #include "shiftq/kernels/gemm.hpp"
 #include "shiftq/kernels/l1norm.hpp"
 #include "shiftq/kernels/quantize.hpp"

@@ -6,7 +6,7 @@
 #include <cmath>
 #include <vector>
 
-#include "detail/parallel.hpp"
+#include "core/parallel_for.hpp"
 #include "shiftq/quant/shiftmm.hpp"
 
 namespace shiftq::quant {

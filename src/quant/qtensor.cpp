@@ -10,7 +10,7 @@
 #include <optional>
 #include <vector>
 
-#include "detail/parallel.hpp"
+#include "core/parallel_for.hpp"
 #include "quant/shiftmm_internal.hpp"
 #include "shiftq/kernels/gemm.hpp"
 #include "shiftq/kernels/quantize.hpp"

@@ -4,7 +4,7 @@
 #include <cmath>
 #include <vector>
 
-#include "detail/parallel.hpp"
+#include "core/parallel_for.hpp"
 #include "quant/shiftmm_internal.hpp"
 #include "shiftq/kernels/gemm_int.hpp"
 #include "shiftq/kernels/quantize.hpp"

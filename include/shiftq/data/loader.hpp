@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "shiftq/core/arg.hpp"
 #include "shiftq/core/tensor.hpp"
 #include "shiftq/data/idx.hpp"
 
@@ -30,45 +31,26 @@ struct ImageBatch {
 
 // Options of an ImageLoader. Chainable: `ImageLoaderOptions(128).shuffle(true).seed(7)`;
 // `name(value)` sets an option and returns *this, `name()` reads it.
-class ImageLoaderOptions {
- public:
+struct ImageLoaderOptions {
   explicit ImageLoaderOptions(std::int64_t batch_size) : batch_size_(batch_size) {}
 
   // Samples per batch; > 0.
-  ImageLoaderOptions& batch_size(std::int64_t v) { batch_size_ = v; return *this; }
-  std::int64_t batch_size() const { return batch_size_; }
+  SHIFTQ_ARG(std::int64_t, batch_size);
   // Visit the samples in a new random order every epoch (otherwise in dataset order).
-  ImageLoaderOptions& shuffle(bool v) { shuffle_ = v; return *this; }
-  bool shuffle() const { return shuffle_; }
+  SHIFTQ_ARG(bool, shuffle) = true;
   // Drop the last, incomplete batch of an epoch (otherwise it is returned smaller).
-  ImageLoaderOptions& drop_last(bool v) { drop_last_ = v; return *this; }
-  bool drop_last() const { return drop_last_; }
+  SHIFTQ_ARG(bool, drop_last) = false;
   // Seeds the shuffle order and the augmentation draws.
-  ImageLoaderOptions& seed(std::uint64_t v) { seed_ = v; return *this; }
-  std::uint64_t seed() const { return seed_; }
+  SHIFTQ_ARG(std::uint64_t, seed) = 0;
   // Per-channel normalization, one value or one per channel; empty = {0} / {1}. Pixels are scaled
   // to [0, 1] (v / 255) and then mapped to (x - mean[c]) / std[c]. std > 0.
-  ImageLoaderOptions& mean(std::vector<float> v) { mean_ = std::move(v); return *this; }
-  const std::vector<float>& mean() const { return mean_; }
-  ImageLoaderOptions& std(std::vector<float> v) { std_ = std::move(v); return *this; }
-  const std::vector<float>& std() const { return std_; }
+  SHIFTQ_ARG(std::vector<float>, mean);
+  SHIFTQ_ARG(std::vector<float>, std);
   // Random crop augmentation: the image is zero-padded (pixel value 0, before normalization) by
   // pad_crop pixels on each side and a random window of the original size is cut out. 0 = off.
-  ImageLoaderOptions& pad_crop(std::int64_t v) { pad_crop_ = v; return *this; }
-  std::int64_t pad_crop() const { return pad_crop_; }
+  SHIFTQ_ARG(std::int64_t, pad_crop) = 0;
   // Random horizontal flip with probability 0.5 (applied after the crop).
-  ImageLoaderOptions& hflip(bool v) { hflip_ = v; return *this; }
-  bool hflip() const { return hflip_; }
-
- private:
-  std::int64_t batch_size_;
-  bool shuffle_ = true;
-  bool drop_last_ = false;
-  std::uint64_t seed_ = 0;
-  std::vector<float> mean_;
-  std::vector<float> std_;
-  std::int64_t pad_crop_ = 0;
-  bool hflip_ = false;
+  SHIFTQ_ARG(bool, hflip) = false;
 };
 
 // Serves the batches of one split. batch(epoch, index) is a pure function of (seed, epoch, index)

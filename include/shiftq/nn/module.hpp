@@ -9,23 +9,12 @@
 #include <utility>
 #include <vector>
 
+#include "shiftq/core/arg.hpp"
 #include "shiftq/core/tensor.hpp"
 
 namespace shiftq::nn {
 
-// Declares a chainable option: `Options{...}.name(value)` sets it, `name()` reads it.
-#define SHIFTQ_ARG(T, name)                  \
- public:                                     \
-  auto& name(const T& new_value) {           \
-    name##_ = new_value;                     \
-    return *this;                            \
-  }                                          \
-  const T& name() const { return name##_; } \
-                                             \
- private:                                    \
-  T name##_
-
-using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
+using shiftq::NamedTensors;
 
 class Module {
  public:

@@ -6,14 +6,14 @@
 #include <string>
 #include <vector>
 
+#include "shiftq/core/arg.hpp"
 #include "shiftq/core/tensor.hpp"
-#include "shiftq/nn/module.hpp"
 
 namespace shiftq::optim {
 
 class Optimizer {
  public:
-  Optimizer(const nn::NamedTensors& params, double lr);
+  Optimizer(const NamedTensors& params, double lr);
   virtual ~Optimizer() = default;
 
   // Applies one update to every parameter that has a gradient. Throws NumericError naming the
@@ -59,7 +59,7 @@ struct SGDOptions {
 // g = nesterov ? g + momentum*buf : buf; p -= lr*g.
 class SGD : public Optimizer {
  public:
-  SGD(const nn::NamedTensors& params, const SGDOptions& options);
+  SGD(const NamedTensors& params, const SGDOptions& options);
 
  protected:
   void update(Param& p, const Tensor& grad, std::int64_t step) override;
@@ -80,7 +80,7 @@ struct AdamWOptions {
 
 class AdamW : public Optimizer {
  public:
-  AdamW(const nn::NamedTensors& params, const AdamWOptions& options);
+  AdamW(const NamedTensors& params, const AdamWOptions& options);
 
  protected:
   void update(Param& p, const Tensor& grad, std::int64_t step) override;

@@ -1,5 +1,5 @@
 // Reference integer GEMMs: plain loops, int32 accumulation (parallel over rows only).
-#include "detail/parallel.hpp"
+#include "core/parallel_for.hpp"
 #include "shiftq/kernels/gemm_int.hpp"
 
 namespace shiftq::kernels {

@@ -3,7 +3,7 @@
 
 #include <algorithm>
 
-#include "detail/parallel.hpp"
+#include "core/parallel_for.hpp"
 #include "shiftq/core/tensor.hpp"
 #include "shiftq/kernels/im2col.hpp"
 #include "shiftq/kernels/transpose.hpp"
