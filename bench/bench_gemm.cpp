@@ -1,6 +1,6 @@
-// GEMM and quantizer microbenchmarks (protocol: ../shared/spec/bench-protocol.md, results:
-// docs/benchmarks.md). Every GEMM case computes Y[M,N] = X[M,K] · W[N,K]^T as a Linear forward
-// does; names are BM_Gemm_<impl>/M/N/K/threads so a report can pair int cases with fp32 baselines.
+// GEMM and quantizer microbenchmarks (protocol and results: docs/benchmarks.md). Every GEMM case
+// computes Y[M,N] = X[M,K] · W[N,K]^T as a Linear forward does; names are
+// BM_Gemm_<impl>/M/N/K/threads so a report can pair int cases with fp32 baselines.
 //   f32_onednn, f32_eigen  fp32 baselines (oneDNN sgemm, Eigen)
 //   s8s8s32, u8s8s32       raw int8 GEMMs on ready int8 operands (codes in [0, 127])
 //   u8s8s32_codes4, s8s8s32_codes6  the same on 4-bit / 6-bit training's value ranges

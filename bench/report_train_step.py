@@ -245,7 +245,7 @@ def report(shiftq_path, pytorch_path, made_by=None):
               "so shiftq and PyTorch are compared minutes apart at most, not across the whole run.")
     print("\nshiftq integer vs shiftq fp32 are measured by the same binary back to back (same-run ratio); "
           "PyTorch ran in separate processes in the same round, so its ratios also carry the machine's "
-          "drift between processes (up to +-30% on these shared VMs).")
+          "drift between processes (up to +-30% on a shared machine).")
 
     print("\nMachine and libraries:\n")
     if sq_ctx:

@@ -114,7 +114,7 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, Ba
 // Normalizes over the last dim. x: [..., D]; gamma, beta: [D] or undefined.
 Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps = 1e-5f);
 
-// ---- L1 normalization (mean absolute deviation; ../shared/spec/l1norm.md) ----
+// ---- L1 normalization (mean absolute deviation; docs/l1norm.md) ----
 inline constexpr float kL1NormC = 1.2533141373155003f;  // sqrt(pi / 2)
 struct L1BatchNormState {
   Tensor running_mean;   // [C], updated in training mode when defined

@@ -1,7 +1,7 @@
 // Tensor memory: large buffers (>= 64 KiB) freed by tensors are kept for reuse instead of being
 // returned to the OS, because a training step allocates the same shapes every step and fresh pages
-// cost page faults plus zeroing (on the 2-core VMs here that was up to half of a conv layer's
-// time). Like PyTorch's caching allocators, the cache is bounded and can be emptied.
+// cost page faults plus zeroing (on a 2-core machine that was measured at up to half of a conv
+// layer's time). Like PyTorch's caching allocators, the cache is bounded and can be emptied.
 #pragma once
 
 #include <cstddef>

@@ -1,4 +1,4 @@
-// Integer kernels of the fully quantized L1 normalization (../shared/spec/l1norm.md) on raw int8
+// Integer kernels of the fully quantized L1 normalization (docs/l1norm.md) on raw int8
 // code buffers. A normalization group (a BatchNorm channel, a LayerNorm row) is `runs` runs of
 // `len` codes, run i starting at q + i * stride (BatchNorm: runs = N, len = H*W, stride = C*H*W;
 // LayerNorm: runs = 1, len = D), m = runs * len elements, m < 2^23.

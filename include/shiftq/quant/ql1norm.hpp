@@ -1,4 +1,4 @@
-// Fully quantized L1 normalization (../shared/spec/l1norm.md): the input is quantized to int8 with
+// Fully quantized L1 normalization (docs/l1norm.md): the input is quantized to int8 with
 // one scale per normalization group (BatchNorm channel, LayerNorm row), the statistics are integer
 // sums (mean and mean absolute deviation exact in the group's integer units), what is saved for
 // backward is the int8 input, and the backward takes the output gradient quantized to int8
