@@ -33,7 +33,7 @@ models = [
     ("ResNet-20 (Fashion-MNIST, batch 128/node)", 272_186, a.resnet20_ms),
     ("ResNet-50 (ImageNet 224x224, batch 32/node; compute extrapolated)", 25_557_032,
      a.resnet20_ms * (4.1 / 0.031) * (32 / 128)),
-    ("char-GPT (4 x 256, batch 32x128/node)", 3_222_016, a.gpt_ms),
+    ("char-GPT (4 x 256, batch 32x128/node)", 3_224_640, a.gpt_ms),
 ]
 bandwidths = [10, 25, 100]
 nodes = [2, 4, 8, 16, 32, 64]
@@ -69,3 +69,20 @@ for name, n, compute in models:
                 cells.append(f"{mark}{compute + c:.0f} ({100 * share:.0f}%){mark}")
         print(f"| {procs} | " + " | ".join(cells) + " |")
 print("\nEach cell: step time in ms (the exchange's share of it); bold where the exchange takes more than half.")
+
+# Faster nodes shrink the compute part and leave the exchange: the first node count (up to 1024) at
+# which the exchange takes more than half of the step, for nodes `speedup` times faster than the
+# measured one (e.g. 32: a 64-core server against these 2 cores, if compute scaled linearly).
+print("\nNodes at which the exchange exceeds half of the step (\">1024\": not up to 1024 nodes):\n")
+head = " | ".join(f"{g} Gb/s fp32 | {g} Gb/s int8" for g in bandwidths)
+print(f"| model | node speed | {head} |")
+print("| --- | ---: |" + " ---: |" * (2 * len(bandwidths)))
+for name, n, compute in models:
+    for speedup in (1, 8, 32):
+        cells = []
+        for g in bandwidths:
+            for int8 in (False, True):
+                first = next((q for q in (2 ** k for k in range(1, 11))
+                              if comm_ms(n, q, g, int8) > compute / speedup), None)
+                cells.append(str(first) if first else ">1024")
+        print(f"| {name.split(' (')[0]} | {speedup}x | " + " | ".join(cells) + " |")

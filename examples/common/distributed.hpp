@@ -113,6 +113,11 @@ class TrainerGroup {
     return value * weight;
   }
 
+  // Milliseconds per step that this rank waited for the exchange after its backward (ExchangeStats).
+  double exchange_wait_ms_per_step() const {
+    if (!dp_ || dp_->stats().steps == 0) return 0.0;
+    return 1e3 * dp_->stats().wait_seconds / static_cast<double>(dp_->stats().steps);
+  }
   // Bytes this rank sent per exchange so far (ExchangeStats), 0 in one process.
   double exchange_bytes_per_step() const {
     if (!dp_ || dp_->stats().steps == 0) return 0.0;

@@ -286,7 +286,8 @@ std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
                   .add("precision", c.bits > 0 ? c.qconfig().str() : std::string("fp32"))
                   .add("norm", c.norm)
                   .add_if(group.world() > 1, "processes", static_cast<std::int64_t>(group.world()))
-                  .add_if(group.world() > 1, "exchange_bytes_per_step", group.exchange_bytes_per_step()));
+                  .add_if(group.world() > 1, "exchange_bytes_per_step", group.exchange_bytes_per_step())
+                  .add_if(group.world() > 1, "exchange_wait_ms_per_step", group.exchange_wait_ms_per_step()));
     if (verbose) {
       std::printf("epoch %lld: train loss %.4f acc %.2f%% | test loss %.4f acc %.2f%% | %.0f images/s (%.0f s)\n",
                   static_cast<long long>(epoch), m.train_loss, 100 * m.train_accuracy, m.test_loss,

@@ -258,7 +258,8 @@ std::vector<GPTEvalPoint> train_gpt(const GPTTrainConfig& c) {
                   .add("precision", c.bits > 0 ? c.qconfig().str() : std::string("fp32"))
                   .add("norm", c.norm)
                   .add_if(group.world() > 1, "processes", static_cast<std::int64_t>(group.world()))
-                  .add_if(group.world() > 1, "exchange_bytes_per_step", group.exchange_bytes_per_step()));
+                  .add_if(group.world() > 1, "exchange_bytes_per_step", group.exchange_bytes_per_step())
+                  .add_if(group.world() > 1, "exchange_wait_ms_per_step", group.exchange_wait_ms_per_step()));
     if (verbose) {
       std::printf("step %lld: train loss %.4f | val loss %.4f (%.3f bits/char) | %.0f tokens/s\n",
                   static_cast<long long>(step), point.train_loss, point.val_loss, point.val_bpc,
