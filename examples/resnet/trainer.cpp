@@ -6,9 +6,9 @@
 #include <cstring>
 #include <sstream>
 
-#include "common/counters.hpp"
 #include "common/flags.hpp"
 #include "common/nonfinite.hpp"
+#include "common/resume.hpp"
 #include "common/precision.hpp"
 #include "common/report.hpp"
 #include "resnet/model.hpp"
@@ -178,8 +178,7 @@ std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
     if (info("trainer") != "resnet" || info("config") != c.fingerprint())
       throw ValueError("checkpoint " + c.resume + " was written by a different configuration:\n  checkpoint: " +
                        info("config") + "\n  this run:   " + c.fingerprint());
-    io::restore(ckpt, c.resume, model, &optimizer);
-    nn::set_quantization_counters(model, split_counters(info("quant_counters"), c.resume));
+    note_absent_state(io::restore(ckpt, c.resume, model, &optimizer), c.resume, verbose);
     first_epoch = std::stoll(info("epoch")) + 1;
     step = std::stoll(info("step"));
   }
@@ -295,16 +294,12 @@ std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
       std::fflush(stdout);
     }
     if (!checkpoint_path.empty()) {
-      io::TrainingCheckpoint ckpt;
-      ckpt.model = model.state_dict();
-      ckpt.optimizer = optimizer.state_dict();
-      ckpt.info = {{"trainer", "resnet"},
-                   {"config", c.fingerprint()},
-                   {"epoch", std::to_string(epoch)},
-                   {"step", std::to_string(step)},
-                   {"test_accuracy", std::to_string(m.test_accuracy)},
-                   {"quant_counters", join_counters(nn::quantization_counters(model))}};
-      io::save_checkpoint(checkpoint_path, ckpt);
+      io::save_checkpoint(checkpoint_path, model, &optimizer,
+                          {{"trainer", "resnet"},
+                           {"config", c.fingerprint()},
+                           {"epoch", std::to_string(epoch)},
+                           {"step", std::to_string(step)},
+                           {"test_accuracy", std::to_string(m.test_accuracy)}});
     }
   }
   return history;

@@ -8,9 +8,9 @@
 #include <optional>
 #include <sstream>
 
-#include "common/counters.hpp"
 #include "common/flags.hpp"
 #include "common/nonfinite.hpp"
+#include "common/resume.hpp"
 #include "common/precision.hpp"
 #include "common/report.hpp"
 #include "transformer/model.hpp"
@@ -89,7 +89,7 @@ io::TrainingCheckpoint make_checkpoint(const GPTTrainConfig& c, GPT& model, cons
                                        const Generator& data_gen, const data::CharVocab& vocab, std::int64_t step,
                                        double val_loss) {
   io::TrainingCheckpoint ckpt;
-  ckpt.model = model.state_dict();
+  ckpt.model = model.state_dict();  // the quantized layers' call counters included
   ckpt.optimizer = optimizer.state_dict();
   ckpt.generators["data"] = data_gen.state();
   ckpt.info = {{"trainer", "gpt"},
@@ -108,8 +108,7 @@ io::TrainingCheckpoint make_checkpoint(const GPTTrainConfig& c, GPT& model, cons
                {"grad_quant", c.grad_quant},
                {"head_bits", std::to_string(c.head_bits)},
                {"norm_bits", std::to_string(c.norm_bits)},
-               {"seed", std::to_string(c.seed)},
-               {"quant_counters", join_counters(nn::quantization_counters(model))}};
+               {"seed", std::to_string(c.seed)}};
   return ckpt;
 }
 
@@ -180,8 +179,7 @@ std::vector<GPTEvalPoint> train_gpt(const GPTTrainConfig& c) {
   Generator data_gen(static_cast<std::uint64_t>(c.seed) ^ 0x9e3779b97f4a7c15ull);
   std::int64_t step = 0;
   if (ckpt) {
-    io::restore(*ckpt, c.resume, *model, &optimizer);
-    nn::set_quantization_counters(*model, split_counters(info_entry(*ckpt, c.resume, "quant_counters"), c.resume));
+    note_absent_state(io::restore(*ckpt, c.resume, *model, &optimizer), c.resume, verbose);
     const auto gen = ckpt->generators.find("data");
     if (gen == ckpt->generators.end()) throw IOError("checkpoint " + c.resume + " has no 'data' generator state");
     data_gen.set_state(gen->second);

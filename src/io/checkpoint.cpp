@@ -1,5 +1,6 @@
 #include "shiftq/io/checkpoint.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <cstdint>
 #include <string_view>
@@ -7,6 +8,7 @@
 #include <utility>
 
 #include "shiftq/io/safetensors.hpp"
+#include "shiftq/nn/layers.hpp"
 
 namespace shiftq::io {
 namespace {
@@ -114,21 +116,62 @@ TrainingCheckpoint load_checkpoint(const std::string& path) {
   return ckpt;
 }
 
-void restore(const TrainingCheckpoint& ckpt, const std::string& path_for_messages, nn::Module& model,
-             optim::Optimizer* optimizer) {
+void save_checkpoint(const std::string& path, const nn::Module& model, const optim::Optimizer* optimizer,
+                     const std::map<std::string, std::string>& info,
+                     const std::map<std::string, GeneratorState>& generators) {
+  TrainingCheckpoint ckpt;
+  ckpt.model = model.state_dict();
+  if (optimizer) ckpt.optimizer = optimizer->state_dict();
+  ckpt.info = info;
+  ckpt.generators = generators;
+  save_checkpoint(path, ckpt);
+}
+
+namespace {
+// The legacy info entry: comma-separated decimal call counters, in nn::quantization_counters order.
+std::vector<std::uint64_t> parse_counters(const std::string& text, const std::string& path) {
+  std::vector<std::uint64_t> counters;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    const std::size_t end = std::min(text.find(',', start), text.size());
+    const std::string item = text.substr(start, end - start);
+    std::uint64_t value = 0;
+    const auto [ptr, ec] = std::from_chars(item.data(), item.data() + item.size(), value);
+    if (item.empty() || ec != std::errc() || ptr != item.data() + item.size())
+      throw IOError("checkpoint " + path + ": malformed quant_counters entry '" + item + "'");
+    counters.push_back(value);
+    start = end + 1;
+  }
+  return counters;
+}
+
+bool is_counter(const std::string& name) {
+  constexpr std::string_view suffix = "quant_calls";
+  return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+}  // namespace
+
+std::vector<std::string> restore(const TrainingCheckpoint& ckpt, const std::string& path_for_messages,
+                                 nn::Module& model, optim::Optimizer* optimizer) {
   const std::string prefix = "checkpoint " + path_for_messages + " does not match the ";
-  // A copy of the current values, put back if the optimizer rejects its state (all or nothing).
+  // A copy of the current values, put back if a later step fails (all or nothing).
   std::map<std::string, Tensor> previous;
-  if (optimizer)
-    for (const auto& [name, t] : model.state_dict()) previous.emplace(name, t.clone());
-  rethrow_prefixed(prefix + "model: ", [&] { model.load_state_dict(ckpt.model); });
-  if (!optimizer) return;
+  for (const auto& [name, t] : model.state_dict()) previous.emplace(name, t.clone());
+  std::vector<std::string> absent;
+  rethrow_prefixed(prefix + "model: ", [&] { absent = model.load_state_dict(ckpt.model); });
   try {
-    rethrow_prefixed(prefix + "optimizer: ", [&] { optimizer->load_state_dict(ckpt.optimizer); });
+    if (optimizer) rethrow_prefixed(prefix + "optimizer: ", [&] { optimizer->load_state_dict(ckpt.optimizer); });
+    const auto legacy = ckpt.info.find("quant_counters");
+    if (legacy != ckpt.info.end() && std::any_of(absent.begin(), absent.end(), is_counter)) {
+      const std::vector<std::uint64_t> counters = parse_counters(legacy->second, path_for_messages);
+      rethrow_prefixed(prefix + "model: ", [&] { nn::set_quantization_counters(model, counters); });
+      absent.erase(std::remove_if(absent.begin(), absent.end(), is_counter), absent.end());
+    }
   } catch (...) {
     model.load_state_dict(previous);
     throw;
   }
+  return absent;
 }
 
 }  // namespace shiftq::io

@@ -20,6 +20,23 @@ void default_init(Tensor& weight, Tensor* bias, Generator& gen) {
 }
 }  // namespace
 
+std::uint64_t QuantCallCounter::value() const {
+  const std::int32_t* words = count_.data<std::int32_t>();
+  return static_cast<std::uint32_t>(words[0]) | (static_cast<std::uint64_t>(static_cast<std::uint32_t>(words[1])) << 32);
+}
+
+void QuantCallCounter::set(std::uint64_t calls) {
+  std::int32_t* words = count_.data<std::int32_t>();
+  words[0] = static_cast<std::int32_t>(static_cast<std::uint32_t>(calls));
+  words[1] = static_cast<std::int32_t>(static_cast<std::uint32_t>(calls >> 32));
+}
+
+std::uint64_t QuantCallCounter::next(bool training) {
+  const std::uint64_t calls = value();
+  if (training) set(calls + 1);
+  return calls;
+}
+
 Linear::Linear(const LinearOptions& options, Generator& gen) : Module("Linear"), options_(options) {
   check_positive(options.in_features(), "Linear", "in_features");
   check_positive(options.out_features(), "Linear", "out_features");
@@ -32,7 +49,7 @@ Linear::Linear(const LinearOptions& options, Generator& gen) : Module("Linear"),
 
 Tensor Linear::forward(const Tensor& x) {
   if (!quant_) return linear(x, weight, bias);
-  return quant::quantized_linear(x, weight, bias, packed_, *quant_, is_training() ? calls_++ : calls_);
+  return quant::quantized_linear(x, weight, bias, packed_, *quant_, calls_.next(is_training()));
 }
 
 Conv2d::Conv2d(const Conv2dOptions& options, Generator& gen) : Module("Conv2d"), options_(options) {
@@ -52,7 +69,7 @@ Conv2d::Conv2d(const Conv2dOptions& options, Generator& gen) : Module("Conv2d"),
 Tensor Conv2d::forward(const Tensor& x) {
   const Conv2dParams params{options_.stride(), options_.padding()};
   if (!quant_) return conv2d(x, weight, bias, params);
-  return quant::quantized_conv2d(x, weight, bias, params, packed_, *quant_, is_training() ? calls_++ : calls_);
+  return quant::quantized_conv2d(x, weight, bias, params, packed_, *quant_, calls_.next(is_training()));
 }
 
 BatchNorm2d::BatchNorm2d(const BatchNormOptions& options) : Module("BatchNorm2d"), options_(options) {
@@ -90,7 +107,7 @@ Tensor L1BatchNorm2d::forward(const Tensor& x) {
   L1BatchNormState state{running_mean, running_sigma, options_.momentum(), options_.eps(), options_.c()};
   if (!quant_) return l1_batch_norm2d(x, weight, bias, state, is_training());
   return quant::quantized_l1_batch_norm2d(x, weight, bias, state, is_training(), *quant_,
-                                          is_training() ? calls_++ : calls_);
+                                          calls_.next(is_training()));
 }
 
 L1LayerNorm::L1LayerNorm(const L1LayerNormOptions& options) : Module("L1LayerNorm"), options_(options) {
@@ -105,7 +122,7 @@ L1LayerNorm::L1LayerNorm(const L1LayerNormOptions& options) : Module("L1LayerNor
 Tensor L1LayerNorm::forward(const Tensor& x) {
   if (!quant_) return l1_layer_norm(x, weight, bias, options_.eps(), options_.c());
   return quant::quantized_l1_layer_norm(x, weight, bias, options_.eps(), options_.c(), *quant_,
-                                        is_training() ? calls_++ : calls_);
+                                        calls_.next(is_training()));
 }
 
 LayerNorm::LayerNorm(const LayerNormOptions& options) : Module("LayerNorm"), options_(options) {
@@ -151,6 +168,14 @@ void collect(Module& m, std::vector<T*>& out) {
   if (auto* q = dynamic_cast<T*>(&m)) out.push_back(q);
   for (const auto& [name, child] : m.named_children()) collect(*child, out);
 }
+
+// Exposes a quantized layer's call counter as its module's buffer (once).
+template <class T>
+void attach_counter(T* layer) {
+  auto* module = dynamic_cast<Module*>(layer);
+  if (module && !module->has_buffer("quant_calls"))
+    module->register_buffer("quant_calls", layer->quant_call_counter().tensor(), /*optional=*/true);
+}
 }  // namespace
 
 int quantize_model(Module& model, const quant::QConfig& config, std::uint64_t seed) {
@@ -159,6 +184,7 @@ int quantize_model(Module& model, const quant::QConfig& config, std::uint64_t se
   for (std::size_t i = 0; i < layers.size(); ++i) {
     const bool first_or_last = i == 0 || i + 1 == layers.size();
     layers[i]->set_quantization(quant::layer_quant(config, first_or_last, seed, i));
+    attach_counter(layers[i]);
   }
   std::vector<QuantizableNorm*> norms;
   collect(model, norms);
@@ -170,6 +196,7 @@ int quantize_model(Module& model, const quant::QConfig& config, std::uint64_t se
     // Layer ids after the GEMM layers' (which use 2 * id and 2 * id + 1).
     norms[i]->set_quantization(quant::QuantizedNormConfig{config.norm_bits, config.norm_bits, seed,
                                                           2 * layers.size() + i});
+    attach_counter(norms[i]);
   }
   return static_cast<int>(layers.size());
 }

@@ -27,12 +27,22 @@ Tensor Module::register_parameter(const std::string& name, Tensor tensor, bool r
   return tensor;
 }
 
-Tensor Module::register_buffer(const std::string& name, Tensor tensor) {
+Tensor Module::register_buffer(const std::string& name, Tensor tensor, bool optional) {
   check_new_name(name);
   check_defined(tensor, "register_buffer", name.c_str());
   tensor.set_name(name);
   buffers_.emplace_back(name, tensor);
+  if (optional) optional_buffers_.push_back(name);
   return tensor;
+}
+
+bool Module::has_buffer(const std::string& name) const {
+  return std::any_of(buffers_.begin(), buffers_.end(), [&](const auto& kv) { return kv.first == name; });
+}
+
+void Module::collect_optional(const std::string& prefix, std::vector<std::string>& out) const {
+  for (const std::string& name : optional_buffers_) out.push_back(prefix + name);
+  for (const auto& [name, child] : children_) child->collect_optional(prefix + name + ".", out);
 }
 
 void Module::add_child(const std::string& name, std::shared_ptr<Module> module) {
@@ -87,13 +97,17 @@ std::map<std::string, Tensor> Module::state_dict() const {
   return out;
 }
 
-void Module::load_state_dict(const std::map<std::string, Tensor>& state, bool strict) {
+std::vector<std::string> Module::load_state_dict(const std::map<std::string, Tensor>& state, bool strict) {
   const std::map<std::string, Tensor> own = state_dict();
+  std::vector<std::string> optional, absent;
+  collect_optional("", optional);
   // Validate everything first so a failed load leaves the module untouched.
   for (const auto& [name, dst] : own) {
     auto it = state.find(name);
     if (it == state.end()) {
-      SHIFTQ_CHECK(!strict, ValueError, "load_state_dict: missing key '", name, "'");
+      const bool may_lack = std::find(optional.begin(), optional.end(), name) != optional.end();
+      SHIFTQ_CHECK(!strict || may_lack, ValueError, "load_state_dict: missing key '", name, "'");
+      if (may_lack) absent.push_back(name);
       continue;
     }
     SHIFTQ_CHECK(it->second.defined() && it->second.shape() == dst.shape() &&
@@ -108,6 +122,7 @@ void Module::load_state_dict(const std::map<std::string, Tensor>& state, bool st
     auto it = state.find(name);
     if (it != state.end()) Tensor(dst).copy_(it->second);
   }
+  return absent;
 }
 
 }  // namespace shiftq::nn

@@ -244,6 +244,78 @@ TEST_F(CheckpointTest, NotACheckpoint) {
   expect_not_checkpoint(path("missing.safetensors"), "cannot open");
 }
 
+// A quantized model's stochastic rounding is keyed by its layers' call counters: saving the model
+// alone (io::save_checkpoint(path, model, &opt)) must carry them, so a restored run continues with
+// the same roundings as an uninterrupted one.
+std::shared_ptr<nn::Sequential> quantized_mlp() {
+  Generator gen(3);
+  auto model = std::make_shared<nn::Sequential>(std::initializer_list<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Linear>(nn::LinearOptions(6, 16), gen), std::make_shared<nn::ReLU>(),
+      std::make_shared<nn::Linear>(nn::LinearOptions(16, 16), gen), std::make_shared<nn::ReLU>(),
+      std::make_shared<nn::Linear>(nn::LinearOptions(16, 2), gen)});
+  nn::quantize_model(*model, quant::QConfig::bits(4), 11);
+  return model;
+}
+
+void train_steps(nn::Module& model, optim::Optimizer& opt, int steps, std::uint64_t data_seed) {
+  Generator data(data_seed);
+  for (int i = 0; i < steps; ++i) {
+    const Tensor x = Tensor::randn({8, 6}, data);
+    const Tensor y = Tensor::randn({8, 2}, data);
+    opt.zero_grad();
+    mse_loss(model(x), y).backward();
+    opt.step();
+  }
+}
+
+TEST_F(CheckpointTest, SavedQuantizedModelResumesBitForBit) {
+  auto straight = quantized_mlp();
+  auto opt = make_sgd(*straight);
+  train_steps(*straight, *opt, 3, 1);
+  io::save_checkpoint(path("q.safetensors"), *straight, opt.get(), {{"step", "3"}});
+  train_steps(*straight, *opt, 2, 2);
+
+  auto resumed = quantized_mlp();
+  auto resumed_opt = make_sgd(*resumed);
+  const TrainingCheckpoint ckpt = io::load_checkpoint(path("q.safetensors"));
+  EXPECT_EQ(ckpt.model.at("0.quant_calls").to_vector<std::int32_t>(), (std::vector<std::int32_t>{3, 0}));
+  EXPECT_EQ(ckpt.info.at("step"), "3");
+  EXPECT_TRUE(io::restore(ckpt, "q.safetensors", *resumed, resumed_opt.get()).empty());
+  train_steps(*resumed, *resumed_opt, 2, 2);
+  expect_bit_equal(straight->state_dict(), resumed->state_dict());
+
+  // Without the counters (a fresh restore point that skips them) the roundings differ: the test
+  // above would notice a checkpoint that lost them.
+  auto fresh = quantized_mlp();
+  auto fresh_opt = make_sgd(*fresh);
+  TrainingCheckpoint without = ckpt;
+  for (const char* name : {"0.quant_calls", "2.quant_calls", "4.quant_calls"}) without.model.erase(name);
+  const auto absent = io::restore(without, "q.safetensors", *fresh, fresh_opt.get());
+  EXPECT_EQ(absent, (std::vector<std::string>{"0.quant_calls", "2.quant_calls", "4.quant_calls"}));
+  train_steps(*fresh, *fresh_opt, 2, 2);
+  EXPECT_NE(std::memcmp(fresh->state_dict().at("2.weight").data<float>(),
+                        straight->state_dict().at("2.weight").data<float>(), 16 * 16 * sizeof(float)),
+            0);
+}
+
+// Checkpoints from before the counters were buffers hold them in info "quant_counters".
+TEST_F(CheckpointTest, LegacyQuantCountersInfoIsApplied) {
+  auto model = quantized_mlp();
+  TrainingCheckpoint ckpt;
+  ckpt.model = model->state_dict();
+  for (const char* name : {"0.quant_calls", "2.quant_calls", "4.quant_calls"}) ckpt.model.erase(name);
+  ckpt.info = {{"quant_counters", "7,8,4294967301"}};
+  auto restored = quantized_mlp();
+  EXPECT_TRUE(io::restore(ckpt, "old.safetensors", *restored, nullptr).empty());
+  EXPECT_EQ(nn::quantization_counters(*restored), (std::vector<std::uint64_t>{7, 8, 4294967301ull}));
+  ckpt.info["quant_counters"] = "7,x,9";
+  expect_prefixed<IOError>([&] { io::restore(ckpt, "old.safetensors", *restored, nullptr); },
+                  "checkpoint old.safetensors: malformed quant_counters entry 'x'");
+  ckpt.info["quant_counters"] = "7,8";
+  EXPECT_THROW(io::restore(ckpt, "old.safetensors", *restored, nullptr), ValueError);
+  EXPECT_EQ(nn::quantization_counters(*restored), (std::vector<std::uint64_t>{7, 8, 4294967301ull}));  // untouched
+}
+
 TEST_F(CheckpointTest, SaveIntoMissingDirectoryLeavesNothing) {
   TrainingCheckpoint ckpt;
   ckpt.info["epoch"] = "0";

@@ -7,6 +7,7 @@
 
 #include <map>
 #include <string>
+#include <vector>
 
 #include "shiftq/core/generator.hpp"
 #include "shiftq/core/tensor.hpp"
@@ -32,11 +33,21 @@ void save_checkpoint(const std::string& path, const TrainingCheckpoint& ckpt);
 // prefix, an unknown metadata key, or a malformed "rng/" entry.
 TrainingCheckpoint load_checkpoint(const std::string& path);
 
+// The checkpoint of `model` (its state_dict: parameters and buffers, the quantized layers' call
+// counters included) and of `optimizer` (unless null), with `info` and `generators`, written like
+// save_checkpoint above. Restoring it continues training bit for bit (same thread count).
+void save_checkpoint(const std::string& path, const nn::Module& model, const optim::Optimizer* optimizer,
+                     const std::map<std::string, std::string>& info = {},
+                     const std::map<std::string, GeneratorState>& generators = {});
+
 // Copies a loaded checkpoint into `model` and (unless null) `optimizer`. On a mismatch rethrows the
 // exception of Module::load_state_dict / Optimizer::load_state_dict as the same type, its message
 // prefixed with "checkpoint <path_for_messages> does not match the model: " (or "the optimizer: ").
 // All or nothing: when it throws, neither the model nor the optimizer has been modified.
-void restore(const TrainingCheckpoint& ckpt, const std::string& path_for_messages, nn::Module& model,
-             optim::Optimizer* optimizer);
+// Returns the names of the model's optional buffers that the checkpoint did not hold (they keep
+// their values; the caller may say what is recalibrated). Checkpoints written before the call
+// counters were buffers keep them in info "quant_counters": those are applied, and not returned.
+std::vector<std::string> restore(const TrainingCheckpoint& ckpt, const std::string& path_for_messages,
+                                 nn::Module& model, optim::Optimizer* optimizer);
 
 }  // namespace shiftq::io

@@ -19,12 +19,28 @@ struct LinearOptions {
   SHIFTQ_ARG(bool, bias) = true;
 };
 
+// The training forward calls of a quantized layer or norm: they key its stochastic rounding. Held
+// in an s32 [2] tensor (low and high 32 bits) that nn::quantize_model registers as the module's
+// optional buffer "quant_calls", so a checkpoint of the module resumes the same roundings.
+class QuantCallCounter {
+ public:
+  std::uint64_t value() const;
+  void set(std::uint64_t calls);
+  // The count, then (when `training`) one more.
+  std::uint64_t next(bool training);
+  const Tensor& tensor() const { return count_; }
+
+ private:
+  Tensor count_ = Tensor::zeros({2}, DType::s32);
+};
+
 // y = x W^T + b. x: [..., in] -> [..., out]. W: [out, in], kaiming-uniform as in PyTorch.
 // Shared by the layers whose GEMMs can run on int8 (Linear, Conv2d): the layer's resolved
 // quantization (none = fp32), its packed weight (re-quantized once per optimizer step) and the
 // call counter that keys stochastic rounding.
 class QuantizableLayer {
  public:
+  virtual ~QuantizableLayer() = default;
   void set_quantization(std::optional<quant::LayerQuant> q) {
     if (q) q->validate();
     quant_ = std::move(q);
@@ -32,13 +48,14 @@ class QuantizableLayer {
   const std::optional<quant::LayerQuant>& quantization() const { return quant_; }
   const quant::PackedWeight& packed_weight() const { return packed_; }
   // Training forward calls so far: keys this layer's stochastic rounding (checkpointed for resume).
-  std::uint64_t quant_calls() const { return calls_; }
-  void set_quant_calls(std::uint64_t calls) { calls_ = calls; }
+  std::uint64_t quant_calls() const { return calls_.value(); }
+  void set_quant_calls(std::uint64_t calls) { calls_.set(calls); }
+  const QuantCallCounter& quant_call_counter() const { return calls_; }
 
  protected:
   std::optional<quant::LayerQuant> quant_;
   quant::PackedWeight packed_;
-  std::uint64_t calls_ = 0;
+  QuantCallCounter calls_;
 };
 
 class Linear : public Module, public QuantizableLayer {
@@ -111,17 +128,19 @@ struct L1BatchNormOptions {
 // L1 norm layers run fully quantized (int8 codes, integer statistics) once given a config.
 class QuantizableNorm {
  public:
+  virtual ~QuantizableNorm() = default;
   void set_quantization(std::optional<quant::QuantizedNormConfig> q) {
     if (q) q->validate();
     quant_ = q;
   }
   const std::optional<quant::QuantizedNormConfig>& quantization() const { return quant_; }
-  std::uint64_t quant_calls() const { return calls_; }
-  void set_quant_calls(std::uint64_t calls) { calls_ = calls; }
+  std::uint64_t quant_calls() const { return calls_.value(); }
+  void set_quant_calls(std::uint64_t calls) { calls_.set(calls); }
+  const QuantCallCounter& quant_call_counter() const { return calls_; }
 
  protected:
   std::optional<quant::QuantizedNormConfig> quant_;
-  std::uint64_t calls_ = 0;
+  QuantCallCounter calls_;
 };
 
 // BatchNorm with the mean absolute deviation instead of the standard deviation. x: [N, C, H, W].
@@ -270,7 +289,9 @@ class Sequential : public Module {
 // Gives every Linear and Conv2d under `model` (in registration order) the quantization of
 // `config`; the first and the last of them use config.first_last_bits. L1BatchNorm2d / L1LayerNorm
 // layers become fully quantized with config.norm_bits (when non-zero). Stochastic rounding is keyed
-// by (seed, call, layer index). Returns the number of GEMM layers quantized.
+// by (seed, call, layer index); each quantized module gets the optional buffer "quant_calls" with its
+// call counter, so io::save_checkpoint of the model resumes bit for bit. Returns the number of GEMM
+// layers quantized.
 int quantize_model(Module& model, const quant::QConfig& config, std::uint64_t seed = 0);
 // Back to fp32 GEMMs.
 void dequantize_model(Module& model);

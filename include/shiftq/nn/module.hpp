@@ -47,15 +47,21 @@ class Module {
 
   // Parameters and buffers by dotted name. The tensors share storage with the module.
   std::map<std::string, Tensor> state_dict() const;
-  // Copies values into the module's tensors. With `strict`, every key must match exactly;
-  // shape or dtype mismatches always throw (nothing is modified when a check fails).
-  void load_state_dict(const std::map<std::string, Tensor>& state, bool strict = true);
+  // Copies values into the module's tensors. With `strict`, every key must match exactly, except
+  // optional buffers (register_buffer(..., optional = true)), which may be absent: they keep their
+  // values and their names are returned (state that older checkpoints did not save). Shape or
+  // dtype mismatches always throw (nothing is modified when a check fails).
+  std::vector<std::string> load_state_dict(const std::map<std::string, Tensor>& state, bool strict = true);
+
+  // Registers non-trainable state (running statistics, counters) under `name`; returns the handle.
+  // Public, as in libtorch, so that code outside the module (nn::quantize_model) can attach state.
+  // `optional`: a state dict without it still loads (see load_state_dict).
+  Tensor register_buffer(const std::string& name, Tensor tensor, bool optional = false);
+  bool has_buffer(const std::string& name) const;
 
  protected:
   // Registers `tensor` as a trainable parameter (sets requires_grad and its name); returns the handle.
   Tensor register_parameter(const std::string& name, Tensor tensor, bool requires_grad = true);
-  // Registers non-trainable state (running statistics).
-  Tensor register_buffer(const std::string& name, Tensor tensor);
   template <class M>
   std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> module) {
     add_child(name, module);
@@ -66,11 +72,13 @@ class Module {
   void add_child(const std::string& name, std::shared_ptr<Module> module);
   void check_new_name(const std::string& name) const;
   void collect(const std::string& prefix, bool params, bool recurse, NamedTensors& out) const;
+  void collect_optional(const std::string& prefix, std::vector<std::string>& out) const;
 
   std::string type_name_;
   bool training_ = true;
   NamedTensors parameters_;
   NamedTensors buffers_;
+  std::vector<std::string> optional_buffers_;  // names in buffers_ that a state dict may lack
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
 };
 
