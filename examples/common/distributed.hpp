@@ -83,8 +83,9 @@ class TrainerGroup {
   // One step's forward + backward + exchange: `forward()` returns this rank's mean loss over its
   // `local` samples (not called when local == 0); afterwards every gradient is the mean gradient
   // over the `global` samples of the step. Returns the loss weighted by local / global (their sum
-  // over the ranks is the global batch's mean loss). A non-finite loss on any rank throws
-  // NumericError on every rank, before backward.
+  // over the ranks is the global batch's mean loss). A NumericError in the forward or a non-finite
+  // loss on any rank throws NumericError on every rank, before backward; so does a failed backward
+  // (DataParallel::backward).
   template <class Forward>
   double backward(Forward&& forward, optim::Optimizer& optimizer, std::int64_t local, std::int64_t global,
                   std::int64_t step) {
@@ -98,12 +99,22 @@ class TrainerGroup {
     const double weight = static_cast<double>(local) / static_cast<double>(global);
     Tensor loss;
     double value = 0;
+    std::string failure;  // this rank's NumericError in the forward (a non-finite activation)
     if (local > 0) {
-      loss = forward();
-      value = loss.item();
+      try {
+        loss = forward();
+        value = loss.item();
+      } catch (const NumericError& e) {
+        failure = e.what();
+      }
     }
-    if (!dist::all_true(std::isfinite(value)))
-      throw NumericError("training loss is not finite on " + std::string(std::isfinite(value) ? "another rank" : "this rank"));
+    // Every rank learns whether any rank failed, so that all skip (or stop at) the same step.
+    const bool ok = failure.empty() && std::isfinite(value);
+    if (!dist::all_true(ok)) {
+      if (!failure.empty()) throw NumericError(failure);
+      throw NumericError(ok ? "training forward failed on another rank (non-finite values)"
+                            : "training loss is " + std::to_string(value));
+    }
     optimizer.zero_grad();
     dp_->set_step(step);
     if (local > 0)

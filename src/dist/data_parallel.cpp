@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <exception>
@@ -79,6 +80,7 @@ struct DataParallel::Impl {
   // per step
   double weight = 1;
   bool poisoned = false;  // backward failed on this rank: its missing gradients are sent as NaN
+  bool broken = false;    // a DistError left MPI requests in flight: the buffers must never be freed
   std::vector<std::size_t> next_issue;  // per phase: the next bucket to start it (bucket order)
 #ifdef SHIFTQ_HAVE_MPI
   std::vector<MPI_Comm> phase_comms;  // one communicator per phase: each sees its buckets in order
@@ -102,6 +104,8 @@ struct DataParallel::Impl {
       if (current.params.empty()) return;
       const std::int64_t unit = pad_unit();
       current.padded = (current.numel + unit - 1) / unit * unit;
+      SHIFTQ_CHECK(current.padded <= INT_MAX, ValueError, "DataParallel: a bucket of ", current.padded,
+                   " values is more than one MPI call takes; split the parameter");
       current.chunk = current.padded / world;
       current.flat.assign(static_cast<std::size_t>(current.padded), 0.0f);
       if (options.exchange() == GradExchange::int8) {
@@ -286,6 +290,14 @@ struct DataParallel::Impl {
     }
     detail::wait_all(stamp_requests, "gradient exchange of step " + std::to_string(step),
                      [this] { return missing_ranks(); });
+    // The ranks agree on the step: a rank that skipped or repeated one would pair its collectives
+    // with another step's.
+    for (int peer = 0; peer < world; ++peer)
+      if (peer != rank && stamps_in[static_cast<std::size_t>(peer)] != step)
+        throw DistError("rank " + std::to_string(rank) + ": gradient exchange of step " + std::to_string(step) +
+                        " met rank " + std::to_string(peer) + " at step " +
+                        std::to_string(stamps_in[static_cast<std::size_t>(peer)]) +
+                        " (the ranks must call backward/sync_gradients equally often, with the same set_step)");
     stats.wait_seconds += std::chrono::duration<double>(Clock::now() - start).count();
   }
 #endif
@@ -315,7 +327,10 @@ struct DataParallel::Impl {
 #endif
   }
 
-  void end_step() {
+  // Completes the exchange; `ok` = this rank's backward succeeded. Returns whether it succeeded on
+  // every rank (one small allreduce), so that all ranks drop a failed step alike.
+  bool end_step(bool ok) {
+    bool all_ok = ok;
     if (world == 1) {
       // One process: the gradient is already the batch's, up to the weight.
       for (Param& p : params) {
@@ -332,6 +347,7 @@ struct DataParallel::Impl {
     } else {
 #ifdef SHIFTQ_HAVE_MPI
       finish_exchange();
+      all_ok = all_true(ok);
       if (options.broadcast_buffers() && !buffers.empty())
         detail::broadcast_tensors(buffers, 0, "DataParallel: buffer broadcast of step " + std::to_string(step));
 #endif
@@ -339,6 +355,32 @@ struct DataParallel::Impl {
     ++stats.steps;
     for (const Bucket& b : buckets) stats.values += b.numel;
     ++step;
+    return all_ok;
+  }
+
+  // Runs one step's exchange around `produce_gradients` (backward, or nothing).
+  template <class Produce>
+  void run_step(double w, Produce&& produce_gradients) {
+    try {
+      begin_step(w);
+      std::exception_ptr failure;
+      try {
+        produce_gradients();
+      } catch (const DistError&) {
+        throw;  // the group itself failed: no further collectives
+      } catch (...) {
+        failure = std::current_exception();
+        poisoned = true;
+      }
+      const bool all_ok = end_step(failure == nullptr);
+      if (failure) std::rethrow_exception(failure);
+      if (!all_ok)
+        throw NumericError("DataParallel: backward failed on another rank at step " + std::to_string(step - 1) +
+                           "; the step is dropped on every rank");
+    } catch (const DistError&) {
+      broken = true;
+      throw;
+    }
   }
 };
 
@@ -363,8 +405,8 @@ DataParallel::DataParallel(nn::Module& model, DataParallelOptions options) : imp
   if (s.world > 1) {
     check_same_config(std::string("DataParallel exchange=") + to_string(options.exchange()) +
                       " bucket_bytes=" + std::to_string(options.bucket_bytes()) +
-                      " group_size=" + std::to_string(options.group_size()) +
-                      " parameters=" + std::to_string(s.params.size()) + " buckets=" + std::to_string(s.buckets.size()));
+                      " group_size=" + std::to_string(options.group_size()) + " buckets=" +
+                      std::to_string(s.buckets.size()) + "\n" + detail::layout_of(model.named_parameters()));
     s.buffers = model.named_buffers();
     check_same_config(detail::layout_of(s.buffers));
     for (int phase = 0; phase < s.num_phases(); ++phase) s.phase_comms.push_back(detail::dup_world());
@@ -375,6 +417,10 @@ DataParallel::DataParallel(nn::Module& model, DataParallelOptions options) : imp
 
 DataParallel::~DataParallel() {
 #ifdef SHIFTQ_HAVE_MPI
+  if (impl_->broken) {  // requests may still write into the buckets: keep them
+    detail::abandoned().push_back(std::shared_ptr<Impl>(impl_.release()));
+    return;
+  }
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (finalized) return;
@@ -385,22 +431,14 @@ DataParallel::~DataParallel() {
 
 void DataParallel::backward(const Tensor& loss, double weight) {
   Impl& s = *impl_;
-  s.begin_step(weight);
-  std::exception_ptr failure;
-  try {
+  s.run_step(weight, [&] {
     GradReadyHookGuard hook([&s](const AutogradMeta& leaf) { s.on_ready(leaf); });
     loss.backward();
-  } catch (...) {
-    failure = std::current_exception();
-    s.poisoned = true;
-  }
-  s.end_step();
-  if (failure) std::rethrow_exception(failure);
+  });
 }
 
 void DataParallel::sync_gradients(double weight) {
-  impl_->begin_step(weight);
-  impl_->end_step();
+  impl_->run_step(weight, [] {});
 }
 
 std::int64_t DataParallel::step() const { return impl_->step; }

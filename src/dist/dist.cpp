@@ -1,7 +1,10 @@
 #include "shiftq/dist/dist.hpp"
 
+#include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cstdlib>
+#include <memory>
 #include <cstring>
 #include <thread>
 
@@ -69,8 +72,14 @@ void PollBackoff::pause() {
   std::this_thread::sleep_for(std::chrono::microseconds(50));
 }
 
+// Buffers of requests that timed out: MPI may still write them, so they are never freed.
+std::vector<std::shared_ptr<void>>& abandoned() {
+  static std::vector<std::shared_ptr<void>> buffers;
+  return buffers;
+}
+
 void wait_all(std::vector<MPI_Request>& requests, const std::string& what,
-              const std::function<std::string()>& who_is_missing) {
+              const std::function<std::string()>& who_is_missing, std::shared_ptr<void> in_flight) {
   using Clock = std::chrono::steady_clock;
   auto last_progress = Clock::now();
   PollBackoff backoff;
@@ -93,6 +102,7 @@ void wait_all(std::vector<MPI_Request>& requests, const std::string& what,
                             std::to_string(static_cast<long long>(waited)) + " s (dist::timeout " +
                             std::to_string(timeout()) + " s)";
       const std::string missing = who_is_missing ? who_is_missing() : std::string();
+      if (in_flight) abandoned().push_back(std::move(in_flight));
       throw DistError(message + (missing.empty() ? "; a peer rank stopped or hangs" : "; " + missing));
     }
     backoff.pause();
@@ -108,20 +118,27 @@ std::string layout_of(const NamedTensors& tensors) {
 void broadcast_tensors(NamedTensors& tensors, int root, const std::string& what) {
   std::size_t total = 0;
   for (const auto& named : tensors) total += named.second.nbytes();
-  std::vector<std::uint8_t> packed(total);
+  auto packed = std::make_shared<std::vector<std::uint8_t>>(total);
   const bool is_root = rank() == root;
   std::size_t offset = 0;
   for (auto& [name, t] : tensors) {
-    if (is_root) std::memcpy(packed.data() + offset, raw_bytes(t), t.nbytes());
+    if (is_root) std::memcpy(packed->data() + offset, raw_bytes(t), t.nbytes());
     offset += t.nbytes();
   }
-  std::vector<MPI_Request> request(1);
-  check_mpi(MPI_Ibcast(packed.data(), static_cast<int>(total), MPI_BYTE, root, world_comm(), request.data()), "MPI_Ibcast");
-  wait_all(request, what);
+  // Pieces of at most 1 GiB: MPI counts are int.
+  constexpr std::size_t kPiece = std::size_t{1} << 30;
+  std::vector<MPI_Request> requests;
+  for (std::size_t begin = 0; begin < total; begin += kPiece) {
+    requests.emplace_back();
+    check_mpi(MPI_Ibcast(packed->data() + begin, static_cast<int>(std::min(kPiece, total - begin)), MPI_BYTE, root,
+                         world_comm(), &requests.back()),
+              "MPI_Ibcast");
+  }
+  wait_all(requests, what, {}, packed);
   if (is_root) return;
   offset = 0;
   for (auto& [name, t] : tensors) {
-    std::memcpy(raw_bytes(t), packed.data() + offset, t.nbytes());
+    std::memcpy(raw_bytes(t), packed->data() + offset, t.nbytes());
     t.bump_version();
     offset += t.nbytes();
   }
@@ -142,21 +159,29 @@ MPI_Comm comm() { return detail::world_comm(); }
 // Every rank's text, in rank order.
 std::vector<std::string> allgather_text(const std::string& text, const std::string& what) {
   const int world = world_size();
-  std::vector<int> lengths(static_cast<std::size_t>(world));
-  const int length = static_cast<int>(text.size());
+  struct Buffers {
+    std::string mine, all;
+    int length = 0;
+    std::vector<int> lengths, offsets;
+  };
+  auto b = std::make_shared<Buffers>();
+  b->mine = text;
+  b->length = static_cast<int>(text.size());
+  b->lengths.assign(static_cast<std::size_t>(world), 0);
   std::vector<MPI_Request> request(1);
-  detail::check_mpi(MPI_Iallgather(&length, 1, MPI_INT, lengths.data(), 1, MPI_INT, comm(), request.data()),
+  detail::check_mpi(MPI_Iallgather(&b->length, 1, MPI_INT, b->lengths.data(), 1, MPI_INT, comm(), request.data()),
                     "MPI_Iallgather");
-  detail::wait_all(request, what);
-  std::vector<int> offsets(static_cast<std::size_t>(world), 0);
-  for (int r = 1; r < world; ++r) offsets[r] = offsets[r - 1] + lengths[r - 1];
-  std::string all(static_cast<std::size_t>(offsets.back() + lengths.back()), '\0');
-  detail::check_mpi(MPI_Iallgatherv(text.data(), length, MPI_CHAR, all.data(), lengths.data(), offsets.data(),
-                                    MPI_CHAR, comm(), request.data()),
+  detail::wait_all(request, what, {}, b);
+  b->offsets.assign(static_cast<std::size_t>(world), 0);
+  for (int r = 1; r < world; ++r) b->offsets[r] = b->offsets[r - 1] + b->lengths[r - 1];
+  b->all.assign(static_cast<std::size_t>(b->offsets.back() + b->lengths.back()), '\0');
+  detail::check_mpi(MPI_Iallgatherv(b->mine.data(), b->length, MPI_CHAR, b->all.data(), b->lengths.data(),
+                                    b->offsets.data(), MPI_CHAR, comm(), request.data()),
                     "MPI_Iallgatherv");
-  detail::wait_all(request, what);
+  detail::wait_all(request, what, {}, b);
   std::vector<std::string> out;
-  for (int r = 0; r < world; ++r) out.push_back(all.substr(static_cast<std::size_t>(offsets[r]), static_cast<std::size_t>(lengths[r])));
+  for (int r = 0; r < world; ++r)
+    out.push_back(b->all.substr(static_cast<std::size_t>(b->offsets[r]), static_cast<std::size_t>(b->lengths[r])));
   return out;
 }
 
@@ -178,6 +203,9 @@ void init() {
     int provided = 0;
     detail::check_mpi(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
     g_we_initialized = true;
+    if (provided < MPI_THREAD_FUNNELED)
+      throw DistError("dist::init: this MPI library does not support MPI_THREAD_FUNNELED (provides level " +
+                      std::to_string(provided) + ")");
   }
   if (g_comm == MPI_COMM_NULL) g_comm = detail::dup_world();
 }
@@ -225,11 +253,15 @@ void barrier() {
 
 void allreduce_sum(std::vector<double>& values) {
   if (world_size() == 1 || values.empty()) return;
+  SHIFTQ_CHECK(values.size() <= static_cast<std::size_t>(INT_MAX), ValueError, "dist::allreduce_sum: ",
+               values.size(), " values are more than one MPI call takes");
+  auto sums = std::make_shared<std::vector<double>>(values);
   std::vector<MPI_Request> request(1);
-  detail::check_mpi(MPI_Iallreduce(MPI_IN_PLACE, values.data(), static_cast<int>(values.size()), MPI_DOUBLE, MPI_SUM,
+  detail::check_mpi(MPI_Iallreduce(MPI_IN_PLACE, sums->data(), static_cast<int>(sums->size()), MPI_DOUBLE, MPI_SUM,
                                    comm(), request.data()),
                     "MPI_Iallreduce");
-  detail::wait_all(request, "dist::allreduce_sum");
+  detail::wait_all(request, "dist::allreduce_sum", {}, sums);
+  values = *sums;
 }
 
 void broadcast_parameters(nn::Module& model, int root) { broadcast_state(model, root, true); }
@@ -237,12 +269,12 @@ void broadcast_buffers(nn::Module& model, int root) { broadcast_state(model, roo
 
 bool all_true(bool ok) {
   if (world_size() == 1) return ok;
-  int value = ok ? 1 : 0;
+  auto value = std::make_shared<int>(ok ? 1 : 0);
   std::vector<MPI_Request> request(1);
-  detail::check_mpi(MPI_Iallreduce(MPI_IN_PLACE, &value, 1, MPI_INT, MPI_MIN, comm(), request.data()),
+  detail::check_mpi(MPI_Iallreduce(MPI_IN_PLACE, value.get(), 1, MPI_INT, MPI_MIN, comm(), request.data()),
                     "MPI_Iallreduce");
-  detail::wait_all(request, "dist::all_true");
-  return value == 1;
+  detail::wait_all(request, "dist::all_true", {}, value);
+  return *value == 1;
 }
 
 void check_same_config(const std::string& config) {

@@ -4,6 +4,7 @@
 #include <mpi.h>
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -15,9 +16,12 @@ namespace shiftq::dist::detail {
 void check_mpi(int code, const char* call);
 
 // Waits until every request completed. When `timeout()` seconds pass without one completing, throws
-// DistError: "<what>: no progress for T s ..." followed by `who_is_missing()` when given.
+// DistError: "<what>: no progress for T s ..." followed by `who_is_missing()` when given. The
+// requests' buffers, held by `in_flight`, are then kept alive for good: MPI may still write them.
 void wait_all(std::vector<MPI_Request>& requests, const std::string& what,
-              const std::function<std::string()>& who_is_missing = {});
+              const std::function<std::string()>& who_is_missing = {}, std::shared_ptr<void> in_flight = nullptr);
+// Keeps `buffers` alive for the rest of the process (a request on them never completed).
+std::vector<std::shared_ptr<void>>& abandoned();
 
 // Sleeps briefly after the first millisecond of polling, so a waiting rank does not take a core
 // from another rank on the same machine.

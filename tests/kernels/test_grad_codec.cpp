@@ -29,6 +29,12 @@ TEST(GradCodec, KernelsEqualTheReference) {
       if (n > 5) x[3] = 0.0f, x[4] = -0.0f;
       if (n > 70) x[70] = std::numeric_limits<float>::quiet_NaN();
       if (n > 200) std::fill(x.begin() + 128, x.begin() + 200, 0.0f);
+      if (n > 300) {  // the edges of float: subnormals (exponent clamped at -126), FLT_MAX, Inf
+        x[210] = std::numeric_limits<float>::denorm_min();
+        x[211] = -std::numeric_limits<float>::min() / 8;
+        x[250] = std::numeric_limits<float>::max();
+        x[290] = -std::numeric_limits<float>::infinity();
+      }
       const auto groups = static_cast<std::size_t>((n + group - 1) / group);
       std::vector<std::int8_t> e(groups), e_ref(groups);
       kernels::grad_group_exponents_f32(x.data(), n, group, e.data());
@@ -58,6 +64,26 @@ TEST(GradCodec, KernelsEqualTheReference) {
   EXPECT_THROW(kernels::grad_mean_codes_s8(&e, 0, 1, 1, &e), ValueError);
 }
 
+
+TEST(GradCodec, TinyGroupsClampTheExponentAndStayUnbiasedInRange) {
+  // A group of subnormals: e is clamped to -126, the codes are 0 or 1 in magnitude.
+  std::vector<float> x(8, std::numeric_limits<float>::denorm_min() * 3);
+  x[1] = -x[1];
+  std::vector<std::int8_t> e(1), c(8);
+  kernels::grad_group_exponents_f32(x.data(), 8, 8, e.data());
+  EXPECT_EQ(e[0], -126);
+  kernels::grad_quantize_f32(x.data(), 8, 8, e.data(), 5, c.data());
+  for (std::int8_t code : c) EXPECT_LE(std::abs(code), 1);
+  // FLT_MAX: a finite group (not the non-finite sentinel), codes in the upper half of the range.
+  x.assign(8, std::numeric_limits<float>::max());
+  kernels::grad_group_exponents_f32(x.data(), 8, 8, e.data());
+  EXPECT_LT(e[0], kernels::kGradNonFinite);
+  kernels::grad_quantize_f32(x.data(), 8, 8, e.data(), 5, c.data());
+  for (std::int8_t code : c) {
+    EXPECT_GE(code, 63);
+    EXPECT_LE(code, 127);
+  }
+}
 
 TEST(GradCodec, ExponentIsTheSmallestThatHoldsTheGroup) {
   Generator gen(5);
