@@ -167,6 +167,53 @@ void backward(const Tensor& output, const Tensor& gradient, bool retain_graph) {
   }
 }
 
+// ---- the Tensor's autograd state (declared in core/tensor.hpp) ----------------------------------
+
+bool Tensor::requires_grad() const { return meta_ && meta_->requires_grad; }
+
+bool Tensor::is_leaf() const { return !meta_ || !meta_->grad_fn; }
+
+AutogradMeta& Tensor::mutable_meta() {
+  if (!meta_) meta_ = std::make_shared<AutogradMeta>();
+  return *meta_;
+}
+
+Tensor& Tensor::set_requires_grad(bool requires_grad) {
+  check_defined(*this, "set_requires_grad", "self");
+  SHIFTQ_CHECK(is_leaf(), AutogradError, "set_requires_grad: only leaf tensors can change ",
+               "requires_grad (use detach() for a non-leaf)");
+  SHIFTQ_CHECK(!requires_grad || dtype_ == DType::f32, DTypeError,
+               "set_requires_grad: only f32 tensors can require gradients, got ", dtype_name(dtype_));
+  mutable_meta().requires_grad = requires_grad;
+  return *this;
+}
+
+Tensor Tensor::grad() const { return meta_ && meta_->grad ? *meta_->grad : Tensor(); }
+
+void Tensor::set_grad(const Tensor& grad) {
+  if (grad.defined()) check_same_shape(*this, grad, "set_grad");
+  mutable_meta().grad = grad.defined() ? std::make_shared<Tensor>(grad) : nullptr;
+}
+
+void Tensor::zero_grad() {
+  if (meta_) meta_->grad.reset();
+}
+
+const std::shared_ptr<Node>& Tensor::grad_fn() const {
+  static const std::shared_ptr<Node> none;
+  return meta_ ? meta_->grad_fn : none;
+}
+
+const std::string& Tensor::name() const {
+  static const std::string none;
+  return meta_ ? meta_->name : none;
+}
+
+Tensor& Tensor::set_name(const std::string& name) {
+  mutable_meta().name = name;
+  return *this;
+}
+
 void Tensor::backward() const { shiftq::backward(*this); }
 
 void Tensor::backward(const Tensor& gradient, bool retain_graph) const {

@@ -6,11 +6,21 @@
 
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "shiftq/core/tensor.hpp"
 
 namespace shiftq {
+
+// Autograd state of one tensor (the handle in Tensor). A leaf has no grad_fn; its gradient
+// accumulates into `grad`.
+struct AutogradMeta {
+  bool requires_grad = false;
+  std::shared_ptr<Node> grad_fn;  // null for leaves
+  std::shared_ptr<Tensor> grad;   // accumulated gradient of a leaf
+  std::string name;               // optional, used in error messages (e.g. "fc1.weight")
+};
 
 // One recorded op: maps the gradient of its output to the gradients of its inputs.
 struct Node {

@@ -1,8 +1,9 @@
 // Tensor: a value handle to shared, contiguous, row-major storage (batch first).
 //
 // Copying a Tensor copies the handle, not the data (like torch::Tensor). Every tensor is contiguous:
-// reshape() shares storage, while transpose/permute/slice produce new tensors. Tensors carry the
-// autograd state (requires_grad, grad, grad_fn); the tape itself lives in shiftq/autograd.
+// reshape() shares storage, while transpose/permute/slice produce new tensors. A tensor holds an
+// opaque handle to its autograd state; the state, the methods below that use it and the tape live
+// in shiftq/autograd (src/autograd/engine.cpp).
 #pragma once
 
 #include <cstdint>
@@ -42,13 +43,9 @@ class Storage {
   std::uint64_t version_ = 0;
 };
 
-// Autograd state of one tensor. A leaf has no grad_fn; its gradient accumulates into `grad`.
-struct AutogradMeta {
-  bool requires_grad = false;
-  std::shared_ptr<Node> grad_fn;  // null for leaves
-  std::shared_ptr<Tensor> grad;   // accumulated gradient of a leaf
-  std::string name;               // optional, used in error messages (e.g. "fc1.weight")
-};
+// The autograd layer's state of a tensor (requires_grad, grad, grad_fn, name): defined and created
+// by shiftq/autograd (node.hpp); core holds only this opaque handle.
+struct AutogradMeta;
 
 class Tensor {
  public:
@@ -121,23 +118,22 @@ class Tensor {
   void check_finite(const std::string& what) const;
   bool all_finite() const;
 
-  // ---- autograd ----
-  bool requires_grad() const { return meta_ && meta_->requires_grad; }
+  // ---- autograd (defined by the autograd layer) ----
+  bool requires_grad() const;
   Tensor& set_requires_grad(bool requires_grad = true);  // leaves only
-  bool is_leaf() const { return !meta_ || !meta_->grad_fn; }
+  bool is_leaf() const;
   // Accumulated gradient of a leaf (undefined before the first backward()).
   Tensor grad() const;
   void set_grad(const Tensor& grad);
   void zero_grad();  // drops the accumulated gradient
   const std::shared_ptr<Node>& grad_fn() const;
   // Reverse-mode differentiation from this tensor. A scalar output needs no gradient argument.
-  // Defined in the autograd layer (src/autograd/engine.cpp).
   void backward() const;
   void backward(const Tensor& gradient, bool retain_graph = false) const;
   const std::string& name() const;
   Tensor& set_name(const std::string& name);
 
-  // The autograd state (created on demand). For the autograd layer.
+  // The autograd state (created on demand by the autograd layer; null before).
   const std::shared_ptr<AutogradMeta>& meta() const { return meta_; }
   AutogradMeta& mutable_meta();
 
