@@ -195,7 +195,7 @@ void store_block(const __m256i (&acc)[4][NP], std::int32_t* c, std::int64_t ldc,
 // The int16 path. Micro-kernel: C block = rows 0..3 of an A tile (a: the tile plus the block's
 // first row; lanes 8 apart) . NP consecutive B panels. Per pair: NP panel loads, 4 broadcasts,
 // 4 * NP vpmaddwd. NP = 2 (8 accumulators); at NP = 3 (12 of the 16 ymm registers) GCC 12 spills
-// accumulators to the stack and the kernel ran 1.4x slower (bench_gemm, 1024^3, Zen 3).
+// accumulators to the stack and the kernel ran 1.4x slower (bench_gemm, 1024^3, on an AVX2-only CPU).
 struct Int16Pairs {
   static constexpr std::int64_t kValuesPerLane = 2, kLaneMultiple = 1, kPanels = 2;
 
