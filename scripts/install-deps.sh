@@ -15,6 +15,8 @@ packages=(
   libgtest-dev       # GoogleTest
   libbenchmark-dev   # Google Benchmark
   zlib1g-dev         # .gz datasets
+  nlohmann-json3-dev # nlohmann/json 3.11 (header-only): the safetensors header, the trainers' metrics lines
+  libcli11-dev       # CLI11 2.1 (header-only): the example trainers' command lines
   dataset-fashion-mnist  # demo / example data
   python3            # scripts/check_layers.py (ctest layers.includes), the bench reports
   libopenmpi-dev openmpi-bin  # Open MPI 4.1: data-parallel training (shiftq/dist, SHIFTQ_WITH_MPI)

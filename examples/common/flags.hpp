@@ -1,12 +1,16 @@
-// A small command-line flag parser shared by the example trainers: `--name value` for strings and
-// numbers, `--name` / `--no-name` for booleans, `--help`. Unknown flags and bad values raise
-// UsageError, which the trainers turn into exit code 2 and the usage text.
+// The command-line flags of the example programs: each flag names a variable, its help text and
+// (from the variable's initial value) its default. `--name value` or `--name=value` for strings and
+// numbers; `--name`, `--no-name` or `--name=true|false` for booleans; `--help`. The command line is
+// parsed with CLI11 by common/cli.hpp, which only the programs' main() include: this header (part
+// of the trainer cores, which tests and benchmarks use) stays free of CLI11. Unknown flags and bad
+// values raise UsageError, which the programs turn into exit code 2 and the usage text.
 #pragma once
 
 #include <cstdint>
 #include <cstdio>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -21,6 +25,14 @@ class Flags {
  public:
   using Target = std::variant<std::string*, std::int64_t*, double*, bool*>;
 
+  struct Flag {
+    std::string name;  // without the leading "--"
+    Target target;
+    std::string help;
+    std::string default_text;  // the target's value when the flag was added
+    bool is_bool() const { return std::holds_alternative<bool*>(target); }
+  };
+
   Flags(std::string program, std::string summary) : program_(std::move(program)), summary_(std::move(summary)) {}
 
   Flags& add(const std::string& name, Target target, const std::string& help) {
@@ -28,76 +40,25 @@ class Flags {
     return *this;
   }
 
-  // Returns false when --help was given (the caller prints usage() and exits 0).
-  bool parse(int argc, char** argv) {
-    for (int i = 1; i < argc; ++i) {
-      std::string arg = argv[i];
-      if (arg == "--help" || arg == "-h") return false;
-      if (arg.rfind("--", 0) != 0) throw UsageError("unexpected argument '" + arg + "'");
-      std::string name = arg.substr(2), value;
-      const auto eq = name.find('=');
-      bool has_value = false;
-      if (eq != std::string::npos) {
-        value = name.substr(eq + 1);
-        name = name.substr(0, eq);
-        has_value = true;
-      }
-      Flag* flag = find(name);
-      if (flag == nullptr && name.rfind("no-", 0) == 0) {  // --no-<bool>
-        Flag* negated = find(name.substr(3));
-        if (negated != nullptr && std::holds_alternative<bool*>(negated->target) && !has_value) {
-          *std::get<bool*>(negated->target) = false;
-          continue;
-        }
-      }
-      if (flag == nullptr) throw UsageError("unknown flag --" + name + " (see --help)");
-      if (std::holds_alternative<bool*>(flag->target) && !has_value) {
-        *std::get<bool*>(flag->target) = true;
-        continue;
-      }
-      if (!has_value) {
-        if (i + 1 >= argc) throw UsageError("flag --" + name + " needs a value");
-        value = argv[++i];
-      }
-      set(*flag, value);
-    }
-    return true;
-  }
+  const std::string& program() const { return program_; }
+  const std::string& summary() const { return summary_; }
+  const std::vector<Flag>& flags() const { return flags_; }
 
+  // The --help text: every flag with its help and default, in the order added.
   std::string usage() const {
     std::string text = "usage: " + program_ + " [flags]\n" + summary_ + "\n\nflags:\n";
     for (const Flag& f : flags_) {
-      std::string head = "  --" + f.name + (std::holds_alternative<bool*>(f.target) ? "" : " V");
+      std::string head = "  --" + f.name + (f.is_bool() ? "" : " V");
       if (head.size() < 26) head.resize(26, ' ');
       text += head + " " + f.help + (f.default_text.empty() ? "" : " [" + f.default_text + "]") + "\n";
     }
     return text;
   }
 
- private:
-  struct Flag {
-    std::string name;
-    Target target;
-    std::string help;
-    std::string default_text;
-  };
-
-  Flag* find(const std::string& name) {
-    for (Flag& f : flags_)
-      if (f.name == name) return &f;
-    return nullptr;
-  }
-
-  static std::string default_text(const Target& target) {
-    if (auto* s = std::get_if<std::string*>(&target)) return **s;
-    if (auto* i = std::get_if<std::int64_t*>(&target)) return std::to_string(**i);
-    if (auto* b = std::get_if<bool*>(&target)) return **b ? "on" : "off";
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%g", *std::get<double*>(target));
-    return buf;
-  }
-
-  static void set(const Flag& flag, const std::string& value) {
+  // Sets `flag`'s variable from one value of the command line: integers and numbers must be read in
+  // full (std::stoll, std::stod), booleans are true/1/on or false/0/off. Throws UsageError
+  // "bad value 'V' for --name" otherwise.
+  static void assign(const Flag& flag, const std::string& value) {
     const std::string bad = "bad value '" + value + "' for --" + flag.name;
     try {
       std::size_t used = 0;
@@ -119,6 +80,16 @@ class Flags {
     } catch (const std::logic_error&) {  // std::invalid_argument / std::out_of_range
       throw UsageError(bad);
     }
+  }
+
+ private:
+  static std::string default_text(const Target& target) {
+    if (auto* s = std::get_if<std::string*>(&target)) return **s;
+    if (auto* i = std::get_if<std::int64_t*>(&target)) return std::to_string(**i);
+    if (auto* b = std::get_if<bool*>(&target)) return **b ? "on" : "off";
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", *std::get<double*>(target));
+    return buf;
   }
 
   std::string program_, summary_;

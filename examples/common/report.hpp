@@ -12,8 +12,8 @@
 #include <fstream>
 #include <string>
 #include <utility>
-#include <variant>
-#include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include <shiftq/core/error.hpp>
 
@@ -57,18 +57,17 @@ class Progress {
   std::int64_t last_quarter_ = 0;
 };
 
-// One JSON object: keys in insertion order; numbers, or strings (escaped).
+// One JSON object (nlohmann/json): keys in insertion order; numbers (non-finite ones as null), or
+// strings.
 class MetricsRow {
  public:
   MetricsRow& add(const std::string& key, double value) {
-    char buf[64];
-    if (std::isfinite(value)) std::snprintf(buf, sizeof buf, "%.9g", value);
-    else std::snprintf(buf, sizeof buf, "null");
-    fields_.emplace_back(key, buf);
+    if (std::isfinite(value)) row_[key] = value;
+    else row_[key] = nullptr;
     return *this;
   }
   MetricsRow& add(const std::string& key, std::int64_t value) {
-    fields_.emplace_back(key, std::to_string(value));
+    row_[key] = value;
     return *this;
   }
   // add(key, value) when `on` (fields that only some runs have).
@@ -77,34 +76,14 @@ class MetricsRow {
     return on ? add(key, value) : *this;
   }
   MetricsRow& add(const std::string& key, const std::string& value) {
-    fields_.emplace_back(key, quote(value));
+    row_[key] = value;
     return *this;
   }
-  std::string json() const {
-    std::string out = "{";
-    for (std::size_t i = 0; i < fields_.size(); ++i) {
-      if (i > 0) out += ", ";
-      out += quote(fields_[i].first);
-      out += ": ";
-      out += fields_[i].second;
-    }
-    return out + "}";
-  }
+  // One line of compact JSON; doubles in the shortest form that reads back to the same value.
+  std::string json() const { return row_.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace); }
 
  private:
-  static std::string quote(const std::string& s) {
-    std::string out = "\"";
-    for (const char c : s) {
-      if (c == '"' || c == '\\') out += {'\\', c};
-      else if (static_cast<unsigned char>(c) < 0x20) {
-        char buf[8];
-        std::snprintf(buf, sizeof buf, "\\u%04x", c);
-        out += buf;
-      } else out += c;
-    }
-    return out + "\"";
-  }
-  std::vector<std::pair<std::string, std::string>> fields_;
+  nlohmann::ordered_json row_ = nlohmann::ordered_json::object();
 };
 
 // Appends rows to a JSON-lines file (a resumed run continues the same log). Empty path: no log.

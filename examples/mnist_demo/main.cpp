@@ -3,12 +3,13 @@
 // (examples/resnet, examples/transformer) build on the same pieces.
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
 #include <numeric>
 #include <string>
 #include <vector>
 
 #include <shiftq/shiftq.hpp>
+
+#include "common/cli.hpp"
 
 namespace {
 using namespace shiftq;
@@ -17,54 +18,33 @@ using nn::Module;
 struct Args {
   std::string data_dir = data::kFashionMnistDir;
   std::string model = "cnn";  // "mlp" or "cnn"
-  int epochs = 2;
-  int batch = 128;
+  std::int64_t epochs = 2;
+  std::int64_t batch = 128;
   double lr = 0.05;
-  int threads = 0;  // 0: library default
-  std::uint64_t seed = 1;
-  int bits = 0;            // 0: fp32; 2..8: integer training (W/A/G bits, ShiftQuant gradients)
+  std::int64_t threads = 0;  // 0: library default
+  std::int64_t seed = 1;
+  std::int64_t bits = 0;    // 0: fp32; 2..8: integer training (W/A/G bits, ShiftQuant gradients)
   std::string norm = "l2";  // BatchNorm flavour of the CNN: l2 or l1
-};
 
-[[noreturn]] void usage(const std::string& error) {
-  std::fprintf(stderr,
-               "error: %s\n"
-               "usage: shiftq-demo-mnist [--data DIR] [--model mlp|cnn] [--epochs N] [--batch N]\n"
-               "                         [--lr X] [--threads N] [--seed N] [--bits 0|2..8] [--norm l1|l2]\n"
-               "  --bits B  train with B-bit integer GEMMs forward and backward (0 = fp32; first and\n"
-               "            last layer at 8 bits)\n",
-               error.c_str());
-  std::exit(2);
-}
-
-Args parse(int argc, char** argv) {
-  Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (flag == "--help" || flag == "-h") usage("help requested");
-    if (i + 1 >= argc) usage("flag " + flag + " needs a value");
-    const std::string v = argv[++i];
-    try {
-      if (flag == "--data") a.data_dir = v;
-      else if (flag == "--model") a.model = v;
-      else if (flag == "--epochs") a.epochs = std::stoi(v);
-      else if (flag == "--batch") a.batch = std::stoi(v);
-      else if (flag == "--lr") a.lr = std::stod(v);
-      else if (flag == "--threads") a.threads = std::stoi(v);
-      else if (flag == "--seed") a.seed = std::stoull(v);
-      else if (flag == "--bits") a.bits = std::stoi(v);
-      else if (flag == "--norm") a.norm = v;
-      else usage("unknown flag " + flag);
-    } catch (const std::logic_error&) {
-      usage("bad value '" + v + "' for " + flag);
-    }
+  void add_flags(examples::Flags& flags) {
+    flags.add("data", &data_dir, "Fashion-MNIST directory")
+        .add("model", &model, "mlp or cnn")
+        .add("epochs", &epochs, "training epochs")
+        .add("batch", &batch, "batch size")
+        .add("lr", &lr, "peak learning rate (SGD, warmup then cosine decay)")
+        .add("threads", &threads, "threads (0 = library default)")
+        .add("seed", &seed, "seed of initialization, shuffling and stochastic rounding")
+        .add("bits", &bits, "train with B-bit integer GEMMs forward and backward (0 = fp32; first and last layer at 8 bits)")
+        .add("norm", &norm, "BatchNorm of the CNN: l2 or l1");
   }
-  if (a.model != "mlp" && a.model != "cnn") usage("--model must be mlp or cnn");
-  if (a.bits != 0 && (a.bits < 2 || a.bits > 8)) usage("--bits must be 0 (fp32) or in 2..8");
-  if (a.norm != "l1" && a.norm != "l2") usage("--norm must be l1 or l2");
-  if (a.epochs < 1 || a.batch < 1 || a.lr <= 0 || a.threads < 0) usage("epochs, batch, lr must be positive");
-  return a;
-}
+  void validate() const {
+    using examples::require;
+    require(model == "mlp" || model == "cnn", "--model must be mlp or cnn");
+    require(bits == 0 || (bits >= 2 && bits <= 8), "--bits must be 0 (fp32) or in 2..8");
+    require(norm == "l1" || norm == "l2", "--norm must be l1 or l2");
+    require(epochs >= 1 && batch >= 1 && lr > 0 && threads >= 0, "epochs, batch, lr must be positive");
+  }
+};
 
 std::shared_ptr<Module> batch_norm(const std::string& norm, std::int64_t channels) {
   if (norm == "l1") return std::make_shared<nn::L1BatchNorm2d>(nn::L1BatchNormOptions{channels});
@@ -133,57 +113,64 @@ double evaluate(nn::Module& model, const data::LabeledImages& test, int batch) {
   model.train();
   return static_cast<double>(correct) / static_cast<double>(order.size());
 }
+
+// The training run of `args`; throws shiftq::Error for bad data and numerics.
+void run_training(const Args& args) {
+  const auto seed = static_cast<std::uint64_t>(args.seed);
+  if (args.threads > 0) set_num_threads(static_cast<int>(args.threads));
+  const data::LabeledImages train = data::load_fashion_mnist(args.data_dir, "train");
+  const data::LabeledImages test = data::load_fashion_mnist(args.data_dir, "test");
+  std::printf("Fashion-MNIST: %lld train / %lld test images from %s; model %s, %d threads, seed %llu\n",
+              static_cast<long long>(train.labels.numel()), static_cast<long long>(test.labels.numel()),
+              args.data_dir.c_str(), args.model.c_str(), get_num_threads(), static_cast<unsigned long long>(seed));
+  Generator gen(seed);
+  auto model = build_model(args.model, args.norm, gen);
+  std::printf("parameters: %lld\n", static_cast<long long>(model->num_parameters()));
+  if (args.bits > 0) {
+    const quant::QConfig config = quant::QConfig::bits(static_cast<int>(args.bits));
+    const int layers = nn::quantize_model(*model, config, seed);
+    std::printf("integer training: %d layers, %s\n", layers, config.str().c_str());
+  } else {
+    std::printf("fp32 training\n");
+  }
+  optim::SGD opt(model->named_parameters(), optim::SGDOptions{args.lr}.momentum(0.9).weight_decay(5e-4));
+  const std::int64_t n = train.labels.numel(), steps_per_epoch = (n + args.batch - 1) / args.batch;
+  optim::WarmupCosine schedule(args.lr, steps_per_epoch / 4, steps_per_epoch * args.epochs);
+  std::vector<std::int64_t> order(n);
+  std::int64_t step = 0;
+  for (std::int64_t epoch = 1; epoch <= args.epochs; ++epoch) {
+    std::iota(order.begin(), order.end(), 0);
+    for (std::int64_t i = n - 1; i > 0; --i) std::swap(order[i], order[gen.randint(i + 1)]);
+    const auto start = std::chrono::steady_clock::now();
+    double loss_sum = 0.0;
+    for (std::int64_t b = 0; b < n; b += args.batch, ++step) {
+      Tensor x, y;
+      make_batch(train, order, b, std::min<std::int64_t>(b + args.batch, n), x, y);
+      opt.set_lr(schedule.lr_at(step));
+      Tensor loss = cross_entropy((*model)(x), y);
+      opt.zero_grad();
+      loss.backward();
+      opt.step();
+      loss_sum += loss.item();
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double acc = evaluate(*model, test, 500);
+    std::printf("epoch %lld: train loss %.4f, test accuracy %.2f%%, %.0f images/s\n", static_cast<long long>(epoch),
+                loss_sum / static_cast<double>(steps_per_epoch), 100.0 * acc, static_cast<double>(n) / seconds);
+    std::fflush(stdout);
+  }
+}
 }  // namespace
 
+// Exit codes: 0 done, 1 runtime error (data, numerics), 2 bad command line.
 int main(int argc, char** argv) {
-  const Args args = parse(argc, argv);
-  try {
-    if (args.threads > 0) set_num_threads(args.threads);
-    const data::LabeledImages train = data::load_fashion_mnist(args.data_dir, "train");
-    const data::LabeledImages test = data::load_fashion_mnist(args.data_dir, "test");
-    std::printf("Fashion-MNIST: %lld train / %lld test images from %s; model %s, %d threads, seed %llu\n",
-                static_cast<long long>(train.labels.numel()), static_cast<long long>(test.labels.numel()),
-                args.data_dir.c_str(), args.model.c_str(), get_num_threads(),
-                static_cast<unsigned long long>(args.seed));
-    Generator gen(args.seed);
-    auto model = build_model(args.model, args.norm, gen);
-    std::printf("parameters: %lld\n", static_cast<long long>(model->num_parameters()));
-    if (args.bits > 0) {
-      const quant::QConfig config = quant::QConfig::bits(args.bits);
-      const int layers = nn::quantize_model(*model, config, args.seed);
-      std::printf("integer training: %d layers, %s\n", layers, config.str().c_str());
-    } else {
-      std::printf("fp32 training\n");
-    }
-    optim::SGD opt(model->named_parameters(), optim::SGDOptions{args.lr}.momentum(0.9).weight_decay(5e-4));
-    const std::int64_t n = train.labels.numel(), steps_per_epoch = (n + args.batch - 1) / args.batch;
-    optim::WarmupCosine schedule(args.lr, steps_per_epoch / 4, steps_per_epoch * args.epochs);
-    std::vector<std::int64_t> order(n);
-    std::int64_t step = 0;
-    for (int epoch = 1; epoch <= args.epochs; ++epoch) {
-      std::iota(order.begin(), order.end(), 0);
-      for (std::int64_t i = n - 1; i > 0; --i) std::swap(order[i], order[gen.randint(i + 1)]);
-      const auto start = std::chrono::steady_clock::now();
-      double loss_sum = 0.0;
-      for (std::int64_t b = 0; b < n; b += args.batch, ++step) {
-        Tensor x, y;
-        make_batch(train, order, b, std::min<std::int64_t>(b + args.batch, n), x, y);
-        opt.set_lr(schedule.lr_at(step));
-        Tensor loss = cross_entropy((*model)(x), y);
-        opt.zero_grad();
-        loss.backward();
-        opt.step();
-        loss_sum += loss.item();
-      }
-      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      const double acc = evaluate(*model, test, 500);
-      std::printf("epoch %d: train loss %.4f, test accuracy %.2f%%, %.0f images/s\n", epoch,
-                  loss_sum / static_cast<double>(steps_per_epoch), 100.0 * acc, static_cast<double>(n) / seconds);
-      std::fflush(stdout);
-    }
-  } catch (const shiftq::Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+  Args args;
+  examples::Flags flags("shiftq-demo-mnist",
+                        "Train a small MLP or CNN on Fashion-MNIST in fp32 or with b-bit integer GEMMs, printing "
+                        "per-epoch loss, test accuracy and images/s.");
+  args.add_flags(flags);
+  return examples::run_cli(flags, argc, argv, [&] { args.validate(); }, [&] {
+    run_training(args);
+    return 0;
+  });
 }

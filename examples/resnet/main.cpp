@@ -8,7 +8,7 @@
 // Exit codes: 0 done, 1 runtime error (data, checkpoint, numerics), 2 bad command line.
 #include <cstdio>
 
-#include "common/flags.hpp"
+#include "common/cli.hpp"
 #include "resnet/trainer.hpp"
 
 int main(int argc, char** argv) {
@@ -51,17 +51,7 @@ int main(int argc, char** argv) {
       .add("skip-nonfinite", &c.skip_nonfinite, "skip up to N consecutive steps with NaN/Inf loss or gradients (0 = stop)")
       .add("verbose", &c.verbose, "progress bar and per-epoch lines");
   c.dist.add_flags(flags);
-  try {
-    if (!flags.parse(argc, argv)) {
-      std::printf("%s", flags.usage().c_str());
-      return 0;
-    }
-    c.validate();
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "error: %s\n\n%s", e.what(), flags.usage().c_str());
-    return 2;
-  }
-  return run_trainer_main(c.dist.distributed, [&] {
+  return run_cli(flags, argc, argv, c.dist, [&] { c.validate(); }, [&] {
     const auto history = train_resnet(c);
     if (!history.empty() && shiftq::dist::rank() == 0)
       std::printf("final test accuracy: %.2f%%\n", 100.0 * history.back().test_accuracy);

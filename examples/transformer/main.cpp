@@ -8,7 +8,7 @@
 // Exit codes: 0 done, 1 runtime error (data, checkpoint, numerics), 2 bad command line.
 #include <cstdio>
 
-#include "common/flags.hpp"
+#include "common/cli.hpp"
 #include "transformer/trainer.hpp"
 
 int main(int argc, char** argv) {
@@ -56,20 +56,13 @@ int main(int argc, char** argv) {
       .add("top-k", &s.top_k, "sample from the k most likely characters (0 = all)")
       .add("sample-seed", &s.seed, "seed of the sampler");
   c.dist.add_flags(flags);
-  try {
-    if (!flags.parse(argc, argv)) {
-      std::printf("%s", flags.usage().c_str());
-      return 0;
-    }
+  const auto validate = [&] {
     require(sample >= 0, "--sample must be >= 0");
     require(sample == 0 || !load.empty(), "--sample needs --load CHECKPOINT");
     require(sample == 0 || !c.dist.distributed, "--sample runs in one process (no --distributed)");
     c.validate();
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "error: %s\n\n%s", e.what(), flags.usage().c_str());
-    return 2;
-  }
-  return run_trainer_main(c.dist.distributed, [&] {
+  };
+  return run_cli(flags, argc, argv, c.dist, validate, [&] {
     if (sample > 0) {
       s.length = sample;
       std::printf("%s%s\n", s.prompt.c_str(), sample_gpt(load, s).c_str());

@@ -1,6 +1,6 @@
 #include "shiftq/data/text.hpp"
 
-#include "core/utf8.hpp"
+#include "data/utf8.hpp"
 
 #include <algorithm>
 #include <cerrno>

@@ -273,6 +273,7 @@ TEST_F(SafetensorsTest, RoundTripUnicodeAndEscapes) {
   const std::string odd = std::string("q\"b\\s/n\nt\tc\x01") + "\x7f" + "\xc3\xa9" + "\xf0\x9f\x98\x80";
   f.tensors[odd] = make<std::uint8_t>({1}, {9});
   f.tensors[""] = make<std::uint8_t>({1}, {8});
+  f.tensors["nul\0byte"s] = make<std::uint8_t>({1}, {7});  // written as \u0000, not as a raw NUL
   f.metadata[odd] = odd + odd;
   io::save_safetensors(path("odd.safetensors"), f);
   EXPECT_TRUE(JsonChecker(header_of(read_bytes(path("odd.safetensors")))).valid());
@@ -422,6 +423,18 @@ TEST_F(SafetensorsTest, MalformedJson) {
       "{\"x\":{\"dtype\":\"U8\",\"shape\":[99999999999999999999],\"data_offsets\":[0,1]}}",
       "{\"x\":{\"dtype\":\"U8\",\"shape\":\"1\",\"data_offsets\":[0,1]}}",
       "{\"x\":{\"dtype\":8,\"shape\":[1],\"data_offsets\":[0,1]}}",
+      // What a general-purpose JSON parser may let through: a byte-order mark, bytes after a NUL,
+      // comments, numbers beyond int64 or beyond double, nested or non-integer array items.
+      "\xEF\xBB\xBF{}", "{}\0{}"s, "{}/**/", "{}//", "/**/{}",
+      "{\"x\":{\"dtype\":\"U8\",\"shape\":[9223372036854775808],\"data_offsets\":[0,1]}}",
+      "{\"x\":{\"dtype\":\"U8\",\"shape\":[-9223372036854775808],\"data_offsets\":[0,1]}}",
+      "{\"x\":{\"dtype\":\"U8\",\"shape\":[1e400],\"data_offsets\":[0,1]}}",
+      "{\"x\":{\"dtype\":\"U8\",\"shape\":[NaN],\"data_offsets\":[0,1]}}",
+      "{\"x\":{\"dtype\":\"U8\",\"shape\":[[1]],\"data_offsets\":[0,1]}}",
+      "{\"x\":{\"dtype\":\"U8\",\"shape\":[null],\"data_offsets\":[0,1]}}",
+      "{\"x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":{}}}",
+      "{\"x\":{\"dtype\":[\"U8\"],\"shape\":[1],\"data_offsets\":[0,1]}}",
+      "{\"__metadata__\":{\"k\":{}}}", "{\"__metadata__\":null}",
   };
   for (std::size_t i = 0; i < headers.size(); ++i) {
     SCOPED_TRACE("header #" + std::to_string(i) + ": " + headers[i]);

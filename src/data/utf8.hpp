@@ -1,4 +1,4 @@
-// UTF-8 encoding shared by the text dataset and the safetensors JSON header.
+// UTF-8 decoding and encoding for the character-level text dataset.
 #pragma once
 
 #include <string>
