@@ -16,15 +16,6 @@ namespace shiftq::dist {
 namespace {
 double g_timeout_seconds = 600.0;
 
-[[maybe_unused]] void* raw_bytes(Tensor& t) {
-  switch (t.dtype()) {
-    case DType::f32: return t.data<float>();
-    case DType::s32: return t.data<std::int32_t>();
-    case DType::s8: return t.data<std::int8_t>();
-    case DType::u8: return t.data<std::uint8_t>();
-  }
-  return nullptr;
-}
 
 // Parameters and buffers, or buffers only, by name: every rank must list the same ones.
 [[maybe_unused]] NamedTensors state_of(const nn::Module& model, bool with_parameters) {
@@ -122,7 +113,7 @@ void broadcast_tensors(NamedTensors& tensors, int root, const std::string& what)
   const bool is_root = rank() == root;
   std::size_t offset = 0;
   for (auto& [name, t] : tensors) {
-    if (is_root) std::memcpy(packed->data() + offset, raw_bytes(t), t.nbytes());
+    if (is_root) std::memcpy(packed->data() + offset, t.raw_bytes(), t.nbytes());
     offset += t.nbytes();
   }
   // Pieces of at most 1 GiB: MPI counts are int.
@@ -138,7 +129,7 @@ void broadcast_tensors(NamedTensors& tensors, int root, const std::string& what)
   if (is_root) return;
   offset = 0;
   for (auto& [name, t] : tensors) {
-    std::memcpy(raw_bytes(t), packed->data() + offset, t.nbytes());
+    std::memcpy(t.raw_bytes(), packed->data() + offset, t.nbytes());
     t.bump_version();
     offset += t.nbytes();
   }

@@ -55,17 +55,6 @@ bool dtype_from_tag(std::string_view tag, DType& out) {
   return false;
 }
 
-const unsigned char* raw_bytes(const Tensor& t) {
-  switch (t.dtype()) {
-    case DType::f32: return reinterpret_cast<const unsigned char*>(t.data<float>());
-    case DType::s32: return reinterpret_cast<const unsigned char*>(t.data<std::int32_t>());
-    case DType::s8: return reinterpret_cast<const unsigned char*>(t.data<std::int8_t>());
-    case DType::u8: return t.data<std::uint8_t>();
-  }
-  return nullptr;
-}
-
-unsigned char* raw_bytes(Tensor& t) { return const_cast<unsigned char*>(raw_bytes(std::as_const(t))); }
 
 // Flat index of the first NaN/Inf of an f32 tensor, or -1.
 std::int64_t first_non_finite(const Tensor& t) {
@@ -204,7 +193,7 @@ void save_safetensors(const std::string& path, const TensorFile& file) {
   std::memcpy(length, &n, 8);  // little-endian host (static_assert above)
   out.write(length, 8);
   out.write(header.data(), header.size());
-  for (const auto& [name, t] : file.tensors) out.write(raw_bytes(t), t.nbytes());
+  for (const auto& [name, t] : file.tensors) out.write(t.raw_bytes(), t.nbytes());
   out.commit();
 }
 
@@ -242,7 +231,7 @@ TensorFile load_safetensors(const std::string& path) {
   out.metadata = std::move(header.metadata);
   for (const Entry& e : entries) {  // in offset order: one sequential read
     Tensor t = Tensor::uninitialized(e.shape, e.dtype);
-    read_exact(fd.get(), path, raw_bytes(t), t.nbytes(), "data section");
+    read_exact(fd.get(), path, t.raw_bytes(), t.nbytes(), "data section");
     const std::int64_t bad = first_non_finite(t);
     if (bad >= 0)
       throw NumericError("safetensors file '" + path + "': tensor " + json_quoted(e.name) +

@@ -43,15 +43,6 @@ ResNetTrainConfig small_resnet(int bits, const std::string& norm) {
   return c;
 }
 
-const void* bytes_of(const Tensor& t) {
-  switch (t.dtype()) {
-    case DType::f32: return t.data<float>();
-    case DType::s32: return t.data<std::int32_t>();
-    case DType::s8: return t.data<std::int8_t>();
-    case DType::u8: return t.data<std::uint8_t>();
-  }
-  return nullptr;
-}
 
 void expect_same_tensors(const std::map<std::string, Tensor>& a, const std::map<std::string, Tensor>& b) {
   ASSERT_EQ(a.size(), b.size());
@@ -59,7 +50,7 @@ void expect_same_tensors(const std::map<std::string, Tensor>& a, const std::map<
     const auto it = b.find(name);
     ASSERT_NE(it, b.end()) << name;
     ASSERT_EQ(t.nbytes(), it->second.nbytes()) << name;
-    EXPECT_EQ(std::memcmp(bytes_of(t), bytes_of(it->second), t.nbytes()), 0)
+    EXPECT_EQ(std::memcmp(t.raw_bytes(), it->second.raw_bytes(), t.nbytes()), 0)
         << name << " differs";
   }
 }

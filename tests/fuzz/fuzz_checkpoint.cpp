@@ -11,7 +11,7 @@ namespace {
 
 bool same_tensor(const Tensor& a, const Tensor& b) {
   return a.dtype() == b.dtype() && a.shape() == b.shape() &&
-         std::memcmp(fuzz::tensor_bytes(a), fuzz::tensor_bytes(b), a.nbytes()) == 0;
+         std::memcmp(a.raw_bytes(), b.raw_bytes(), a.nbytes()) == 0;
 }
 
 }  // namespace

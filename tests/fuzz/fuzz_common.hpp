@@ -107,15 +107,5 @@ bool expect_only(const char* what, F&& f) {
   }
 }
 
-// Raw bytes of a tensor of any dtype.
-inline const unsigned char* tensor_bytes(const Tensor& t) {
-  switch (t.dtype()) {
-    case DType::f32: return reinterpret_cast<const unsigned char*>(t.data<float>());
-    case DType::s32: return reinterpret_cast<const unsigned char*>(t.data<std::int32_t>());
-    case DType::s8: return reinterpret_cast<const unsigned char*>(t.data<std::int8_t>());
-    case DType::u8: return t.data<std::uint8_t>();
-  }
-  return nullptr;
-}
 
 }  // namespace shiftq::fuzz

@@ -66,15 +66,6 @@ Tensor make(const Shape& shape, const std::vector<T>& values) {
   return t;
 }
 
-const unsigned char* bytes_of(const Tensor& t) {
-  switch (t.dtype()) {
-    case DType::f32: return reinterpret_cast<const unsigned char*>(t.data<float>());
-    case DType::s32: return reinterpret_cast<const unsigned char*>(t.data<std::int32_t>());
-    case DType::s8: return reinterpret_cast<const unsigned char*>(t.data<std::int8_t>());
-    case DType::u8: return t.data<std::uint8_t>();
-  }
-  return nullptr;
-}
 
 void expect_same_tensors(const std::map<std::string, Tensor>& a, const std::map<std::string, Tensor>& b) {
   ASSERT_EQ(a.size(), b.size());
@@ -84,7 +75,7 @@ void expect_same_tensors(const std::map<std::string, Tensor>& a, const std::map<
     EXPECT_EQ(t.dtype(), it->second.dtype()) << name;
     EXPECT_EQ(t.shape(), it->second.shape()) << name;
     ASSERT_EQ(t.nbytes(), it->second.nbytes()) << name;
-    EXPECT_EQ(std::memcmp(bytes_of(t), bytes_of(it->second), t.nbytes()), 0) << name;
+    EXPECT_EQ(std::memcmp(t.raw_bytes(), it->second.raw_bytes(), t.nbytes()), 0) << name;
   }
 }
 

@@ -92,6 +92,12 @@ class Tensor {
     const T* p = data<T>();
     return std::vector<T>(p, p + numel_);
   }
+  // The elements' bytes whatever the dtype (nbytes() of them), for serialization and transport;
+  // null for an undefined tensor. Writers must call bump_version().
+  unsigned char* raw_bytes() { return storage_ ? static_cast<unsigned char*>(storage_->data()) : nullptr; }
+  const unsigned char* raw_bytes() const {
+    return storage_ ? static_cast<const unsigned char*>(storage_->data()) : nullptr;
+  }
   // The value of a one-element f32 tensor.
   float item() const;
   // Element at a multi-index of an f32 tensor (slow; for tests and debugging).
