@@ -81,7 +81,7 @@ int main() {
   const double int4_accuracy = evaluate(*int4, test_x, test_y, &logits);
 
   // 3. Checkpoint: save model + optimizer atomically, restore into a fresh quantized model.
-  io::save_checkpoint("quickstart.safetensors", {int4->state_dict(), int4_opt.state_dict(), {}, {}});
+  io::save_checkpoint("quickstart.safetensors", *int4, &int4_opt);
   auto restored = make_model(gen);
   nn::quantize_model(*restored, quant::QConfig::bits(4), /*seed=*/1);
   optim::SGD restored_opt(restored->named_parameters(), optim::SGDOptions(0.1).momentum(0.9));
