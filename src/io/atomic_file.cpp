@@ -45,8 +45,8 @@ bool write_all(int fd, const unsigned char* src, std::size_t n) {
 
 // fsync of the directory holding `path`, so that the rename itself is durable.
 void sync_directory(const std::string& path) {
-  std::string dir = std::filesystem::path(path).parent_path().string();
-  if (dir.empty()) dir = ".";
+  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  const std::string dir = parent.empty() ? std::string(".") : parent.string();
   UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (fd.get() < 0) save_failed(path, "file written, but cannot open its directory to sync it", errno);
   if (::fsync(fd.get()) != 0 && errno != EINVAL)
