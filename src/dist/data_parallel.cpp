@@ -319,6 +319,7 @@ struct DataParallel::Impl {
   }
 
   void on_ready(const AutogradMeta& meta) {
+    if (world == 1) return;  // nothing to exchange
     const auto it = param_of_meta.find(&meta);
     if (it == param_of_meta.end()) return;
     ++buckets[bucket_of_param[it->second]].ready;
@@ -400,7 +401,7 @@ DataParallel::DataParallel(nn::Module& model, DataParallelOptions options) : imp
     s.param_of_meta[value.meta().get()] = s.params.size();
     s.params.push_back({value, 0});
   }
-  s.build_buckets();
+  if (s.world > 1) s.build_buckets();
 #ifdef SHIFTQ_HAVE_MPI
   if (s.world > 1) {
     check_same_config(std::string("DataParallel exchange=") + to_string(options.exchange()) +

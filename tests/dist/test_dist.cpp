@@ -104,6 +104,16 @@ TEST(DataParallel, OneProcessScalesByTheWeightAndZeroesUnusedParameters) {
     EXPECT_EQ(dp.step(), 1);
     EXPECT_THROW(dp.backward(sum(first.forward(x)), -0.5), ValueError);
   }
+  // Every parameter used, small buckets: each bucket completes during backward (nothing to
+  // exchange in a group of one, so nothing may be sent).
+  nn::Linear single(nn::LinearOptions(3, 5), gen);
+  for (auto exchange : {dist::GradExchange::fp32, dist::GradExchange::int8}) {
+    dist::DataParallel dp(single, dist::DataParallelOptions().exchange(exchange).bucket_bytes(8));
+    single.zero_grad();
+    dp.backward(sum(single.forward(Tensor::randn({2, 3}, gen))));
+    EXPECT_TRUE(single.weight.grad().defined());
+    EXPECT_EQ(dp.stats().bytes_sent, 0);
+  }
   EXPECT_THROW(dist::DataParallel(model, dist::DataParallelOptions().group_size(0)), ValueError);
   EXPECT_THROW(dist::DataParallel(model, dist::DataParallelOptions().bucket_bytes(0)), ValueError);
   EXPECT_THROW(dist::parse_grad_exchange("fp16"), ValueError);
