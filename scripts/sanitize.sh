@@ -30,8 +30,6 @@ case "$mode" in
     select=(-E '^(consumer\.|TrainerTest\.(ResNet|Gpt)Learns)')
     export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1}
     export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-    # Open MPI's own process-lifetime allocations (the dist.* tests under mpirun).
-    export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$root/scripts/lsan-mpi.supp:print_suppressions=0}
     ;;
   thread)
     build=${2:-build-tsan}
