@@ -47,7 +47,7 @@ struct DistConfig {
 // This process's part in a (possibly single-process) run.
 class TrainerGroup {
  public:
-  // Without --distributed: rank 0 of 1, and step() is a plain backward.
+  // Without --distributed: rank 0 of 1, and backward() is a plain loss.backward().
   TrainerGroup(const DistConfig& config, std::int64_t bits)
       : config_(config), bits_(bits),
         rank_(config.distributed ? dist::rank() : 0), world_(config.distributed ? dist::world_size() : 1) {
