@@ -55,7 +55,8 @@ std::unique_ptr<GPT> build_model(const GPTTrainConfig& c, std::int64_t vocab_siz
 data::TokenBatch shard_rows(const data::TokenBatch& batch, data::Shard shard) {
   if (shard.world == 1) return batch;
   const std::int64_t t = batch.inputs.size(1);
-  const auto [begin, end] = data::shard_range(batch.inputs.size(0), shard);
+  const std::pair<std::int64_t, std::int64_t> range = data::shard_range(batch.inputs.size(0), shard);
+  const std::int64_t begin = range.first, end = range.second;  // plain locals: the lambda captures them
   const auto rows = [&](const Tensor& all) {
     Tensor part = Tensor::uninitialized({end - begin, t}, DType::s32);
     std::copy_n(all.data<std::int32_t>() + begin * t, (end - begin) * t, part.data<std::int32_t>());
