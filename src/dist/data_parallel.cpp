@@ -6,7 +6,6 @@
 #include <cmath>
 #include <cstring>
 #include <exception>
-#include <limits>
 #include <unordered_map>
 
 #include "shiftq/autograd/node.hpp"
@@ -79,7 +78,6 @@ struct DataParallel::Impl {
   ExchangeStats stats;
   // per step
   double weight = 1;
-  bool poisoned = false;  // backward failed on this rank: its missing gradients are sent as NaN
   bool broken = false;    // a DistError left MPI requests in flight: the buffers must never be freed
   std::vector<std::size_t> next_issue;  // per phase: the next bucket to start it (bucket order)
 #ifdef SHIFTQ_HAVE_MPI
@@ -145,8 +143,6 @@ struct DataParallel::Impl {
       if (grad.defined()) {
         const float* src = grad.data<float>();
         for (std::int64_t i = 0; i < grad.numel(); ++i) dst[i] = scale * src[i];
-      } else if (poisoned) {
-        std::fill(dst, dst + p.value.numel(), std::numeric_limits<float>::quiet_NaN());
       }
     }
   }
@@ -306,7 +302,6 @@ struct DataParallel::Impl {
     SHIFTQ_CHECK(w == -1 || (w >= 0 && std::isfinite(w)), ValueError,
                  "DataParallel: weight must be >= 0 (this rank's share of the batch), got ", w);
     weight = w == -1 ? 1.0 / world : w;
-    poisoned = false;
     for (Bucket& b : buckets) {
       b.ready = 0;
       b.phases_done = 0;
@@ -371,7 +366,6 @@ struct DataParallel::Impl {
         throw;  // the group itself failed: no further collectives
       } catch (...) {
         failure = std::current_exception();
-        poisoned = true;
       }
       const bool all_ok = end_step(failure == nullptr);
       if (failure) std::rethrow_exception(failure);

@@ -136,8 +136,7 @@ std::vector<std::uint64_t> parse_counters(const std::string& text, const std::st
     const std::size_t end = std::min(text.find(',', start), text.size());
     const std::string item = text.substr(start, end - start);
     std::uint64_t value = 0;
-    const auto [ptr, ec] = std::from_chars(item.data(), item.data() + item.size(), value);
-    if (item.empty() || ec != std::errc() || ptr != item.data() + item.size())
+    if (!parse_field(item, value))
       throw IOError("checkpoint " + path + ": malformed quant_counters entry '" + item + "'");
     counters.push_back(value);
     start = end + 1;
@@ -145,10 +144,7 @@ std::vector<std::uint64_t> parse_counters(const std::string& text, const std::st
   return counters;
 }
 
-bool is_counter(const std::string& name) {
-  constexpr std::string_view suffix = "quant_calls";
-  return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
+bool is_counter(const std::string& name) { return name.ends_with(nn::kQuantCallsBuffer); }
 }  // namespace
 
 std::vector<std::string> restore(const TrainingCheckpoint& ckpt, const std::string& path_for_messages,

@@ -173,8 +173,8 @@ void collect(Module& m, std::vector<T*>& out) {
 template <class T>
 void attach_counter(T* layer) {
   auto* module = dynamic_cast<Module*>(layer);
-  if (module && !module->has_buffer("quant_calls"))
-    module->register_buffer("quant_calls", layer->quant_call_counter().tensor(), /*optional=*/true);
+  if (module && !module->has_buffer(kQuantCallsBuffer))
+    module->register_buffer(kQuantCallsBuffer, layer->quant_call_counter().tensor(), /*optional=*/true);
 }
 }  // namespace
 

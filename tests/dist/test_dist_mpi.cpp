@@ -5,7 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <set>
+#include <string>
 
 #include <shiftq/shiftq.hpp>
 
@@ -25,6 +25,19 @@ std::vector<std::vector<double>> gather(const std::vector<double>& values) {
     out.emplace_back(all.begin() + static_cast<std::ptrdiff_t>(values.size()) * r,
                      all.begin() + static_cast<std::ptrdiff_t>(values.size()) * (r + 1));
   return out;
+}
+
+// Every rank holds the same finite values, bit for bit.
+void expect_same_on_every_rank(const std::vector<float>& values, const std::string& what) {
+  std::vector<double> bits;
+  for (float v : values) {
+    EXPECT_TRUE(std::isfinite(v)) << what;
+    std::uint32_t u = 0;
+    std::memcpy(&u, &v, sizeof u);
+    bits.push_back(u);  // exact in a double
+  }
+  const auto all = gather(bits);
+  for (int r = 1; r < world(); ++r) EXPECT_EQ(all[static_cast<std::size_t>(r)], all[0]) << "rank " << r << ", " << what;
 }
 
 std::shared_ptr<nn::Sequential> small_model(std::uint64_t seed) {
@@ -153,15 +166,10 @@ TEST(DistMpi, ReplicasStayBitIdenticalAfterTraining) {
       dp.backward(cross_entropy(model->forward(x), y));
       opt.step();
     }
-    std::vector<double> bits;
+    std::vector<float> weights;
     for (auto& [name, w] : model->named_parameters())
-      for (float v : w.to_vector<float>()) {
-        std::uint32_t u = 0;
-        std::memcpy(&u, &v, 4);
-        bits.push_back(u);
-      }
-    const auto all = gather(bits);
-    for (int r = 1; r < world(); ++r) EXPECT_EQ(all[static_cast<std::size_t>(r)], all[0]) << "rank " << r << ", " << dist::to_string(exchange);
+      for (float v : w.to_vector<float>()) weights.push_back(v);
+    expect_same_on_every_rank(weights, std::string("weights, ") + dist::to_string(exchange));
     EXPECT_GT(dp.stats().bytes_sent, 0);
   }
 }
@@ -213,11 +221,10 @@ TEST(DistMpi, ABackwardFailureOnOneRankDropsTheStepOnEveryRank) {
   // The ranks are still in step: the next exchange works and agrees.
   model->zero_grad();
   dp.backward(sum(model->forward(x)));
-  std::vector<double> bits;
+  std::vector<float> grads;
   for (auto& [name, w] : model->named_parameters())
-    for (float g : w.grad().to_vector<float>()) bits.push_back(g);
-  const auto all = gather(bits);
-  for (int r = 1; r < world(); ++r) EXPECT_EQ(all[static_cast<std::size_t>(r)], all[0]);
+    for (float g : w.grad().to_vector<float>()) grads.push_back(g);
+  expect_same_on_every_rank(grads, "gradients of the step after the failure");
 }
 
 TEST(DistMpi, ANonFiniteGradientOnOneRankReachesEveryRank) {
@@ -247,11 +254,10 @@ TEST(DistMpi, BuffersStayIdentical) {
     dp.backward(sum(model.forward(Tensor::randn({4, 1, 8, 8}, data))));
     opt.step();
   }
-  std::vector<double> values;
+  std::vector<float> state;
   for (const auto& [name, t] : model.state_dict())
-    for (float v : t.to_vector<float>()) values.push_back(v);
-  const auto all = gather(values);
-  for (int r = 1; r < world(); ++r) EXPECT_EQ(all[static_cast<std::size_t>(r)], all[0]) << "rank " << r;
+    for (float v : t.to_vector<float>()) state.push_back(v);
+  expect_same_on_every_rank(state, "parameters and BatchNorm buffers");
 }
 
 TEST(DistMpi, RanksAtDifferentStepsAreRefused) {

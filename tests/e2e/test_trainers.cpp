@@ -116,7 +116,7 @@ TEST_F(TrainerTest, ResNetResumeIsBitExact) {
   expect_same_tensors(a.optimizer, b.optimizer);
   std::int64_t counters = 0;
   for (const auto& [name, t] : a.model)
-    if (name.size() > 11 && name.substr(name.size() - 11) == "quant_calls") {
+    if (name.ends_with("quant_calls")) {
       ++counters;
       EXPECT_GT(t.data<std::int32_t>()[0], 0) << name;  // 2 epochs of training calls
     }

@@ -75,7 +75,8 @@ class DataParallel {
   // got no gradient count as zero and get a zero grad(). Collective. A non-finite gradient on any
   // rank makes every rank's exchanged gradient non-finite, so the optimizer's check (NumericError)
   // fires on all ranks alike. An exception inside backward on this rank is re-thrown after the
-  // exchange completed (with NaN for the missing gradients), so the other ranks do not hang.
+  // exchange completed (its missing gradients sent as zero) and the ranks agreed on the failure;
+  // the other ranks throw NumericError, so none hangs and none applies the step.
   void backward(const Tensor& loss, double weight = -1);
   // The exchange alone, for a rank without samples in this step (weight 0) or for gradients made
   // some other way: exchanges the current grad() of every parameter (undefined = zero).

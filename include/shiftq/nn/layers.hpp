@@ -19,9 +19,12 @@ struct LinearOptions {
   SHIFTQ_ARG(bool, bias) = true;
 };
 
+// The buffer name of a quantized module's call counter ("<module>.quant_calls" in a state dict).
+inline constexpr const char* kQuantCallsBuffer = "quant_calls";
+
 // The training forward calls of a quantized layer or norm: they key its stochastic rounding. Held
 // in an s32 [2] tensor (low and high 32 bits) that nn::quantize_model registers as the module's
-// optional buffer "quant_calls", so a checkpoint of the module resumes the same roundings.
+// optional buffer kQuantCallsBuffer, so a checkpoint of the module resumes the same roundings.
 class QuantCallCounter {
  public:
   std::uint64_t value() const;
