@@ -26,6 +26,8 @@
 #include "shiftq/nn/module.hpp"
 #include "shiftq/optim/optimizer.hpp"
 #include "shiftq/optim/schedule.hpp"
+#include "shiftq/quant/monitor.hpp"
+#include "shiftq/quant/observer.hpp"
 #include "shiftq/quant/qconfig.hpp"
 #include "shiftq/quant/ql1norm.hpp"
 #include "shiftq/quant/qlayers.hpp"

@@ -37,6 +37,48 @@ std::uint64_t QuantCallCounter::next(bool training) {
   return calls;
 }
 
+namespace {
+bool same_options(const quant::ObserverOptions& a, const quant::ObserverOptions& b) {
+  return a.history == b.history && a.reduction == b.reduction && a.momentum == b.momentum;
+}
+}  // namespace
+
+void QuantizableLayer::set_quantization(std::optional<quant::LayerQuant> q) {
+  if (q) {
+    q->validate();
+    if (!same_options(q->observer, input_range_.options())) input_range_ = quant::RangeObserver(1, q->observer);
+  }
+  quant_ = std::move(q);
+}
+
+void QuantizableLayer::set_numerics_monitor(bool on) {
+  if (!on)
+    numerics_.reset();
+  else if (!numerics_)
+    numerics_ = std::make_shared<quant::LayerNumerics>();
+}
+
+void QuantizableLayer::reset_numerics() {
+  if (numerics_) *numerics_ = quant::LayerNumerics{};
+}
+
+quant::QuantCall QuantizableLayer::next_call(bool training) {
+  const bool delayed = quant_->activation_scaling == quant::ActivationScaling::delayed;
+  return quant::QuantCall{calls_.next(training), training, delayed ? &input_range_ : nullptr, numerics_};
+}
+
+void QuantizableNorm::set_quantization(std::optional<quant::QuantizedNormConfig> q) {
+  if (q) {
+    q->validate();
+    const std::int64_t channels = observed_channels();
+    if (channels == 0 || q->input_scaling != quant::ActivationScaling::delayed)
+      input_range_.reset();
+    else if (!input_range_ || !same_options(q->observer, input_range_->options()))
+      input_range_.emplace(channels, q->observer);
+  }
+  quant_ = q;
+}
+
 Linear::Linear(const LinearOptions& options, Generator& gen) : Module("Linear"), options_(options) {
   check_positive(options.in_features(), "Linear", "in_features");
   check_positive(options.out_features(), "Linear", "out_features");
@@ -49,7 +91,7 @@ Linear::Linear(const LinearOptions& options, Generator& gen) : Module("Linear"),
 
 Tensor Linear::forward(const Tensor& x) {
   if (!quant_) return linear(x, weight, bias);
-  return quant::quantized_linear(x, weight, bias, packed_, *quant_, calls_.next(is_training()));
+  return quant::quantized_linear(x, weight, bias, packed_, *quant_, next_call(is_training()));
 }
 
 Conv2d::Conv2d(const Conv2dOptions& options, Generator& gen) : Module("Conv2d"), options_(options) {
@@ -69,7 +111,7 @@ Conv2d::Conv2d(const Conv2dOptions& options, Generator& gen) : Module("Conv2d"),
 Tensor Conv2d::forward(const Tensor& x) {
   const Conv2dParams params{options_.stride(), options_.padding()};
   if (!quant_) return conv2d(x, weight, bias, params);
-  return quant::quantized_conv2d(x, weight, bias, params, packed_, *quant_, calls_.next(is_training()));
+  return quant::quantized_conv2d(x, weight, bias, params, packed_, *quant_, next_call(is_training()));
 }
 
 BatchNorm2d::BatchNorm2d(const BatchNormOptions& options) : Module("BatchNorm2d"), options_(options) {
@@ -106,8 +148,8 @@ L1BatchNorm2d::L1BatchNorm2d(const L1BatchNormOptions& options) : Module("L1Batc
 Tensor L1BatchNorm2d::forward(const Tensor& x) {
   L1BatchNormState state{running_mean, running_sigma, options_.momentum(), options_.eps(), options_.c()};
   if (!quant_) return l1_batch_norm2d(x, weight, bias, state, is_training());
-  return quant::quantized_l1_batch_norm2d(x, weight, bias, state, is_training(), *quant_,
-                                          calls_.next(is_training()));
+  return quant::quantized_l1_batch_norm2d(x, weight, bias, state, is_training(), *quant_, calls_.next(is_training()),
+                                          input_range_ ? &*input_range_ : nullptr);
 }
 
 L1LayerNorm::L1LayerNorm(const L1LayerNormOptions& options) : Module("L1LayerNorm"), options_(options) {
@@ -169,12 +211,24 @@ void collect(Module& m, std::vector<T*>& out) {
   for (const auto& [name, child] : m.named_children()) collect(*child, out);
 }
 
-// Exposes a quantized layer's call counter as its module's buffer (once).
+// Registers (or re-points) an optional buffer of a quantized layer's module.
+void attach_buffer(Module* module, const char* name, const Tensor& tensor) {
+  if (!module) return;
+  if (module->has_buffer(name))
+    module->replace_buffer(name, tensor);
+  else
+    module->register_buffer(name, tensor, /*optional=*/true);
+}
+
+// Exposes a quantized layer's call counter, and its observed input range when it has one, as its
+// module's optional buffers.
 template <class T>
-void attach_counter(T* layer) {
+void attach_state(T* layer, const quant::RangeObserver* observer) {
   auto* module = dynamic_cast<Module*>(layer);
-  if (module && !module->has_buffer(kQuantCallsBuffer))
-    module->register_buffer(kQuantCallsBuffer, layer->quant_call_counter().tensor(), /*optional=*/true);
+  attach_buffer(module, kQuantCallsBuffer, layer->quant_call_counter().tensor());
+  if (!observer) return;
+  attach_buffer(module, kInputHistoryBuffer, observer->history());
+  attach_buffer(module, kInputObserverBuffer, observer->state());
 }
 }  // namespace
 
@@ -184,7 +238,8 @@ int quantize_model(Module& model, const quant::QConfig& config, std::uint64_t se
   for (std::size_t i = 0; i < layers.size(); ++i) {
     const bool first_or_last = i == 0 || i + 1 == layers.size();
     layers[i]->set_quantization(quant::layer_quant(config, first_or_last, seed, i));
-    attach_counter(layers[i]);
+    const bool delayed = config.activation_scaling == quant::ActivationScaling::delayed;
+    attach_state(layers[i], delayed ? &layers[i]->input_range() : nullptr);
   }
   std::vector<QuantizableNorm*> norms;
   collect(model, norms);
@@ -194,9 +249,11 @@ int quantize_model(Module& model, const quant::QConfig& config, std::uint64_t se
       continue;
     }
     // Layer ids after the GEMM layers' (which use 2 * id and 2 * id + 1).
-    norms[i]->set_quantization(quant::QuantizedNormConfig{config.norm_bits, config.norm_bits, seed,
-                                                          2 * layers.size() + i});
-    attach_counter(norms[i]);
+    quant::QuantizedNormConfig norm_config(config.norm_bits, config.norm_bits, seed, 2 * layers.size() + i);
+    norm_config.input_scaling = config.activation_scaling;
+    norm_config.observer = config.observer;
+    norms[i]->set_quantization(norm_config);
+    attach_state(norms[i], norms[i]->input_range());
   }
   return static_cast<int>(layers.size());
 }
@@ -232,6 +289,45 @@ void set_quantization_counters(Module& model, const std::vector<std::uint64_t>& 
   std::size_t i = 0;
   for (QuantizableLayer* layer : layers) layer->set_quant_calls(counters[i++]);
   for (QuantizableNorm* norm : norms) norm->set_quant_calls(counters[i++]);
+}
+
+namespace {
+// Calls fn(path, module, layer) for every quantizable GEMM layer under `m`.
+template <class F>
+void for_each_layer(Module& m, const std::string& path, F&& fn) {
+  if (auto* layer = dynamic_cast<QuantizableLayer*>(&m)) fn(path, m, *layer);
+  for (const auto& [name, child] : m.named_children()) for_each_layer(*child, path.empty() ? name : path + "." + name, fn);
+}
+}  // namespace
+
+std::vector<QuantizationReport> quantization_report(Module& model) {
+  std::vector<QuantizationReport> out;
+  for_each_layer(model, "", [&](const std::string& path, Module& m, QuantizableLayer& layer) {
+    if (!layer.quantization()) return;
+    const quant::LayerQuant& q = *layer.quantization();
+    QuantizationReport r;
+    r.name = path;
+    r.type = m.type_name();
+    r.activation_bits = q.activations.bits;
+    r.gradient_bits = q.gradients.bits;
+    r.delayed = q.activation_scaling == quant::ActivationScaling::delayed;
+    const quant::RangeObserver& obs = layer.input_range();
+    r.observed = r.delayed && obs.observed();
+    if (r.observed) r.input_range = obs.range();
+    r.observed_calls = obs.updates();
+    r.saturated_calls = obs.saturated_calls();
+    if (layer.numerics()) r.numerics = *layer.numerics();
+    out.push_back(std::move(r));
+  });
+  return out;
+}
+
+void set_numerics_monitor(Module& model, bool on) {
+  for_each_layer(model, "", [on](const std::string&, Module&, QuantizableLayer& layer) { layer.set_numerics_monitor(on); });
+}
+
+void reset_numerics(Module& model) {
+  for_each_layer(model, "", [](const std::string&, Module&, QuantizableLayer& layer) { layer.reset_numerics(); });
 }
 
 }  // namespace shiftq::nn

@@ -36,6 +36,14 @@ Tensor Module::register_buffer(const std::string& name, Tensor tensor, bool opti
   return tensor;
 }
 
+void Module::replace_buffer(const std::string& name, Tensor tensor) {
+  check_defined(tensor, "replace_buffer", name.c_str());
+  auto it = std::find_if(buffers_.begin(), buffers_.end(), [&](const auto& kv) { return kv.first == name; });
+  SHIFTQ_CHECK(it != buffers_.end(), ValueError, type_name_, ": no buffer '", name, "' to replace");
+  tensor.set_name(name);
+  it->second = std::move(tensor);
+}
+
 bool Module::has_buffer(const std::string& name) const {
   return std::any_of(buffers_.begin(), buffers_.end(), [&](const auto& kv) { return kv.first == name; });
 }

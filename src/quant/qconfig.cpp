@@ -42,6 +42,7 @@ void QConfig::validate() const {
                "QConfig: first_last_bits must be 0 or in [2, 8], got ", first_last_bits);
   SHIFTQ_CHECK(norm_bits == 0 || (norm_bits >= 2 && norm_bits <= 8), ValueError,
                "QConfig: norm_bits must be 0 or in [2, 8], got ", norm_bits);
+  observer.validate();
 }
 
 std::string QConfig::str() const {
@@ -59,7 +60,10 @@ std::string QConfig::str() const {
   return detail::cat("weights: ", role(weights), "; activations: ", role(activations), "; gradients: ",
                      role(gradients), "; first/last layer: ",
                      first_last_bits ? detail::cat(first_last_bits, "-bit") : std::string("same"),
-                     "; L1 norms: ", norm_bits ? detail::cat(norm_bits, "-bit integer") : std::string("float"));
+                     "; L1 norms: ", norm_bits ? detail::cat(norm_bits, "-bit integer") : std::string("float"),
+                     "; activation scales: ",
+                     activation_scaling == ActivationScaling::delayed ? detail::cat("delayed (", observer.str(), ")")
+                                                                      : std::string("current batch"));
 }
 
 }  // namespace shiftq::quant

@@ -253,7 +253,7 @@ Tensor conv_weight_grad(const ConvShape& s, const QTensor& gq, const QTensor& x_
 }  // namespace
 
 Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& params,
-                        PackedWeight& packed, const LayerQuant& quant, std::uint64_t step) {
+                        PackedWeight& packed, const LayerQuant& quant, const QuantCall& call) {
   check_dtype(x, DType::f32, "quantized_conv2d", "x");
   check_rank(x, 4, "quantized_conv2d", "x");
   check_dtype(weight, DType::f32, "quantized_conv2d", "weight");
@@ -276,8 +276,8 @@ Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bia
   // The activation is quantized once, as [N*C, H*W] with groups per (sample, channel) plane and a
   // per-tensor base (u8 codes); its codes are then moved to channels-last so that im2col copies
   // runs of KW*C bytes, and kept for backward.
-  QTensor x_nhwc = quantize(x.view({s.N * s.C, g.height * g.width}),
-                            internal::activation_params(quant.activations, 0), "conv2d input");
+  QTensor x_nhwc = internal::quantize_activation(x.view({s.N * s.C, g.height * g.width}),
+                                                 internal::activation_params(quant.activations, 0), call, "conv2d input");
   SHIFTQ_CHECK(x_nhwc.unsigned_codes() && x_nhwc.scale_axis() < 0, Error,
                "quantized_conv2d: internal error: activation codes must be u8 with a per-tensor scale");
   x_nhwc.codes = to_channels_last(x_nhwc.codes, s);
@@ -288,12 +288,14 @@ Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bia
   const bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
   if (any_requires_grad({&x, &weight, &bias})) internal::count_saved_bytes(static_cast<std::int64_t>(x_nhwc.codes.nbytes()));
   return record("quantized_conv2d", out, {&x, &weight, &bias},
-                [x_nhwc, wq, quant, step, s, gx, gw, gb, x_shape = x.shape(), w_shape = weight.shape()](const Tensor& grad) {
+                [x_nhwc, wq, quant, step = call.step, numerics = call.numerics, s, gx, gw, gb, x_shape = x.shape(),
+                 w_shape = weight.shape()](const Tensor& grad) {
     const GradientRows g = gradient_rows(grad, s);  // dY: [N*P, O] and its ranges
     Tensor dx, dw, db;
     if (gx) {  // groups over O, a scale per row (output pixel)
       const QTensor gq = quantize(g.rows, internal::gradient_params(quant.gradients, false, quant, step), g.col_max,
                                   "conv2d output gradient");
+      internal::measure_gradient(g.rows, gq, numerics);
       dx = conv_input_grad(s, gq, wq, x_shape);
     }
     if (gw) {  // groups over the rows (the contraction), a scale per output channel; s8 codes (GEMM operand B)

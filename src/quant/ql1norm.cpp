@@ -71,6 +71,7 @@ class GroupQuantizer {
     ones_.assign(std::max(rows, l.inner), 1.0f);
     codes = Tensor::uninitialized({rows, l.inner}, DType::s8);
     scales = Tensor::uninitialized({l.groups});
+    group_max.assign(static_cast<std::size_t>(l.groups), 0.0f);
     qmax_ = static_cast<float>((1 << (bits - 1)) - 1);
     args_.x = x.data<float>();
     args_.rows = rows;
@@ -164,10 +165,12 @@ class GroupQuantizer {
 
   Tensor codes;   // s8 [outer * groups, inner]
   Tensor scales;  // f32 [groups]
+  std::vector<float> group_max;  // [groups]: max |x| of each group
 
  private:
   // scales[g] = max |x| / qmax over group g (1 when all zero: v = 0); returns 1 / scales[g].
   float set_scale(std::int64_t g, float max_abs) {
+    group_max[static_cast<std::size_t>(g)] = max_abs;
     const float scale = max_abs > 0.0f ? max_abs / qmax_ : 1.0f;
     scales.data<float>()[g] = scale;
     return 1.0f / scale;
@@ -231,6 +234,7 @@ GroupStats statistics(GroupQuantizer& xq, const Layout& l, float c, float eps, T
 void QuantizedNormConfig::validate() const {
   SHIFTQ_CHECK(bits >= 2 && bits <= 8 && grad_bits >= 2 && grad_bits <= 8, ValueError,
                "quantized L1 norm: bits and grad_bits must be in [2, 8], got ", bits, " and ", grad_bits);
+  observer.validate();
 }
 
 L1Statistics l1_integer_statistics(const QTensor& x, std::int64_t outer, std::int64_t groups, std::int64_t inner) {
@@ -249,9 +253,62 @@ L1Statistics l1_integer_statistics(const QTensor& x, std::int64_t outer, std::in
   return out;
 }
 
+namespace {
+// Eval with observed channel ranges: q = round(x / s_c), s_c = range_c / qmax (the codes of a value
+// depend on it alone), then y = a_c q + b_c with the running statistics: a_c = gamma s_c / sigma_c,
+// b_c = beta - gamma mean_c / sigma_c.
+Tensor l1_batch_norm2d_eval_codes(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                  const L1BatchNormState& state, const Layout& l, int bits,
+                                  const RangeObserver& ranges) {
+  x.check_finite("quantized_l1_batch_norm2d: input");
+  const std::int64_t C = l.groups, rows = l.outer * C;
+  const float qmax = static_cast<float>((1 << (bits - 1)) - 1);
+  const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
+  const float* bt = beta.defined() ? beta.data<float>() : nullptr;
+  const float* rm = state.running_mean.data<float>();
+  const float* rs = state.running_sigma.data<float>();
+  std::vector<float> row_inv(static_cast<std::size_t>(rows)), ones(static_cast<std::size_t>(std::max(rows, l.inner)), 1.0f);
+  std::vector<float> a(static_cast<std::size_t>(C)), b(static_cast<std::size_t>(C));
+  for (std::int64_t c = 0; c < C; ++c) {
+    const float range = ranges.range(c), scale = range > 0.0f ? range / qmax : 1.0f, g = gm ? gm[c] : 1.0f;
+    a[c] = g * scale / rs[c];
+    b[c] = (bt ? bt[c] : 0.0f) - g * rm[c] / rs[c];
+    for (std::int64_t n = 0; n < l.outer; ++n) row_inv[n * C + c] = 1.0f / scale;
+  }
+  Tensor codes = Tensor::uninitialized({rows, l.inner}, DType::s8);
+  kernels::QuantizePackArgs args{};
+  args.x = x.data<float>();
+  args.rows = rows;
+  args.cols = l.inner;
+  args.row_mul = row_inv.data();
+  args.col_mul = ones.data();
+  args.row_pack = ones.data();
+  args.col_pack = ones.data();
+  args.qmax = qmax;
+  args.out = codes.data<std::int8_t>();
+  args.unit_factors = true;
+  const bool reference = kernels::kernel_path() == kernels::KernelPath::reference;
+  Tensor y = Tensor::uninitialized(x.shape());
+  const std::int8_t* q = codes.data<std::int8_t>();
+  float* py = y.data<float>();
+  const L1Kernels& k = l1_kernels();
+  // Per sample: its C rows of codes, then each channel's affine map while they are in cache.
+  detail::parallel_for(l.outer, 1, [&](std::int64_t n0, std::int64_t n1) {
+    for (std::int64_t n = n0; n < n1; ++n) {
+      (reference ? kernels::quantize_pack_f32_s8_ref : kernels::quantize_pack_f32_s8)(args, n * C, (n + 1) * C, 1);
+      for (std::int64_t c = 0; c < C; ++c) {
+        const std::int64_t offset = (n * C + c) * l.inner;
+        k.affine(q + offset, 1, l.inner, l.inner, a[c], b[c], py + offset);
+      }
+    }
+  });
+  return y;
+}
+}  // namespace
+
 Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, L1BatchNormState& state,
-                                 bool training, const QuantizedNormConfig& config, std::uint64_t step) {
-  if (!training) return l1_batch_norm2d(x, gamma, beta, state, false);  // eval: a per-channel affine map
+                                 bool training, const QuantizedNormConfig& config, std::uint64_t step,
+                                 RangeObserver* input_range) {
   check_dtype(x, DType::f32, "quantized_l1_batch_norm2d", "x");
   check_rank(x, 4, "quantized_l1_batch_norm2d", "x");
   config.validate();
@@ -260,7 +317,22 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
     if (p->defined())
       SHIFTQ_CHECK(p->dtype() == DType::f32 && p->shape() == Shape{C}, ShapeError, "quantized_l1_batch_norm2d: ",
                    "per-channel tensor ", p->str(), " must be f32 [", C, "]");
+  if (input_range)
+    SHIFTQ_CHECK(input_range->channels() == C, ShapeError, "quantized_l1_batch_norm2d: the input observer has ",
+                 input_range->channels(), " channels, the input ", x.str(), " has ", C);
   const Layout l{x.size(0), C, x.size(2) * x.size(3)};
+  if (!training) {
+    // eval: a per-channel affine map, on codes when the channel ranges are observed
+    if (!input_range || !input_range->observed() || !state.running_mean.defined())
+      return l1_batch_norm2d(x, gamma, beta, state, false);
+    SHIFTQ_CHECK(l.count() > 0 && l.inner > 0, ShapeError, "quantized_l1_batch_norm2d: empty input ", x.str());
+    const Tensor y = l1_batch_norm2d_eval_codes(x, gamma, beta, state, l, config.bits, *input_range);
+    if (!any_requires_grad({&x, &gamma, &beta})) return y;
+    // Gradients (a probe through an eval model): straight through the quantizer, those of the float
+    // map f; y + (f - f.detach()) has exactly y's values.
+    const Tensor f = l1_batch_norm2d(x, gamma, beta, state, false);
+    return add(y, sub(f, f.detach()));
+  }
   check_layout(l, "quantized_l1_batch_norm2d");
   GroupQuantizer xq(x, l, config.bits, Rounding::nearest_even, {}, "l1_batch_norm2d input");
   // One pass per channel (7x7: per thread's range, see quantize_groups): quantize it, sum its codes,
@@ -297,6 +369,7 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
       k.affine_cols(q + n * C * l.inner + first, width, a.data(), b.data(), py + n * C * l.inner + first);
   };
   const GroupStats st = statistics(xq, l, state.c, state.eps, per_channel, per_range);
+  if (input_range) input_range->update(xq.group_max, /*negative=*/true, /*saturated=*/false);
   if (state.running_mean.defined()) {
     float* rm = state.running_mean.data<float>();
     float* rs = state.running_sigma.data<float>();

@@ -56,6 +56,32 @@ QuantizeParams gradient_params(const TensorQConfig& c, bool for_weight_grad, con
 }
 
 void count_saved_bytes(std::int64_t bytes) { t_saved_bytes += bytes; }
+
+QTensor quantize_activation(const Tensor& x2d, QuantizeParams params, const QuantCall& call, const char* name) {
+  RangeObserver* observer = call.input_range;
+  const bool delayed = observer && observer->observed();
+  float range = 0.0f;
+  if (delayed) {
+    range = observer->range();
+    params.with_observed_range(range, observer->nonnegative());
+  }
+  QTensor q = quantize(x2d, params, name);
+  if (observer && call.training) {
+    const float own = q.input_range;
+    observer->update(std::span<const float>(&own, 1), q.input_negative, delayed && own > range);
+  }
+  if (call.numerics) {
+    call.numerics->input.merge(measure_quantization(x2d, q));
+    ++call.numerics->calls;
+  }
+  return q;
+}
+
+void measure_gradient(const Tensor& g2d, const QTensor& gq, const std::shared_ptr<LayerNumerics>& numerics) {
+  if (!numerics) return;
+  numerics->grad_output.merge(measure_quantization(g2d, gq));
+  ++numerics->backward_calls;
+}
 }  // namespace internal
 
 void LayerQuant::validate() const {
@@ -72,7 +98,8 @@ void LayerQuant::validate() const {
 
 LayerQuant layer_quant(const QConfig& config, bool first_or_last, std::uint64_t seed, std::uint64_t layer_id) {
   config.validate();
-  LayerQuant q{config.weights, config.activations, config.gradients, seed, layer_id};
+  LayerQuant q{config.weights, config.activations, config.gradients, seed, layer_id, config.activation_scaling,
+               config.observer};
   if (first_or_last && config.first_last_bits != 0) {
     for (TensorQConfig* t : {&q.weights, &q.activations, &q.gradients}) {
       t->bits = config.first_last_bits;
@@ -101,7 +128,7 @@ std::int64_t saved_activation_bytes() { return t_saved_bytes; }
 void reset_saved_activation_bytes() { t_saved_bytes = 0; }
 
 Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, PackedWeight& packed,
-                        const LayerQuant& quant, std::uint64_t step) {
+                        const LayerQuant& quant, const QuantCall& call) {
   check_dtype(x, DType::f32, "quantized_linear", "x");
   check_dtype(weight, DType::f32, "quantized_linear", "weight");
   check_rank(weight, 2, "quantized_linear", "weight");
@@ -115,17 +142,20 @@ Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bia
   out_shape.back() = out_f;
 
   // Y: [rows, out] = X: [rows, in] · W^T, X as u8 codes with a per-tensor scale.
-  const QTensor xq = quantize(x.view({rows, in_f}), internal::activation_params(quant.activations, 1), "linear input");
+  const QTensor xq = internal::quantize_activation(x.view({rows, in_f}), internal::activation_params(quant.activations, 1),
+                                                   call, "linear input");
   const QTensor wq = packed.get(weight, out_f, in_f, quant.weights);
   const Tensor y = shiftmm(xq, Trans::N, wq, Trans::T, bias).view(out_shape);
   const bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
   if (any_requires_grad({&x, &weight, &bias})) internal::count_saved_bytes(static_cast<std::int64_t>(xq.codes.nbytes()));
   return record("quantized_linear", y, {&x, &weight, &bias},
-                [xq, wq, quant, step, gx, gw, gb, rows, out_f, in_shape = x.shape()](const Tensor& g) {
+                [xq, wq, quant, step = call.step, numerics = call.numerics, gx, gw, gb, rows, out_f,
+                 in_shape = x.shape()](const Tensor& g) {
     const Tensor g2 = g.view({rows, out_f});
     Tensor dx, dw, db;
     if (gx) {  // dX: [rows, in] = dY · W
       const QTensor gq = quantize(g2, internal::gradient_params(quant.gradients, false, quant, step), "linear output gradient");
+      internal::measure_gradient(g2, gq, numerics);
       dx = shiftmm(gq, Trans::N, wq, Trans::N).view(in_shape);
     }
     if (gw) {  // dW: [out, in] = dY^T · X (X from its saved int8 codes)
@@ -180,7 +210,7 @@ std::int64_t code_bytes(const std::vector<QTensor>& qs) {
 }  // namespace
 
 Tensor quantized_matmul(const Tensor& a, const Tensor& b, int bits, std::uint64_t seed, std::uint64_t key_id,
-                        std::uint64_t step) {
+                        std::uint64_t step, MatmulScaling forward) {
   check_dtype(a, DType::f32, "quantized_matmul", "a");
   check_dtype(b, DType::f32, "quantized_matmul", "b");
   SHIFTQ_CHECK(a.dim() >= 2 && a.dim() == b.dim() && std::equal(a.shape().begin(), a.shape().end() - 2, b.shape().begin()),
@@ -206,11 +236,17 @@ Tensor quantized_matmul(const Tensor& a, const Tensor& b, int bits, std::uint64_
   std::vector<QTensor> b_rows(ga ? static_cast<std::size_t>(batch) : 0);
   std::vector<QTensor> a_cols(gb ? static_cast<std::size_t>(batch) : 0);
   Tensor out = Tensor::uninitialized({batch, M, N});
+  // Forward operands: a groups over K (axis 1), scale per row; b groups over K (axis 0), scale per
+  // column (ShiftQuant), or without groups (S = 0: per row / per column / per tensor).
+  QuantizeParams a_fwd = params(1, false, 0, true), b_fwd = params(0, false, 0, false);
+  if (forward != MatmulScaling::shiftquant) {
+    a_fwd = QuantizeParams::shiftquant(bits, 0, 1).with_unsigned_codes();
+    b_fwd = QuantizeParams::shiftquant(bits, 0, 0,
+                                       forward == MatmulScaling::per_row ? OuterScale::per_index : OuterScale::per_tensor);
+  }
   for_each_matrix(batch, [&](std::int64_t i) {
     const Tensor ai = matrix(a, i), bi = matrix(b, i);
-    // a: groups over K (axis 1), scale per row; b: groups over K (axis 0), scale per column.
-    store_matrix(out, i, shiftmm(quantize_matrix(ai, i, params(1, false, 0, true)), Trans::N,
-                                 quantize_matrix(bi, i, params(0, false, 0, false)), Trans::N));
+    store_matrix(out, i, shiftmm(quantize_matrix(ai, i, a_fwd), Trans::N, quantize_matrix(bi, i, b_fwd), Trans::N));
     if (ga) b_rows[static_cast<std::size_t>(i)] = quantize_matrix(bi, i, params(1, false, 0, false));
     if (gb) a_cols[static_cast<std::size_t>(i)] = quantize_matrix(ai, i, params(0, false, 0, true));
   });
@@ -244,9 +280,26 @@ Tensor quantized_attention(const Tensor& q, const Tensor& k, const Tensor& v, bo
                ShapeError, "quantized_attention: q ", q.str(), ", k ", k.str(), ", v ", v.str(),
                " must be [B, H, Tq, Dh], [B, H, Tk, Dh], [B, H, Tk, Dh]");
   const float scale = 1.0f / std::sqrt(static_cast<float>(q.size(3)));
-  Tensor scores = mul(quantized_matmul(q, transpose(k, -2, -1), bits, seed, 2 * key_id, step), scale);
-  if (causal) scores = causal_mask(scores);
-  return quantized_matmul(softmax(scores, -1), v, bits, seed, 2 * key_id + 1, step);
+  if (!causal) {
+    const Tensor scores = mul(quantized_matmul(q, transpose(k, -2, -1), bits, seed, 2 * key_id, step), scale);
+    return quantized_matmul(softmax(scores, -1), v, bits, seed, 2 * key_id + 1, step);
+  }
+  const Tensor scores = causal_mask(
+      mul(quantized_matmul(q, transpose(k, -2, -1), bits, seed, 2 * key_id, step, MatmulScaling::per_row), scale));
+  // s: the range of each position's value row (1 for an all-zero row), a constant of the graph.
+  const std::int64_t rows = v.numel() / v.size(3), dh = v.size(3);
+  Shape s_shape = v.shape();
+  s_shape.back() = 1;
+  Tensor s = Tensor::uninitialized(s_shape);  // [B, H, Tk, 1]
+  const float* pv = v.data<float>();
+  float* ps = s.data<float>();
+  for (std::int64_t r = 0; r < rows; ++r) {
+    float m = 0.0f;
+    for (std::int64_t d = 0; d < dh; ++d) m = std::max(m, std::fabs(pv[r * dh + d]));
+    ps[r] = m > 0.0f ? m : 1.0f;
+  }
+  const Tensor p_scaled = mul(softmax(scores, -1), transpose(s, -2, -1));  // P diag(s): [B, H, Tq, Tk]
+  return quantized_matmul(p_scaled, div(v, s), bits, seed, 2 * key_id + 1, step, MatmulScaling::per_row_a_unit_b);
 }
 
 }  // namespace shiftq::quant

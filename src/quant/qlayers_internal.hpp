@@ -14,6 +14,11 @@ QuantizeParams activation_params(const TensorQConfig& c, int inner_axis);
 // dY [rows, out] as A of dX = dY W (groups over out, scale per row) or of dW = dY^T X (groups over
 // rows, scale per output channel); stochastic streams keyed by (seed, step, layer); u8 codes.
 QuantizeParams gradient_params(const TensorQConfig& c, bool for_weight_grad, const LayerQuant& q, std::uint64_t step);
+// Quantizes an activation x2d with `params` (per-tensor outer scale) under call.input_range's
+// delayed scaling, records this call's range when training, and measures it for the monitor.
+QTensor quantize_activation(const Tensor& x2d, QuantizeParams params, const QuantCall& call, const char* name);
+// Measures a gradient's quantization for the monitor (when call.numerics is set).
+void measure_gradient(const Tensor& g2d, const QTensor& gq, const std::shared_ptr<LayerNumerics>& numerics);
 // Adds to the calling thread's saved-activation byte counter (saved_activation_bytes()).
 void count_saved_bytes(std::int64_t bytes);
 

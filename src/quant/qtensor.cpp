@@ -234,6 +234,10 @@ void QuantizeParams::validate() const {
                " with b=", bits, " bits needs S >= 0 and b + S <= 8 (int8 operands)");
   SHIFTQ_CHECK(inner_axis == 0 || inner_axis == 1, ValueError, "quantize: inner_axis must be 0 or 1, got ",
                inner_axis);
+  if (observed_range >= 0.0f || observed_nonnegative)
+    SHIFTQ_CHECK(std::isfinite(observed_range) && observed_range >= 0.0f && outer == OuterScale::per_tensor, ValueError,
+                 "quantize: an observed range must be finite, >= 0 and come with a per-tensor outer scale, got ",
+                 observed_range);
 }
 
 namespace {
@@ -280,14 +284,26 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
   }
   if (!finite) throw_nonfinite(x, name);
   const float* range = given_ranges ? given_ranges : ranges.data();  // r_k (when S > 0)
+  const bool observed = p.observed_range >= 0.0f;
+  // Where the unsigned range can apply: the row pass that looks for negative values ran.
+  const bool sign_applies = p.nonnegative_range && (S == 0 ? !fused_row_scales
+                                                           : !groups_on_cols && S <= max_shift_budget(p.bits, true));
 
   QTensor q;
   q.bits = p.bits;
   q.shift_budget = S;
   q.inner_axis = p.inner_axis;
   q.outer = p.outer;
-  q.nonnegative = !negative;  // only a row pass asked for the sign clears `negative`
+  q.nonnegative = observed ? sign_applies && p.observed_nonnegative : !negative;  // only a sign pass clears `negative`
+  q.input_negative = negative;
   const float qmax = static_cast<float>(q.qmax());
+  if (per_tensor) {
+    // This input's own range, for an observer: MSE-clipped with the qmax its own sign would give.
+    const float own_qmax = static_cast<float>(sign_applies && !negative ? std::min((1 << p.bits) - 1, 127)
+                                                                         : (1 << (p.bits - 1)) - 1);
+    q.input_range = p.mse_clip && S == 0 && m > 0.0f ? mse_clipped_range(px, R * C, m, own_qmax, !negative) : m;
+  }
+  if (observed) m = p.observed_range;
   const DType code_type = p.unsigned_codes ? DType::u8 : DType::s8;
   q.exponents = Tensor::empty({inner_len}, DType::s8);
   q.scales = Tensor::ones({per_tensor ? 1 : outer_len});
@@ -298,7 +314,7 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
   pow_e.assign(static_cast<std::size_t>(inner_len), 1.0f);
   pack.assign(static_cast<std::size_t>(inner_len), 1.0f);
   std::int8_t* e_out = q.exponents.data<std::int8_t>();
-  // 0 <= e <= S since every r_k <= m.
+  // 0 <= e <= S (r_k > m, beyond an observed range, gets 0: it saturates).
   if (S > 0)
     detail::parallel_for(inner_len, kParallelElements, [&](std::int64_t k0, std::int64_t k1) {
       for (std::int64_t k = k0; k < k1; ++k) {
@@ -335,8 +351,10 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
   std::optional<ShiftClip> shift_clip;  // QuantizeParams::mse_clip's group exponents (S > 0)
   if (per_tensor) {
     float mx = 0.0f;
-    if (S == 0)
-      mx = p.mse_clip ? mse_clipped_range(px, R * C, m, qmax, q.nonnegative) : m;  // max |x|, maybe clipped
+    if (observed)
+      mx = m;  // the observed base
+    else if (S == 0)
+      mx = p.mse_clip ? q.input_range : m;  // max |x|, maybe clipped
     else
       for (std::int64_t k = 0; k < inner_len; ++k) mx = std::max(mx, range[k] * pow_e[k]);
     set_scales(&mx, 0, 1);

@@ -12,6 +12,7 @@
 #include "testing/files.hpp"
 #include "common/flags.hpp"
 #include "common/nonfinite.hpp"
+#include "resnet/model.hpp"
 #include "resnet/trainer.hpp"
 #include "transformer/model.hpp"
 #include "transformer/trainer.hpp"
@@ -330,6 +331,130 @@ TEST(GptModel, CausalMaskHidesTheFuture) {
   bool later_changed = false;
   for (std::int64_t i = 8 * v; i < 12 * v; ++i) later_changed |= a.data<float>()[i] != b.data<float>()[i];
   EXPECT_TRUE(later_changed);
+}
+
+
+// ---- Delayed activation scaling on the example models ----
+
+bool same_bytes(const Tensor& a, const Tensor& b) {
+  return a.nbytes() == b.nbytes() && std::memcmp(a.raw_bytes(), b.raw_bytes(), a.nbytes()) == 0;
+}
+
+// Row i of x (as a batch of one).
+Tensor row(const Tensor& x, std::int64_t i) { return slice(x, 0, i, i + 1); }
+
+// A 4-bit ResNet-8 with L1 BatchNorm (the default recipe), after a few SGD steps on random images.
+std::shared_ptr<ResNet> trained_resnet(quant::ActivationScaling scaling, std::uint64_t seed = 11) {
+  Generator gen(seed);
+  auto model = std::make_shared<ResNet>(ResNetOptions{8, 1, 10, 4, "l1"}, gen);
+  quant::QConfig config = quant::QConfig::bits(4);
+  config.activation_scaling = scaling;
+  nn::quantize_model(*model, config, seed);
+  optim::SGD sgd(model->named_parameters(), optim::SGDOptions(0.05).momentum(0.9));
+  model->train();
+  for (int step = 0; step < 4; ++step) {
+    const Tensor x = Tensor::randn({16, 1, 12, 12}, gen);
+    std::vector<std::int32_t> y(16);
+    for (std::size_t i = 0; i < y.size(); ++i) y[i] = static_cast<std::int32_t>((i * 7 + step) % 10);
+    sgd.zero_grad();
+    cross_entropy((*model)(x), Tensor::from_vector(y, {16})).backward();
+    sgd.step();
+  }
+  model->eval();
+  return model;
+}
+
+// In eval a sample's logits do not depend on its batch: batch 1 and batch 500 agree bit for bit.
+// With the batch's own ranges (ActivationScaling::current) they do not, which this test would see.
+TEST(DelayedScalingModel, ResNetEvalIsIndependentOfTheBatch) {
+  Generator gen(4);
+  const Tensor x = Tensor::randn({500, 1, 12, 12}, gen);
+  std::shared_ptr<ResNet> model = trained_resnet(quant::ActivationScaling::delayed);
+  std::shared_ptr<ResNet> batch_ranges = trained_resnet(quant::ActivationScaling::current);
+  NoGradGuard no_grad;
+  const Tensor logits = (*model)(x);
+  for (std::int64_t i : {0, 1, 137, 499})
+    EXPECT_TRUE(same_bytes((*model)(row(x, i)), row(logits, i))) << "sample " << i;
+  for (const nn::QuantizationReport& r : nn::quantization_report(*model)) {
+    EXPECT_TRUE(r.observed) << r.name;
+    EXPECT_EQ(r.observed_calls, 4u) << r.name;
+  }
+
+  const Tensor logits_c = (*batch_ranges)(x);
+  bool any_differs = false;
+  for (std::int64_t i : {0, 1, 137, 499}) any_differs |= !same_bytes((*batch_ranges)(row(x, i)), row(logits_c, i));
+  EXPECT_TRUE(any_differs);
+}
+
+// The observed ranges are checkpointed with the model: a restored model evaluates bit for bit the
+// same. A checkpoint without them still loads and names them as absent.
+TEST_F(TrainerTest, ObservedRangesRoundTripThroughACheckpoint) {
+  std::shared_ptr<ResNet> model = trained_resnet(quant::ActivationScaling::delayed);
+  io::save_checkpoint(path("ranges.safetensors"), *model, nullptr);
+  std::shared_ptr<ResNet> fresh = trained_resnet(quant::ActivationScaling::delayed, 12);
+  const io::TrainingCheckpoint ckpt = io::load_checkpoint(path("ranges.safetensors"));
+  std::size_t range_tensors = 0;
+  for (const auto& [name, t] : ckpt.model)
+    range_tensors += name.ends_with(nn::kInputHistoryBuffer) || name.ends_with(nn::kInputObserverBuffer);
+  EXPECT_EQ(range_tensors, 2u * (10 + 9));  // 10 GEMM layers (9 convs + fc) and 9 L1 BatchNorms
+  EXPECT_TRUE(io::restore(ckpt, "ranges", *fresh, nullptr).empty());
+  Generator gen(6);
+  const Tensor x = Tensor::randn({7, 1, 12, 12}, gen);
+  {
+    NoGradGuard no_grad;
+    EXPECT_TRUE(same_bytes((*model)(x), (*fresh)(x)));
+  }
+
+  io::TrainingCheckpoint old = ckpt;
+  std::erase_if(old.model, [](const auto& kv) {
+    return kv.first.ends_with(nn::kInputHistoryBuffer) || kv.first.ends_with(nn::kInputObserverBuffer);
+  });
+  std::shared_ptr<ResNet> from_old = trained_resnet(quant::ActivationScaling::delayed, 12);
+  EXPECT_EQ(io::restore(old, "old", *from_old, nullptr).size(), range_tensors);
+}
+
+// The quantized GPT never lets a later token change an earlier output, in a training forward (from
+// the same state) and in eval.
+// With the batch's own ranges (ActivationScaling::current) a shared per-tensor scale leaks the future.
+TEST(DelayedScalingModel, QuantizedGptIsCausal) {
+  for (const auto& [bits, scaling] : {std::pair{4, quant::ActivationScaling::delayed}, std::pair{6, quant::ActivationScaling::delayed},
+                                       std::pair{4, quant::ActivationScaling::current}}) {
+    const bool delayed = scaling == quant::ActivationScaling::delayed;
+    Generator gen(3);
+    GPT model({11, 16, 2, 32, 4, "l1", false}, gen);
+    quant::QConfig config = quant::QConfig::bits(bits);
+    config.activation_scaling = scaling;
+    model.quantize(config, 5);
+    optim::SGD sgd(model.named_parameters(), optim::SGDOptions(0.05));
+    std::vector<std::int32_t> tokens = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0, 1};
+    std::vector<std::int32_t> targets(tokens.begin() + 1, tokens.end());
+    targets.push_back(2);
+    model.train();
+    for (int step = 0; step < 2; ++step) {  // observes ranges
+      sgd.zero_grad();
+      cross_entropy(reshape(model(Tensor::from_vector(tokens, {1, 12})), {12, 11}), Tensor::from_vector(targets, {12}))
+          .backward();
+      sgd.step();
+    }
+    std::vector<std::int32_t> changed = tokens;
+    changed[8] = 3;
+    changed[11] = 9;
+    for (bool training : {true, false}) {
+      model.train(training);
+      const std::map<std::string, Tensor> state = model.state_dict();
+      std::map<std::string, Tensor> saved;
+      for (const auto& [name, t] : state) saved[name] = t.clone();
+      const Tensor a = model(Tensor::from_vector(tokens, {1, 12}));
+      model.load_state_dict(saved);  // a training forward updates the observed ranges
+      const Tensor b = model(Tensor::from_vector(changed, {1, 12}));
+      bool earlier_changed = false;
+      for (std::int64_t i = 0; i < 8 * 11; ++i) earlier_changed |= a.data<float>()[i] != b.data<float>()[i];
+      EXPECT_EQ(earlier_changed, !delayed) << bits << "-bit, training " << training;
+      bool later_changed = false;
+      for (std::int64_t i = 8 * 11; i < 12 * 11; ++i) later_changed |= a.data<float>()[i] != b.data<float>()[i];
+      EXPECT_TRUE(later_changed);
+    }
+  }
 }
 
 }  // namespace

@@ -21,6 +21,9 @@ struct LinearOptions {
 
 // The buffer name of a quantized module's call counter ("<module>.quant_calls" in a state dict).
 inline constexpr const char* kQuantCallsBuffer = "quant_calls";
+// The buffer names of a quantized layer's observed input range (quant::RangeObserver's history and state).
+inline constexpr const char* kInputHistoryBuffer = "input_amax_history";
+inline constexpr const char* kInputObserverBuffer = "input_observer";
 
 // The training forward calls of a quantized layer or norm: they key its stochastic rounding. Held
 // in an s32 [2] tensor (low and high 32 bits) that nn::quantize_model registers as the module's
@@ -41,14 +44,21 @@ class QuantCallCounter {
 // Shared by the layers whose GEMMs can run on int8 (Linear, Conv2d): the layer's resolved
 // quantization (none = fp32), its packed weight (re-quantized once per optimizer step) and the
 // call counter that keys stochastic rounding.
+// Delayed scaling: the observed range of the layer's input (quant::RangeObserver), registered by
+// quantize_model as the optional buffers kInputHistoryBuffer and kInputObserverBuffer.
 class QuantizableLayer {
  public:
   virtual ~QuantizableLayer() = default;
-  void set_quantization(std::optional<quant::LayerQuant> q) {
-    if (q) q->validate();
-    quant_ = std::move(q);
-  }
+  // Keeps the observed input range unless the observer options change (then it starts empty).
+  void set_quantization(std::optional<quant::LayerQuant> q);
   const std::optional<quant::LayerQuant>& quantization() const { return quant_; }
+  const quant::RangeObserver& input_range() const { return input_range_; }
+  quant::RangeObserver& input_range() { return input_range_; }
+  // The numerics monitor: while on, each call measures its input and output-gradient quantization
+  // (quant::LayerNumerics, summed until reset_numerics()).
+  void set_numerics_monitor(bool on);
+  const quant::LayerNumerics* numerics() const { return numerics_.get(); }
+  void reset_numerics();
   const quant::PackedWeight& packed_weight() const { return packed_; }
   // Training forward calls so far: keys this layer's stochastic rounding (checkpointed for resume).
   std::uint64_t quant_calls() const { return calls_.value(); }
@@ -56,9 +66,14 @@ class QuantizableLayer {
   const QuantCallCounter& quant_call_counter() const { return calls_; }
 
  protected:
+  // The next call's context (advances the call counter when training).
+  quant::QuantCall next_call(bool training);
+
   std::optional<quant::LayerQuant> quant_;
   quant::PackedWeight packed_;
   QuantCallCounter calls_;
+  quant::RangeObserver input_range_;
+  std::shared_ptr<quant::LayerNumerics> numerics_;
 };
 
 class Linear : public Module, public QuantizableLayer {
@@ -132,10 +147,11 @@ struct L1BatchNormOptions {
 class QuantizableNorm {
  public:
   virtual ~QuantizableNorm() = default;
-  void set_quantization(std::optional<quant::QuantizedNormConfig> q) {
-    if (q) q->validate();
-    quant_ = q;
-  }
+  void set_quantization(std::optional<quant::QuantizedNormConfig> q);
+  // Channels whose input ranges the norm observes (BatchNorm: C; LayerNorm quantizes each row with
+  // its own range and observes none: 0).
+  virtual std::int64_t observed_channels() const { return 0; }
+  const quant::RangeObserver* input_range() const { return input_range_ ? &*input_range_ : nullptr; }
   const std::optional<quant::QuantizedNormConfig>& quantization() const { return quant_; }
   std::uint64_t quant_calls() const { return calls_.value(); }
   void set_quant_calls(std::uint64_t calls) { calls_.set(calls); }
@@ -144,6 +160,7 @@ class QuantizableNorm {
  protected:
   std::optional<quant::QuantizedNormConfig> quant_;
   QuantCallCounter calls_;
+  std::optional<quant::RangeObserver> input_range_;  // when quantized with delayed input scaling
 };
 
 // BatchNorm with the mean absolute deviation instead of the standard deviation. x: [N, C, H, W].
@@ -151,6 +168,7 @@ class L1BatchNorm2d : public Module, public QuantizableNorm {
  public:
   explicit L1BatchNorm2d(const L1BatchNormOptions& options);
   Tensor forward(const Tensor& x) override;
+  std::int64_t observed_channels() const override { return options_.num_features(); }
   const L1BatchNormOptions& options() const { return options_; }
   Tensor weight, bias;                 // [C]
   Tensor running_mean, running_sigma;  // buffers: [C]
@@ -303,5 +321,23 @@ void dequantize_model(Module& model);
 std::vector<std::uint64_t> quantization_counters(Module& model);
 // Restores quantization_counters(); ValueError if the count of layers differs.
 void set_quantization_counters(Module& model, const std::vector<std::uint64_t>& counters);
+
+// The numerics of one quantized Linear or Conv2d: its observed input range and, while the monitor
+// is on, what its quantizers did to its input and output gradient (quant::LayerNumerics).
+struct QuantizationReport {
+  std::string name;  // dotted module path ("layer1.0.conv1")
+  std::string type;  // "Linear", "Conv2d"
+  int activation_bits = 0, gradient_bits = 0;
+  bool delayed = false;        // delayed activation scaling
+  bool observed = false;       // ... with at least one observed training call
+  float input_range = 0.0f;    // the range the next call quantizes its input with (when observed)
+  std::uint64_t observed_calls = 0, saturated_calls = 0;  // training calls; those beyond the range
+  std::optional<quant::LayerNumerics> numerics;  // when the monitor is on
+};
+// Every quantized GEMM layer under `model`, in registration order.
+std::vector<QuantizationReport> quantization_report(Module& model);
+// Turns the numerics monitor of every quantized GEMM layer on or off (off frees its records).
+void set_numerics_monitor(Module& model, bool on);
+void reset_numerics(Module& model);
 
 }  // namespace shiftq::nn

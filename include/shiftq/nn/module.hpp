@@ -58,6 +58,8 @@ class Module {
   // `optional`: a state dict without it still loads (see load_state_dict).
   Tensor register_buffer(const std::string& name, Tensor tensor, bool optional = false);
   bool has_buffer(const std::string& name) const;
+  // Points the registered buffer `name` at `tensor` (state that was rebuilt); ValueError if absent.
+  void replace_buffer(const std::string& name, Tensor tensor);
 
  protected:
   // Registers `tensor` as a trainable parameter (sets requires_grad and its name); returns the handle.

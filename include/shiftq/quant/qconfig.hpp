@@ -3,11 +3,18 @@
 
 #include <string>
 
+#include "shiftq/quant/observer.hpp"
 #include "shiftq/quant/qtensor.hpp"
 
 namespace shiftq::quant {
 
 enum class QuantizerKind : std::uint8_t { none, per_tensor, per_row, shiftquant };
+
+// Where a per-tensor activation range comes from.
+enum class ActivationScaling : std::uint8_t {
+  delayed,  // the layer's RangeObserver: the history of earlier training calls, frozen in eval()
+  current,  // each call's own input (its batch)
+};
 
 // One tensor role (weights, activations or gradients).
 struct TensorQConfig {
@@ -33,6 +40,9 @@ struct QConfig {
   int first_last_bits = 8;
   // Bits of the fully quantized L1 normalization layers (input and gradient codes); 0 = float.
   int norm_bits = 8;
+  // Activation ranges (Linear and Conv2d inputs; the L1 BatchNorms' eval input codes) and their history.
+  ActivationScaling activation_scaling = ActivationScaling::delayed;
+  ObserverOptions observer;
 
   // The paper's defaults for b-bit training: ShiftQuant weights (S = 8 - b over Cout) with
   // nearest rounding, per-tensor activations (unsigned range when non-negative), ShiftQuant

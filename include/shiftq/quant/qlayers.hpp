@@ -10,8 +10,11 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 
 #include "shiftq/autograd/ops.hpp"
+#include "shiftq/quant/monitor.hpp"
+#include "shiftq/quant/observer.hpp"
 #include "shiftq/quant/qconfig.hpp"
 #include "shiftq/quant/qtensor.hpp"
 
@@ -22,6 +25,8 @@ struct LayerQuant {
   TensorQConfig weights, activations, gradients;
   std::uint64_t seed = 0;      // stochastic-rounding key: (seed, step, 2 * layer_id + gemm)
   std::uint64_t layer_id = 0;
+  ActivationScaling activation_scaling = ActivationScaling::delayed;
+  ObserverOptions observer;
   // Throws ValueError for combinations whose scales would fall on a contraction axis (per-row
   // weights or activations: their product would not be a single int8 GEMM).
   void validate() const;
@@ -48,10 +53,26 @@ class PackedWeight {
   std::int64_t packs_ = 0;
 };
 
-// x: [..., in], weight: [out, in], bias: [out] or undefined -> [..., out]. `step` keys the
-// stochastic rounding of this call's gradients.
+// One call of a quantized layer: what it needs beyond its tensors.
+struct QuantCall {
+  std::uint64_t step = 0;  // keys the stochastic rounding of this call's gradients
+  bool training = true;    // a training call updates input_range
+  // Delayed scaling of the per-tensor input range (LayerQuant::activation_scaling): quantize with
+  // its range once it has observed a training call, and record this call's range when training.
+  // Null, or nothing observed yet: the input's own range.
+  RangeObserver* input_range = nullptr;
+  // The numerics monitor: when set, this call's input quantization and its backward's output
+  // gradient quantization are measured and added to it.
+  std::shared_ptr<LayerNumerics> numerics;
+};
+
+// x: [..., in], weight: [out, in], bias: [out] or undefined -> [..., out].
 Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, PackedWeight& packed,
-                        const LayerQuant& quant, std::uint64_t step);
+                        const LayerQuant& quant, const QuantCall& call);
+inline Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, PackedWeight& packed,
+                               const LayerQuant& quant, std::uint64_t step) {
+  return quantized_linear(x, weight, bias, packed, quant, QuantCall{step, true, nullptr, nullptr});
+}
 
 // x: [N, C, H, W], weight: [O, C, KH, KW], bias: [O] or undefined -> [N, O, OH, OW]. The input is
 // quantized once (before im2col) and its codes moved to channels-last; the im2col rows are built
@@ -59,7 +80,11 @@ Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bia
 // consumed while in cache, forward and backward. Throws ValueError when C*KH*KW or O exceeds
 // kernels::kMaxGemmKu8s8 (66313; e.g. more than 7368 input channels at 3x3).
 Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& params,
-                        PackedWeight& packed, const LayerQuant& quant, std::uint64_t step);
+                        PackedWeight& packed, const LayerQuant& quant, const QuantCall& call);
+inline Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& params,
+                               PackedWeight& packed, const LayerQuant& quant, std::uint64_t step) {
+  return quantized_conv2d(x, weight, bias, params, packed, quant, QuantCall{step, true, nullptr, nullptr});
+}
 
 // Batched matmul with every GEMM on int8, for attention's Q K^T and P V:
 //   a: [..., M, K], b: [..., K, N] (equal leading dims) -> [..., M, N].
@@ -69,12 +94,27 @@ Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bia
 // `key_id` separates the stochastic streams of different call sites. Those backward operands (a with
 // groups over M, b with groups over N, nearest rounding) are quantized in the forward and saved as
 // int8 codes, not as fp32.
+//
+// How the forward operands are scaled (`forward`):
+//   shiftquant: as above (a scale per row of a / column of b, power-of-two groups over K shared by
+//               all rows of a / columns of b)
+//   per_row:    a with one scale per row, b with one scale per column (S = 0): output (m, n) then
+//               depends on row m of a and column n of b alone (causal attention: no position's
+//               codes depend on a later position)
+//   per_row_a_unit_b: a per row; b per tensor (S = 0), for a b whose rows are normalized to max |.|
+//               = 1 (its tensor range is then 1 whatever the other rows hold)
+enum class MatmulScaling : std::uint8_t { shiftquant, per_row, per_row_a_unit_b };
 Tensor quantized_matmul(const Tensor& a, const Tensor& b, int bits, std::uint64_t seed, std::uint64_t key_id,
-                        std::uint64_t step);
+                        std::uint64_t step, MatmulScaling forward = MatmulScaling::shiftquant);
 
 // scaled_dot_product_attention with both batched matmuls (Q K^T and P V, forward and backward) on
 // int8 through quantized_matmul; softmax and the causal mask stay fp32 (they are elementwise on the
 // [T, T] scores, whose probabilities need more than 8 bits of dynamic range before P V).
+// Causal: every forward code depends on one position only, so the output at position t is
+// bit-identical whatever the positions after t hold: Q and K get one scale per position
+// (MatmulScaling::per_row), and P V is computed as (P diag(s)) (diag(1/s) V) with s the per-position
+// range of V: P diag(s) gets a scale per query row, diag(1/s) V has rows of range 1 and one fixed
+// scale (per_row_a_unit_b). Non-causal attention keeps the ShiftQuant operands.
 Tensor quantized_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, int bits,
                            std::uint64_t seed, std::uint64_t key_id, std::uint64_t step);
 

@@ -65,6 +65,15 @@ struct QuantizeParams {
   // count; one more read of each group (from L1 for groups along rows: the pack loop makes the
   // choice for the tile of rows it is about to pack).
   bool mse_clip = false;
+  // Delayed scaling (quant::RangeObserver): a per-tensor base fixed beforehand. The base range is
+  // `observed_range` instead of this call's max |x| (with S > 0 the group exponents are taken
+  // against it too), and the unsigned range applies iff `observed_nonnegative` (and
+  // nonnegative_range allows it): the codes of an element then depend on that element alone (and,
+  // with S > 0, on its group). Values beyond the range saturate at the top code. mse_clip with S = 0
+  // does not clip an observed range (the observer records clipped ranges instead: see
+  // QTensor::input_range). Needs a per-tensor outer scale; negative = off.
+  float observed_range = -1.0f;
+  bool observed_nonnegative = false;
 
   // The three quantizers of the spec.
   static QuantizeParams per_tensor(int bits);
@@ -88,7 +97,13 @@ struct QuantizeParams {
     mse_clip = on;
     return *this;
   }
-  // Throws ValueError for bits outside [2, 8], S < 0, b + S > 8 or inner_axis not 0/1.
+  QuantizeParams& with_observed_range(float range, bool nonnegative) {
+    observed_range = range;
+    observed_nonnegative = nonnegative;
+    return *this;
+  }
+  // Throws ValueError for bits outside [2, 8], S < 0, b + S > 8, inner_axis not 0/1, or an observed
+  // range that is not finite or comes with per-index outer scales.
   void validate() const;
 };
 
@@ -108,6 +123,12 @@ struct QTensor {
   int inner_axis = 1;
   OuterScale outer = OuterScale::per_index;
   bool nonnegative = false;  // quantized with the unsigned range: v in [0, qmax()]
+  // What the quantizer saw of its input, for an observer (per-tensor outer scales only; -1 otherwise):
+  // the range this input would have been quantized with on its own (max |x|, or its MSE-clipped
+  // range with mse_clip and S = 0), and whether the sign pass met a negative value (true when no
+  // sign pass ran: the input is then treated as signed).
+  float input_range = -1.0f;
+  bool input_negative = true;
 
   std::int64_t rows() const { return codes.size(0); }
   std::int64_t cols() const { return codes.size(1); }
