@@ -46,10 +46,12 @@ int main(int argc, char** argv) {
       .add("resume", &c.resume, "continue training from this checkpoint")
       .add("log", &c.log, "append per-epoch metrics to this JSON-lines file")
       .add("stop-after", &c.stop_after, "stop after this epoch, as if interrupted (0 = train all epochs)")
-      .add("eval-batch", &c.eval_batch, "test-set batch size (integer models take their activation ranges per batch)")
+      .add("eval-batch", &c.eval_batch, "test-set batch size")
       .add("eval-only", &c.eval_only, "with --resume: evaluate the checkpoint on the test set and exit")
       .add("skip-nonfinite", &c.skip_nonfinite, "skip up to N consecutive steps with NaN/Inf loss or gradients (0 = stop)")
       .add("verbose", &c.verbose, "progress bar and per-epoch lines");
+  c.act_scaling.add_flags(flags);
+  c.quant_report.add_flags(flags);
   c.dist.add_flags(flags);
   return run_cli(flags, argc, argv, c.dist, [&] { c.validate(); }, [&] {
     const auto history = train_resnet(c);

@@ -1,5 +1,6 @@
 #include "resnet/trainer.hpp"
 
+#include <cmath>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -115,6 +116,9 @@ void ResNetTrainConfig::validate() const {
           "--lr must be > 0, --momentum in [0, 1), --weight-decay and --warmup-epochs >= 0");
   require(pad >= 0 && pad <= 16, "--pad must be in 0..16");
   require(eval_batch >= 1, "--eval-batch must be positive");
+  act_scaling.validate();
+  quant_report.validate();
+  require(quant_report.path.empty() || bits > 0, "--quant-report needs integer training (--bits)");
   require(!eval_only || !resume.empty(), "--eval-only needs --resume CHECKPOINT");
   require(threads >= 0 && train_subset >= 0 && test_subset >= 0 && seed >= 0 && stop_after >= 0 && skip_nonfinite >= 0,
           "--threads, --train-subset, --test-subset, --seed, --stop-after and --skip-nonfinite must be >= 0");
@@ -129,12 +133,15 @@ std::string ResNetTrainConfig::fingerprint() const {
     << " batch=" << batch << " lr=" << lr << " momentum=" << momentum << " weight_decay=" << weight_decay
     << " warmup_epochs=" << warmup_epochs << " seed=" << seed;
   if (weight_clip != "none") s << " weight_clip=" << weight_clip;  // absent before the flag existed
+  s << act_scaling.fingerprint();
   return s.str();
 }
 
 quant::QConfig ResNetTrainConfig::qconfig() const {
-  return make_qconfig(bits, act_bits, grad_quant, first_last_bits, norm_bits, act_range, act_clip, act_quant,
-                      weight_clip);
+  quant::QConfig q = make_qconfig(bits, act_bits, grad_quant, first_last_bits, norm_bits, act_range, act_clip,
+                                  act_quant, weight_clip);
+  act_scaling.apply(q);
+  return q;
 }
 
 std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
@@ -146,6 +153,7 @@ std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
   if (c.threads > 0) set_num_threads(static_cast<int>(c.threads));
   check_output_path(checkpoint_path, "checkpoint");
   check_output_path(log_path, "metrics log");
+  check_output_path(group.is_root() ? c.quant_report.path : std::string(), "numerics report");
   const Splits data = load_splits(c);
   const std::int64_t channels = data.train.images.dim() == 4 ? data.train.images.size(1) : 1;
   data::ImageLoader train_loader(data.train, data::ImageLoaderOptions(c.batch)
@@ -197,6 +205,7 @@ std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
     return {m};
   }
   MetricsLog log(log_path, /*append=*/!c.resume.empty());
+  QuantReportLog quant_report(group.is_root() ? c.quant_report : QuantReportConfig{}, /*append=*/!c.resume.empty());
   if (verbose) {
     if (group.world() > 1)
       std::printf("data-parallel: %d processes, global batch %lld, %s gradient exchange\n", group.world(),
@@ -222,6 +231,7 @@ std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
       const std::int64_t global = std::min(c.batch, train_loader.size() - b * c.batch);
       const auto start = std::chrono::steady_clock::now();
       optimizer.set_lr(schedule.lr_at(step));
+      quant_report.before_step(model, step);
       std::int64_t batch_correct = 0;
       const std::optional<double> loss = guard.run(
           [&] {
@@ -238,6 +248,7 @@ std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
           },
           optimizer);
       seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      quant_report.after_step(model, step, loss.value_or(std::nan("")));
       processed += batch.labels.numel();
       if (loss) {
         loss_sum += *loss;

@@ -9,6 +9,7 @@
 #include <shiftq/shiftq.hpp>
 
 #include "common/distributed.hpp"
+#include "common/quant_report.hpp"
 
 namespace shiftq::examples {
 
@@ -34,6 +35,7 @@ struct ResNetTrainConfig {
   std::string grad_quant = "shiftquant";  // shiftquant | per-tensor | per-row
   std::int64_t first_last_bits = 8;
   std::int64_t norm_bits = 8;             // fully quantized L1 norms (0 = float L1 norms)
+  ActScalingConfig act_scaling;           // where activation ranges come from (--act-scaling)
   // optimization: SGD + momentum, linear warmup then cosine decay, per step
   std::int64_t epochs = 3;
   std::int64_t batch = 128;
@@ -49,9 +51,10 @@ struct ResNetTrainConfig {
   std::string log;         // JSON-lines metrics
   std::int64_t stop_after = 0;  // stop after this epoch as if interrupted (0 = run all; tests resume)
   std::int64_t skip_nonfinite = 0;  // skip up to N consecutive steps with NaN/Inf (0 = stop with the error)
-  std::int64_t eval_batch = 500;  // test-set batch size (integer models take activation ranges per batch)
+  std::int64_t eval_batch = 500;  // test-set batch size
   bool eval_only = false;  // with resume: evaluate the checkpoint on the test set, no training
   bool verbose = true;     // progress and per-epoch lines on stdout
+  QuantReportConfig quant_report;  // --quant-report FILE: per-layer numerics every N steps
   DistConfig dist;         // --distributed: data-parallel over MPI (rank 0 prints, logs and saves)
 
   // Throws UsageError for invalid combinations.

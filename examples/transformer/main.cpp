@@ -55,6 +55,8 @@ int main(int argc, char** argv) {
       .add("temperature", &s.temperature, "sampling temperature")
       .add("top-k", &s.top_k, "sample from the k most likely characters (0 = all)")
       .add("sample-seed", &s.seed, "seed of the sampler");
+  c.act_scaling.add_flags(flags);
+  c.quant_report.add_flags(flags);
   c.dist.add_flags(flags);
   const auto validate = [&] {
     require(sample >= 0, "--sample must be >= 0");

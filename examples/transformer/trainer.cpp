@@ -132,6 +132,9 @@ void GPTTrainConfig::validate() const {
   require(eval_every >= 1 && eval_batches >= 1, "--eval-every and --eval-batches must be positive");
   require(threads >= 0 && seed >= 0 && stop_after >= 0 && skip_nonfinite >= 0,
           "--threads, --seed, --stop-after and --skip-nonfinite must be >= 0");
+  act_scaling.validate();
+  quant_report.validate();
+  require(quant_report.path.empty() || bits > 0, "--quant-report needs integer training (--bits)");
   dist.validate();
 }
 
@@ -141,12 +144,14 @@ std::string GPTTrainConfig::fingerprint() const {
     << " context=" << context << " norm=" << norm << " tie=" << tie << " bits=" << bits << " act_bits=" << act_bits << " grad_quant=" << grad_quant
     << " head_bits=" << head_bits << " norm_bits=" << norm_bits << " steps=" << steps << " batch=" << batch
     << " warmup=" << warmup << " lr=" << lr << " min_lr_ratio=" << min_lr_ratio << " weight_decay=" << weight_decay
-    << " clip=" << clip << " seed=" << seed;
+    << " clip=" << clip << " seed=" << seed << act_scaling.fingerprint();
   return s.str();
 }
 
 quant::QConfig GPTTrainConfig::qconfig() const {
-  return make_qconfig(bits, act_bits, grad_quant, head_bits, norm_bits);
+  quant::QConfig q = make_qconfig(bits, act_bits, grad_quant, head_bits, norm_bits);
+  act_scaling.apply(q);
+  return q;
 }
 
 std::vector<GPTEvalPoint> train_gpt(const GPTTrainConfig& c) {
@@ -158,6 +163,7 @@ std::vector<GPTEvalPoint> train_gpt(const GPTTrainConfig& c) {
   if (c.threads > 0) set_num_threads(static_cast<int>(c.threads));
   check_output_path(checkpoint_path, "checkpoint");
   check_output_path(log_path, "metrics log");
+  check_output_path(group.is_root() ? c.quant_report.path : std::string(), "numerics report");
   std::string text;
   try {
     text = data::read_text_file(c.data);
@@ -189,6 +195,7 @@ std::vector<GPTEvalPoint> train_gpt(const GPTTrainConfig& c) {
   group.start(*model, c.fingerprint(), static_cast<std::uint64_t>(c.seed));
   const std::vector<Tensor> params = model->parameters();
   MetricsLog log(log_path, /*append=*/ckpt.has_value());
+  QuantReportLog quant_report(group.is_root() ? c.quant_report : QuantReportConfig{}, /*append=*/ckpt.has_value());
   if (verbose) {
     if (group.world() > 1)
       std::printf("data-parallel: %d processes, global batch %lld, %s gradient exchange\n", group.world(),
@@ -215,6 +222,7 @@ std::vector<GPTEvalPoint> train_gpt(const GPTTrainConfig& c) {
     const data::TokenBatch batch = shard_rows(dataset.sample_train(c.batch, c.context, data_gen), group.shard());
     const auto start = std::chrono::steady_clock::now();
     optimizer.set_lr(schedule.lr_at(step));
+    quant_report.before_step(*model, step);
     const std::optional<double> loss = guard.run(
         [&] {
           const double batch_loss = group.backward([&] { return lm_loss((*model)(batch.inputs), batch.targets); },
@@ -224,8 +232,9 @@ std::vector<GPTEvalPoint> train_gpt(const GPTTrainConfig& c) {
           return batch_loss;
         },
         optimizer);
-    ++step;
     seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    quant_report.after_step(*model, step, loss.value_or(std::nan("")));
+    ++step;
     ++window_steps;
     if (loss) {
       loss_sum += *loss;

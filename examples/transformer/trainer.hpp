@@ -8,6 +8,7 @@
 #include <shiftq/shiftq.hpp>
 
 #include "common/distributed.hpp"
+#include "common/quant_report.hpp"
 
 namespace shiftq::examples {
 
@@ -25,6 +26,8 @@ struct GPTTrainConfig {
   std::string grad_quant = "shiftquant";  // shiftquant | per-tensor | per-row
   std::int64_t head_bits = 8;             // output head (0 = same as --bits)
   std::int64_t norm_bits = 8;             // fully quantized L1LayerNorm (0 = float L1 norm)
+  ActScalingConfig act_scaling;           // where activation ranges come from (--act-scaling)
+  QuantReportConfig quant_report;         // --quant-report FILE: per-layer numerics every N steps
   // optimization: AdamW, linear warmup then cosine decay to min_lr_ratio * lr
   std::int64_t steps = 1000, batch = 32, warmup = 100;
   double lr = 1e-3, min_lr_ratio = 0.1, weight_decay = 0.1, clip = 1.0;

@@ -46,7 +46,9 @@ TensorNumerics measure_quantization(const Tensor& x, const QTensor& q) {
       out.error_sq += d * d;
       out.value_sq += static_cast<double>(xi) * static_cast<double>(xi);
       out.input_absmax = std::max(out.input_absmax, std::fabs(xi));
-      if (std::abs(static_cast<int>(pv[i])) >= top && std::fabs(xi) > std::fabs(ph[i])) ++out.saturated;
+      // At the top code and beyond it by more than the f32 rounding of code * scale (a group's own
+      // maximum dequantizes to within a few ulps of itself).
+      if (std::abs(static_cast<int>(pv[i])) >= top && std::fabs(xi) > std::fabs(ph[i]) * (1.0f + 1e-6f)) ++out.saturated;
       if (pv[i] == 0 && xi != 0.0f) ++out.zeros;
     }
   if (e)

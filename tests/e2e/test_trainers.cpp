@@ -7,6 +7,8 @@
 #include <fstream>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 #include <shiftq/shiftq.hpp>
 
 #include "testing/files.hpp"
@@ -59,17 +61,18 @@ void expect_same_tensors(const std::map<std::string, Tensor>& a, const std::map<
 // ---- ResNet on a Fashion-MNIST subset (Debian's dataset-fashion-mnist, installed by install-deps) ----
 
 // 200 steps of batch 64 on 6400 images; a stated accuracy on 2000 test images for fp32 + BatchNorm and
-// 4-bit ShiftQuant + fully quantized L1 BatchNorm. Measured on a 2-vCPU AMD EPYC (AVX-512 VNNI): fp32 74.1%, 4-bit 71.4%
-// (73.5% with the library of 2026-12-02); the thresholds leave room for other CPUs but catch a
-// broken quantized path.
+// 4-bit ShiftQuant + fully quantized L1 BatchNorm (delayed activation scaling). Measured on AMD EPYC
+// Zen 5 (AVX-512 VNNI), seeds 1-4: fp32 74.05 / 75.25 / 76.15 / 75.60%, 4-bit 73.20 / 74.40 / 74.00 /
+// 75.15%. Another CPU's float summation order changes the run like another seed would, so the
+// thresholds sit 1.5 points under the lowest of the four seeds (the seeds span 2 points).
 TEST_F(TrainerTest, ResNetLearnsFashionMnistInFp32And4Bit) {
   if (!have_fashion_mnist()) GTEST_FAIL() << "dataset-fashion-mnist is not installed (scripts/install-deps.sh)";
   const auto fp32 = train_resnet(small_resnet(0, "l2"));
   const auto int4 = train_resnet(small_resnet(4, "l1"));
   ASSERT_EQ(fp32.size(), 2u);
   ASSERT_EQ(int4.size(), 2u);
-  EXPECT_GT(fp32.back().test_accuracy, 0.70);
-  EXPECT_GT(int4.back().test_accuracy, 0.67);
+  EXPECT_GT(fp32.back().test_accuracy, 0.725);
+  EXPECT_GT(int4.back().test_accuracy, 0.715);
   EXPECT_LT(int4.back().train_loss, int4.front().train_loss);
 }
 
@@ -86,7 +89,7 @@ TEST_F(TrainerTest, ResNetLearnsFashionMnistIn4BitWithMseChosenExponents) {
   ASSERT_NE(c.qconfig().str().find("MSE-chosen exponents"), std::string::npos);
   const auto int4 = train_resnet(c);
   ASSERT_EQ(int4.size(), 2u);
-  EXPECT_GT(int4.back().test_accuracy, 0.67);  // measured on the same CPU: 73.7% (the method: 73.5%)
+  EXPECT_GT(int4.back().test_accuracy, 0.715);  // seed 1 on the same CPU: 73.0% (the method: 73.2%)
   EXPECT_LT(int4.back().train_loss, int4.front().train_loss);
 }
 
@@ -125,8 +128,8 @@ TEST_F(TrainerTest, ResNetResumeIsBitExact) {
   EXPECT_EQ(counters, 19);
 }
 
-// --eval-only: the checkpoint's test accuracy again, with nothing trained or logged; another eval
-// batch size is a different (valid) measurement of the same weights.
+// --eval-only: the checkpoint's test accuracy again, with nothing trained or logged; with delayed
+// activation scaling another eval batch size gives the same predictions.
 TEST_F(TrainerTest, ResNetEvalOnlyScoresTheCheckpoint) {
   if (!have_fashion_mnist()) GTEST_FAIL() << "dataset-fashion-mnist is not installed";
   ResNetTrainConfig c = small_resnet(4, "l1");
@@ -152,8 +155,8 @@ TEST_F(TrainerTest, ResNetEvalOnlyScoresTheCheckpoint) {
   EXPECT_FALSE(fs::exists(path("eval.jsonl")));
   e.eval_batch = 7;  // uneven last batch
   const auto other = train_resnet(e);
-  EXPECT_GT(other[0].test_accuracy, 0.0);
-  EXPECT_LE(other[0].test_accuracy, 1.0);
+  EXPECT_EQ(other[0].test_accuracy, trained[0].test_accuracy);
+  EXPECT_NEAR(other[0].test_loss, trained[0].test_loss, 1e-5);  // per-sample losses summed in another order
 
   ResNetTrainConfig bad = c;
   bad.eval_only = true;  // no --resume
@@ -194,9 +197,68 @@ TEST_F(TrainerTest, ResNetRejectsMismatchedCheckpointAndBadConfig) {
   bad = small_resnet(4, "l1");
   bad.weight_clip = "percentile";
   EXPECT_THROW(bad.validate(), UsageError);
+  bad = small_resnet(4, "l1");
+  bad.act_scaling.mode = "static";
+  EXPECT_THROW(bad.validate(), UsageError);
+  bad = small_resnet(4, "l1");
+  bad.act_scaling.history = 0;
+  EXPECT_THROW(bad.validate(), UsageError);
+  bad = small_resnet(4, "l1");
+  bad.quant_report.path = path("q.jsonl");
+  bad.quant_report.every = 0;
+  EXPECT_THROW(bad.validate(), UsageError);
+  bad = small_resnet(0, "l2");
+  bad.quant_report.path = path("q.jsonl");  // nothing quantized to report
+  EXPECT_THROW(bad.validate(), UsageError);
   bad = small_resnet(0, "l2");
   bad.data_dir = path("nowhere");
   EXPECT_THROW(train_resnet(bad), IOError);
+}
+
+// --quant-report: every N steps one JSON line with each quantized layer's observed range and the
+// numerics of its input and output-gradient quantization.
+TEST_F(TrainerTest, ResNetWritesTheNumericsReport) {
+  if (!have_fashion_mnist()) GTEST_FAIL() << "dataset-fashion-mnist is not installed";
+  ResNetTrainConfig c = small_resnet(4, "l1");
+  c.width = 4;
+  c.train_subset = 512;
+  c.test_subset = 100;
+  c.epochs = 1;  // 8 steps of 64
+  c.quant_report.path = path("q.jsonl");
+  c.quant_report.every = 4;
+  EXPECT_EQ(c.fingerprint().find("act_scaling"), std::string::npos);  // the default: as older checkpoints
+  train_resnet(c);
+  std::ifstream in(path("q.jsonl"));
+  std::string line;
+  std::vector<nlohmann::json> rows;
+  while (std::getline(in, line)) rows.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0]["step"], 4);
+  EXPECT_EQ(rows[1]["step"], 8);
+  const nlohmann::json& layers = rows[1]["layers"];
+  ASSERT_EQ(layers.size(), 10u);  // 9 convs and the linear layer of ResNet-8
+  EXPECT_EQ(layers[0]["layer"], "stem");
+  EXPECT_EQ(layers[0]["activation_bits"], 8);
+  EXPECT_FALSE(layers[0].contains("grad_output"));  // the image needs no gradient
+  for (const nlohmann::json& l : layers) {
+    EXPECT_EQ(l["observed_calls"], 8) << l["layer"];
+    EXPECT_GT(l["input_range"].get<double>(), 0.0) << l["layer"];
+    for (const char* role : {"input", "grad_output"}) {
+      if (!l.contains(role)) continue;
+      const nlohmann::json& t = l[role];
+      EXPECT_GE(t["saturation_rate"].get<double>(), 0.0);
+      EXPECT_LE(t["saturation_rate"].get<double>(), 1.0);
+      EXPECT_GT(t["relative_error"].get<double>(), 0.0) << l["layer"] << " " << role;
+      EXPECT_LT(t["relative_error"].get<double>(), 1.0) << l["layer"] << " " << role;
+      EXPECT_EQ(t["exponent_histogram"].size(), 9u);
+    }
+  }
+  EXPECT_TRUE(layers[1].contains("grad_output"));
+  EXPECT_EQ(layers[1]["grad_output"]["shift_budget"], 4);
+
+  c.act_scaling.mode = "ema";
+  EXPECT_NE(c.fingerprint().find("act_scaling=ema:16"), std::string::npos);
+  EXPECT_NE(c.qconfig().str().find("EMA"), std::string::npos);
 }
 
 TEST(NonFiniteGuard, SkipsUpToTheLimitThenStops) {
@@ -264,14 +326,15 @@ GPTTrainConfig small_gpt(int bits, const std::string& norm) {
 }
 
 // Validation loss after 300 steps (nats/char): a unigram model of this text scores 3.51 and a
-// smoothed bigram model 2.74 on the validation split; measured (2-vCPU AMD EPYC): fp32 2.54, 6-bit 2.58.
+// smoothed bigram model 2.74 on the validation split. Measured on AMD EPYC Zen 5, seeds 1-3: fp32
+// 2.538 / 2.527 / 2.559, 6-bit 2.575 / 2.575 / 2.525; thresholds 0.04 above the highest.
 TEST_F(TrainerTest, GptLearnsSmallTextInFp32And6Bit) {
   const auto fp32 = train_gpt(small_gpt(0, "l2"));
   const auto int6 = train_gpt(small_gpt(6, "l1"));
   ASSERT_EQ(fp32.size(), 1u);
   ASSERT_EQ(int6.size(), 1u);
-  EXPECT_LT(fp32.back().val_loss, 2.65);
-  EXPECT_LT(int6.back().val_loss, 2.70);
+  EXPECT_LT(fp32.back().val_loss, 2.60);
+  EXPECT_LT(int6.back().val_loss, 2.615);
 }
 
 TEST_F(TrainerTest, GptResumeIsBitExactAndSamples) {
