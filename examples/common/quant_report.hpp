@@ -6,6 +6,9 @@
 #include <cmath>
 #include <cstdint>
 #include <fstream>
+#include <functional>
+#include <map>
+#include <vector>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -45,12 +48,19 @@ struct ActScalingConfig {
 struct QuantReportConfig {
   std::string path;         // JSON lines; empty: no report
   std::int64_t every = 100;  // training steps between reports
+  bool probe = false;        // also the cosine of each weight's integer gradient to its fp32 gradient
 
   void add_flags(Flags& flags) {
     flags.add("quant-report", &path, "append a numerics report of every quantized layer to this JSON-lines file")
-        .add("quant-report-every", &every, "training steps between numerics reports");
+        .add("quant-report-every", &every, "training steps between numerics reports")
+        .add("quant-report-probe", &probe,
+             "numerics reports also compare each weight's integer gradient with its fp32 gradient on the step's "
+             "batch (cosine, norm ratio; two more forward and backward passes per report)");
   }
-  void validate() const { require(every >= 1, "--quant-report-every must be positive"); }
+  void validate(bool distributed) const {
+    require(every >= 1, "--quant-report-every must be positive");
+    require(!probe || !distributed, "--quant-report-probe runs extra backward passes on one process: not with --distributed");
+  }
 };
 
 // Writes the report of the training step `step` when (step + 1) is a multiple of `every`. The monitor
@@ -66,13 +76,27 @@ class QuantReportLog {
   void before_step(nn::Module& model, std::int64_t step) {
     if (due(step)) nn::set_numerics_monitor(model, true);
   }
-  void after_step(nn::Module& model, std::int64_t step, double loss) {
+  // `probe`: nn::probe_gradient_agreement on the step's batch, run when the configuration asks for it.
+  using Probe = std::function<std::vector<nn::GradientAgreement>()>;
+  void after_step(nn::Module& model, std::int64_t step, double loss, const Probe& probe = {}) {
     if (!due(step)) return;
+    const std::vector<nn::QuantizationReport> reports = nn::quantization_report(model);
+    nn::set_numerics_monitor(model, false);  // before the probe: its passes are not the step's
+    std::map<std::string, nn::GradientAgreement> agreement;
+    if (config_.probe && probe)
+      for (const nn::GradientAgreement& a : probe()) agreement.emplace(a.name, a);
     nlohmann::ordered_json row = {{"step", step + 1}, {"loss", std::isfinite(loss) ? nlohmann::ordered_json(loss) : nullptr}};
     nlohmann::ordered_json layers = nlohmann::ordered_json::array();
-    for (const nn::QuantizationReport& r : nn::quantization_report(model)) layers.push_back(layer_json(r));
+    for (const nn::QuantizationReport& r : reports) {
+      nlohmann::ordered_json j = layer_json(r);
+      const auto a = agreement.find(r.name + ".weight");
+      if (a != agreement.end()) {
+        j["weight_grad_cosine"] = a->second.cosine;
+        j["weight_grad_norm_ratio"] = a->second.norm_ratio;
+      }
+      layers.push_back(std::move(j));
+    }
     row["layers"] = std::move(layers);
-    nn::set_numerics_monitor(model, false);
     file_ << row.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) << '\n';
     file_.flush();
     if (!file_) throw IOError("writing the numerics report '" + config_.path + "' failed");

@@ -117,7 +117,7 @@ void ResNetTrainConfig::validate() const {
   require(pad >= 0 && pad <= 16, "--pad must be in 0..16");
   require(eval_batch >= 1, "--eval-batch must be positive");
   act_scaling.validate();
-  quant_report.validate();
+  quant_report.validate(dist.distributed);
   require(quant_report.path.empty() || bits > 0, "--quant-report needs integer training (--bits)");
   require(!eval_only || !resume.empty(), "--eval-only needs --resume CHECKPOINT");
   require(threads >= 0 && train_subset >= 0 && test_subset >= 0 && seed >= 0 && stop_after >= 0 && skip_nonfinite >= 0,
@@ -248,7 +248,9 @@ std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
           },
           optimizer);
       seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      quant_report.after_step(model, step, loss.value_or(std::nan("")));
+      quant_report.after_step(model, step, loss.value_or(std::nan("")), [&] {
+        return nn::probe_gradient_agreement(model, [&] { return cross_entropy(model(batch.images), batch.labels); });
+      });
       processed += batch.labels.numel();
       if (loss) {
         loss_sum += *loss;

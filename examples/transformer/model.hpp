@@ -142,14 +142,23 @@ class GPT : public nn::Module {
       auto& first_block = dynamic_cast<Block&>(*blocks_->named_children().front().second);
       first_block.attention().qkv().set_quantization(quant::layer_quant(config, false, seed, 0));
     }
+    attention_bits_ = config.activations.bits;
+    attention_seed_ = seed;
+    set_attention_quantized(true);
+  }
+
+  // Switches the int8 attention matmuls off and on again (after quantize(); fp32 comparisons).
+  void set_attention_quantized(bool on) {
     for (const auto& [name, block] : blocks_->named_children())
-      dynamic_cast<Block&>(*block).attention().set_attention_bits(config.activations.bits, seed);
+      dynamic_cast<Block&>(*block).attention().set_attention_bits(on ? attention_bits_ : 0, attention_seed_);
   }
 
   const GPTOptions& options() const { return options_; }
 
  private:
   GPTOptions options_;
+  int attention_bits_ = 0;
+  std::uint64_t attention_seed_ = 0;
   std::shared_ptr<nn::Embedding> token_, position_;
   std::shared_ptr<nn::Sequential> blocks_;
   std::shared_ptr<nn::Module> norm_;

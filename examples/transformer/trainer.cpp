@@ -133,7 +133,7 @@ void GPTTrainConfig::validate() const {
   require(threads >= 0 && seed >= 0 && stop_after >= 0 && skip_nonfinite >= 0,
           "--threads, --seed, --stop-after and --skip-nonfinite must be >= 0");
   act_scaling.validate();
-  quant_report.validate();
+  quant_report.validate(dist.distributed);
   require(quant_report.path.empty() || bits > 0, "--quant-report needs integer training (--bits)");
   dist.validate();
 }
@@ -233,7 +233,11 @@ std::vector<GPTEvalPoint> train_gpt(const GPTTrainConfig& c) {
         },
         optimizer);
     seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    quant_report.after_step(*model, step, loss.value_or(std::nan("")));
+    quant_report.after_step(*model, step, loss.value_or(std::nan("")), [&] {
+      return nn::probe_gradient_agreement(
+          *model, [&] { return lm_loss((*model)(batch.inputs), batch.targets); },
+          [&](bool on) { model->set_attention_quantized(on); });
+    });
     ++step;
     ++window_steps;
     if (loss) {

@@ -330,4 +330,79 @@ void reset_numerics(Module& model) {
   for_each_layer(model, "", [](const std::string&, Module&, QuantizableLayer& layer) { layer.reset_numerics(); });
 }
 
+namespace {
+std::map<std::string, Tensor> cloned_state(const Module& model) {
+  std::map<std::string, Tensor> out;
+  for (const auto& [name, t] : model.state_dict()) out.emplace(name, t.clone());
+  return out;
+}
+
+// The parameters' gradients after one backward of `loss` (copies; undefined where none reached).
+std::vector<Tensor> gradients_of(Module& model, const std::function<Tensor()>& loss) {
+  model.zero_grad();
+  loss().backward();
+  std::vector<Tensor> grads;
+  for (const auto& [name, p] : model.named_parameters()) grads.push_back(p.grad().defined() ? p.grad().clone() : Tensor());
+  return grads;
+}
+
+GradientAgreement agreement(const std::string& name, const Tensor& g_int, const Tensor& g_fp32) {
+  GradientAgreement a{name, 0.0, 0.0};
+  if (!g_int.defined() || !g_fp32.defined()) return a;
+  double dot = 0.0, nn_int = 0.0, nn_fp = 0.0;
+  const float* x = g_int.data<float>();
+  const float* y = g_fp32.data<float>();
+  for (std::int64_t i = 0; i < g_int.numel(); ++i) {
+    dot += static_cast<double>(x[i]) * y[i];
+    nn_int += static_cast<double>(x[i]) * x[i];
+    nn_fp += static_cast<double>(y[i]) * y[i];
+  }
+  if (nn_int > 0.0 && nn_fp > 0.0) a.cosine = dot / std::sqrt(nn_int * nn_fp);
+  if (nn_fp > 0.0) a.norm_ratio = std::sqrt(nn_int / nn_fp);
+  return a;
+}
+}  // namespace
+
+std::vector<GradientAgreement> probe_gradient_agreement(Module& model, const std::function<Tensor()>& loss,
+                                                        const std::function<void(bool)>& set_quantized) {
+  const std::map<std::string, Tensor> state = cloned_state(model);
+  std::vector<QuantizableLayer*> layers;
+  std::vector<QuantizableNorm*> norms;
+  collect(model, layers);
+  collect(model, norms);
+  std::vector<std::optional<quant::LayerQuant>> layer_configs;
+  std::vector<std::optional<quant::QuantizedNormConfig>> norm_configs;
+  for (QuantizableLayer* l : layers) layer_configs.push_back(l->quantization());
+  for (QuantizableNorm* n : norms) norm_configs.push_back(n->quantization());
+  auto restore_quantization = [&] {
+    for (std::size_t i = 0; i < layers.size(); ++i) layers[i]->set_quantization(layer_configs[i]);
+    for (std::size_t i = 0; i < norms.size(); ++i) norms[i]->set_quantization(norm_configs[i]);
+    if (set_quantized) set_quantized(true);
+  };
+  std::vector<Tensor> g_int, g_fp32;
+  try {
+    g_int = gradients_of(model, loss);
+    model.load_state_dict(state);
+    for (QuantizableLayer* l : layers) l->set_quantization(std::nullopt);
+    for (QuantizableNorm* n : norms) n->set_quantization(std::nullopt);
+    if (set_quantized) set_quantized(false);
+    g_fp32 = gradients_of(model, loss);
+  } catch (...) {
+    restore_quantization();
+    model.load_state_dict(state);
+    model.zero_grad();
+    throw;
+  }
+  restore_quantization();
+  model.load_state_dict(state);
+  model.zero_grad();
+  std::vector<GradientAgreement> out;
+  std::size_t i = 0;
+  for (const auto& [name, p] : model.named_parameters()) {
+    out.push_back(agreement(name, g_int[i], g_fp32[i]));
+    ++i;
+  }
+  return out;
+}
+
 }  // namespace shiftq::nn

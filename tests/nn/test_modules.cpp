@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <string>
 #include <vector>
@@ -474,6 +475,84 @@ TEST(ModuleGradcheck, SequentialLinearGeluLinear) {
   for (const Tensor& p : mlp.parameters()) in.push_back(p);
   ASSERT_EQ(in.size(), 5u);
   EXPECT_GRADCHECK([&](const Inputs& x) { return mlp(x[0]); }, in);
+}
+
+// ---- numerics monitor and gradient probe on a quantized MLP ----
+
+struct QuantizedMlp {
+  std::shared_ptr<nn::Sequential> model = std::make_shared<nn::Sequential>();
+  Tensor x, y;
+  explicit QuantizedMlp(int bits) {
+    Generator gen(21);
+    model->push_back(std::make_shared<nn::Linear>(nn::LinearOptions{12, 32}, gen));
+    model->push_back(std::make_shared<nn::ReLU>());
+    model->push_back(std::make_shared<nn::Linear>(nn::LinearOptions{32, 32}, gen));
+    model->push_back(std::make_shared<nn::ReLU>());
+    model->push_back(std::make_shared<nn::Linear>(nn::LinearOptions{32, 4}, gen));
+    quant::QConfig config = quant::QConfig::bits(bits);
+    config.first_last_bits = 0;
+    nn::quantize_model(*model, config, 3);
+    x = Tensor::randn({64, 12}, gen);
+    std::vector<std::int32_t> labels(64);
+    for (std::size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<std::int32_t>(i % 4);
+    y = Tensor::from_vector(labels, {64});
+  }
+  Tensor loss() { return cross_entropy((*model)(x), y); }
+};
+
+TEST(NumericsMonitor, ReportsEveryQuantizedLayerOnlyWhileOn) {
+  QuantizedMlp mlp(4);
+  mlp.loss().backward();
+  std::vector<nn::QuantizationReport> r = nn::quantization_report(*mlp.model);
+  ASSERT_EQ(r.size(), 3u);
+  EXPECT_EQ(r[0].name, "0");
+  EXPECT_EQ(r[2].type, "Linear");
+  EXPECT_TRUE(r[1].delayed && r[1].observed);
+  EXPECT_EQ(r[1].observed_calls, 1u);
+  EXPECT_FALSE(r[1].numerics.has_value());  // the monitor is off
+
+  nn::set_numerics_monitor(*mlp.model, true);
+  mlp.loss().backward();
+  mlp.loss().backward();
+  r = nn::quantization_report(*mlp.model);
+  ASSERT_TRUE(r[1].numerics.has_value());
+  EXPECT_EQ(r[1].numerics->calls, 2);
+  EXPECT_EQ(r[1].numerics->backward_calls, 2);
+  EXPECT_EQ(r[1].numerics->input.elements, 2 * 64 * 32);
+  EXPECT_EQ(r[1].numerics->input.bits, 4);
+  EXPECT_GT(r[1].numerics->input.relative_error(), 0.0);
+  EXPECT_EQ(r[0].numerics->backward_calls, 0);  // x needs no gradient: no dX product
+  nn::reset_numerics(*mlp.model);
+  EXPECT_EQ(nn::quantization_report(*mlp.model)[1].numerics->calls, 0);
+  nn::set_numerics_monitor(*mlp.model, false);
+  EXPECT_FALSE(nn::quantization_report(*mlp.model)[1].numerics.has_value());
+}
+
+// 8-bit gradients agree with fp32 closely, 4-bit less; the probe leaves the model as it found it.
+TEST(GradientProbe, MeasuresAgreementAndRestoresTheModel) {
+  for (int bits : {8, 4}) {
+    QuantizedMlp mlp(bits);
+    mlp.loss().backward();  // observes ranges
+    mlp.model->zero_grad();
+    const std::map<std::string, Tensor> before = mlp.model->state_dict();
+    std::map<std::string, std::vector<std::uint8_t>> bytes;
+    for (const auto& [name, t] : before) {
+      const auto* p = static_cast<const std::uint8_t*>(t.raw_bytes());
+      bytes[name].assign(p, p + t.nbytes());
+    }
+    const std::vector<nn::GradientAgreement> a = nn::probe_gradient_agreement(*mlp.model, [&] { return mlp.loss(); });
+    ASSERT_EQ(a.size(), 6u);  // three weights and three biases
+    for (const nn::GradientAgreement& g : a) {
+      EXPECT_GT(g.cosine, bits == 8 ? 0.99 : 0.8) << bits << "-bit " << g.name;
+      EXPECT_LE(g.cosine, 1.0 + 1e-9);
+      EXPECT_GT(g.norm_ratio, 0.5);
+      EXPECT_LT(g.norm_ratio, 2.0);
+    }
+    for (const auto& [name, t] : mlp.model->state_dict())
+      EXPECT_EQ(std::memcmp(t.raw_bytes(), bytes[name].data(), t.nbytes()), 0) << name << " changed";
+    for (const auto& [name, p] : mlp.model->named_parameters()) EXPECT_FALSE(p.grad().defined()) << name;
+    for (const nn::QuantizationReport& r : nn::quantization_report(*mlp.model)) EXPECT_EQ(r.activation_bits, bits) << r.name;
+  }
 }
 
 }  // namespace

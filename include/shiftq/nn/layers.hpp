@@ -1,7 +1,11 @@
 // Float layers. Options structs follow libtorch: `Linear(LinearOptions{784, 10}.bias(false), gen)`.
 #pragma once
 
+#include <functional>
+#include <map>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "shiftq/autograd/ops.hpp"
 #include "shiftq/core/generator.hpp"
@@ -339,5 +343,19 @@ std::vector<QuantizationReport> quantization_report(Module& model);
 // Turns the numerics monitor of every quantized GEMM layer on or off (off frees its records).
 void set_numerics_monitor(Module& model, bool on);
 void reset_numerics(Module& model);
+
+// How well a parameter's integer-training gradient agrees with its fp32 gradient on one batch.
+struct GradientAgreement {
+  std::string name;         // the parameter ("layer1.0.conv1.weight")
+  double cosine = 0.0;      // cos(g_int, g_fp32); 0 when either is zero
+  double norm_ratio = 0.0;  // |g_int| / |g_fp32| (0 when g_fp32 is zero)
+};
+// Runs `loss` (forward, returning a scalar) and its backward twice: with the model as it is, then
+// with every quantizable layer and norm in fp32 (`set_quantized(false)` switches anything else that
+// quantizes, such as a model's own int8 ops; it is called with true afterwards). The model's state
+// (parameters and buffers: running statistics, observed ranges, call counters) is restored after
+// each pass, the quantization configurations after the second, and the gradients are zeroed.
+std::vector<GradientAgreement> probe_gradient_agreement(Module& model, const std::function<Tensor()>& loss,
+                                                        const std::function<void(bool)>& set_quantized = {});
 
 }  // namespace shiftq::nn
