@@ -4,7 +4,8 @@
     scripts/results_table.py [docs/results]
 
 ResNet logs are docs/results/resnet-<name>.jsonl (the first, fp32-l2, is the baseline); GPT logs are
-docs/results/gpt-<name>.jsonl with samples in gpt-<name>.sample.txt. Standard library only.
+docs/results/gpt-<name>.jsonl with samples in gpt-<name>.sample.txt; numerics reports
+(--quant-report, <name>.quant.jsonl) beside them are skipped. Standard library only.
 """
 import glob
 import json
@@ -18,7 +19,8 @@ def rows(path):
 
 
 def complete(paths):
-    return [p for p in paths if rows(p)]
+    """Metrics logs with at least one row (numerics reports, *.quant.jsonl, are not tables)."""
+    return [p for p in paths if not p.endswith(".quant.jsonl") and rows(p)]
 
 
 def name_of(path, prefix):

@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # Reproduces the ResNet rows of docs/results.md: ResNet-20 on Fashion-MNIST, same recipe and epochs,
 # fp32 + BatchNorm vs 4-bit ShiftQuant + fully quantized L1 BatchNorm, and two 4-bit ablations.
-# Usage: scripts/run-resnet-results.sh [BUILD_DIR] [EPOCHS] [THREADS] [main|ablations|options|mse|seeds|seeds-actsq|seeds-fp32-actsq|seeds-mse|all] [OUT_DIR]
+# Usage: scripts/run-resnet-results.sh [BUILD_DIR] [EPOCHS] [THREADS] [main|ablations|options|mse|seeds|seeds-actsq|seeds-fp32-actsq|seeds-mse|seeds-method|all] [OUT_DIR]
 # (logs in OUT_DIR, default docs/results/; docs/results/5-epochs/ holds the 5-epoch main rows).
 # Every run uses seed 1, except `seeds`: fp32 and the method with seeds 2 and 3, in OUT_DIR/seed2 and
 # OUT_DIR/seed3 (one directory per seed, so that each table's gap is taken against the fp32 run of
 # the same seed); `seeds-actsq`: the --act-quant shiftquant option with seeds 2 and 3, beside them;
 # `seeds-fp32-actsq`: fp32 and that option, seed by seed; `seeds-mse`: that option with MSE-chosen
-# exponents for activations and weights (the best 4-bit configuration). `mse` runs that
+# exponents for activations and weights (the best 4-bit configuration); `seeds-method`: the method
+# alone (its fp32 reference is the `seeds-fp32-actsq` one). `mse` runs that
 # configuration and its two halves (activations only, weights only). SEEDS="2 3" (environment) sets the seeds
 # of the seed modes; seed 1 writes into OUT_DIR itself. `all` does not include the seed modes.
 set -euo pipefail
 build=${1:-build}
 epochs=${2:-3}
 threads=${3:-2}
-which=${4:-all}   # main | ablations | options | mse | seeds | seeds-actsq | seeds-fp32-actsq | seeds-mse | all
+which=${4:-all}   # main | ablations | options | mse | seeds | seeds-actsq | seeds-fp32-actsq | seeds-mse | seeds-method | all
 bin="$build/examples/shiftq-train-resnet"
 out=${5:-docs/results}
 mkdir -p "$out"
@@ -55,6 +56,7 @@ if [[ $which == seeds* ]]; then
         [[ $seed == 1 ]] || run fp32-l2 --norm l2  # seed 1's fp32 run is the main mode's
         run w4a4g4-l1-actsq --bits 4 --norm l1 --act-quant shiftquant ;;
       seeds-mse) run w4a4g4-l1-actsq-mse "${mse_flags[@]}" ;;
+      seeds-method) run w4a4g4-l1 --bits 4 --norm l1 ;;
       *) echo "unknown mode $which" >&2; exit 2 ;;
     esac
   done

@@ -112,12 +112,15 @@ LayerQuant layer_quant(const QConfig& config, bool first_or_last, std::uint64_t 
 
 const QTensor& PackedWeight::get(const Tensor& w, std::int64_t rows, std::int64_t cols, const TensorQConfig& config,
                                  const std::function<Tensor(const Tensor&)>& prepare) {
-  if (packed_.codes.defined() && storage_ == w.storage_id() && version_ == w.version() && packed_.bits == config.bits &&
-      packed_.shift_budget == (config.kind == QuantizerKind::shiftquant ? config.shift_budget : 0))
+  if (packed_.codes.defined() && storage_ == w.storage_id() && version_ == w.version() && config_ == config &&
+      rows_ == rows && cols_ == cols)
     return packed_;
   const Tensor source = prepare ? prepare(w) : w;
   packed_ = quantize(source.view({rows, cols}), weight_params(config), w.name().empty() ? "weight" : w.name().c_str());
   packed_.compute_sums();
+  config_ = config;
+  rows_ = rows;
+  cols_ = cols;
   storage_ = w.storage_id();
   version_ = w.version();
   ++packs_;

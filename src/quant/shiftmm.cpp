@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "core/parallel_for.hpp"
@@ -149,8 +150,9 @@ Tensor shiftmm(const QTensor& a, Trans ta, const QTensor& b, Trans tb, const Ten
     SHIFTQ_CHECK(col_bias.dtype() == DType::f32 && col_bias.numel() == s.N, ShapeError, "shiftmm: bias ",
                  col_bias.str(), " must be f32 with ", s.N, " elements");
   const float* bias = col_bias.defined() ? col_bias.data<float>() : nullptr;
-  // The int32 accumulator is written into the output's own storage, then scaled to f32 in place
-  // (each element is read as int32 before the float is stored to the same address).
+  // The int32 accumulator is written into the output's own storage, then scaled to f32 in place:
+  // each element's bytes are read as int32 (memcpy: no float/int32 aliasing) before the float is
+  // stored to the same address.
   Tensor out = Tensor::uninitialized({s.M, s.N}, DType::f32);
   const float shift = std::ldexp(1.0f, -(a.shift_budget + b.shift_budget));
   if (s.K > kernels::kMaxGemmKs8s8) {
@@ -170,12 +172,17 @@ Tensor shiftmm(const QTensor& a, Trans ta, const QTensor& b, Trans tb, const Ten
                        [&](std::int64_t m0, std::int64_t m1) {
     for (std::int64_t m = m0; m < m1; ++m) {
       const float row = (row_per_index ? rs[m] : rs[0]) * shift;
-      const std::int32_t* in = acc + m * s.N;
+      const unsigned char* in = reinterpret_cast<const unsigned char*>(acc + m * s.N);
       float* dst = o + m * s.N;
+      const auto value = [in](std::int64_t n) {
+        std::int32_t v;
+        std::memcpy(&v, in + n * static_cast<std::int64_t>(sizeof v), sizeof v);
+        return static_cast<float>(v);
+      };
       if (col_per_index)
-        for (std::int64_t n = 0; n < s.N; ++n) dst[n] = static_cast<float>(in[n]) * (row * cs[n]);
+        for (std::int64_t n = 0; n < s.N; ++n) dst[n] = value(n) * (row * cs[n]);
       else
-        for (std::int64_t n = 0; n < s.N; ++n) dst[n] = static_cast<float>(in[n]) * (row * cs[0]);
+        for (std::int64_t n = 0; n < s.N; ++n) dst[n] = value(n) * (row * cs[0]);
       if (bias)
         for (std::int64_t n = 0; n < s.N; ++n) dst[n] += bias[n];
     }

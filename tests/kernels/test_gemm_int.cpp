@@ -315,6 +315,16 @@ TEST(GemmInt, ReferencePathCanBeForced) {
   set_kernel_path(KernelPath::optimized);
 }
 
+// The limits are the longest contractions whose worst-case sum fits int32, and not one longer.
+TEST(GemmInt, ContractionLimitsAreTheLargestThatCannotOverflow) {
+  constexpr std::int64_t kInt32Max = 2147483647;
+  EXPECT_LE(kMaxGemmKs8s8 * 127 * 127, kInt32Max + 1);  // |sum| <= K * 127^2 (-2^31 is representable)
+  EXPECT_GT((kMaxGemmKs8s8 + 1) * 127 * 127, kInt32Max + 1);
+  EXPECT_LE(kMaxGemmKu8s8 * 255 * 127, kInt32Max);
+  EXPECT_GT((kMaxGemmKu8s8 + 1) * 255 * 127, kInt32Max);
+  EXPECT_EQ(kMaxGemmKu8s8, 66311);
+}
+
 TEST(GemmInt, BadArgumentsThrow) {
   std::vector<std::int8_t> A(4), B(4);
   std::vector<std::uint8_t> Au(4);

@@ -108,6 +108,14 @@ TEST(QuantizedLinear, WeightPackedOncePerOptimizerStep) {
   fc.weight.fill_(0.5f);  // any in-place update through shiftq invalidates the pack
   fc(x);
   EXPECT_EQ(fc.packed_weight().packs(), 3);
+  // A changed weight quantizer re-packs the same weight version: the pack is keyed by its config.
+  quant::LayerQuant q = *fc.quantization();
+  q.weights.mse_clip = true;
+  fc.set_quantization(q);
+  fc(x);
+  EXPECT_EQ(fc.packed_weight().packs(), 4);
+  fc(x);
+  EXPECT_EQ(fc.packed_weight().packs(), 4);
 }
 
 TEST(QuantizedConv2d, ForwardEqualsFloatConvOfTheDequantizedOperands) {

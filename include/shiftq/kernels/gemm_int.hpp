@@ -13,10 +13,10 @@
 
 namespace shiftq::kernels {
 
-// Largest K for which sum_k a*b cannot overflow int32 when |a|, |b| <= 127: 2^31 / 127^2.
-inline constexpr std::int64_t kMaxGemmKs8s8 = 133144;
-// With a u8 operand (up to 255): 2^31 / (255 * 127).
-inline constexpr std::int64_t kMaxGemmKu8s8 = 66313;
+// Largest K for which sum_k a*b cannot overflow int32 when |a|, |b| <= 127: floor(2^31 / 127^2) = 133144.
+inline constexpr std::int64_t kMaxGemmKs8s8 = (std::int64_t{1} << 31) / (127 * 127);
+// With a u8 operand (up to 255): floor(2^31 / (255 * 127)) = 66311.
+inline constexpr std::int64_t kMaxGemmKu8s8 = (std::int64_t{1} << 31) / (255 * 127);
 
 void gemm_s8s8s32(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64_t K,
                   const std::int8_t* A, std::int64_t lda, const std::int8_t* B, std::int64_t ldb,

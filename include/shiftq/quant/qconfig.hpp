@@ -30,6 +30,7 @@ struct TensorQConfig {
   // range; ShiftQuant with a per-tensor base (weights, activations) chooses each group's exponent.
   bool mse_clip = false;
   void validate(const char* role) const;
+  bool operator==(const TensorQConfig&) const = default;
 };
 
 struct QConfig {

@@ -48,6 +48,8 @@ class PackedWeight {
 
  private:
   QTensor packed_;
+  TensorQConfig config_;  // the quantizer of packed_ (a changed config re-packs)
+  std::int64_t rows_ = 0, cols_ = 0;
   const void* storage_ = nullptr;
   std::uint64_t version_ = 0;
   std::int64_t packs_ = 0;
@@ -78,7 +80,7 @@ inline Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tens
 // quantized once (before im2col) and its codes moved to channels-last; the im2col rows are built
 // from them block by block (patches ordered (ky, kx, c), as in the packed weight [O, KH*KW*C]) and
 // consumed while in cache, forward and backward. Throws ValueError when C*KH*KW or O exceeds
-// kernels::kMaxGemmKu8s8 (66313; e.g. more than 7368 input channels at 3x3).
+// kernels::kMaxGemmKu8s8 (66311; e.g. more than 7367 input channels at 3x3).
 Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& params,
                         PackedWeight& packed, const LayerQuant& quant, const QuantCall& call);
 inline Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& params,
