@@ -14,6 +14,7 @@
 #include "testing/files.hpp"
 #include "common/flags.hpp"
 #include "common/nonfinite.hpp"
+#include "common/precision.hpp"
 #include "resnet/model.hpp"
 #include "resnet/trainer.hpp"
 #include "transformer/model.hpp"
@@ -407,10 +408,14 @@ bool same_bytes(const Tensor& a, const Tensor& b) {
 Tensor row(const Tensor& x, std::int64_t i) { return slice(x, 0, i, i + 1); }
 
 // A 4-bit ResNet-8 with L1 BatchNorm (the default recipe), after a few SGD steps on random images.
-std::shared_ptr<ResNet> trained_resnet(quant::ActivationScaling scaling, std::uint64_t seed = 11) {
+// shiftquant_activations: the best measured configuration's ShiftQuant activations with MSE-chosen
+// exponents (--act-quant shiftquant --act-clip mse --weight-clip mse).
+std::shared_ptr<ResNet> trained_resnet(quant::ActivationScaling scaling, std::uint64_t seed = 11,
+                                       bool shiftquant_activations = false) {
   Generator gen(seed);
   auto model = std::make_shared<ResNet>(ResNetOptions{8, 1, 10, 4, "l1"}, gen);
-  quant::QConfig config = quant::QConfig::bits(4);
+  quant::QConfig config = shiftquant_activations ? make_qconfig(4, 0, "shiftquant", 8, 8, "auto", "mse", "shiftquant", "mse")
+                                                 : quant::QConfig::bits(4);
   config.activation_scaling = scaling;
   nn::quantize_model(*model, config, seed);
   optim::SGD sgd(model->named_parameters(), optim::SGDOptions(0.05).momentum(0.9));
@@ -434,6 +439,7 @@ TEST(DelayedScalingModel, ResNetEvalIsIndependentOfTheBatch) {
   const Tensor x = Tensor::randn({500, 1, 12, 12}, gen);
   std::shared_ptr<ResNet> model = trained_resnet(quant::ActivationScaling::delayed);
   std::shared_ptr<ResNet> batch_ranges = trained_resnet(quant::ActivationScaling::current);
+  std::shared_ptr<ResNet> shiftquant_acts = trained_resnet(quant::ActivationScaling::delayed, 11, true);
   NoGradGuard no_grad;
   const Tensor logits = (*model)(x);
   for (std::int64_t i : {0, 1, 137, 499})
@@ -442,6 +448,11 @@ TEST(DelayedScalingModel, ResNetEvalIsIndependentOfTheBatch) {
     EXPECT_TRUE(r.observed) << r.name;
     EXPECT_EQ(r.observed_calls, 4u) << r.name;
   }
+  // ShiftQuant activations: the convolutions' groups are per sample and channel, exponents taken
+  // against the observed base; the 8-bit classifier has no groups (S = 0).
+  const Tensor logits_sq = (*shiftquant_acts)(x);
+  for (std::int64_t i : {0, 1, 137, 499})
+    EXPECT_TRUE(same_bytes((*shiftquant_acts)(row(x, i)), row(logits_sq, i))) << "ShiftQuant activations, sample " << i;
 
   const Tensor logits_c = (*batch_ranges)(x);
   bool any_differs = false;
