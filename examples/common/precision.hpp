@@ -1,4 +1,4 @@
-// The trainers' precision flags (--bits, --act-bits, --act-range, --act-clip, --act-quant, --weight-clip, --grad-quant,
+// The trainers' precision flags (--bits, --act-bits, --grad-bits, --act-range, --act-clip, --act-quant, --weight-clip, --grad-quant,
 // first/last or head bits, --norm-bits) as a QConfig: the paper's b-bit defaults (QConfig::bits) with the overrides applied.
 #pragma once
 
@@ -14,9 +14,13 @@ inline quant::QConfig make_qconfig(std::int64_t bits, std::int64_t act_bits, con
                                    std::int64_t first_last_bits, std::int64_t norm_bits,
                                    const std::string& act_range = "auto", const std::string& act_clip = "none",
                                    const std::string& act_quant = "per-tensor",
-                                   const std::string& weight_clip = "none") {
+                                   const std::string& weight_clip = "none", std::int64_t grad_bits = 0) {
   quant::QConfig q = quant::QConfig::bits(static_cast<int>(bits));
   if (act_bits > 0) q.activations.bits = static_cast<int>(act_bits);
+  if (grad_bits > 0) {
+    q.gradients.bits = static_cast<int>(grad_bits);
+    q.gradients.shift_budget = quant::max_shift_budget(q.gradients.bits, false);
+  }
   if (act_quant == "shiftquant") {
     // Power-of-two groups (per sample and channel for convolutions) on a per-tensor base, with the
     // largest S that keeps the codes one int8 operand: 7 - b unsigned, 8 - b symmetric.

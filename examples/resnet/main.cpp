@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
       .add("norm", &c.norm, "l2 (BatchNorm2d) or l1 (L1BatchNorm2d)")
       .add("bits", &c.bits, "0 = fp32; 2..8 = integer training with b-bit weights, activations and gradients")
       .add("act-bits", &c.act_bits, "activation bits (0 = same as --bits)")
+      .add("grad-bits", &c.grad_bits, "gradient bits (0 = same as --bits; ShiftQuant S = 8 - bits)")
       .add("act-range", &c.act_range, "auto (unsigned codes for non-negative activations) | symmetric")
       .add("act-quant", &c.act_quant, "activation quantizer: per-tensor, or shiftquant (power-of-two groups per sample and channel; S = 7 - bits, 8 - bits with --act-range symmetric)")
       .add("act-clip", &c.act_clip, "activation range: none (max |x|) | mse (least squared error: per-tensor, the clipped range; shiftquant, each group's exponent)")

@@ -102,6 +102,7 @@ void ResNetTrainConfig::validate() const {
   require(norm == "l1" || norm == "l2", "--norm must be l1 or l2");
   require(bits == 0 || (bits >= 2 && bits <= 8), "--bits must be 0 (fp32) or 2..8");
   require(act_bits == 0 || (act_bits >= 2 && act_bits <= 8), "--act-bits must be 0 (same as --bits) or 2..8");
+  require(grad_bits == 0 || (grad_bits >= 2 && grad_bits <= 8), "--grad-bits must be 0 (same as --bits) or 2..8");
   require(act_range == "auto" || act_range == "symmetric", "--act-range must be auto or symmetric");
   require(act_clip == "none" || act_clip == "mse", "--act-clip must be none or mse");
   require(weight_clip == "none" || weight_clip == "mse", "--weight-clip must be none or mse");
@@ -133,13 +134,14 @@ std::string ResNetTrainConfig::fingerprint() const {
     << " batch=" << batch << " lr=" << lr << " momentum=" << momentum << " weight_decay=" << weight_decay
     << " warmup_epochs=" << warmup_epochs << " seed=" << seed;
   if (weight_clip != "none") s << " weight_clip=" << weight_clip;  // absent before the flag existed
+  if (grad_bits != 0) s << " grad_bits=" << grad_bits;
   s << act_scaling.fingerprint();
   return s.str();
 }
 
 quant::QConfig ResNetTrainConfig::qconfig() const {
   quant::QConfig q = make_qconfig(bits, act_bits, grad_quant, first_last_bits, norm_bits, act_range, act_clip,
-                                  act_quant, weight_clip);
+                                  act_quant, weight_clip, grad_bits);
   act_scaling.apply(q);
   return q;
 }

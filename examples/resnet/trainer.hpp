@@ -28,6 +28,7 @@ struct ResNetTrainConfig {
   // precision: bits 0 = fp32; 2..8 = integer training (weights, activations, gradients)
   std::int64_t bits = 0;
   std::int64_t act_bits = 0;              // activation bits (0 = same as bits)
+  std::int64_t grad_bits = 0;             // gradient bits (0 = same as bits)
   std::string act_range = "auto";         // auto: unsigned codes for non-negative activations; symmetric
   std::string act_clip = "none";          // none: range = max |x|; mse: least-squared-error clipped range
   std::string weight_clip = "none";       // none | mse: least-squared-error group exponents (QuantizeParams::mse_clip)

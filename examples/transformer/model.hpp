@@ -133,8 +133,9 @@ class GPT : public nn::Module {
   }
 
   // Integer training per `config` (Linear layers; the output head at config.first_last_bits, the
-  // first block's qkv at the common bits) and int8 attention matmuls at config.gradients.bits.
-  void quantize(const quant::QConfig& config, std::uint64_t seed) {
+  // first block's qkv at the common bits) and int8 attention matmuls at `attention_bits` (0 = the
+  // activation bits).
+  void quantize(const quant::QConfig& config, std::uint64_t seed, int attention_bits = 0) {
     const int gemm_layers = nn::quantize_model(*this, config, seed);
     if (gemm_layers > 1) {
       // quantize_model keeps the first GEMM layer at first_last_bits, meant for a network's input
@@ -142,7 +143,7 @@ class GPT : public nn::Module {
       auto& first_block = dynamic_cast<Block&>(*blocks_->named_children().front().second);
       first_block.attention().qkv().set_quantization(quant::layer_quant(config, false, seed, 0));
     }
-    attention_bits_ = config.activations.bits;
+    attention_bits_ = attention_bits > 0 ? attention_bits : config.activations.bits;
     attention_seed_ = seed;
     set_attention_quantized(true);
   }

@@ -47,7 +47,7 @@ GPTOptions model_options(const GPTTrainConfig& c, std::int64_t vocab_size) {
 std::unique_ptr<GPT> build_model(const GPTTrainConfig& c, std::int64_t vocab_size, std::uint64_t quant_seed) {
   Generator init_gen(static_cast<std::uint64_t>(c.seed));
   auto model = std::make_unique<GPT>(model_options(c, vocab_size), init_gen);
-  if (c.bits > 0) model->quantize(c.qconfig(), quant_seed);
+  if (c.bits > 0) model->quantize(c.qconfig(), quant_seed, static_cast<int>(c.attn_bits));
   return model;
 }
 
@@ -106,8 +106,13 @@ io::TrainingCheckpoint make_checkpoint(const GPTTrainConfig& c, GPT& model, cons
                {"tie", c.tie ? "1" : "0"},
                {"bits", std::to_string(c.bits)},
                {"act_bits", std::to_string(c.act_bits)},
+               {"grad_bits", std::to_string(c.grad_bits)},
                {"grad_quant", c.grad_quant},
+               {"act_quant", c.act_quant},
+               {"act_clip", c.act_clip},
+               {"weight_clip", c.weight_clip},
                {"head_bits", std::to_string(c.head_bits)},
+               {"attn_bits", std::to_string(c.attn_bits)},
                {"norm_bits", std::to_string(c.norm_bits)},
                {"seed", std::to_string(c.seed)}};
   return ckpt;
@@ -122,9 +127,14 @@ void GPTTrainConfig::validate() const {
   require(norm == "l1" || norm == "l2", "--norm must be l1 or l2");
   require(bits == 0 || (bits >= 2 && bits <= 8), "--bits must be 0 (fp32) or 2..8");
   require(act_bits == 0 || (act_bits >= 2 && act_bits <= 8), "--act-bits must be 0 (same as --bits) or 2..8");
+  require(grad_bits == 0 || (grad_bits >= 2 && grad_bits <= 8), "--grad-bits must be 0 (same as --bits) or 2..8");
   require(grad_quant == "shiftquant" || grad_quant == "per-tensor" || grad_quant == "per-row",
           "--grad-quant must be shiftquant, per-tensor or per-row");
+  require(act_quant == "per-tensor" || act_quant == "shiftquant", "--act-quant must be per-tensor or shiftquant");
+  require(act_clip == "none" || act_clip == "mse", "--act-clip must be none or mse");
+  require(weight_clip == "none" || weight_clip == "mse", "--weight-clip must be none or mse");
   require(head_bits == 0 || (head_bits >= 2 && head_bits <= 8), "--head-bits must be 0 (same as --bits) or 2..8");
+  require(attn_bits == 0 || (attn_bits >= 2 && attn_bits <= 8), "--attn-bits must be 0 (the activation bits) or 2..8");
   require(norm_bits == 0 || (norm_bits >= 2 && norm_bits <= 8), "--norm-bits must be 0 (float L1 norm) or 2..8");
   require(steps >= 1 && batch >= 1 && warmup >= 0, "--steps and --batch must be positive, --warmup >= 0");
   require(lr > 0 && min_lr_ratio >= 0 && min_lr_ratio <= 1 && weight_decay >= 0 && clip >= 0,
@@ -144,12 +154,30 @@ std::string GPTTrainConfig::fingerprint() const {
     << " context=" << context << " norm=" << norm << " tie=" << tie << " bits=" << bits << " act_bits=" << act_bits << " grad_quant=" << grad_quant
     << " head_bits=" << head_bits << " norm_bits=" << norm_bits << " steps=" << steps << " batch=" << batch
     << " warmup=" << warmup << " lr=" << lr << " min_lr_ratio=" << min_lr_ratio << " weight_decay=" << weight_decay
-    << " clip=" << clip << " seed=" << seed << act_scaling.fingerprint();
+    << " clip=" << clip << " seed=" << seed;
+  // Absent at their defaults, as before the flags existed (older checkpoints keep resuming).
+  if (act_quant != "per-tensor") s << " act_quant=" << act_quant;
+  if (attn_bits != 0) s << " attn_bits=" << attn_bits;
+  if (act_clip != "none") s << " act_clip=" << act_clip;
+  if (weight_clip != "none") s << " weight_clip=" << weight_clip;
+  if (grad_bits != 0) s << " grad_bits=" << grad_bits;
+  s << act_scaling.fingerprint();
   return s.str();
 }
 
+std::string GPTTrainConfig::precision() const {
+  if (bits == 0) return "fp32";
+  std::string s = qconfig().str();
+  if (attn_bits != 0) s += "; attention matmuls: " + std::to_string(attn_bits) + "-bit";
+  return s;
+}
+
 quant::QConfig GPTTrainConfig::qconfig() const {
-  quant::QConfig q = make_qconfig(bits, act_bits, grad_quant, head_bits, norm_bits);
+  // Linear inputs are signed (norm outputs, GELU): ShiftQuant groups over the features take the
+  // symmetric budget S = 8 - b (the unsigned range never applies to column groups).
+  const std::string act_range = act_quant == "shiftquant" ? "symmetric" : "auto";
+  quant::QConfig q = make_qconfig(bits, act_bits, grad_quant, head_bits, norm_bits, act_range, act_clip, act_quant,
+                                  weight_clip, grad_bits);
   act_scaling.apply(q);
   return q;
 }
@@ -206,7 +234,7 @@ std::vector<GPTEvalPoint> train_gpt(const GPTTrainConfig& c) {
                 static_cast<long long>(dataset.vocab().size()), static_cast<long long>(c.layers),
                 static_cast<long long>(c.d_model), static_cast<long long>(c.heads), static_cast<long long>(c.context),
                 static_cast<long long>(model->num_parameters()), c.norm.c_str(),
-                c.bits > 0 ? c.qconfig().str().c_str() : "fp32", get_num_threads());
+                c.precision().c_str(), get_num_threads());
     if (step > 0) std::printf("resumed from %s at step %lld\n", c.resume.c_str(), static_cast<long long>(step));
     std::fflush(stdout);
   }
@@ -267,7 +295,7 @@ std::vector<GPTEvalPoint> train_gpt(const GPTTrainConfig& c) {
                   .add("tokens_per_second", point.tokens_per_second)
                   .add("lr", optimizer.lr())
                   .add("skipped_steps", guard.skipped())
-                  .add("precision", c.bits > 0 ? c.qconfig().str() : std::string("fp32"))
+                  .add("precision", c.precision())
                   .add("norm", c.norm)
                   .add_if(group.world() > 1, "processes", static_cast<std::int64_t>(group.world()))
                   .add_if(group.world() > 1, "exchange_bytes_per_step", group.exchange_bytes_per_step())
@@ -304,6 +332,12 @@ std::string sample_gpt(const std::string& checkpoint, const SampleOptions& optio
   c.bits = info_int(ckpt, checkpoint, "bits");
   c.act_bits = info_int(ckpt, checkpoint, "act_bits");
   c.grad_quant = info_entry(ckpt, checkpoint, "grad_quant");
+  // Written since the flags existed; older checkpoints hold the defaults.
+  for (auto [key, field] : {std::pair{"act_quant", &c.act_quant}, std::pair{"act_clip", &c.act_clip},
+                            std::pair{"weight_clip", &c.weight_clip}})
+    if (ckpt.info.count(key)) *field = ckpt.info.at(key);
+  for (auto [key, field] : {std::pair{"attn_bits", &c.attn_bits}, std::pair{"grad_bits", &c.grad_bits}})
+    if (ckpt.info.count(key)) *field = info_int(ckpt, checkpoint, key);
   c.head_bits = info_int(ckpt, checkpoint, "head_bits");
   c.norm_bits = info_int(ckpt, checkpoint, "norm_bits");
   c.seed = info_int(ckpt, checkpoint, "seed");

@@ -23,8 +23,13 @@ struct GPTTrainConfig {
   // precision: bits 0 = fp32; 2..8 = integer Linear GEMMs and attention matmuls
   std::int64_t bits = 0;
   std::int64_t act_bits = 0;              // activation bits (0 = same as bits)
+  std::int64_t grad_bits = 0;             // gradient bits (0 = same as bits)
   std::string grad_quant = "shiftquant";  // shiftquant | per-tensor | per-row
+  std::string act_quant = "per-tensor";   // per-tensor | shiftquant (power-of-two groups over the input features, S = 8 - bits)
+  std::string act_clip = "none";          // none | mse (QuantizeParams::mse_clip)
+  std::string weight_clip = "none";       // none | mse (QuantizeParams::mse_clip)
   std::int64_t head_bits = 8;             // output head (0 = same as --bits)
+  std::int64_t attn_bits = 0;             // attention matmuls Q K^T and P V (0 = the activation bits)
   std::int64_t norm_bits = 8;             // fully quantized L1LayerNorm (0 = float L1 norm)
   ActScalingConfig act_scaling;           // where activation ranges come from (--act-scaling)
   QuantReportConfig quant_report;         // --quant-report FILE: per-layer numerics every N steps
@@ -45,6 +50,7 @@ struct GPTTrainConfig {
 
   void validate() const;  // UsageError
   std::string fingerprint() const;
+  std::string precision() const;  // the log's "precision": fp32, or the QConfig and the attention bits
   quant::QConfig qconfig() const;
 };
 

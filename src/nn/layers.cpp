@@ -46,7 +46,15 @@ bool same_options(const quant::ObserverOptions& a, const quant::ObserverOptions&
 void QuantizableLayer::set_quantization(std::optional<quant::LayerQuant> q) {
   if (q) {
     q->validate();
-    if (!same_options(q->observer, input_range_.options())) input_range_ = quant::RangeObserver(1, q->observer);
+    const std::int64_t channels = observed_input_groups(*q);
+    if (!same_options(q->observer, input_range_.options()) || input_range_.channels() != channels) {
+      input_range_ = quant::RangeObserver(channels, q->observer);
+      // Buffers registered for the old observer (quantize_model) now name the new one's state.
+      if (auto* module = dynamic_cast<Module*>(this); module && module->has_buffer(kInputHistoryBuffer)) {
+        module->replace_buffer(kInputHistoryBuffer, input_range_.history());
+        module->replace_buffer(kInputObserverBuffer, input_range_.state());
+      }
+    }
   }
   quant_ = std::move(q);
 }
@@ -87,6 +95,12 @@ Linear::Linear(const LinearOptions& options, Generator& gen) : Module("Linear"),
   default_init(w, &b, gen);
   weight = register_parameter("weight", w);
   if (b.defined()) bias = register_parameter("bias", b);
+}
+
+std::int64_t Linear::observed_input_groups(const quant::LayerQuant& q) const {
+  return q.activations.kind == quant::QuantizerKind::shiftquant && q.activations.shift_budget > 0
+             ? options_.in_features()
+             : 1;
 }
 
 Tensor Linear::forward(const Tensor& x) {
@@ -313,7 +327,7 @@ std::vector<QuantizationReport> quantization_report(Module& model) {
     r.delayed = q.activation_scaling == quant::ActivationScaling::delayed;
     const quant::RangeObserver& obs = layer.input_range();
     r.observed = r.delayed && obs.observed();
-    if (r.observed) r.input_range = obs.range();
+    if (r.observed) r.input_range = obs.max_range();
     r.observed_calls = obs.updates();
     r.saturated_calls = obs.saturated_calls();
     if (layer.numerics()) r.numerics = *layer.numerics();

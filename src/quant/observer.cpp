@@ -46,6 +46,12 @@ float RangeObserver::range(std::int64_t channel) const {
   return r;
 }
 
+float RangeObserver::max_range() const {
+  float r = 0.0f;
+  for (std::int64_t c = 0; c < channels(); ++c) r = std::max(r, range(c));
+  return r;
+}
+
 bool RangeObserver::nonnegative() const { return state_.data<std::int32_t>()[kNegative] == 0; }
 
 std::uint64_t RangeObserver::saturated_calls() const {

@@ -57,8 +57,38 @@ QuantizeParams gradient_params(const TensorQConfig& c, bool for_weight_grad, con
 
 void count_saved_bytes(std::int64_t bytes) { t_saved_bytes += bytes; }
 
+namespace {
+// Delayed scaling with observed ShiftQuant groups: observer channel k is inner index k's range; the
+// base is their max. Before the first training call the input's own ranges stand in.
+QTensor quantize_observed_groups(const Tensor& x2d, QuantizeParams params, RangeObserver& observer,
+                                 const QuantCall& call, const char* name) {
+  const std::vector<float> own = inner_absmax(x2d, params.inner_axis, name);  // also rejects NaN/Inf
+  const bool delayed = observer.observed();
+  std::vector<float> groups = own;
+  if (delayed)
+    for (std::size_t k = 0; k < groups.size(); ++k) groups[k] = observer.range(static_cast<std::int64_t>(k));
+  const float base = *std::max_element(groups.begin(), groups.end());
+  params.with_observed_range(base, false).with_observed_group_ranges(groups);
+  QTensor q = quantize_checked_input(x2d, params, name);
+  if (call.training) {
+    bool saturated = false;
+    for (std::size_t k = 0; k < own.size(); ++k) saturated = saturated || own[k] > groups[k];
+    observer.update(own, true, delayed && saturated);
+  }
+  return q;
+}
+}  // namespace
+
 QTensor quantize_activation(const Tensor& x2d, QuantizeParams params, const QuantCall& call, const char* name) {
   RangeObserver* observer = call.input_range;
+  if (observer && observer->channels() > 1) {
+    QTensor q = quantize_observed_groups(x2d, params, *observer, call, name);
+    if (call.numerics) {
+      call.numerics->input.merge(measure_quantization(x2d, q));
+      ++call.numerics->calls;
+    }
+    return q;
+  }
   const bool delayed = observer && observer->observed();
   float range = 0.0f;
   if (delayed) {

@@ -17,6 +17,9 @@ QuantizeParams gradient_params(const TensorQConfig& c, bool for_weight_grad, con
 // Quantizes an activation x2d with `params` (per-tensor outer scale) under call.input_range's
 // delayed scaling, records this call's range when training, and measures it for the monitor.
 QTensor quantize_activation(const Tensor& x2d, QuantizeParams params, const QuantCall& call, const char* name);
+// quantize() for an x already checked finite (by inner_absmax): with observed group ranges it then
+// needs no pass of its own before the pack.
+QTensor quantize_checked_input(const Tensor& x, const QuantizeParams& params, const char* name);
 // Measures a gradient's quantization for the monitor (when call.numerics is set).
 void measure_gradient(const Tensor& g2d, const QTensor& gq, const std::shared_ptr<LayerNumerics>& numerics);
 // Adds to the calling thread's saved-activation byte counter (saved_activation_bytes()).

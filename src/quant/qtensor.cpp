@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/parallel_for.hpp"
+#include "quant/qlayers_internal.hpp"
 #include "quant/shiftmm_internal.hpp"
 #include "shiftq/kernels/gemm.hpp"
 #include "shiftq/kernels/quantize.hpp"
@@ -234,6 +235,14 @@ void QuantizeParams::validate() const {
                " with b=", bits, " bits needs S >= 0 and b + S <= 8 (int8 operands)");
   SHIFTQ_CHECK(inner_axis == 0 || inner_axis == 1, ValueError, "quantize: inner_axis must be 0 or 1, got ",
                inner_axis);
+  if (!observed_group_ranges.empty()) {
+    SHIFTQ_CHECK(shift_budget > 0 && observed_range >= 0.0f, ValueError,
+                 "quantize: observed group ranges need S > 0 and an observed base range");
+    SHIFTQ_CHECK(std::all_of(observed_group_ranges.begin(), observed_group_ranges.end(),
+                             [this](float r) { return std::isfinite(r) && r >= 0.0f && r <= observed_range; }),
+                 ValueError, "quantize: observed group ranges must be finite, >= 0 and <= the base range ",
+                 observed_range);
+  }
   if (observed_range >= 0.0f || observed_nonnegative)
     SHIFTQ_CHECK(std::isfinite(observed_range) && observed_range >= 0.0f && outer == OuterScale::per_tensor, ValueError,
                  "quantize: an observed range must be finite, >= 0 and come with a per-tensor outer scale, got ",
@@ -246,6 +255,10 @@ void check_quantize_input(const Tensor& x, const QuantizeParams& p, const char* 
   SHIFTQ_CHECK(x.dim() == 2 && x.numel() > 0, ShapeError, "quantize: expects a non-empty 2-D tensor, got ", x.str(),
                name_suffix(name));
   p.validate();
+  if (!p.observed_group_ranges.empty())
+    SHIFTQ_CHECK(static_cast<std::int64_t>(p.observed_group_ranges.size()) == x.size(p.inner_axis == 1 ? 1 : 0),
+                 ShapeError, "quantize: ", p.observed_group_ranges.size(), " observed group ranges for an inner axis of ",
+                 x.size(p.inner_axis == 1 ? 1 : 0), name_suffix(name));
 }
 
 // Whether quantize() can take the inner ranges from its caller (see qtensor.hpp).
@@ -254,6 +267,8 @@ bool takes_given_ranges(const QuantizeParams& p) {
 }
 
 QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* given_ranges, const char* name) {
+  // Observed group ranges stand in for the first pass (x's finiteness is checked by the callers).
+  if (!p.observed_group_ranges.empty()) given_ranges = p.observed_group_ranges.data();
   const std::int64_t R = x.size(0), C = x.size(1);
   const int S = p.shift_budget;
   const bool groups_on_cols = p.inner_axis == 1;
@@ -413,8 +428,17 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
 
 QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
   check_quantize_input(x, p, name);
+  // Observed group ranges skip the pass that would meet a NaN or Inf: look for them here.
+  if (!p.observed_group_ranges.empty()) (void)inner_absmax(x, p.inner_axis, name);
   return quantize_impl(x, p, nullptr, name);
 }
+
+namespace internal {
+QTensor quantize_checked_input(const Tensor& x, const QuantizeParams& p, const char* name) {
+  check_quantize_input(x, p, name);
+  return quantize_impl(x, p, nullptr, name);
+}
+}  // namespace internal
 
 QTensor quantize(const Tensor& x, const QuantizeParams& p, std::span<const float> inner_ranges, const char* name) {
   check_quantize_input(x, p, name);
@@ -425,7 +449,23 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, std::span<const float
   SHIFTQ_CHECK(std::all_of(inner_ranges.begin(), inner_ranges.end(), [](float r) { return std::isfinite(r) && r >= 0.0f; }),
                ValueError, "quantize: inner ranges must be finite and >= 0",
                name_suffix(name));
+  if (!p.observed_group_ranges.empty()) (void)inner_absmax(x, p.inner_axis, name);  // as quantize() above
   return quantize_impl(x, p, takes_given_ranges(p) ? inner_ranges.data() : nullptr, name);
+}
+
+std::vector<float> inner_absmax(const Tensor& x, int inner_axis, const char* name) {
+  check_dtype(x, DType::f32, "inner_absmax", name ? name : "x");
+  SHIFTQ_CHECK(x.dim() == 2 && x.numel() > 0, ShapeError, "inner_absmax: expects a non-empty 2-D tensor, got ", x.str(),
+               name_suffix(name));
+  SHIFTQ_CHECK(inner_axis == 0 || inner_axis == 1, ValueError, "inner_absmax: inner_axis must be 0 or 1, got ", inner_axis);
+  bool finite = true;
+  std::vector<float> ranges;
+  if (inner_axis == 1)
+    ranges = column_absmax(x.data<float>(), x.size(0), x.size(1), nullptr, finite);
+  else
+    row_absmax(x.data<float>(), x.size(0), x.size(1), nullptr, finite, nullptr, ranges);
+  if (!finite) throw_nonfinite(x, name);
+  return ranges;
 }
 
 Tensor QTensor::signed_codes() const {

@@ -369,6 +369,34 @@ TEST_F(TrainerTest, GptResumeIsBitExactAndSamples) {
   EXPECT_EQ(text, sample_gpt(path("straight.safetensors"), s));  // seeded
 }
 
+// The precision flags are read back from the checkpoint: a model with per-feature ShiftQuant
+// activations ([16, in] observer histories), 8-bit attention and 6-bit gradients samples again.
+TEST_F(TrainerTest, GptPrecisionFlagsRoundTripThroughTheCheckpoint) {
+  GPTTrainConfig c = small_gpt(4, "l1");
+  c.steps = 6;
+  c.warmup = 2;
+  c.eval_every = 6;
+  c.eval_batches = 1;
+  c.act_quant = "shiftquant";
+  c.act_clip = "mse";
+  c.attn_bits = 8;
+  c.grad_bits = 6;
+  c.checkpoint = path("flags.safetensors");
+  train_gpt(c);
+  const io::TrainingCheckpoint ckpt = io::load_checkpoint(path("flags.safetensors"));
+  EXPECT_EQ(ckpt.model.at(std::string("blocks.0.fc.") + nn::kInputHistoryBuffer).size(1), c.d_model);
+  EXPECT_NE(ckpt.info.at("config").find("act_quant=shiftquant"), std::string::npos);
+  SampleOptions s;
+  s.prompt = "the ";
+  s.length = 10;
+  EXPECT_EQ(data::CharVocab::from_string(ckpt.info.at("vocab")).encode(sample_gpt(path("flags.safetensors"), s)).size(), 10u);
+  c.attn_bits = 1;
+  EXPECT_THROW(c.validate(), UsageError);
+  c.attn_bits = 0;
+  c.act_quant = "per-row";
+  EXPECT_THROW(c.validate(), UsageError);
+}
+
 TEST_F(TrainerTest, GptMissingCorpusNamesThePrepareScript) {
   GPTTrainConfig c = small_gpt(0, "l2");
   c.data = path("kjv.txt");
@@ -487,16 +515,43 @@ TEST_F(TrainerTest, ObservedRangesRoundTripThroughACheckpoint) {
   EXPECT_EQ(io::restore(old, "old", *from_old, nullptr).size(), range_tensors);
 }
 
+// GPT::quantize re-quantizes block 0's qkv after quantize_model registered its buffers: the
+// checkpointed history must be the observer the layer uses (one range per input feature here).
+TEST(DelayedScalingModel, GptCheckpointsTheObserverItQuantizesWith) {
+  Generator gen(3);
+  GPT model({11, 16, 2, 32, 4, "l1", false}, gen);
+  model.quantize(make_qconfig(4, 0, "shiftquant", 8, 8, "symmetric", "none", "shiftquant"), 5);
+  const std::map<std::string, Tensor> state = model.state_dict();
+  const Tensor& history = state.at(std::string("blocks.0.attn.qkv.") + nn::kInputHistoryBuffer);
+  EXPECT_EQ(history.shape(), (Shape{16, 32}));  // d_model = 32
+  model.train();
+  std::vector<std::int32_t> tokens = {1, 2, 3, 4};
+  (void)model(Tensor::from_vector(tokens, {1, 4}));
+  float recorded = 0.0f;
+  for (std::int64_t k = 0; k < 32; ++k) recorded = std::max(recorded, history.data<float>()[k]);
+  EXPECT_GT(recorded, 0.0f);  // the training call's feature ranges landed in the saved tensor
+}
+
 // The quantized GPT never lets a later token change an earlier output, in a training forward (from
 // the same state) and in eval.
 // With the batch's own ranges (ActivationScaling::current) a shared per-tensor scale leaks the future.
+// ShiftQuant activations (groups over the Linear input features) observe each feature's range; with
+// the batch's own ranges their column maxima leak the future too.
 TEST(DelayedScalingModel, QuantizedGptIsCausal) {
-  for (const auto& [bits, scaling] : {std::pair{4, quant::ActivationScaling::delayed}, std::pair{6, quant::ActivationScaling::delayed},
-                                       std::pair{4, quant::ActivationScaling::current}}) {
+  struct Case {
+    int bits;
+    quant::ActivationScaling scaling;
+    bool shiftquant_acts;
+  };
+  for (const auto& [bits, scaling, shiftquant_acts] :
+       {Case{4, quant::ActivationScaling::delayed, false}, Case{6, quant::ActivationScaling::delayed, false},
+        Case{4, quant::ActivationScaling::delayed, true}, Case{4, quant::ActivationScaling::current, false},
+        Case{4, quant::ActivationScaling::current, true}}) {
     const bool delayed = scaling == quant::ActivationScaling::delayed;
     Generator gen(3);
     GPT model({11, 16, 2, 32, 4, "l1", false}, gen);
-    quant::QConfig config = quant::QConfig::bits(bits);
+    quant::QConfig config = make_qconfig(bits, 0, "shiftquant", 8, 8, shiftquant_acts ? "symmetric" : "auto", "none",
+                                         shiftquant_acts ? "shiftquant" : "per-tensor");
     config.activation_scaling = scaling;
     model.quantize(config, 5);
     optim::SGD sgd(model.named_parameters(), optim::SGDOptions(0.05));
@@ -523,7 +578,8 @@ TEST(DelayedScalingModel, QuantizedGptIsCausal) {
       const Tensor b = model(Tensor::from_vector(changed, {1, 12}));
       bool earlier_changed = false;
       for (std::int64_t i = 0; i < 8 * 11; ++i) earlier_changed |= a.data<float>()[i] != b.data<float>()[i];
-      EXPECT_EQ(earlier_changed, !delayed) << bits << "-bit, training " << training;
+      EXPECT_EQ(earlier_changed, !delayed) << bits << "-bit, ShiftQuant activations " << shiftquant_acts
+                                           << ", training " << training;
       bool later_changed = false;
       for (std::int64_t i = 8 * 11; i < 12 * 11; ++i) later_changed |= a.data<float>()[i] != b.data<float>()[i];
       EXPECT_TRUE(later_changed);

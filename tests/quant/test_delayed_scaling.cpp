@@ -120,6 +120,101 @@ TEST(DelayedScaling, LinearQuantizesWithTheObservedRangeAndSaturatesBeyondIt) {
   EXPECT_FALSE(observer.nonnegative());
 }
 
+// Observed ShiftQuant groups: each column's exponent comes from its given range against the base,
+// not from the input; a column beyond its range saturates at its group's top code.
+TEST(DelayedScaling, ObservedGroupRangesSetTheExponents) {
+  // Column c of row 0 is 2^-c; the observed ranges claim columns 0..3 span 8, 4, 1 and 0.5.
+  const Tensor x = Tensor::from_vector(std::vector<float>{1.0f, 0.5f, 0.25f, 0.125f}, {1, 4});
+  const std::vector<float> ranges = {8.0f, 4.0f, 1.0f, 0.5f};
+  const quant::QTensor q = quant::quantize(
+      x, quant::QuantizeParams::shiftquant(4, 4, 1, quant::OuterScale::per_tensor)
+             .with_observed_range(8.0f, false)
+             .with_observed_group_ranges(ranges));
+  const std::int8_t* e = q.exponents.data<std::int8_t>();
+  EXPECT_EQ(e[0], 0);  // floor(log2(8 / 8))
+  EXPECT_EQ(e[1], 1);  // floor(log2(8 / 4))
+  EXPECT_EQ(e[2], 3);
+  EXPECT_EQ(e[3], 4);
+  // scale 8 / 7: column 0 (1 * 7/8 = 0.875) rounds to code 1, shifted by S - e = 4: v = 16.
+  const std::int8_t* v = q.codes.data<std::int8_t>();
+  EXPECT_EQ(v[0], 16);
+  EXPECT_EQ(v[2], 2 * 2);  // 0.25 * 8 * 7/8 = 1.75 -> 2, shifted by 1
+  // Column 3 (0.125 * 16 * 7/8 = 1.75) -> 2, shift 0; column 1: 0.5 * 2 * 7/8 = 0.875 -> 1, shift 3.
+  EXPECT_EQ(v[3], 2);
+  EXPECT_EQ(v[1], 8);
+  // A column beyond its observed range saturates: 4 in column 3 (range 0.5) gives the top code 7.
+  const Tensor big = Tensor::from_vector(std::vector<float>{1.0f, 0.5f, 0.25f, 4.0f}, {1, 4});
+  const quant::QTensor qb = quant::quantize(
+      big, quant::QuantizeParams::shiftquant(4, 4, 1, quant::OuterScale::per_tensor)
+               .with_observed_range(8.0f, false)
+               .with_observed_group_ranges(ranges));
+  EXPECT_EQ(qb.codes.data<std::int8_t>()[3], 7);
+
+  auto params = [](float base, std::span<const float> r, int S) {
+    return quant::QuantizeParams::shiftquant(4, S, 1, quant::OuterScale::per_tensor)
+        .with_observed_range(base, false)
+        .with_observed_group_ranges(r);
+  };
+  const std::vector<float> three = {1.0f, 1.0f, 1.0f};
+  EXPECT_THROW(quant::quantize(x, params(8.0f, three, 4)), ShapeError);
+  EXPECT_THROW(quant::quantize(x, params(4.0f, ranges, 4)), ValueError);  // 8 > the base
+  EXPECT_THROW(quant::quantize(x, params(8.0f, ranges, 0)), ValueError);  // no groups
+  const std::vector<float> nan_range = {8.0f, std::nanf(""), 1.0f, 1.0f};
+  EXPECT_THROW(quant::quantize(x, params(8.0f, nan_range, 4)), ValueError);
+  // No pass of quantize's own meets a NaN input here: it is still rejected.
+  const Tensor nan_x = Tensor::from_vector(std::vector<float>{1.0f, std::nanf(""), 0.25f, 0.125f}, {1, 4});
+  EXPECT_THROW(quant::quantize(nan_x, params(8.0f, ranges, 4)), NumericError);
+}
+
+// 4-bit ShiftQuant activations on a Linear (groups over the input features): one observed range per
+// feature. The first training call quantizes as with the batch's own ranges; afterwards a sample's
+// output does not depend on its batch, and a feature beyond its range is a saturated call.
+TEST(DelayedScaling, LinearShiftQuantActivationsObservePerFeatureRanges) {
+  quant::QConfig c = quant::QConfig::bits(4);
+  c.activations.kind = quant::QuantizerKind::shiftquant;
+  c.activations.shift_budget = quant::max_shift_budget(4, false);
+  c.activations.nonnegative_range = false;
+  Generator gen(8);
+  nn::Linear layer(nn::LinearOptions(16, 6), gen);
+  layer.set_quantization(quant::layer_quant(c, false, 1, 0));
+  EXPECT_EQ(layer.input_range().channels(), 16);
+  nn::Linear reference(nn::LinearOptions(16, 6), gen);
+  quant::QConfig current = c;
+  current.activation_scaling = quant::ActivationScaling::current;
+  reference.set_quantization(quant::layer_quant(current, false, 1, 0));
+  reference.weight.copy_(layer.weight);
+  reference.bias.copy_(layer.bias);
+
+  // Features of widely spread ranges (2^-k for feature k % 8) make distinct exponents.
+  std::vector<float> v(4 * 16);
+  for (std::size_t i = 0; i < v.size(); ++i) v[i] = std::ldexp(std::sin(0.7f * static_cast<float>(i)), -static_cast<int>(i % 8));
+  const Tensor x = Tensor::from_vector(v, {4, 16});
+  NoGradGuard no_grad;
+  auto same = [](const Tensor& a, const Tensor& b) {
+    return a.numel() == b.numel() && std::memcmp(a.raw_bytes(), b.raw_bytes(), a.nbytes()) == 0;
+  };
+  EXPECT_TRUE(same(layer(x), reference(x)));  // first call: its own ranges
+  for (std::int64_t k = 0; k < 16; ++k) {
+    float m = 0.0f;
+    for (std::int64_t r = 0; r < 4; ++r) m = std::max(m, std::fabs(v[static_cast<std::size_t>(r * 16 + k)]));
+    EXPECT_EQ(layer.input_range().range(k), m) << "feature " << k;
+  }
+  layer.eval();
+  const Tensor batch = layer(x);
+  const Tensor one = layer(slice(x, 0, 2, 3));
+  EXPECT_TRUE(same(one, slice(batch, 0, 2, 3)));
+  // With the batch's own ranges, row 2 alone has other column maxima: its output changes.
+  reference.eval();
+  EXPECT_FALSE(same(reference(slice(x, 0, 2, 3)), slice(reference(x), 0, 2, 3)));
+
+  layer.train();
+  Tensor wide = x.clone();
+  wide.data<float>()[16 + 7] = 1.0f;  // feature 7 observed at <= 2^-7
+  (void)layer(wide);
+  EXPECT_EQ(layer.input_range().saturated_calls(), 1u);
+  EXPECT_EQ(layer.input_range().range(7), 1.0f);  // followed from the next call
+}
+
 // x = [0, 0.2, 1.25, 3.5, 5, -6] with 4-bit signed codes over the range 3.5: scale 0.5, codes
 // [0, 0, 2, 7, 7, -7] (0.4 rounds to 0, 2.5 to even 2); 5 and -6 saturate, 0.2 underflows.
 TEST(NumericsMonitor, CountsAHandComputedCase) {

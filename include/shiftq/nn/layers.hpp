@@ -53,7 +53,8 @@ class QuantCallCounter {
 class QuantizableLayer {
  public:
   virtual ~QuantizableLayer() = default;
-  // Keeps the observed input range unless the observer options change (then it starts empty).
+  // Keeps the observed input range unless the observer options or its channels change (then it
+  // starts empty).
   void set_quantization(std::optional<quant::LayerQuant> q);
   const std::optional<quant::LayerQuant>& quantization() const { return quant_; }
   const quant::RangeObserver& input_range() const { return input_range_; }
@@ -72,6 +73,9 @@ class QuantizableLayer {
  protected:
   // The next call's context (advances the call counter when training).
   quant::QuantCall next_call(bool training);
+  // Channels of the input observer: 1 (one range per tensor), or one per ShiftQuant group when the
+  // groups run along a fixed axis of the input (Linear's input features) and are observed too.
+  virtual std::int64_t observed_input_groups(const quant::LayerQuant&) const { return 1; }
 
   std::optional<quant::LayerQuant> quant_;
   quant::PackedWeight packed_;
@@ -88,6 +92,10 @@ class Linear : public Module, public QuantizableLayer {
   const LinearOptions& options() const { return options_; }
   Tensor weight;  // [out, in]
   Tensor bias;    // [out] or undefined
+
+ protected:
+  // ShiftQuant activations: one observed range per input feature (the groups of X in X W^T).
+  std::int64_t observed_input_groups(const quant::LayerQuant& q) const override;
 
  private:
   LinearOptions options_;

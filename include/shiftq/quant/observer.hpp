@@ -46,6 +46,7 @@ class RangeObserver {
   std::uint64_t updates() const;
   // The range to quantize with (per channel): the reduction of the history. Requires observed().
   float range(std::int64_t channel = 0) const;
+  float max_range() const;  // the largest channel's range. Requires observed().
   // No observed call had a negative value: the unsigned code range applies.
   bool nonnegative() const;
   std::uint64_t saturated_calls() const;

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "shiftq/core/tensor.hpp"
 
@@ -74,6 +75,12 @@ struct QuantizeParams {
   // QTensor::input_range). Needs a per-tensor outer scale; negative = off.
   float observed_range = -1.0f;
   bool observed_nonnegative = false;
+  // Delayed scaling of the groups too (S > 0, with observed_range): the observed range of each inner
+  // index replaces this call's maxima in the group exponents, so an element's code depends on its
+  // own value, its group's observed range and the base. Values beyond their group's range saturate.
+  // One entry per inner index, each finite and <= observed_range; must outlive the quantize() call.
+  // Empty = the groups follow this call's input.
+  std::span<const float> observed_group_ranges;
 
   // The three quantizers of the spec.
   static QuantizeParams per_tensor(int bits);
@@ -100,6 +107,10 @@ struct QuantizeParams {
   QuantizeParams& with_observed_range(float range, bool nonnegative) {
     observed_range = range;
     observed_nonnegative = nonnegative;
+    return *this;
+  }
+  QuantizeParams& with_observed_group_ranges(std::span<const float> ranges) {
+    observed_group_ranges = ranges;
     return *this;
   }
   // Throws ValueError for bits outside [2, 8], S < 0, b + S > 8, inner_axis not 0/1, or an observed
@@ -155,5 +166,8 @@ QTensor quantize(const Tensor& x, const QuantizeParams& params, const char* name
 // infinite or negative.
 QTensor quantize(const Tensor& x, const QuantizeParams& params, std::span<const float> inner_ranges,
                  const char* name = nullptr);
+// max |x| of each inner index of x: f32 [R, C] (each column when inner_axis = 1, each row when 0):
+// what an observer of ShiftQuant group ranges records. Throws NumericError (naming `name`) for NaN/Inf.
+std::vector<float> inner_absmax(const Tensor& x, int inner_axis, const char* name = nullptr);
 
 }  // namespace shiftq::quant
