@@ -250,15 +250,19 @@ void QuantizeParams::validate() const {
 }
 
 namespace {
-void check_quantize_input(const Tensor& x, const QuantizeParams& p, const char* name) {
+// x_known_finite: the caller has already looked for NaN/Inf (inner_absmax).
+void check_quantize_input(const Tensor& x, const QuantizeParams& p, const char* name, bool x_known_finite = false) {
   check_dtype(x, DType::f32, "quantize", name ? name : "x");
   SHIFTQ_CHECK(x.dim() == 2 && x.numel() > 0, ShapeError, "quantize: expects a non-empty 2-D tensor, got ", x.str(),
                name_suffix(name));
   p.validate();
-  if (!p.observed_group_ranges.empty())
-    SHIFTQ_CHECK(static_cast<std::int64_t>(p.observed_group_ranges.size()) == x.size(p.inner_axis == 1 ? 1 : 0),
-                 ShapeError, "quantize: ", p.observed_group_ranges.size(), " observed group ranges for an inner axis of ",
-                 x.size(p.inner_axis == 1 ? 1 : 0), name_suffix(name));
+  if (p.observed_group_ranges.empty()) return;
+  const std::int64_t inner_len = x.size(p.inner_axis == 1 ? 1 : 0);
+  SHIFTQ_CHECK(static_cast<std::int64_t>(p.observed_group_ranges.size()) == inner_len, ShapeError, "quantize: ",
+               p.observed_group_ranges.size(), " observed group ranges for an inner axis of ", inner_len,
+               name_suffix(name));
+  // Observed group ranges skip quantize's first pass, the one that meets a NaN or Inf: look for them here.
+  if (!x_known_finite) (void)inner_absmax(x, p.inner_axis, name);
 }
 
 // Whether quantize() can take the inner ranges from its caller (see qtensor.hpp).
@@ -428,14 +432,12 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
 
 QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
   check_quantize_input(x, p, name);
-  // Observed group ranges skip the pass that would meet a NaN or Inf: look for them here.
-  if (!p.observed_group_ranges.empty()) (void)inner_absmax(x, p.inner_axis, name);
   return quantize_impl(x, p, nullptr, name);
 }
 
 namespace internal {
 QTensor quantize_checked_input(const Tensor& x, const QuantizeParams& p, const char* name) {
-  check_quantize_input(x, p, name);
+  check_quantize_input(x, p, name, /*x_known_finite=*/true);
   return quantize_impl(x, p, nullptr, name);
 }
 }  // namespace internal
@@ -449,7 +451,6 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, std::span<const float
   SHIFTQ_CHECK(std::all_of(inner_ranges.begin(), inner_ranges.end(), [](float r) { return std::isfinite(r) && r >= 0.0f; }),
                ValueError, "quantize: inner ranges must be finite and >= 0",
                name_suffix(name));
-  if (!p.observed_group_ranges.empty()) (void)inner_absmax(x, p.inner_axis, name);  // as quantize() above
   return quantize_impl(x, p, takes_given_ranges(p) ? inner_ranges.data() : nullptr, name);
 }
 
