@@ -2,9 +2,10 @@
 // fp32 (L2 norms) against integer training (L1 norms), as the example trainers do it:
 //   BM_TrainStep_ResNet20/<fp32_l2|int4_l1|int4_l1_actsq_mse>/threads:<1|2>   ResNet-20, batch 128 of 1x28x28, 10 classes;
 //       SGD (lr 0.1, momentum 0.9, weight decay 5e-4). int4_l1: QConfig::bits(4) (first/last layer
-//       8-bit), L1BatchNorm2d fully quantized at 8 bits. int4_l1_actsq_mse: the same with the best
-//       4-bit configuration of docs/results.md (the trainer's --act-quant shiftquant --act-clip mse
-//       --weight-clip mse: ShiftQuant activations, S = 3 unsigned, and MSE-chosen group exponents).
+//       8-bit), L1BatchNorm2d fully quantized at 8 bits: the paper's recipe. int4_l1_actsq_mse: the
+//       same with the best 4-bit configuration of docs/results.md, the ResNet trainer's default
+//       (--act-quant shiftquant --act-clip mse --weight-clip mse: ShiftQuant activations, S = 3
+//       unsigned, and MSE-chosen group exponents).
 //   BM_TrainStep_GPT/<fp32_l2|int6_l1>/threads:<1|2>        char-GPT, vocab 65, 4 layers, d 256,
 //       4 heads, context 128, batch 32; AdamW (lr 1e-3, weight decay 0.1) + clip_grad_norm 1.0.
 //       int6_l1: QConfig::bits(6) (head 8-bit), int8 attention matmuls, L1LayerNorm at 8 bits.
@@ -91,7 +92,8 @@ class ResNetStep final : public TrainStep {
     Generator gen(kSeed);
     model_ = std::make_unique<examples::ResNet>(examples::ResNetOptions{20, 1, 10, 16, quantized_ ? "l1" : "l2"}, gen);
     if (quantized_) {
-      // The trainer's --bits 4 --norm l1 [--act-quant shiftquant --act-clip mse --weight-clip mse].
+      // The trainer's --bits 4 --norm l1 with --act-quant per-tensor --act-clip none --weight-clip none
+      // (int4_l1), or its defaults (int4_l1_actsq_mse).
       const bool mse = precision == ResNetPrecision::int4_actsq_mse;
       config_ = examples::make_qconfig(4, 0, "shiftquant", /*first_last_bits=*/8, /*norm_bits=*/8, "auto",
                                        mse ? "mse" : "none", mse ? "shiftquant" : "per-tensor", mse ? "mse" : "none");

@@ -3,6 +3,7 @@
 //
 //   shiftq-train-resnet --epochs 3                          # fp32, BatchNorm
 //   shiftq-train-resnet --epochs 3 --bits 4 --norm l1       # W4A4G4 ShiftQuant + fully quantized L1 BatchNorm
+//   shiftq-train-resnet --epochs 3 --bits 4 --norm l1 --act-quant per-tensor --act-clip none --weight-clip none  # the paper's recipe
 //   mpirun -np 2 shiftq-train-resnet --distributed --bits 4 --norm l1   # data-parallel, 2 processes
 //
 // Exit codes: 0 done, 1 runtime error (data, checkpoint, numerics), 2 bad command line.
@@ -48,6 +49,7 @@ int main(int argc, char** argv) {
       .add("log", &c.log, "append per-epoch metrics to this JSON-lines file")
       .add("stop-after", &c.stop_after, "stop after this epoch, as if interrupted (0 = train all epochs)")
       .add("eval-batch", &c.eval_batch, "test-set batch size")
+      .add("bn-recalibrate", &c.bn_recalibrate, "after the last epoch, re-estimate the norms' running statistics and the observed activation ranges on N training batches with the final weights (0 = off)")
       .add("eval-only", &c.eval_only, "with --resume: evaluate the checkpoint on the test set and exit")
       .add("skip-nonfinite", &c.skip_nonfinite, "skip up to N consecutive steps with NaN/Inf loss or gradients (0 = stop)")
       .add("verbose", &c.verbose, "progress bar and per-epoch lines");

@@ -93,6 +93,14 @@ EvalResult evaluate(nn::Module& model, const data::ImageLoader& loader, const Tr
   return {sums[0] / n, sums[1] / n};
 }
 
+// nn::recalibrate_batch_norm on the first `batches` training batches of a fresh shuffle (`epoch`
+// past the last one). Every rank runs the same whole batches, so all ranks end with the same
+// statistics.
+void recalibrate(nn::Module& model, const data::ImageLoader& loader, std::int64_t epoch, std::int64_t batches) {
+  nn::recalibrate_batch_norm(model, std::min(batches, loader.num_batches()),
+                             [&](std::int64_t b) { model(loader.batch(epoch, b).images); });
+}
+
 }  // namespace
 
 void ResNetTrainConfig::validate() const {
@@ -117,6 +125,7 @@ void ResNetTrainConfig::validate() const {
           "--lr must be > 0, --momentum in [0, 1), --weight-decay and --warmup-epochs >= 0");
   require(pad >= 0 && pad <= 16, "--pad must be in 0..16");
   require(eval_batch >= 1, "--eval-batch must be positive");
+  require(bn_recalibrate >= 0, "--bn-recalibrate must be >= 0");
   act_scaling.validate();
   quant_report.validate(dist.distributed);
   require(quant_report.path.empty() || bits > 0, "--quant-report needs integer training (--bits)");
@@ -133,7 +142,7 @@ std::string ResNetTrainConfig::fingerprint() const {
     << " act_bits=" << act_bits << " act_range=" << act_range << " act_clip=" << act_clip << " act_quant=" << act_quant << " grad_quant=" << grad_quant << " first_last_bits=" << first_last_bits << " norm_bits=" << norm_bits
     << " batch=" << batch << " lr=" << lr << " momentum=" << momentum << " weight_decay=" << weight_decay
     << " warmup_epochs=" << warmup_epochs << " seed=" << seed;
-  if (weight_clip != "none") s << " weight_clip=" << weight_clip;  // absent before the flag existed
+  if (weight_clip != "none") s << " weight_clip=" << weight_clip;  // absent before the flag existed (and when none)
   if (grad_bits != 0) s << " grad_bits=" << grad_bits;
   s << act_scaling.fingerprint();
   return s.str();
@@ -275,6 +284,11 @@ std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
       seen = static_cast<std::int64_t>(sums[2]);
       processed = static_cast<std::int64_t>(sums[3]);
     }
+    std::optional<double> accuracy_before_recalibration;
+    if (epoch == c.epochs && c.bn_recalibrate > 0) {
+      accuracy_before_recalibration = evaluate(model, test_loader, group).accuracy;
+      recalibrate(model, train_loader, c.epochs + 1, c.bn_recalibrate);
+    }
     const EvalResult test = evaluate(model, test_loader, group);
     EpochMetrics m{epoch,
                    step,
@@ -284,7 +298,8 @@ std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
                    test.accuracy,
                    static_cast<double>(processed) / seconds,
                    seconds,
-                   optimizer.lr()};
+                   optimizer.lr(),
+                   accuracy_before_recalibration};
     history.push_back(m);
     log.write(MetricsRow()
                   .add("epoch", m.epoch)
@@ -297,6 +312,8 @@ std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
                   .add("train_seconds", m.train_seconds)
                   .add("lr", m.lr)
                   .add("skipped_steps", guard.skipped())
+                  .add_if(accuracy_before_recalibration.has_value(), "test_accuracy_before_recalibration",
+                          accuracy_before_recalibration.value_or(0.0))
                   .add("precision", c.bits > 0 ? c.qconfig().str() : std::string("fp32"))
                   .add("norm", c.norm)
                   .add_if(group.world() > 1, "processes", static_cast<std::int64_t>(group.world()))

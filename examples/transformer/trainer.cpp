@@ -130,7 +130,8 @@ void GPTTrainConfig::validate() const {
   require(grad_bits == 0 || (grad_bits >= 2 && grad_bits <= 8), "--grad-bits must be 0 (same as --bits) or 2..8");
   require(grad_quant == "shiftquant" || grad_quant == "per-tensor" || grad_quant == "per-row",
           "--grad-quant must be shiftquant, per-tensor or per-row");
-  require(act_quant == "per-tensor" || act_quant == "shiftquant", "--act-quant must be per-tensor or shiftquant");
+  require(act_quant == "per-tensor" || act_quant == "shiftquant" || act_quant == "shiftquant-tokens",
+          "--act-quant must be per-tensor, shiftquant or shiftquant-tokens");
   require(act_clip == "none" || act_clip == "mse", "--act-clip must be none or mse");
   require(weight_clip == "none" || weight_clip == "mse", "--weight-clip must be none or mse");
   require(head_bits == 0 || (head_bits >= 2 && head_bits <= 8), "--head-bits must be 0 (same as --bits) or 2..8");
@@ -173,11 +174,12 @@ std::string GPTTrainConfig::precision() const {
 }
 
 quant::QConfig GPTTrainConfig::qconfig() const {
-  // Linear inputs are signed (norm outputs, GELU): ShiftQuant groups over the features take the
-  // symmetric budget S = 8 - b (the unsigned range never applies to column groups).
-  const std::string act_range = act_quant == "shiftquant" ? "symmetric" : "auto";
-  quant::QConfig q = make_qconfig(bits, act_bits, grad_quant, head_bits, norm_bits, act_range, act_clip, act_quant,
-                                  weight_clip, grad_bits);
+  // Linear inputs are signed (norm outputs, GELU, attention outputs): ShiftQuant groups take the
+  // symmetric budget S = 8 - b.
+  const bool shiftquant = act_quant != "per-tensor";
+  quant::QConfig q = make_qconfig(bits, act_bits, grad_quant, head_bits, norm_bits, shiftquant ? "symmetric" : "auto",
+                                  act_clip, shiftquant ? "shiftquant" : act_quant, weight_clip, grad_bits);
+  if (act_quant == "shiftquant-tokens") q.linear_input_groups = quant::LinearInputGroups::rows;
   act_scaling.apply(q);
   return q;
 }

@@ -18,6 +18,11 @@ void default_init(Tensor& weight, Tensor* bias, Generator& gen) {
     init::uniform_(*bias, -bound, bound, gen);
   }
 }
+
+void check_momentum(float momentum, const char* module) {
+  SHIFTQ_CHECK(momentum >= 0.0f && momentum <= 1.0f, ValueError, module, ": momentum must be in [0, 1], got ", momentum);
+}
+
 }  // namespace
 
 std::uint64_t QuantCallCounter::value() const {
@@ -98,7 +103,8 @@ Linear::Linear(const LinearOptions& options, Generator& gen) : Module("Linear"),
 }
 
 std::int64_t Linear::observed_input_groups(const quant::LayerQuant& q) const {
-  return q.activations.kind == quant::QuantizerKind::shiftquant && q.activations.shift_budget > 0
+  return q.activations.kind == quant::QuantizerKind::shiftquant && q.activations.shift_budget > 0 &&
+                 q.linear_input_groups == quant::LinearInputGroups::features
              ? options_.in_features()
              : 1;
 }
@@ -141,6 +147,16 @@ BatchNorm2d::BatchNorm2d(const BatchNormOptions& options) : Module("BatchNorm2d"
   running_var = register_buffer("running_var", Tensor::ones({C}));
 }
 
+void BatchNorm2d::reset_running_stats() {
+  running_mean.fill_(0.0f);
+  running_var.fill_(1.0f);
+}
+
+void BatchNorm2d::set_momentum(float momentum) {
+  check_momentum(momentum, "BatchNorm2d");
+  options_.momentum(momentum);
+}
+
 Tensor BatchNorm2d::forward(const Tensor& x) {
   BatchNormState state{running_mean, running_var, options_.momentum(), options_.eps()};
   return batch_norm2d(x, weight, bias, state, is_training());
@@ -157,6 +173,16 @@ L1BatchNorm2d::L1BatchNorm2d(const L1BatchNormOptions& options) : Module("L1Batc
   }
   running_mean = register_buffer("running_mean", Tensor::zeros({C}));
   running_sigma = register_buffer("running_sigma", Tensor::ones({C}));
+}
+
+void L1BatchNorm2d::reset_running_stats() {
+  running_mean.fill_(0.0f);
+  running_sigma.fill_(1.0f);
+}
+
+void L1BatchNorm2d::set_momentum(float momentum) {
+  check_momentum(momentum, "L1BatchNorm2d");
+  options_.momentum(momentum);
 }
 
 Tensor L1BatchNorm2d::forward(const Tensor& x) {
@@ -279,6 +305,42 @@ void dequantize_model(Module& model) {
   std::vector<QuantizableNorm*> norms;
   collect(model, norms);
   for (QuantizableNorm* norm : norms) norm->set_quantization(std::nullopt);
+}
+
+int recalibrate_batch_norm(Module& model, std::int64_t batches, const std::function<void(std::int64_t)>& forward) {
+  SHIFTQ_CHECK(batches >= 1, ValueError, "recalibrate_batch_norm: batches must be >= 1, got ", batches);
+  SHIFTQ_CHECK(static_cast<bool>(forward), ValueError, "recalibrate_batch_norm: no forward function");
+  std::vector<BatchNorm2d*> l2_norms;
+  std::vector<L1BatchNorm2d*> l1_norms;
+  collect(model, l2_norms);
+  collect(model, l1_norms);
+  std::vector<float> l2_momenta, l1_momenta;
+  for (BatchNorm2d* n : l2_norms) l2_momenta.push_back(n->options().momentum());
+  for (L1BatchNorm2d* n : l1_norms) l1_momenta.push_back(n->options().momentum());
+  const bool was_training = model.is_training();
+  const auto restore = [&] {
+    for (std::size_t i = 0; i < l2_norms.size(); ++i) l2_norms[i]->set_momentum(l2_momenta[i]);
+    for (std::size_t i = 0; i < l1_norms.size(); ++i) l1_norms[i]->set_momentum(l1_momenta[i]);
+    model.train(was_training);
+  };
+  for (BatchNorm2d* n : l2_norms) n->reset_running_stats();
+  for (L1BatchNorm2d* n : l1_norms) n->reset_running_stats();
+  NoGradGuard no_grad;
+  model.train();
+  try {
+    for (std::int64_t i = 0; i < batches; ++i) {
+      // Momentum 1 / (i + 1): after batch i the running statistics are the mean of batches 0..i.
+      const float momentum = 1.0f / static_cast<float>(i + 1);
+      for (BatchNorm2d* n : l2_norms) n->set_momentum(momentum);
+      for (L1BatchNorm2d* n : l1_norms) n->set_momentum(momentum);
+      forward(i);
+    }
+  } catch (...) {
+    restore();
+    throw;
+  }
+  restore();
+  return static_cast<int>(l2_norms.size() + l1_norms.size());
 }
 
 std::vector<std::uint64_t> quantization_counters(Module& model) {

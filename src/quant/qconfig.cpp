@@ -57,7 +57,10 @@ std::string QConfig::str() const {
                            : "",
                        t.mse_clip ? (t.kind == QuantizerKind::shiftquant ? " (MSE-chosen exponents)" : " (MSE-clipped range)") : "");
   };
-  return detail::cat("weights: ", role(weights), "; activations: ", role(activations), "; gradients: ",
+  const bool row_groups = activations.kind == QuantizerKind::shiftquant && activations.shift_budget > 0 &&
+                          linear_input_groups == LinearInputGroups::rows;
+  return detail::cat("weights: ", role(weights), "; activations: ", role(activations),
+                     row_groups ? " (Linear inputs: groups per row)" : "", "; gradients: ",
                      role(gradients), "; first/last layer: ",
                      first_last_bits ? detail::cat(first_last_bits, "-bit") : std::string("same"),
                      "; L1 norms: ", norm_bits ? detail::cat(norm_bits, "-bit integer") : std::string("float"),

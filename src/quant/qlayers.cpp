@@ -129,7 +129,7 @@ void LayerQuant::validate() const {
 LayerQuant layer_quant(const QConfig& config, bool first_or_last, std::uint64_t seed, std::uint64_t layer_id) {
   config.validate();
   LayerQuant q{config.weights, config.activations, config.gradients, seed, layer_id, config.activation_scaling,
-               config.observer};
+               config.observer, config.linear_input_groups};
   if (first_or_last && config.first_last_bits != 0) {
     for (TensorQConfig* t : {&q.weights, &q.activations, &q.gradients}) {
       t->bits = config.first_last_bits;
@@ -175,8 +175,10 @@ Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bia
   out_shape.back() = out_f;
 
   // Y: [rows, out] = X: [rows, in] · W^T, X as u8 codes with a per-tensor scale.
-  const QTensor xq = internal::quantize_activation(x.view({rows, in_f}), internal::activation_params(quant.activations, 1),
-                                                   call, "linear input");
+  const int group_axis = quant.linear_input_groups == LinearInputGroups::rows ? 0 : 1;
+  const QTensor xq = internal::quantize_activation(x.view({rows, in_f}),
+                                                   internal::activation_params(quant.activations, group_axis), call,
+                                                   "linear input");
   const QTensor wq = packed.get(weight, out_f, in_f, quant.weights);
   const Tensor y = shiftmm(xq, Trans::N, wq, Trans::T, bias).view(out_shape);
   const bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();

@@ -35,6 +35,11 @@ ResNetTrainConfig small_resnet(int bits, const std::string& norm) {
   c.width = 8;
   c.norm = norm;
   c.bits = bits;
+  // The paper's recipe (the thresholds below were measured with it); the trainer's default is the
+  // best measured configuration (ResNetLearnsFashionMnistIn4BitWithTheDefaultRecipe).
+  c.act_quant = "per-tensor";
+  c.act_clip = "none";
+  c.weight_clip = "none";
   c.train_subset = 6400;
   c.test_subset = 2000;
   c.epochs = 2;
@@ -77,15 +82,17 @@ TEST_F(TrainerTest, ResNetLearnsFashionMnistInFp32And4Bit) {
   EXPECT_LT(int4.back().train_loss, int4.front().train_loss);
 }
 
-// The same budget with the best 4-bit configuration of docs/results.md: ShiftQuant activations and
-// weights whose group exponents are chosen by least squared error (--act-quant shiftquant
-// --act-clip mse --weight-clip mse).
-TEST_F(TrainerTest, ResNetLearnsFashionMnistIn4BitWithMseChosenExponents) {
+// The same budget with the trainer's default 4-bit recipe, the best configuration of
+// docs/results.md: ShiftQuant activations and weights whose group exponents are chosen by least
+// squared error (--act-quant shiftquant --act-clip mse --weight-clip mse).
+TEST_F(TrainerTest, ResNetLearnsFashionMnistIn4BitWithTheDefaultRecipe) {
   if (!have_fashion_mnist()) GTEST_FAIL() << "dataset-fashion-mnist is not installed (scripts/install-deps.sh)";
+  const ResNetTrainConfig defaults;
   ResNetTrainConfig c = small_resnet(4, "l1");
-  c.act_quant = "shiftquant";
-  c.act_clip = "mse";
-  c.weight_clip = "mse";
+  c.act_quant = defaults.act_quant;
+  c.act_clip = defaults.act_clip;
+  c.weight_clip = defaults.weight_clip;
+  ASSERT_EQ(c.act_quant, "shiftquant");
   ASSERT_NE(c.fingerprint().find("weight_clip=mse"), std::string::npos);
   ASSERT_NE(c.qconfig().str().find("MSE-chosen exponents"), std::string::npos);
   const auto int4 = train_resnet(c);
@@ -164,6 +171,50 @@ TEST_F(TrainerTest, ResNetEvalOnlyScoresTheCheckpoint) {
   EXPECT_THROW(bad.validate(), UsageError);
   bad = c;
   bad.eval_batch = 0;
+  EXPECT_THROW(bad.validate(), UsageError);
+}
+
+// --bn-recalibrate N: after the last epoch the norms' statistics and the observed ranges are
+// re-estimated on N training batches. Training itself is unchanged (the accuracy before it equals a
+// run without it, bit for bit), the log keeps both accuracies, and the checkpoint holds the
+// re-estimated model (scoring it gives the accuracy after). The gain itself is measured, not
+// asserted: 20 steps of this model, seeds 1-4, went from 36.6 / 21.9 / 33.1 / 37.2% to 46.0 / 36.6 /
+// 39.5 / 37.5% (docs/numerics.md).
+TEST_F(TrainerTest, ResNetBatchNormRecalibrationAfterTheLastEpoch) {
+  if (!have_fashion_mnist()) GTEST_FAIL() << "dataset-fashion-mnist is not installed";
+  ResNetTrainConfig c = small_resnet(4, "l1");
+  c.train_subset = 1280;
+  c.test_subset = 1000;
+  c.epochs = 1;
+  const auto plain = train_resnet(c);
+  ASSERT_EQ(plain.size(), 1u);
+  EXPECT_FALSE(plain[0].test_accuracy_before_recalibration.has_value());
+
+  c.bn_recalibrate = 20;
+  c.checkpoint = path("recal.safetensors");
+  c.log = path("recal.jsonl");
+  const auto recal = train_resnet(c);
+  ASSERT_EQ(recal.size(), 1u);
+  ASSERT_TRUE(recal[0].test_accuracy_before_recalibration.has_value());
+  EXPECT_EQ(*recal[0].test_accuracy_before_recalibration, plain[0].test_accuracy);
+  EXPECT_EQ(recal[0].train_loss, plain[0].train_loss);
+  EXPECT_NE(recal[0].test_accuracy, plain[0].test_accuracy);  // 46.0% vs 36.6% with seed 1
+  std::ifstream log(path("recal.jsonl"));
+  std::string line;
+  ASSERT_TRUE(std::getline(log, line));
+  const nlohmann::json row = nlohmann::json::parse(line);
+  EXPECT_EQ(row["test_accuracy_before_recalibration"].get<double>(), plain[0].test_accuracy);
+  EXPECT_EQ(row["test_accuracy"].get<double>(), recal[0].test_accuracy);
+
+  ResNetTrainConfig e = c;
+  e.checkpoint.clear();
+  e.log.clear();
+  e.resume = path("recal.safetensors");
+  e.eval_only = true;
+  EXPECT_EQ(train_resnet(e)[0].test_accuracy, recal[0].test_accuracy);
+
+  ResNetTrainConfig bad = small_resnet(4, "l1");
+  bad.bn_recalibrate = -1;
   EXPECT_THROW(bad.validate(), UsageError);
 }
 

@@ -555,5 +555,102 @@ TEST(GradientProbe, MeasuresAgreementAndRestoresTheModel) {
   }
 }
 
+// ---- BatchNorm re-estimation ----
+
+// Norm -> ReLU -> Flatten -> Linear on [N, 3, 4, 4] inputs: the norm sees the raw batch, so the
+// statistics of one batch do not depend on what the model saw before.
+template <class Norm, class Options>
+std::shared_ptr<nn::Sequential> make_norm_first_model() {
+  Generator gen(8);
+  auto m = std::make_shared<nn::Sequential>();
+  m->push_back(std::make_shared<Norm>(Options(3)));
+  m->push_back(std::make_shared<nn::ReLU>());
+  m->push_back(std::make_shared<nn::Flatten>());
+  m->push_back(std::make_shared<nn::Linear>(nn::LinearOptions(3 * 4 * 4, 5), gen));
+  return m;
+}
+
+// The norm's running mean followed by its running variance (or sigma).
+std::vector<float> running_stats(const nn::Module& norm) {
+  std::vector<float> out;
+  for (const auto& [name, buffer] : norm.named_buffers()) {
+    if (!name.starts_with("running_")) continue;
+    const std::vector<float> v = buffer.to_vector<float>();
+    out.insert(out.end(), v.begin(), v.end());
+  }
+  return out;
+}
+
+std::vector<Tensor> recalibration_batches() {
+  Generator gen(9);
+  std::vector<Tensor> batches;
+  for (float shift : {1.0f, -2.0f, 5.0f}) batches.push_back(add(mul(Tensor::randn({6, 3, 4, 4}, gen), 1.5f), shift));
+  return batches;
+}
+
+template <class Norm, class Options>
+void check_recalibration_averages_the_batches(bool quantized) {
+  const auto make = [&] {
+    auto m = make_norm_first_model<Norm, Options>();
+    if (quantized) nn::quantize_model(*m, quant::QConfig::bits(4), 5);
+    return m;
+  };
+  const std::vector<Tensor> batches = recalibration_batches();
+  // The running statistics of one batch alone: a fresh model whose norm takes it with momentum 1.
+  std::vector<float> expected(6, 0.0f);
+  for (const Tensor& batch : batches) {
+    auto single = make();
+    auto& norm = dynamic_cast<Norm&>(*single->named_children()[0].second);
+    norm.set_momentum(1.0f);
+    NoGradGuard no_grad;
+    (*single)(batch);
+    const std::vector<float> stats = running_stats(norm);
+    for (std::size_t i = 0; i < stats.size(); ++i) expected[i] += stats[i] / static_cast<float>(batches.size());
+  }
+
+  auto model = make();
+  auto& norm = dynamic_cast<Norm&>(*model->named_children()[0].second);
+  {
+    NoGradGuard no_grad;  // running statistics that re-estimation must discard
+    for (int i = 0; i < 3; ++i) (*model)(mul(batches[0], 3.0f));
+  }
+  const std::uint64_t linear_calls = quantized ? nn::quantization_report(*model)[0].observed_calls : 0;
+  model->eval();
+  EXPECT_EQ(nn::recalibrate_batch_norm(*model, 3, [&](std::int64_t i) { (*model)(batches[static_cast<std::size_t>(i)]); }), 1);
+  const std::vector<float> got = running_stats(norm);
+  ASSERT_EQ(got.size(), expected.size());
+  for (std::size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], expected[i], 1e-5f * (1.0f + std::abs(expected[i]))) << i;
+  EXPECT_FALSE(model->is_training());
+  EXPECT_EQ(norm.options().momentum(), 0.1f);
+  // The quantized Linear recorded the three calls in its observed input range.
+  if (quantized) {
+    EXPECT_EQ(nn::quantization_report(*model)[0].observed_calls, linear_calls + 3);
+  }
+}
+
+TEST(Recalibration, BatchNormRunningStatisticsAreTheMeanOfTheBatches) {
+  check_recalibration_averages_the_batches<nn::BatchNorm2d, nn::BatchNormOptions>(false);
+}
+
+TEST(Recalibration, L1BatchNormRunningStatisticsAreTheMeanOfTheBatches) {
+  check_recalibration_averages_the_batches<nn::L1BatchNorm2d, nn::L1BatchNormOptions>(false);
+}
+
+TEST(Recalibration, QuantizedL1BatchNormAndObservedRangesFollowTheBatches) {
+  check_recalibration_averages_the_batches<nn::L1BatchNorm2d, nn::L1BatchNormOptions>(true);
+}
+
+TEST(Recalibration, BadArgumentsAndAFailingForwardLeaveTheSettingsAsTheyWere) {
+  auto model = make_norm_first_model<nn::BatchNorm2d, nn::BatchNormOptions>();
+  auto& norm = dynamic_cast<nn::BatchNorm2d&>(*model->named_children()[0].second);
+  EXPECT_THROW(nn::recalibrate_batch_norm(*model, 0, [](std::int64_t) {}), ValueError);
+  EXPECT_THROW(nn::recalibrate_batch_norm(*model, 2, {}), ValueError);
+  EXPECT_THROW(norm.set_momentum(1.5f), ValueError);
+  const Tensor bad = Tensor::ones({2, 5, 4, 4});  // 5 channels for a 3-channel norm
+  EXPECT_THROW(nn::recalibrate_batch_norm(*model, 2, [&](std::int64_t) { (*model)(bad); }), ShapeError);
+  EXPECT_TRUE(model->is_training());
+  EXPECT_EQ(norm.options().momentum(), 0.1f);
+}
+
 }  // namespace
 }  // namespace shiftq

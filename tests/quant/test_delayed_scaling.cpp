@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include <shiftq/shiftq.hpp>
@@ -70,6 +71,36 @@ TEST(RangeObserver, RejectsBadInput) {
   EXPECT_THROW(o.update(std::vector<float>{1.0f, -1.0f}, false, false), NumericError);
   EXPECT_FALSE(o.observed());  // nothing recorded by the failed calls
   EXPECT_THROW((void)RangeObserver(2).range(2), Error);
+}
+
+TEST(RangeObserver, MaxRangeIsTheLargestChannelsRange) {
+  RangeObserver o(3, ObserverOptions{2, RangeReduction::max, 0.1f});
+  EXPECT_THROW((void)o.max_range(), Error);  // nothing observed yet
+  o.update(std::vector<float>{1.0f, 6.0f, 2.0f}, false, false);
+  o.update(std::vector<float>{3.0f, 0.5f, 2.5f}, false, false);
+  EXPECT_EQ(o.max_range(), 6.0f);
+  o.update(std::vector<float>{3.0f, 0.5f, 2.5f}, false, false);  // the 6 leaves the window of 2
+  EXPECT_EQ(o.max_range(), 3.0f);
+}
+
+TEST(InnerAbsmax, ColumnsOrRowsAndBadInput) {
+  // x: [2, 3]
+  const Tensor x = Tensor::from_vector(std::vector<float>{1.0f, -4.0f, 0.0f, -2.0f, 3.0f, 0.5f}, {2, 3});
+  EXPECT_EQ(quant::inner_absmax(x, 1), (std::vector<float>{2.0f, 4.0f, 0.5f}));
+  EXPECT_EQ(quant::inner_absmax(x, 0), (std::vector<float>{4.0f, 3.0f}));
+  EXPECT_THROW(quant::inner_absmax(x, 2), ValueError);
+  EXPECT_THROW(quant::inner_absmax(Tensor::zeros({6}), 1), ShapeError);
+  EXPECT_THROW(quant::inner_absmax(Tensor::zeros({0, 3}), 1), ShapeError);
+  EXPECT_THROW(quant::inner_absmax(Tensor::zeros({2, 3}, DType::s32), 1), Error);
+  const Tensor inf = Tensor::from_vector(std::vector<float>{1.0f, 2.0f, INFINITY, 0.0f}, {2, 2});
+  for (int axis : {0, 1}) {
+    try {
+      (void)quant::inner_absmax(inf, axis, "layer3.input");
+      ADD_FAILURE() << "no NumericError for Inf";
+    } catch (const NumericError& e) {
+      EXPECT_NE(std::string(e.what()).find("layer3.input"), std::string::npos) << e.what();
+    }
+  }
 }
 
 Tensor clamped(const Tensor& x, float r) {
@@ -213,6 +244,48 @@ TEST(DelayedScaling, LinearShiftQuantActivationsObservePerFeatureRanges) {
   (void)layer(wide);
   EXPECT_EQ(layer.input_range().saturated_calls(), 1u);
   EXPECT_EQ(layer.input_range().range(7), 1.0f);  // followed from the next call
+}
+
+// 4-bit ShiftQuant activations with one group per row (LinearInputGroups::rows): each row's
+// exponent comes from its own values on the observed per-tensor base, so in training and in eval a
+// row's output never depends on the other rows (a token on later tokens, a sample on its batch). The
+// product equals the dequantized operands' product, and rows of small values keep their precision.
+TEST(DelayedScaling, LinearRowGroupsKeepEachRowIndependent) {
+  quant::QConfig c = quant::QConfig::bits(4);
+  c.activations.kind = quant::QuantizerKind::shiftquant;
+  c.activations.shift_budget = quant::max_shift_budget(4, false);
+  c.activations.nonnegative_range = false;
+  c.linear_input_groups = quant::LinearInputGroups::rows;
+  Generator gen(9);
+  nn::Linear layer(nn::LinearOptions(16, 6), gen);
+  layer.set_quantization(quant::layer_quant(c, false, 1, 0));
+  EXPECT_EQ(layer.input_range().channels(), 1);  // one per-tensor base
+
+  // Row r spans 2^-r: with one per-tensor range the rows r >= 3 would round to 0 at 4 bits.
+  std::vector<float> v(6 * 16);
+  for (std::size_t i = 0; i < v.size(); ++i) v[i] = std::ldexp(std::sin(0.9f * static_cast<float>(i) + 0.3f), -static_cast<int>(i / 16));
+  const Tensor x = Tensor::from_vector(v, {6, 16});
+  NoGradGuard no_grad;
+  auto same = [](const Tensor& a, const Tensor& b) {
+    return a.numel() == b.numel() && std::memcmp(a.raw_bytes(), b.raw_bytes(), a.nbytes()) == 0;
+  };
+  for (bool training : {true, false}) {
+    layer.train(training);
+    const Tensor y = layer(x);
+    // y = X^ W^T + b with X^ from quantize() with the same rule (base: the observed range).
+    const quant::QTensor xq = quant::quantize(
+        x, quant::QuantizeParams::shiftquant(4, 4, 0, quant::OuterScale::per_tensor).with_observed_range(layer.input_range().range(), false));
+    const quant::QTensor wq = quant::quantize(layer.weight, quant::QuantizeParams::shiftquant(4, 4, 0, quant::OuterScale::per_tensor));
+    const Tensor expected = add(matmul(xq.dequantize(), transpose(wq.dequantize(), 0, 1)), layer.bias);
+    for (std::int64_t i = 0; i < y.numel(); ++i)
+      EXPECT_NEAR(y.data<float>()[i], expected.data<float>()[i], 1e-5f * (1.0f + std::fabs(expected.data<float>()[i]))) << i;
+    for (std::int64_t r = 3; r < 6; ++r) EXPECT_NE(xq.exponents.data<std::int8_t>()[r], 0) << "row " << r;
+    // Changing rows 3.. (later tokens) leaves rows 0..2 bit-identical; row 4 alone equals row 4 in the batch.
+    Tensor later = x.clone();
+    for (std::int64_t i = 3 * 16; i < 6 * 16; ++i) later.data<float>()[i] *= -0.5f;
+    EXPECT_TRUE(same(slice(layer(later), 0, 0, 3), slice(layer(x), 0, 0, 3)));
+    EXPECT_TRUE(same(layer(slice(x, 0, 4, 5)), slice(layer(x), 0, 4, 5)));
+  }
 }
 
 // x = [0, 0.2, 1.25, 3.5, 5, -6] with 4-bit signed codes over the range 3.5: scale 0.5, codes

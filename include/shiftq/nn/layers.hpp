@@ -139,6 +139,10 @@ class BatchNorm2d : public Module {
   explicit BatchNorm2d(const BatchNormOptions& options);
   Tensor forward(const Tensor& x) override;
   const BatchNormOptions& options() const { return options_; }
+  // Running statistics back to their initial values (mean 0, variance 1).
+  void reset_running_stats();
+  // The weight of each training batch in the running statistics, in [0, 1] (ValueError otherwise).
+  void set_momentum(float momentum);
   Tensor weight, bias;                // gamma, beta: [C]
   Tensor running_mean, running_var;   // buffers: [C]
 
@@ -182,6 +186,10 @@ class L1BatchNorm2d : public Module, public QuantizableNorm {
   Tensor forward(const Tensor& x) override;
   std::int64_t observed_channels() const override { return options_.num_features(); }
   const L1BatchNormOptions& options() const { return options_; }
+  // Running statistics back to their initial values (mean 0, sigma 1).
+  void reset_running_stats();
+  // The weight of each training batch in the running statistics, in [0, 1] (ValueError otherwise).
+  void set_momentum(float momentum);
   Tensor weight, bias;                 // [C]
   Tensor running_mean, running_sigma;  // buffers: [C]
 
@@ -328,6 +336,15 @@ class Sequential : public Module {
 int quantize_model(Module& model, const quant::QConfig& config, std::uint64_t seed = 0);
 // Back to fp32 GEMMs.
 void dequantize_model(Module& model);
+// Re-estimates the running statistics of every BatchNorm2d and L1BatchNorm2d under `model` for its
+// current weights: resets them, calls `forward(i)` for i = 0 .. batches - 1 (each runs the model on
+// one batch) in training mode without gradients, each batch weighing 1/batches (the running
+// statistics end as the plain mean of the batches' statistics), then restores the norms' momenta
+// and the model's mode. Quantized layers with delayed scaling record these calls in their observed
+// ranges as in any training call, so eval quantizes with the ranges of the final weights too.
+// After quantization-aware training the statistics that the momentum collected lag the weights;
+// this removes that lag. Returns the number of norms re-estimated; ValueError if batches < 1.
+int recalibrate_batch_norm(Module& model, std::int64_t batches, const std::function<void(std::int64_t)>& forward);
 // The training-call counters of every quantizable layer and norm under `model` (registration
 // order). They key stochastic rounding, so a checkpoint stores them for a bit-exact resume.
 std::vector<std::uint64_t> quantization_counters(Module& model);

@@ -16,6 +16,14 @@ enum class ActivationScaling : std::uint8_t {
   current,  // each call's own input (its batch)
 };
 
+// Where the power-of-two groups of a Linear input X: [rows, in_features] run when its activations
+// are ShiftQuant (S > 0). A Conv2d input always has one group per sample and channel.
+enum class LinearInputGroups : std::uint8_t {
+  features,  // one group per input feature (column); with delayed scaling each feature's range is observed
+  rows,      // one group per row (a sample, or a token of a sequence), from the row's own values on the
+             // observed per-tensor base: a row's codes depend on that row alone (causal, batch-independent)
+};
+
 // One tensor role (weights, activations or gradients).
 struct TensorQConfig {
   QuantizerKind kind = QuantizerKind::shiftquant;
@@ -44,6 +52,7 @@ struct QConfig {
   // Activation ranges (Linear and Conv2d inputs; the L1 BatchNorms' eval input codes) and their history.
   ActivationScaling activation_scaling = ActivationScaling::delayed;
   ObserverOptions observer;
+  LinearInputGroups linear_input_groups = LinearInputGroups::features;
 
   // The paper's defaults for b-bit training: ShiftQuant weights (S = 8 - b over Cout) with
   // nearest rounding, per-tensor activations (unsigned range when non-negative), ShiftQuant

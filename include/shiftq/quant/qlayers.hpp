@@ -27,6 +27,7 @@ struct LayerQuant {
   std::uint64_t layer_id = 0;
   ActivationScaling activation_scaling = ActivationScaling::delayed;
   ObserverOptions observer;
+  LinearInputGroups linear_input_groups = LinearInputGroups::features;
   // Throws ValueError for combinations whose scales would fall on a contraction axis (per-row
   // weights or activations: their product would not be a single int8 GEMM).
   void validate() const;
