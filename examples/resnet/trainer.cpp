@@ -126,6 +126,7 @@ void ResNetTrainConfig::validate() const {
   require(pad >= 0 && pad <= 16, "--pad must be in 0..16");
   require(eval_batch >= 1, "--eval-batch must be positive");
   require(bn_recalibrate >= 0, "--bn-recalibrate must be >= 0");
+  require(!(eval_only && bn_recalibrate > 0), "--bn-recalibrate runs after training; --eval-only trains nothing");
   act_scaling.validate();
   quant_report.validate(dist.distributed);
   require(quant_report.path.empty() || bits > 0, "--quant-report needs integer training (--bits)");
@@ -136,13 +137,17 @@ void ResNetTrainConfig::validate() const {
 }
 
 std::string ResNetTrainConfig::fingerprint() const {
+  // An fp32 run has no quantizers: it records the quantizer flags' first defaults, so fp32
+  // checkpoints resume whatever those flags (and their defaults) say.
+  const bool fp32 = bits == 0;
   std::ostringstream s;
   s << "dataset=" << dataset << " train_subset=" << train_subset << " augment=" << augment << " pad=" << pad
     << " depth=" << depth << " width=" << width << " norm=" << norm << " bits=" << bits
-    << " act_bits=" << act_bits << " act_range=" << act_range << " act_clip=" << act_clip << " act_quant=" << act_quant << " grad_quant=" << grad_quant << " first_last_bits=" << first_last_bits << " norm_bits=" << norm_bits
+    << " act_bits=" << act_bits << " act_range=" << act_range << " act_clip=" << (fp32 ? "none" : act_clip)
+    << " act_quant=" << (fp32 ? "per-tensor" : act_quant) << " grad_quant=" << grad_quant << " first_last_bits=" << first_last_bits << " norm_bits=" << norm_bits
     << " batch=" << batch << " lr=" << lr << " momentum=" << momentum << " weight_decay=" << weight_decay
     << " warmup_epochs=" << warmup_epochs << " seed=" << seed;
-  if (weight_clip != "none") s << " weight_clip=" << weight_clip;  // absent before the flag existed (and when none)
+  if (!fp32 && weight_clip != "none") s << " weight_clip=" << weight_clip;  // absent before the flag existed (and when none)
   if (grad_bits != 0) s << " grad_bits=" << grad_bits;
   s << act_scaling.fingerprint();
   return s.str();

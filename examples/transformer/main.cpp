@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
       .add("act-quant", &c.act_quant, "Linear input quantizer: per-tensor; shiftquant (power-of-two groups over the input features on a per-tensor base, S = 8 - bits; with delayed scaling each feature's range is observed); or shiftquant-tokens (one power-of-two group per token, from the token's own values, on the observed per-tensor base)")
       .add("act-clip", &c.act_clip, "activation range: none (max |x|) | mse (least squared error: per-tensor, the clipped range; shiftquant, each group's exponent)")
       .add("weight-clip", &c.weight_clip, "weight range: none (max |w|) | mse (each output channel's power-of-two exponent by least squared error)")
+      .add("act-rotation", &c.act_rotation, "none | hadamard: rotate every quantized Linear's input features (and its weight's) by a Walsh-Hadamard transform before quantization, which spreads outlier features; the product is unchanged in exact arithmetic")
       .add("head-bits", &c.head_bits, "bits of the output head (0 = same as --bits)")
       .add("attn-bits", &c.attn_bits, "bits of the attention matmuls Q K^T and P V (0 = the activation bits)")
       .add("norm-bits", &c.norm_bits, "bits of the fully quantized L1LayerNorm (0 = float L1 norm)")

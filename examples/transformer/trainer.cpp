@@ -111,6 +111,7 @@ io::TrainingCheckpoint make_checkpoint(const GPTTrainConfig& c, GPT& model, cons
                {"act_quant", c.act_quant},
                {"act_clip", c.act_clip},
                {"weight_clip", c.weight_clip},
+               {"act_rotation", c.act_rotation},
                {"head_bits", std::to_string(c.head_bits)},
                {"attn_bits", std::to_string(c.attn_bits)},
                {"norm_bits", std::to_string(c.norm_bits)},
@@ -134,6 +135,8 @@ void GPTTrainConfig::validate() const {
           "--act-quant must be per-tensor, shiftquant or shiftquant-tokens");
   require(act_clip == "none" || act_clip == "mse", "--act-clip must be none or mse");
   require(weight_clip == "none" || weight_clip == "mse", "--weight-clip must be none or mse");
+  require(act_rotation == "none" || act_rotation == "hadamard", "--act-rotation must be none or hadamard");
+  require(act_rotation == "none" || bits > 0, "--act-rotation needs integer training (--bits)");
   require(head_bits == 0 || (head_bits >= 2 && head_bits <= 8), "--head-bits must be 0 (same as --bits) or 2..8");
   require(attn_bits == 0 || (attn_bits >= 2 && attn_bits <= 8), "--attn-bits must be 0 (the activation bits) or 2..8");
   require(norm_bits == 0 || (norm_bits >= 2 && norm_bits <= 8), "--norm-bits must be 0 (float L1 norm) or 2..8");
@@ -161,6 +164,7 @@ std::string GPTTrainConfig::fingerprint() const {
   if (attn_bits != 0) s << " attn_bits=" << attn_bits;
   if (act_clip != "none") s << " act_clip=" << act_clip;
   if (weight_clip != "none") s << " weight_clip=" << weight_clip;
+  if (act_rotation != "none") s << " act_rotation=" << act_rotation;
   if (grad_bits != 0) s << " grad_bits=" << grad_bits;
   s << act_scaling.fingerprint();
   return s.str();
@@ -180,6 +184,7 @@ quant::QConfig GPTTrainConfig::qconfig() const {
   quant::QConfig q = make_qconfig(bits, act_bits, grad_quant, head_bits, norm_bits, shiftquant ? "symmetric" : "auto",
                                   act_clip, shiftquant ? "shiftquant" : act_quant, weight_clip, grad_bits);
   if (act_quant == "shiftquant-tokens") q.linear_input_groups = quant::LinearInputGroups::rows;
+  if (act_rotation == "hadamard") q.linear_input_rotation = quant::LinearInputRotation::hadamard;
   act_scaling.apply(q);
   return q;
 }
@@ -336,7 +341,7 @@ std::string sample_gpt(const std::string& checkpoint, const SampleOptions& optio
   c.grad_quant = info_entry(ckpt, checkpoint, "grad_quant");
   // Written since the flags existed; older checkpoints hold the defaults.
   for (auto [key, field] : {std::pair{"act_quant", &c.act_quant}, std::pair{"act_clip", &c.act_clip},
-                            std::pair{"weight_clip", &c.weight_clip}})
+                            std::pair{"weight_clip", &c.weight_clip}, std::pair{"act_rotation", &c.act_rotation}})
     if (ckpt.info.count(key)) *field = ckpt.info.at(key);
   for (auto [key, field] : {std::pair{"attn_bits", &c.attn_bits}, std::pair{"grad_bits", &c.grad_bits}})
     if (ckpt.info.count(key)) *field = info_int(ckpt, checkpoint, key);

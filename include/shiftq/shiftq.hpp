@@ -21,6 +21,7 @@
 #include "shiftq/kernels/gemm.hpp"
 #include "shiftq/kernels/gemm_int.hpp"
 #include "shiftq/kernels/grad_codec.hpp"
+#include "shiftq/kernels/hadamard.hpp"
 #include "shiftq/nn/init.hpp"
 #include "shiftq/nn/layers.hpp"
 #include "shiftq/nn/module.hpp"

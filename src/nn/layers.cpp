@@ -52,8 +52,11 @@ void QuantizableLayer::set_quantization(std::optional<quant::LayerQuant> q) {
   if (q) {
     q->validate();
     const std::int64_t channels = observed_input_groups(*q);
-    if (!same_options(q->observer, input_range_.options()) || input_range_.channels() != channels) {
+    // Ranges observed of an operand rotated another way do not describe this one.
+    const bool rotation_changed = observed_rotation_ != q->linear_input_rotation;
+    if (!same_options(q->observer, input_range_.options()) || input_range_.channels() != channels || rotation_changed) {
       input_range_ = quant::RangeObserver(channels, q->observer);
+      observed_rotation_ = q->linear_input_rotation;
       // Buffers registered for the old observer (quantize_model) now name the new one's state.
       if (auto* module = dynamic_cast<Module*>(this); module && module->has_buffer(kInputHistoryBuffer)) {
         module->replace_buffer(kInputHistoryBuffer, input_range_.history());
@@ -318,6 +321,22 @@ int recalibrate_batch_norm(Module& model, std::int64_t batches, const std::funct
   for (BatchNorm2d* n : l2_norms) l2_momenta.push_back(n->options().momentum());
   for (L1BatchNorm2d* n : l1_norms) l1_momenta.push_back(n->options().momentum());
   const bool was_training = model.is_training();
+  // The statistics before, to put back if a forward fails (a failed re-estimation leaves the model
+  // as it was, except for the observed ranges and call counters that the finished calls advanced).
+  std::vector<Tensor> saved_stats;
+  for (BatchNorm2d* n : l2_norms) saved_stats.insert(saved_stats.end(), {n->running_mean.clone(), n->running_var.clone()});
+  for (L1BatchNorm2d* n : l1_norms) saved_stats.insert(saved_stats.end(), {n->running_mean.clone(), n->running_sigma.clone()});
+  const auto restore_stats = [&] {
+    std::size_t k = 0;
+    for (BatchNorm2d* n : l2_norms) {
+      n->running_mean.copy_(saved_stats[k++]);
+      n->running_var.copy_(saved_stats[k++]);
+    }
+    for (L1BatchNorm2d* n : l1_norms) {
+      n->running_mean.copy_(saved_stats[k++]);
+      n->running_sigma.copy_(saved_stats[k++]);
+    }
+  };
   const auto restore = [&] {
     for (std::size_t i = 0; i < l2_norms.size(); ++i) l2_norms[i]->set_momentum(l2_momenta[i]);
     for (std::size_t i = 0; i < l1_norms.size(); ++i) l1_norms[i]->set_momentum(l1_momenta[i]);
@@ -336,6 +355,7 @@ int recalibrate_batch_norm(Module& model, std::int64_t batches, const std::funct
       forward(i);
     }
   } catch (...) {
+    restore_stats();
     restore();
     throw;
   }

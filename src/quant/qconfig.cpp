@@ -59,8 +59,12 @@ std::string QConfig::str() const {
   };
   const bool row_groups = activations.kind == QuantizerKind::shiftquant && activations.shift_budget > 0 &&
                           linear_input_groups == LinearInputGroups::rows;
-  return detail::cat("weights: ", role(weights), "; activations: ", role(activations),
-                     row_groups ? " (Linear inputs: groups per row)" : "", "; gradients: ",
+  const bool rotated = linear_input_rotation == LinearInputRotation::hadamard;
+  const std::string linear_inputs = row_groups || rotated
+                                        ? detail::cat(" (Linear inputs: ", row_groups ? "groups per row" : "",
+                                                      row_groups && rotated ? ", " : "", rotated ? "Hadamard-rotated" : "", ")")
+                                        : std::string();
+  return detail::cat("weights: ", role(weights), "; activations: ", role(activations), linear_inputs, "; gradients: ",
                      role(gradients), "; first/last layer: ",
                      first_last_bits ? detail::cat(first_last_bits, "-bit") : std::string("same"),
                      "; L1 norms: ", norm_bits ? detail::cat(norm_bits, "-bit integer") : std::string("float"),

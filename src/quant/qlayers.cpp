@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/parallel_for.hpp"
+#include "shiftq/kernels/hadamard.hpp"
 #include "shiftq/quant/shiftmm.hpp"
 
 namespace shiftq::quant {
@@ -129,7 +130,7 @@ void LayerQuant::validate() const {
 LayerQuant layer_quant(const QConfig& config, bool first_or_last, std::uint64_t seed, std::uint64_t layer_id) {
   config.validate();
   LayerQuant q{config.weights, config.activations, config.gradients, seed, layer_id, config.activation_scaling,
-               config.observer, config.linear_input_groups};
+               config.observer, config.linear_input_groups, config.linear_input_rotation};
   if (first_or_last && config.first_last_bits != 0) {
     for (TensorQConfig* t : {&q.weights, &q.activations, &q.gradients}) {
       t->bits = config.first_last_bits;
@@ -141,9 +142,9 @@ LayerQuant layer_quant(const QConfig& config, bool first_or_last, std::uint64_t 
 }
 
 const QTensor& PackedWeight::get(const Tensor& w, std::int64_t rows, std::int64_t cols, const TensorQConfig& config,
-                                 const std::function<Tensor(const Tensor&)>& prepare) {
+                                 const std::function<Tensor(const Tensor&)>& prepare, std::int64_t variant) {
   if (packed_.codes.defined() && storage_ == w.storage_id() && version_ == w.version() && config_ == config &&
-      rows_ == rows && cols_ == cols)
+      rows_ == rows && cols_ == cols && variant_ == variant)
     return packed_;
   const Tensor source = prepare ? prepare(w) : w;
   packed_ = quantize(source.view({rows, cols}), weight_params(config), w.name().empty() ? "weight" : w.name().c_str());
@@ -151,6 +152,7 @@ const QTensor& PackedWeight::get(const Tensor& w, std::int64_t rows, std::int64_
   config_ = config;
   rows_ = rows;
   cols_ = cols;
+  variant_ = variant;
   storage_ = w.storage_id();
   version_ = w.version();
   ++packs_;
@@ -159,6 +161,30 @@ const QTensor& PackedWeight::get(const Tensor& w, std::int64_t rows, std::int64_
 
 std::int64_t saved_activation_bytes() { return t_saved_bytes; }
 void reset_saved_activation_bytes() { t_saved_bytes = 0; }
+
+namespace {
+// The Hadamard block of a Linear's input rotation (0: not rotated; in_features without an even
+// factor leave nothing to rotate).
+std::int64_t rotation_block(const LayerQuant& quant, std::int64_t in_features) {
+  if (quant.linear_input_rotation != LinearInputRotation::hadamard) return 0;
+  const std::int64_t block = kernels::hadamard_block(in_features);
+  return block > 1 ? block : 0;
+}
+
+// m: [rows, cols] -> m with each row's blocks Hadamard-transformed (a copy; m itself when block is 0).
+Tensor rotated(const Tensor& m, std::int64_t block) {
+  if (block == 0) return m;
+  Tensor r = m.clone();
+  kernels::hadamard_rows(r.data<float>(), r.size(0), r.size(1), block);
+  return r;
+}
+
+// A gradient with respect to the rotated operand, rotated back (H is its own inverse), in place.
+Tensor rotate_back(Tensor g, std::int64_t block) {
+  if (block != 0) kernels::hadamard_rows(g.data<float>(), g.size(0), g.size(1), block);
+  return g;
+}
+}  // namespace
 
 Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, PackedWeight& packed,
                         const LayerQuant& quant, const QuantCall& call) {
@@ -174,28 +200,31 @@ Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bia
   Shape out_shape = x.shape();
   out_shape.back() = out_f;
 
-  // Y: [rows, out] = X: [rows, in] · W^T, X as u8 codes with a per-tensor scale.
+  // Y: [rows, out] = X: [rows, in] · W^T, X as u8 codes (per-tensor, or power-of-two groups over its
+  // features or rows). With the Hadamard rotation both operands are rotated first: Y = (X H)(W H)^T.
+  const std::int64_t block = rotation_block(quant, in_f);
   const int group_axis = quant.linear_input_groups == LinearInputGroups::rows ? 0 : 1;
-  const QTensor xq = internal::quantize_activation(x.view({rows, in_f}),
+  const QTensor xq = internal::quantize_activation(rotated(x.view({rows, in_f}), block),
                                                    internal::activation_params(quant.activations, group_axis), call,
                                                    "linear input");
-  const QTensor wq = packed.get(weight, out_f, in_f, quant.weights);
+  const QTensor wq = packed.get(
+      weight, out_f, in_f, quant.weights, [block](const Tensor& w) { return rotated(w, block); }, block);
   const Tensor y = shiftmm(xq, Trans::N, wq, Trans::T, bias).view(out_shape);
   const bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
   if (any_requires_grad({&x, &weight, &bias})) internal::count_saved_bytes(static_cast<std::int64_t>(xq.codes.nbytes()));
   return record("quantized_linear", y, {&x, &weight, &bias},
-                [xq, wq, quant, step = call.step, numerics = call.numerics, gx, gw, gb, rows, out_f,
+                [xq, wq, quant, block, step = call.step, numerics = call.numerics, gx, gw, gb, rows, out_f,
                  in_shape = x.shape()](const Tensor& g) {
     const Tensor g2 = g.view({rows, out_f});
     Tensor dx, dw, db;
-    if (gx) {  // dX: [rows, in] = dY · W
+    if (gx) {  // dX: [rows, in] = dY · W (rotated: (dY · (W H)) H)
       const QTensor gq = quantize(g2, internal::gradient_params(quant.gradients, false, quant, step), "linear output gradient");
       internal::measure_gradient(g2, gq, numerics);
-      dx = shiftmm(gq, Trans::N, wq, Trans::N).view(in_shape);
+      dx = rotate_back(shiftmm(gq, Trans::N, wq, Trans::N), block).view(in_shape);
     }
-    if (gw) {  // dW: [out, in] = dY^T · X (X from its saved int8 codes)
+    if (gw) {  // dW: [out, in] = dY^T · X (X from its saved int8 codes; rotated: (dY^T · (X H)) H)
       const QTensor gq = quantize(g2, internal::gradient_params(quant.gradients, true, quant, step), "linear output gradient");
-      dw = shiftmm(gq, Trans::T, with_signed_codes(xq), Trans::N);
+      dw = rotate_back(shiftmm(gq, Trans::T, with_signed_codes(xq), Trans::N), block);
     }
     if (gb) db = sum(g2, {0});
     return std::vector<Tensor>{dx, dw, db};

@@ -172,6 +172,9 @@ TEST_F(TrainerTest, ResNetEvalOnlyScoresTheCheckpoint) {
   bad = c;
   bad.eval_batch = 0;
   EXPECT_THROW(bad.validate(), UsageError);
+  bad = e;
+  bad.bn_recalibrate = 10;  // nothing trained to re-estimate after
+  EXPECT_THROW(bad.validate(), UsageError);
 }
 
 // --bn-recalibrate N: after the last epoch the norms' statistics and the observed ranges are
@@ -211,6 +214,7 @@ TEST_F(TrainerTest, ResNetBatchNormRecalibrationAfterTheLastEpoch) {
   e.log.clear();
   e.resume = path("recal.safetensors");
   e.eval_only = true;
+  e.bn_recalibrate = 0;  // scoring re-estimates nothing
   EXPECT_EQ(train_resnet(e)[0].test_accuracy, recal[0].test_accuracy);
 
   ResNetTrainConfig bad = small_resnet(4, "l1");
@@ -421,7 +425,8 @@ TEST_F(TrainerTest, GptResumeIsBitExactAndSamples) {
 }
 
 // The precision flags are read back from the checkpoint: a model with per-feature ShiftQuant
-// activations ([16, in] observer histories), 8-bit attention and 6-bit gradients samples again.
+// activations ([16, in] observer histories), Hadamard-rotated Linear inputs, 8-bit attention and
+// 6-bit gradients samples again.
 TEST_F(TrainerTest, GptPrecisionFlagsRoundTripThroughTheCheckpoint) {
   GPTTrainConfig c = small_gpt(4, "l1");
   c.steps = 6;
@@ -430,6 +435,7 @@ TEST_F(TrainerTest, GptPrecisionFlagsRoundTripThroughTheCheckpoint) {
   c.eval_batches = 1;
   c.act_quant = "shiftquant";
   c.act_clip = "mse";
+  c.act_rotation = "hadamard";
   c.attn_bits = 8;
   c.grad_bits = 6;
   c.checkpoint = path("flags.safetensors");
@@ -437,6 +443,8 @@ TEST_F(TrainerTest, GptPrecisionFlagsRoundTripThroughTheCheckpoint) {
   const io::TrainingCheckpoint ckpt = io::load_checkpoint(path("flags.safetensors"));
   EXPECT_EQ(ckpt.model.at(std::string("blocks.0.fc.") + nn::kInputHistoryBuffer).size(1), c.d_model);
   EXPECT_NE(ckpt.info.at("config").find("act_quant=shiftquant"), std::string::npos);
+  EXPECT_NE(ckpt.info.at("config").find("act_rotation=hadamard"), std::string::npos);
+  EXPECT_EQ(ckpt.info.at("act_rotation"), "hadamard");
   SampleOptions s;
   s.prompt = "the ";
   s.length = 10;
@@ -445,6 +453,9 @@ TEST_F(TrainerTest, GptPrecisionFlagsRoundTripThroughTheCheckpoint) {
   EXPECT_THROW(c.validate(), UsageError);
   c.attn_bits = 0;
   c.act_quant = "per-row";
+  EXPECT_THROW(c.validate(), UsageError);
+  c.act_quant = "shiftquant";
+  c.act_rotation = "givens";
   EXPECT_THROW(c.validate(), UsageError);
 }
 
@@ -593,17 +604,21 @@ TEST(DelayedScalingModel, QuantizedGptIsCausal) {
     int bits;
     quant::ActivationScaling scaling;
     bool shiftquant_acts;
+    quant::LinearInputRotation rotation = quant::LinearInputRotation::none;
   };
-  for (const auto& [bits, scaling, shiftquant_acts] :
+  const auto hadamard = quant::LinearInputRotation::hadamard;
+  for (const auto& [bits, scaling, shiftquant_acts, rotation] :
        {Case{4, quant::ActivationScaling::delayed, false}, Case{6, quant::ActivationScaling::delayed, false},
         Case{4, quant::ActivationScaling::delayed, true}, Case{4, quant::ActivationScaling::current, false},
-        Case{4, quant::ActivationScaling::current, true}}) {
+        Case{4, quant::ActivationScaling::current, true}, Case{4, quant::ActivationScaling::delayed, false, hadamard},
+        Case{4, quant::ActivationScaling::current, false, hadamard}}) {
     const bool delayed = scaling == quant::ActivationScaling::delayed;
     Generator gen(3);
     GPT model({11, 16, 2, 32, 4, "l1", false}, gen);
     quant::QConfig config = make_qconfig(bits, 0, "shiftquant", 8, 8, shiftquant_acts ? "symmetric" : "auto", "none",
                                          shiftquant_acts ? "shiftquant" : "per-tensor");
     config.activation_scaling = scaling;
+    config.linear_input_rotation = rotation;  // mixes the features of one token only
     model.quantize(config, 5);
     optim::SGD sgd(model.named_parameters(), optim::SGDOptions(0.05));
     std::vector<std::int32_t> tokens = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0, 1};
@@ -630,7 +645,7 @@ TEST(DelayedScalingModel, QuantizedGptIsCausal) {
       bool earlier_changed = false;
       for (std::int64_t i = 0; i < 8 * 11; ++i) earlier_changed |= a.data<float>()[i] != b.data<float>()[i];
       EXPECT_EQ(earlier_changed, !delayed) << bits << "-bit, ShiftQuant activations " << shiftquant_acts
-                                           << ", training " << training;
+                                           << ", rotated " << (rotation == hadamard) << ", training " << training;
       bool later_changed = false;
       for (std::int64_t i = 8 * 11; i < 12 * 11; ++i) later_changed |= a.data<float>()[i] != b.data<float>()[i];
       EXPECT_TRUE(later_changed);

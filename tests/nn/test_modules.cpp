@@ -647,9 +647,17 @@ TEST(Recalibration, BadArgumentsAndAFailingForwardLeaveTheSettingsAsTheyWere) {
   EXPECT_THROW(nn::recalibrate_batch_norm(*model, 2, {}), ValueError);
   EXPECT_THROW(norm.set_momentum(1.5f), ValueError);
   const Tensor bad = Tensor::ones({2, 5, 4, 4});  // 5 channels for a 3-channel norm
-  EXPECT_THROW(nn::recalibrate_batch_norm(*model, 2, [&](std::int64_t) { (*model)(bad); }), ShapeError);
+  const Tensor good = mul(Tensor::ones({2, 3, 4, 4}), 3.0f);
+  norm.running_mean.fill_(0.5f);
+  norm.running_var.fill_(2.0f);
+  // The first batch runs (and moves the statistics), the second fails: all is put back.
+  EXPECT_THROW(nn::recalibrate_batch_norm(*model, 2, [&](std::int64_t i) { (*model)(i == 0 ? good : bad); }), ShapeError);
   EXPECT_TRUE(model->is_training());
   EXPECT_EQ(norm.options().momentum(), 0.1f);
+  for (std::int64_t c = 0; c < 3; ++c) {
+    EXPECT_EQ(norm.running_mean.data<float>()[c], 0.5f);
+    EXPECT_EQ(norm.running_var.data<float>()[c], 2.0f);
+  }
 }
 
 }  // namespace

@@ -81,6 +81,7 @@ class QuantizableLayer {
   quant::PackedWeight packed_;
   QuantCallCounter calls_;
   quant::RangeObserver input_range_;
+  quant::LinearInputRotation observed_rotation_ = quant::LinearInputRotation::none;  // of the input input_range_ observes
   std::shared_ptr<quant::LayerNumerics> numerics_;
 };
 
@@ -341,7 +342,8 @@ void dequantize_model(Module& model);
 // one batch) in training mode without gradients, each batch weighing 1/batches (the running
 // statistics end as the plain mean of the batches' statistics), then restores the norms' momenta
 // and the model's mode. Quantized layers with delayed scaling record these calls in their observed
-// ranges as in any training call, so eval quantizes with the ranges of the final weights too.
+// ranges as in any training call: with max-of-history ranges and batches >= the history length, eval
+// then quantizes with ranges of the final weights only.
 // After quantization-aware training the statistics that the momentum collected lag the weights;
 // this removes that lag. Returns the number of norms re-estimated; ValueError if batches < 1.
 int recalibrate_batch_norm(Module& model, std::int64_t batches, const std::function<void(std::int64_t)>& forward);

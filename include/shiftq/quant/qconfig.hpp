@@ -21,7 +21,19 @@ enum class ActivationScaling : std::uint8_t {
 enum class LinearInputGroups : std::uint8_t {
   features,  // one group per input feature (column); with delayed scaling each feature's range is observed
   rows,      // one group per row (a sample, or a token of a sequence), from the row's own values on the
-             // observed per-tensor base: a row's codes depend on that row alone (causal, batch-independent)
+             // observed per-tensor base: with delayed scaling a row's codes depend on that row alone
+};
+
+// A rotation of every quantized Linear's input features before quantization. With H orthogonal,
+// X W^T = (X H)(W H)^T: the product is the same in exact arithmetic, but the operands that get
+// quantized have their outlier features spread over many values, so a 4-bit range fits them better
+// (QuaRot; Xi et al. 2023 train 4-bit transformers with it). H is block-diagonal Walsh-Hadamard
+// (kernels::hadamard_rows) with the largest power-of-two block dividing in_features; the backward
+// rotates dX and dW back. A row's rotation reads only that row, so it keeps delayed scaling's
+// causality and batch independence.
+enum class LinearInputRotation : std::uint8_t {
+  none,
+  hadamard,
 };
 
 // One tensor role (weights, activations or gradients).
@@ -53,6 +65,7 @@ struct QConfig {
   ActivationScaling activation_scaling = ActivationScaling::delayed;
   ObserverOptions observer;
   LinearInputGroups linear_input_groups = LinearInputGroups::features;
+  LinearInputRotation linear_input_rotation = LinearInputRotation::none;
 
   // The paper's defaults for b-bit training: ShiftQuant weights (S = 8 - b over Cout) with
   // nearest rounding, per-tensor activations (unsigned range when non-negative), ShiftQuant

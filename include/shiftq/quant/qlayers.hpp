@@ -28,6 +28,7 @@ struct LayerQuant {
   ActivationScaling activation_scaling = ActivationScaling::delayed;
   ObserverOptions observer;
   LinearInputGroups linear_input_groups = LinearInputGroups::features;
+  LinearInputRotation linear_input_rotation = LinearInputRotation::none;
   // Throws ValueError for combinations whose scales would fall on a contraction axis (per-row
   // weights or activations: their product would not be a single int8 GEMM).
   void validate() const;
@@ -41,16 +42,17 @@ LayerQuant layer_quant(const QConfig& config, bool first_or_last, std::uint64_t 
 class PackedWeight {
  public:
   // w viewed as [rows, cols] (rows = output channels). `prepare`, when given, rearranges w before
-  // quantization (the conv's channels-last patch order); it runs only when re-packing.
+  // quantization (the conv's channels-last patch order, a Linear's input rotation); it runs only
+  // when re-packing. `variant` names what `prepare` does: another variant re-packs.
   const QTensor& get(const Tensor& w, std::int64_t rows, std::int64_t cols, const TensorQConfig& config,
-                     const std::function<Tensor(const Tensor&)>& prepare = {});
+                     const std::function<Tensor(const Tensor&)>& prepare = {}, std::int64_t variant = 0);
   std::int64_t packs() const { return packs_; }  // how many times it quantized (for tests)
   const QTensor& value() const { return packed_; }  // the last packed weight
 
  private:
   QTensor packed_;
   TensorQConfig config_;  // the quantizer of packed_ (a changed config re-packs)
-  std::int64_t rows_ = 0, cols_ = 0;
+  std::int64_t rows_ = 0, cols_ = 0, variant_ = 0;
   const void* storage_ = nullptr;
   std::uint64_t version_ = 0;
   std::int64_t packs_ = 0;
