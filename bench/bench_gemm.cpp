@@ -14,7 +14,7 @@
 
 #include <type_traits>
 
-#include <shiftq/kernels/gemm_int.hpp>
+#include "kernels/gemm_impl.hpp"  // the implementations behind the integer GEMMs
 #include <shiftq/kernels/quantize.hpp>
 #include <shiftq/quant/shiftmm.hpp>
 #include <shiftq/shiftq.hpp>

@@ -6,9 +6,12 @@
 //       same with the best 4-bit configuration of docs/results.md, the ResNet trainer's default
 //       (--act-quant shiftquant --act-clip mse --weight-clip mse: ShiftQuant activations, S = 3
 //       unsigned, and MSE-chosen group exponents).
-//   BM_TrainStep_GPT/<fp32_l2|int6_l1>/threads:<1|2>        char-GPT, vocab 65, 4 layers, d 256,
-//       4 heads, context 128, batch 32; AdamW (lr 1e-3, weight decay 0.1) + clip_grad_norm 1.0.
-//       int6_l1: QConfig::bits(6) (head 8-bit), int8 attention matmuls, L1LayerNorm at 8 bits.
+//   BM_TrainStep_GPT/<fp32_l2|int6_l1|int4_l1|int4_l1_rot_pertoken_mse>/threads:<1|2>   char-GPT,
+//       vocab 65, 4 layers, d 256, 4 heads, context 128, batch 32; AdamW (lr 1e-3, weight decay
+//       0.1) + clip_grad_norm 1.0. int6_l1: QConfig::bits(6) (head 8-bit), L1LayerNorm at 8 bits.
+//       int4_l1: the same at 4 bits. int4_l1_rot_pertoken_mse: the best 4-bit configuration of
+//       docs/results.md (--act-rotation hadamard --act-quant per-token --act-clip mse: Hadamard-
+//       rotated Linear inputs with an MSE-clipped float scale per token).
 // Inputs are a fixed random batch (normal images / uniform tokens): no data loading is timed.
 //
 // Each case builds its model once, runs kWarmupSteps untimed steps, then times one step per
@@ -128,11 +131,13 @@ class ResNetStep final : public TrainStep {
   Tensor images_, labels_;
 };
 
+enum class GPTPrecision { fp32, int6, int4, int4_rot_pertoken_mse };
+
 class GPTStep final : public TrainStep {
  public:
   static constexpr std::int64_t kVocab = 65, kBatch = 32, kContext = 128;
 
-  explicit GPTStep(bool quantized) : quantized_(quantized) {
+  explicit GPTStep(GPTPrecision precision) : quantized_(precision != GPTPrecision::fp32) {
     Generator gen(kSeed);
     examples::GPTOptions options;
     options.vocab_size = kVocab;
@@ -140,11 +145,16 @@ class GPTStep final : public TrainStep {
     options.layers = 4;
     options.d_model = 256;
     options.heads = 4;
-    options.norm = quantized ? "l1" : "l2";
+    options.norm = quantized_ ? "l1" : "l2";
     options.tie_embeddings = false;
     model_ = std::make_unique<examples::GPT>(options, gen);
-    if (quantized) {
-      config_ = quant::QConfig::bits(6);
+    if (quantized_) {
+      config_ = quant::QConfig::bits(precision == GPTPrecision::int6 ? 6 : 4);
+      if (precision == GPTPrecision::int4_rot_pertoken_mse) {
+        config_.activations.mse_clip = true;
+        config_.linear_input_groups = quant::LinearInputGroups::row_scales;
+        config_.linear_input_rotation = quant::LinearInputRotation::hadamard;
+      }
       config_.first_last_bits = 8;
       config_.norm_bits = 8;
       config_.validate();
@@ -219,8 +229,9 @@ void BM_TrainStep_ResNet20(benchmark::State& state, ResNetPrecision precision) {
   static const char* const kKeys[] = {"resnet_fp32_l2", "resnet_int4_l1", "resnet_int4_l1_actsq_mse"};
   run_case(state, kKeys[static_cast<int>(precision)], [precision] { return std::make_unique<ResNetStep>(precision); });
 }
-void BM_TrainStep_GPT(benchmark::State& state, bool quantized) {
-  run_case(state, quantized ? "gpt_int6_l1" : "gpt_fp32_l2", [quantized] { return std::make_unique<GPTStep>(quantized); });
+void BM_TrainStep_GPT(benchmark::State& state, GPTPrecision precision) {
+  static const char* const kKeys[] = {"gpt_fp32_l2", "gpt_int6_l1", "gpt_int4_l1", "gpt_int4_l1_rot_pertoken_mse"};
+  run_case(state, kKeys[static_cast<int>(precision)], [precision] { return std::make_unique<GPTStep>(precision); });
 }
 
 void threads_1_2(benchmark::internal::Benchmark* b) {
@@ -230,8 +241,10 @@ void threads_1_2(benchmark::internal::Benchmark* b) {
 BENCHMARK_CAPTURE(BM_TrainStep_ResNet20, fp32_l2, ResNetPrecision::fp32)->Apply(threads_1_2);
 BENCHMARK_CAPTURE(BM_TrainStep_ResNet20, int4_l1, ResNetPrecision::int4)->Apply(threads_1_2);
 BENCHMARK_CAPTURE(BM_TrainStep_ResNet20, int4_l1_actsq_mse, ResNetPrecision::int4_actsq_mse)->Apply(threads_1_2);
-BENCHMARK_CAPTURE(BM_TrainStep_GPT, fp32_l2, false)->Apply(threads_1_2);
-BENCHMARK_CAPTURE(BM_TrainStep_GPT, int6_l1, true)->Apply(threads_1_2);
+BENCHMARK_CAPTURE(BM_TrainStep_GPT, fp32_l2, GPTPrecision::fp32)->Apply(threads_1_2);
+BENCHMARK_CAPTURE(BM_TrainStep_GPT, int6_l1, GPTPrecision::int6)->Apply(threads_1_2);
+BENCHMARK_CAPTURE(BM_TrainStep_GPT, int4_l1, GPTPrecision::int4)->Apply(threads_1_2);
+BENCHMARK_CAPTURE(BM_TrainStep_GPT, int4_l1_rot_pertoken_mse, GPTPrecision::int4_rot_pertoken_mse)->Apply(threads_1_2);
 
 const char* onednn_isa_name(dnnl_cpu_isa_t isa) {
   switch (static_cast<int>(isa)) {

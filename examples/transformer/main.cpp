@@ -31,7 +31,7 @@ int main(int argc, char** argv) {
       .add("act-bits", &c.act_bits, "activation bits (0 = same as --bits)")
       .add("grad-bits", &c.grad_bits, "gradient bits (0 = same as --bits; ShiftQuant S = 8 - bits)")
       .add("grad-quant", &c.grad_quant, "gradient quantizer: shiftquant, per-tensor or per-row")
-      .add("act-quant", &c.act_quant, "Linear input quantizer: per-tensor; shiftquant (power-of-two groups over the input features on a per-tensor base, S = 8 - bits; with delayed scaling each feature's range is observed); or shiftquant-tokens (one power-of-two group per token, from the token's own values, on the observed per-tensor base)")
+      .add("act-quant", &c.act_quant, "Linear input quantizer: per-tensor; shiftquant (power-of-two groups over the input features on a per-tensor base, S = 8 - bits; with delayed scaling each feature's range is observed); shiftquant-tokens (one power-of-two group per token, from the token's own values, on the observed per-tensor base); or per-token (a float scale per token, no groups; with --act-clip mse each token's range is MSE-clipped)")
       .add("act-clip", &c.act_clip, "activation range: none (max |x|) | mse (least squared error: per-tensor, the clipped range; shiftquant, each group's exponent)")
       .add("weight-clip", &c.weight_clip, "weight range: none (max |w|) | mse (each output channel's power-of-two exponent by least squared error)")
       .add("act-rotation", &c.act_rotation, "none | hadamard: rotate every quantized Linear's input features (and its weight's) by a Walsh-Hadamard transform before quantization, which spreads outlier features; the product is unchanged in exact arithmetic")

@@ -131,8 +131,9 @@ void GPTTrainConfig::validate() const {
   require(grad_bits == 0 || (grad_bits >= 2 && grad_bits <= 8), "--grad-bits must be 0 (same as --bits) or 2..8");
   require(grad_quant == "shiftquant" || grad_quant == "per-tensor" || grad_quant == "per-row",
           "--grad-quant must be shiftquant, per-tensor or per-row");
-  require(act_quant == "per-tensor" || act_quant == "shiftquant" || act_quant == "shiftquant-tokens",
-          "--act-quant must be per-tensor, shiftquant or shiftquant-tokens");
+  require(act_quant == "per-tensor" || act_quant == "shiftquant" || act_quant == "shiftquant-tokens" ||
+              act_quant == "per-token",
+          "--act-quant must be per-tensor, shiftquant, shiftquant-tokens or per-token");
   require(act_clip == "none" || act_clip == "mse", "--act-clip must be none or mse");
   require(weight_clip == "none" || weight_clip == "mse", "--weight-clip must be none or mse");
   require(act_rotation == "none" || act_rotation == "hadamard", "--act-rotation must be none or hadamard");
@@ -180,10 +181,11 @@ std::string GPTTrainConfig::precision() const {
 quant::QConfig GPTTrainConfig::qconfig() const {
   // Linear inputs are signed (norm outputs, GELU, attention outputs): ShiftQuant groups take the
   // symmetric budget S = 8 - b.
-  const bool shiftquant = act_quant != "per-tensor";
+  const bool shiftquant = act_quant == "shiftquant" || act_quant == "shiftquant-tokens";
   quant::QConfig q = make_qconfig(bits, act_bits, grad_quant, head_bits, norm_bits, shiftquant ? "symmetric" : "auto",
-                                  act_clip, shiftquant ? "shiftquant" : act_quant, weight_clip, grad_bits);
+                                  act_clip, shiftquant ? "shiftquant" : "per-tensor", weight_clip, grad_bits);
   if (act_quant == "shiftquant-tokens") q.linear_input_groups = quant::LinearInputGroups::rows;
+  if (act_quant == "per-token") q.linear_input_groups = quant::LinearInputGroups::row_scales;
   if (act_rotation == "hadamard") q.linear_input_rotation = quant::LinearInputRotation::hadamard;
   act_scaling.apply(q);
   return q;

@@ -125,8 +125,6 @@ Tensor run_backward_kernel(const Tensor& g, const Tensor& s, BackwardKernel fn) 
                        [&](std::int64_t b, std::int64_t e) { fn(pg + b, ps + b, pdx + b, e - b); });
   return dx;
 }
-
-bool reference_kernels() { return kernels::kernel_path() == kernels::KernelPath::reference; }
 }  // namespace
 
 // ReLU and GELU run the per-ISA kernels (activation_*.cpp): this file builds for the x86-64
@@ -134,21 +132,17 @@ bool reference_kernels() { return kernels::kernel_path() == kernels::KernelPath:
 // training step).
 Tensor relu(const Tensor& x) {
   check_f32(x, "relu", "x");
-  const bool reference = reference_kernels();
-  Tensor out = run_forward_kernel(x, reference ? kernels::relu_f32_ref : kernels::relu_f32);
-  return record("relu", out, {&x}, [y = out.detach(), reference](const Tensor& g) {
-    return std::vector<Tensor>{
-        run_backward_kernel(g, y, reference ? kernels::relu_backward_f32_ref : kernels::relu_backward_f32)};
+  Tensor out = run_forward_kernel(x, kernels::relu_f32);
+  return record("relu", out, {&x}, [y = out.detach()](const Tensor& g) {
+    return std::vector<Tensor>{run_backward_kernel(g, y, kernels::relu_backward_f32)};
   });
 }
 
 Tensor gelu(const Tensor& x) {
   check_f32(x, "gelu", "x");
-  const bool reference = reference_kernels();
-  Tensor out = run_forward_kernel(x, reference ? kernels::gelu_f32_ref : kernels::gelu_f32);
-  return record("gelu", out, {&x}, [x = x.detach(), reference](const Tensor& g) {
-    return std::vector<Tensor>{
-        run_backward_kernel(g, x, reference ? kernels::gelu_backward_f32_ref : kernels::gelu_backward_f32)};
+  Tensor out = run_forward_kernel(x, kernels::gelu_f32);
+  return record("gelu", out, {&x}, [x = x.detach()](const Tensor& g) {
+    return std::vector<Tensor>{run_backward_kernel(g, x, kernels::gelu_backward_f32)};
   });
 }
 

@@ -17,16 +17,16 @@ SHIFTQ_DECLARE_ISA(avx2)
 SHIFTQ_DECLARE_ISA(base)
 #undef SHIFTQ_DECLARE_ISA
 
-void relu_f32(const float* x, float* y, std::int64_t n) { SHIFTQ_ISA_DISPATCH(relu_f32, x, y, n) }
+void relu_f32(const float* x, float* y, std::int64_t n) { SHIFTQ_KERNEL_DISPATCH(relu_f32, x, y, n) }
 
 void relu_backward_f32(const float* g, const float* y, float* dx, std::int64_t n) {
-  SHIFTQ_ISA_DISPATCH(relu_backward_f32, g, y, dx, n)
+  SHIFTQ_KERNEL_DISPATCH(relu_backward_f32, g, y, dx, n)
 }
 
-void gelu_f32(const float* x, float* y, std::int64_t n) { SHIFTQ_ISA_DISPATCH(gelu_f32, x, y, n) }
+void gelu_f32(const float* x, float* y, std::int64_t n) { SHIFTQ_KERNEL_DISPATCH(gelu_f32, x, y, n) }
 
 void gelu_backward_f32(const float* g, const float* x, float* dx, std::int64_t n) {
-  SHIFTQ_ISA_DISPATCH(gelu_backward_f32, g, x, dx, n)
+  SHIFTQ_KERNEL_DISPATCH(gelu_backward_f32, g, x, dx, n)
 }
 
 // The references: the same formulas, compiled for the baseline x86-64 ISA.

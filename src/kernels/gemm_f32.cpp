@@ -4,7 +4,7 @@
 #include <string_view>
 
 #include "shiftq/core/error.hpp"
-#include "shiftq/kernels/gemm.hpp"
+#include "kernels/gemm_impl.hpp"
 
 namespace shiftq::kernels {
 namespace {

@@ -1,6 +1,6 @@
 // Integer GEMM dispatch and argument checks.
 #include "shiftq/core/error.hpp"
-#include "shiftq/kernels/gemm_int.hpp"
+#include "kernels/gemm_impl.hpp"
 
 #include "isa.hpp"
 
@@ -30,6 +30,14 @@ IntGemmKernel int_gemm_kernel() {
     return IntGemmKernel::reference;
   }();
   return kernel;
+}
+
+bool int_gemm_prefers_u8(bool a_is_u8) {
+  switch (kernel_path() == KernelPath::reference ? IntGemmKernel::reference : int_gemm_kernel()) {
+    case IntGemmKernel::onednn_vnni: return true;
+    case IntGemmKernel::avx2: return a_is_u8;
+    default: return false;
+  }
 }
 
 const char* int_gemm_kernel_name(IntGemmKernel kernel) {

@@ -34,7 +34,7 @@
 #include <vector>
 
 #include "core/parallel_for.hpp"
-#include "shiftq/kernels/gemm_int.hpp"
+#include "kernels/gemm_impl.hpp"
 
 namespace shiftq::kernels {
 namespace {

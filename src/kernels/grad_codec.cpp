@@ -31,25 +31,25 @@ void check_sizes(const char* op, std::int64_t n, std::int64_t group) {
 
 void grad_group_exponents_f32(const float* x, std::int64_t n, std::int64_t group, std::int8_t* exps) {
   check_sizes("grad_group_exponents_f32", n, group);
-  SHIFTQ_ISA_DISPATCH(grad_group_exponents_f32, x, n, group, exps)
+  SHIFTQ_KERNEL_DISPATCH(grad_group_exponents_f32, x, n, group, exps)
 }
 
 void grad_quantize_f32(const float* x, std::int64_t n, std::int64_t group, const std::int8_t* exps,
                        std::uint64_t key, std::int8_t* codes) {
   check_sizes("grad_quantize_f32", n, group);
-  SHIFTQ_ISA_DISPATCH(grad_quantize_f32, x, n, group, exps, key, codes)
+  SHIFTQ_KERNEL_DISPATCH(grad_quantize_f32, x, n, group, exps, key, codes)
 }
 
 void grad_mean_codes_s8(const std::int8_t* codes, int world, std::int64_t n, std::uint64_t key, std::int8_t* out) {
   check_sizes("grad_mean_codes_s8", n, 1);
   SHIFTQ_CHECK(world >= 1 && world <= (1 << 16), ValueError, "grad_mean_codes_s8: world must be in [1, 2^16], got ", world);
-  SHIFTQ_ISA_DISPATCH(grad_mean_codes_s8, codes, world, n, key, out)
+  SHIFTQ_KERNEL_DISPATCH(grad_mean_codes_s8, codes, world, n, key, out)
 }
 
 void grad_dequantize_s8(const std::int8_t* codes, std::int64_t n, std::int64_t group, const std::int8_t* exps,
                         float* out) {
   check_sizes("grad_dequantize_s8", n, group);
-  SHIFTQ_ISA_DISPATCH(grad_dequantize_s8, codes, n, group, exps, out)
+  SHIFTQ_KERNEL_DISPATCH(grad_dequantize_s8, codes, n, group, exps, out)
 }
 
 // The references: the definitions, one value at a time.

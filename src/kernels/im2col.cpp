@@ -64,13 +64,13 @@ SHIFTQ_DECLARE_ISA(base)
 
 void im2col_nhwc_u8(const Conv2dGeometry& g, const std::uint8_t* x, std::uint8_t* cols, std::uint8_t pad,
                     std::int64_t p_begin, std::int64_t p_end) {
-  SHIFTQ_ISA_DISPATCH(im2col_nhwc_u8, g, x, cols, pad, p_begin, p_end)
+  SHIFTQ_KERNEL_DISPATCH(im2col_nhwc_u8, g, x, cols, pad, p_begin, p_end)
 }
 
 void col2im_nhwc_s32_f32(const Conv2dGeometry& g, const std::int32_t* acc, const float* row_scale,
                          const float* col_scale, std::int64_t col_step, float* dx, std::int64_t p_begin,
                          std::int64_t p_end) {
-  SHIFTQ_ISA_DISPATCH(col2im_nhwc_s32_f32, g, acc, row_scale, col_scale, col_step, dx, p_begin, p_end)
+  SHIFTQ_KERNEL_DISPATCH(col2im_nhwc_s32_f32, g, acc, row_scale, col_scale, col_step, dx, p_begin, p_end)
 }
 
 namespace {

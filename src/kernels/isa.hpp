@@ -1,5 +1,8 @@
-// Internal: the instruction set the per-ISA kernels (quantize_*, l1norm_*) run with, from cpuid.
+// Internal: the instruction set the per-ISA kernels (quantize_*, l1norm_*) run with, from cpuid,
+// and the dispatch of every kernel op's entry point (dispatch.hpp).
 #pragma once
+
+#include "shiftq/kernels/dispatch.hpp"
 
 namespace shiftq::kernels::dispatch {
 
@@ -30,3 +33,9 @@ inline Isa cpu_isa() {
     default:                                                      \
       return base::fn(__VA_ARGS__);                               \
   }
+
+// The whole choice of an op with a reference: fn_ref(...) on the reference path, else the ISA's build.
+#define SHIFTQ_KERNEL_DISPATCH(fn, ...)                                            \
+  if (::shiftq::kernels::kernel_path() == ::shiftq::kernels::KernelPath::reference) \
+    return fn##_ref(__VA_ARGS__);                                                  \
+  SHIFTQ_ISA_DISPATCH(fn, __VA_ARGS__)

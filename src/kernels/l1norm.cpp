@@ -31,38 +31,38 @@ SHIFTQ_DECLARE_ISA(base)
 #undef SHIFTQ_DECLARE_ISA
 
 L1GroupSums l1_group_sums_s8(const std::int8_t* q, std::int64_t runs, std::int64_t len, std::int64_t stride) {
-  SHIFTQ_ISA_DISPATCH(l1_group_sums_s8, q, runs, len, stride)
+  SHIFTQ_KERNEL_DISPATCH(l1_group_sums_s8, q, runs, len, stride)
 }
 L1GradientSums l1_gradient_sums_s8(const std::int8_t* d, const std::int8_t* q, std::int64_t runs, std::int64_t len,
                                    std::int64_t stride) {
-  SHIFTQ_ISA_DISPATCH(l1_gradient_sums_s8, d, q, runs, len, stride)
+  SHIFTQ_KERNEL_DISPATCH(l1_gradient_sums_s8, d, q, runs, len, stride)
 }
 void affine_s8_f32(const std::int8_t* q, std::int64_t runs, std::int64_t len, std::int64_t stride, float a, float b,
                    float* y) {
-  SHIFTQ_ISA_DISPATCH(affine_s8_f32, q, runs, len, stride, a, b, y)
+  SHIFTQ_KERNEL_DISPATCH(affine_s8_f32, q, runs, len, stride, a, b, y)
 }
 void l1_bn_backward_s8_f32(const L1BatchNormBackward& k, const std::int8_t* q, const std::int8_t* d, std::int64_t runs,
                            std::int64_t len, std::int64_t stride, float* dx) {
-  SHIFTQ_ISA_DISPATCH(l1_bn_backward_s8_f32, k, q, d, runs, len, stride, dx)
+  SHIFTQ_KERNEL_DISPATCH(l1_bn_backward_s8_f32, k, q, d, runs, len, stride, dx)
 }
 void affine_cols_s8_f32(const std::int8_t* q, std::int64_t n, const float* a, const float* b, float* y) {
-  SHIFTQ_ISA_DISPATCH(affine_cols_s8_f32, q, n, a, b, y)
+  SHIFTQ_KERNEL_DISPATCH(affine_cols_s8_f32, q, n, a, b, y)
 }
 void l1_bn_backward_cols_s8_f32(const L1BatchNormBackwardCols& k, const std::int8_t* q, const std::int8_t* d,
                                 std::int64_t n, float* dx) {
-  SHIFTQ_ISA_DISPATCH(l1_bn_backward_cols_s8_f32, k, q, d, n, dx)
+  SHIFTQ_KERNEL_DISPATCH(l1_bn_backward_cols_s8_f32, k, q, d, n, dx)
 }
 void l1_ln_forward_row_s8_f32(const std::int8_t* q, std::int64_t D, float a, float mu, const float* gamma,
                               const float* beta, float* y) {
-  SHIFTQ_ISA_DISPATCH(l1_ln_forward_row_s8_f32, q, D, a, mu, gamma, beta, y)
+  SHIFTQ_KERNEL_DISPATCH(l1_ln_forward_row_s8_f32, q, D, a, mu, gamma, beta, y)
 }
 L1RowGradientSums l1_ln_backward_sums_s8(const std::int8_t* q, const std::int8_t* d, std::int64_t D, std::int32_t s1,
                                          const float* gamma) {
-  SHIFTQ_ISA_DISPATCH(l1_ln_backward_sums_s8, q, d, D, s1, gamma)
+  SHIFTQ_KERNEL_DISPATCH(l1_ln_backward_sums_s8, q, d, D, s1, gamma)
 }
 void l1_ln_backward_row_s8_f32(const L1LayerNormBackward& k, const std::int8_t* q, const std::int8_t* d,
                                std::int64_t D, const float* gamma, float* dx, float* dgamma, float* dbeta) {
-  SHIFTQ_ISA_DISPATCH(l1_ln_backward_row_s8_f32, k, q, d, D, gamma, dx, dgamma, dbeta)
+  SHIFTQ_KERNEL_DISPATCH(l1_ln_backward_row_s8_f32, k, q, d, D, gamma, dx, dgamma, dbeta)
 }
 
 // References: one element at a time, int64 sums, the definitions of l1norm.hpp.

@@ -33,16 +33,16 @@ bool absmax_rows_f32(const float* x, std::int64_t r0, std::int64_t r1, std::int6
 }
 
 void quantize_pack_f32_s8(const QuantizePackArgs& args, std::int64_t r0, std::int64_t r1, std::int64_t row_step) {
-  SHIFTQ_ISA_DISPATCH(quantize_pack_f32_s8, args, r0, r1, row_step)
+  SHIFTQ_KERNEL_DISPATCH(quantize_pack_f32_s8, args, r0, r1, row_step)
 }
 
 void code_sums_s8(const std::int8_t* v, std::int64_t r0, std::int64_t r1, std::int64_t cols, std::int32_t* row_sums,
                   std::int32_t* col_sums) {
-  SHIFTQ_ISA_DISPATCH(code_sums_s8, v, r0, r1, cols, row_sums, col_sums)
+  SHIFTQ_KERNEL_DISPATCH(code_sums_s8, v, r0, r1, cols, row_sums, col_sums)
 }
 
 void shift_clip_errors_f32(const float* x, std::int64_t n, float a, float lo, float qmax, float errors[2]) {
-  SHIFTQ_ISA_DISPATCH(shift_clip_errors_f32, x, n, a, lo, qmax, errors)
+  SHIFTQ_KERNEL_DISPATCH(shift_clip_errors_f32, x, n, a, lo, qmax, errors)
 }
 
 const char* quantize_isa_name() {

@@ -55,6 +55,7 @@ void transpose_f32(const float* src, std::int64_t src_ld, float* dst, std::int64
                    std::int64_t cols) {
   SHIFTQ_CHECK(rows >= 0 && cols >= 0 && src_ld >= cols && dst_ld >= rows, ShapeError, "transpose_f32: rows=", rows,
                " cols=", cols, " need src_ld >= cols and dst_ld >= rows, got src_ld=", src_ld, " dst_ld=", dst_ld);
+  if (kernel_path() == KernelPath::reference) return transpose_walk::elements(src, src_ld, dst, dst_ld, 0, rows, 0, cols);
   SHIFTQ_ISA_DISPATCH(transpose_f32, src, src_ld, dst, dst_ld, rows, cols)
 }
 
@@ -63,6 +64,7 @@ void transpose_f32(const float* src, float* dst, std::int64_t rows, std::int64_t
 }
 
 void transpose_u8(const std::uint8_t* src, std::uint8_t* dst, std::int64_t rows, std::int64_t cols) {
+  if (kernel_path() == KernelPath::reference) return transpose_u8_ref(src, dst, rows, cols);
   transpose_walk::blocked<16>(src, cols, dst, rows, rows, cols, block_u8);
 }
 

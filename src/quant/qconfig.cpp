@@ -59,11 +59,14 @@ std::string QConfig::str() const {
   };
   const bool row_groups = activations.kind == QuantizerKind::shiftquant && activations.shift_budget > 0 &&
                           linear_input_groups == LinearInputGroups::rows;
+  const bool row_scales = linear_input_groups == LinearInputGroups::row_scales;
   const bool rotated = linear_input_rotation == LinearInputRotation::hadamard;
-  const std::string linear_inputs = row_groups || rotated
-                                        ? detail::cat(" (Linear inputs: ", row_groups ? "groups per row" : "",
-                                                      row_groups && rotated ? ", " : "", rotated ? "Hadamard-rotated" : "", ")")
-                                        : std::string();
+  const char* rows = row_groups ? "groups per row"
+                     : row_scales ? (activations.mse_clip ? "a float scale per row, MSE-clipped" : "a float scale per row")
+                                  : "";
+  const std::string linear_inputs =
+      *rows || rotated ? detail::cat(" (Linear inputs: ", rows, *rows && rotated ? ", " : "", rotated ? "Hadamard-rotated" : "", ")")
+                       : std::string();
   return detail::cat("weights: ", role(weights), "; activations: ", role(activations), linear_inputs, "; gradients: ",
                      role(gradients), "; first/last layer: ",
                      first_last_bits ? detail::cat(first_last_bits, "-bit") : std::string("same"),

@@ -20,35 +20,9 @@ struct Layout {
   std::int64_t count() const { return outer * inner; }
 };
 
-// The kernel table of the current kernel path: the dispatched kernels or the scalar references.
-struct L1Kernels {
-  decltype(&kernels::l1_group_sums_s8) group_sums;
-  decltype(&kernels::l1_gradient_sums_s8) gradient_sums;
-  decltype(&kernels::affine_s8_f32) affine;
-  decltype(&kernels::l1_bn_backward_s8_f32) bn_backward;
-  decltype(&kernels::affine_cols_s8_f32) affine_cols;
-  decltype(&kernels::l1_bn_backward_cols_s8_f32) bn_backward_cols;
-  decltype(&kernels::l1_ln_forward_row_s8_f32) ln_forward_row;
-  decltype(&kernels::l1_ln_backward_sums_s8) ln_backward_sums;
-  decltype(&kernels::l1_ln_backward_row_s8_f32) ln_backward_row;
-};
-const L1Kernels& l1_kernels() {
-  static constexpr L1Kernels optimized{&kernels::l1_group_sums_s8,         &kernels::l1_gradient_sums_s8,
-                                       &kernels::affine_s8_f32,            &kernels::l1_bn_backward_s8_f32,
-                                       &kernels::affine_cols_s8_f32,       &kernels::l1_bn_backward_cols_s8_f32,
-                                       &kernels::l1_ln_forward_row_s8_f32, &kernels::l1_ln_backward_sums_s8,
-                                       &kernels::l1_ln_backward_row_s8_f32};
-  static constexpr L1Kernels reference{&kernels::l1_group_sums_s8_ref,         &kernels::l1_gradient_sums_s8_ref,
-                                       &kernels::affine_s8_f32_ref,            &kernels::l1_bn_backward_s8_f32_ref,
-                                       &kernels::affine_cols_s8_f32_ref,       &kernels::l1_bn_backward_cols_s8_f32_ref,
-                                       &kernels::l1_ln_forward_row_s8_f32_ref, &kernels::l1_ln_backward_sums_s8_ref,
-                                       &kernels::l1_ln_backward_row_s8_f32_ref};
-  return kernels::kernel_path() == kernels::KernelPath::reference ? reference : optimized;
-}
-
 // Group g of codes viewed as [outer, groups, inner]: `outer` runs of `inner` codes.
-kernels::L1GroupSums group_sums(const L1Kernels& k, const std::int8_t* q, const Layout& l, std::int64_t g) {
-  return k.group_sums(q + g * l.inner, l.outer, l.inner, l.groups * l.inner);
+kernels::L1GroupSums group_sums(const std::int8_t* q, const Layout& l, std::int64_t g) {
+  return kernels::l1_group_sums_s8(q + g * l.inner, l.outer, l.inner, l.groups * l.inner);
 }
 
 void check_layout(const Layout& l, const char* op) {
@@ -86,7 +60,6 @@ class GroupQuantizer {
     args_.xor_mask = 0;
     args_.out = codes.data<std::int8_t>();
     args_.unit_factors = true;
-    reference_ = kernels::kernel_path() == kernels::KernelPath::reference;
   }
   GroupQuantizer(const GroupQuantizer&) = delete;  // the pack arguments point into the members
   GroupQuantizer& operator=(const GroupQuantizer&) = delete;
@@ -103,10 +76,7 @@ class GroupQuantizer {
     for (std::int64_t r = g; r < rows; r += l_.groups) mx = std::max(mx, row_max_[r]);
     const float inv = set_scale(g, mx);
     for (std::int64_t r = g; r < rows; r += l_.groups) row_inv_[r] = inv;
-    if (reference_)
-      kernels::quantize_pack_f32_s8_ref(args_, g, rows, l_.groups);
-    else
-      kernels::quantize_pack_f32_s8(args_, g, rows, l_.groups);
+    kernels::quantize_pack_f32_s8(args_, g, rows, l_.groups);
     return true;
   }
   // Whether groups are quantized a range at a time (quantize_groups) instead of one by one: for
@@ -148,10 +118,7 @@ class GroupQuantizer {
       stretch.x = args_.x + offset;
       stretch.out = args_.out + offset;
       stretch.index_base = static_cast<std::uint64_t>(offset);
-      if (reference_)
-        kernels::quantize_pack_f32_s8_ref(stretch, 0, 1);
-      else
-        kernels::quantize_pack_f32_s8(stretch, 0, 1);
+      kernels::quantize_pack_f32_s8(stretch, 0, 1);
     }
     return true;
   }
@@ -182,7 +149,6 @@ class GroupQuantizer {
   float qmax_ = 127.0f;
   std::vector<float> row_max_, row_inv_, ones_;
   kernels::QuantizePackArgs args_{};
-  bool reference_ = false;
   std::atomic<bool> nonfinite_{false};
 };
 
@@ -210,13 +176,12 @@ GroupStats statistics(GroupQuantizer& xq, const Layout& l, float c, float eps, T
   const std::int8_t* q = xq.codes.data<std::int8_t>();
   const float* scales = xq.scales.data<float>();
   const double m = static_cast<double>(l.count());
-  const L1Kernels& k = l1_kernels();
   const bool ranges = xq.packs_group_ranges();
   detail::parallel_for(l.groups, std::max<std::int64_t>(1, 4096 / l.count()), [&](std::int64_t g0, std::int64_t g1) {
     if (ranges && !xq.quantize_groups(g0, g1)) return;
     for (std::int64_t g = g0; g < g1; ++g) {
       if (!ranges && !xq.quantize_group(g)) continue;
-      const kernels::L1GroupSums sums = group_sums(k, q, l, g);
+      const kernels::L1GroupSums sums = group_sums(q, l, g);
       st.s1[g] = sums.s1;
       st.scale[g] = scales[g];
       st.mean_q[g] = static_cast<float>(static_cast<double>(sums.s1) / m);
@@ -246,7 +211,7 @@ L1Statistics l1_integer_statistics(const QTensor& x, std::int64_t outer, std::in
   L1Statistics out;
   const double s = x.scales.data<float>()[0], m = static_cast<double>(l.count());
   for (std::int64_t g = 0; g < groups; ++g) {
-    const kernels::L1GroupSums sums = group_sums(l1_kernels(), x.codes.data<std::int8_t>(), l, g);
+    const kernels::L1GroupSums sums = group_sums(x.codes.data<std::int8_t>(), l, g);
     out.mean.push_back(s * static_cast<double>(sums.s1) / m);
     out.mean_abs_dev.push_back(s * static_cast<double>(sums.abs_dev) / (m * m));
   }
@@ -287,18 +252,16 @@ Tensor l1_batch_norm2d_eval_codes(const Tensor& x, const Tensor& gamma, const Te
   args.qmax = qmax;
   args.out = codes.data<std::int8_t>();
   args.unit_factors = true;
-  const bool reference = kernels::kernel_path() == kernels::KernelPath::reference;
   Tensor y = Tensor::uninitialized(x.shape());
   const std::int8_t* q = codes.data<std::int8_t>();
   float* py = y.data<float>();
-  const L1Kernels& k = l1_kernels();
   // Per sample: its C rows of codes, then each channel's affine map while they are in cache.
   detail::parallel_for(l.outer, 1, [&](std::int64_t n0, std::int64_t n1) {
     for (std::int64_t n = n0; n < n1; ++n) {
-      (reference ? kernels::quantize_pack_f32_s8_ref : kernels::quantize_pack_f32_s8)(args, n * C, (n + 1) * C, 1);
+      kernels::quantize_pack_f32_s8(args, n * C, (n + 1) * C, 1);
       for (std::int64_t c = 0; c < C; ++c) {
         const std::int64_t offset = (n * C + c) * l.inner;
-        k.affine(q + offset, 1, l.inner, l.inner, a[c], b[c], py + offset);
+        kernels::affine_s8_f32(q + offset, 1, l.inner, l.inner, a[c], b[c], py + offset);
       }
     }
   });
@@ -343,7 +306,6 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
   const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
   const float* bt = beta.defined() ? beta.data<float>() : nullptr;
   float* py = y.data<float>();
-  const L1Kernels& k = l1_kernels();
   // Ranges of short channels (7x7): a and b per column of the range, then one affine_cols call per
   // sample over the range's contiguous stretch (full vector steps) instead of a call per channel.
   const bool ranges = xq.packs_group_ranges();
@@ -351,7 +313,7 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
   const auto per_channel = [&](std::int64_t g, const GroupStats& stats) {
     const float a = (gm ? gm[g] : 1.0f) * stats.scale[g] / stats.sigma[g], b = (bt ? bt[g] : 0.0f) - a * stats.mean_q[g];
     if (!ranges) {
-      k.affine(q + g * l.inner, l.outer, l.inner, C * l.inner, a, b, py + g * l.inner);
+      kernels::affine_s8_f32(q + g * l.inner, l.outer, l.inner, C * l.inner, a, b, py + g * l.inner);
       return;
     }
     coef_a[g] = a;
@@ -366,7 +328,7 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
       std::fill_n(b.begin() + (g - g0) * l.inner, l.inner, coef_b[g]);
     }
     for (std::int64_t n = 0; n < l.outer; ++n)
-      k.affine_cols(q + n * C * l.inner + first, width, a.data(), b.data(), py + n * C * l.inner + first);
+      kernels::affine_cols_s8_f32(q + n * C * l.inner + first, width, a.data(), b.data(), py + n * C * l.inner + first);
   };
   const GroupStats st = statistics(xq, l, state.c, state.eps, per_channel, per_range);
   if (input_range) input_range->update(xq.group_max, /*negative=*/true, /*saturated=*/false);
@@ -393,7 +355,6 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
     Tensor dgamma = need_gamma ? Tensor::empty({l.groups}) : Tensor();
     Tensor dbeta = need_beta ? Tensor::empty({l.groups}) : Tensor();
     float* pdx = dx.data<float>();
-    const L1Kernels& k = l1_kernels();
     // One pass per channel: quantize its gradient, the two integer sums, dx. Short channels (7x7)
     // go by the thread's range (quantize_groups): the sums per channel, the coefficients per column
     // of the range, then one bn_backward_cols call per sample over its contiguous stretch.
@@ -407,7 +368,7 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
         if (!ranges && !dq.quantize_group(g)) continue;
         // G1 = sum dq, G2 = sum dq * (m q - S1) = m * sum(dq q) - S1 * G1: integer sums.
         const std::int64_t mi = l.count(), s1 = st.s1[g];
-        const kernels::L1GradientSums sums = k.gradient_sums(d + g * l.inner, q + g * l.inner, l.outer, l.inner,
+        const kernels::L1GradientSums sums = kernels::l1_gradient_sums_s8(d + g * l.inner, q + g * l.inner, l.outer, l.inner,
                                                              l.groups * l.inner);
         const std::int64_t g1s = sums.sum_d, g2s = mi * sums.sum_dq - s1 * g1s;
         const float s = st.scale[g], sg = dq.scales.data<float>()[g];
@@ -422,7 +383,7 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
                                                 inv * w * sg, -inv * c * mean_gx,
                                                 inv * (-mean_g + c * mean_gx * st.mean_sign[g])};
         if (!ranges) {
-          k.bn_backward(coef, q + g * l.inner, d + g * l.inner, l.outer, l.inner, l.groups * l.inner, pdx + g * l.inner);
+          kernels::l1_bn_backward_s8_f32(coef, q + g * l.inner, d + g * l.inner, l.outer, l.inner, l.groups * l.inner, pdx + g * l.inner);
           continue;
         }
         const kernels::L1SignThresholds t = kernels::l1_sign_thresholds(coef.s1, coef.m);
@@ -437,7 +398,7 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
       const kernels::L1BatchNormBackwardCols cols{k_d.data(), k_s.data(), k_0.data(), above.data(), below.data()};
       const std::int64_t sample = l.groups * l.inner, first = g0 * l.inner;
       for (std::int64_t n = 0; n < l.outer; ++n)
-        k.bn_backward_cols(cols, q + n * sample + first, d + n * sample + first, width, pdx + n * sample + first);
+        kernels::l1_bn_backward_cols_s8_f32(cols, q + n * sample + first, d + n * sample + first, width, pdx + n * sample + first);
     });
     dq.throw_if_nonfinite();
     return std::vector<Tensor>{dx, dgamma, dbeta};
@@ -462,12 +423,11 @@ Tensor quantized_l1_layer_norm(const Tensor& x, const Tensor& gamma, const Tenso
   const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
   const float* bt = beta.defined() ? beta.data<float>() : nullptr;
   float* py = y.data<float>();
-  const L1Kernels& k = l1_kernels();
   // One pass per row: quantize, statistics, y.
   const GroupStats st = statistics(
       xq, l, c, eps,
       [&](std::int64_t r, const GroupStats& stats) {
-        k.ln_forward_row(q + r * D, D, stats.scale[r] / stats.sigma[r], stats.mean_q[r], gm, bt, py + r * D);
+        kernels::l1_ln_forward_row_s8_f32(q + r * D, D, stats.scale[r] / stats.sigma[r], stats.mean_q[r], gm, bt, py + r * D);
       },
       [](std::int64_t, std::int64_t, const GroupStats&) {});
   const bool need_gamma = gamma.defined() && gamma.requires_grad(), need_beta = beta.defined() && beta.requires_grad();
@@ -483,7 +443,6 @@ Tensor quantized_l1_layer_norm(const Tensor& x, const Tensor& gamma, const Tenso
     const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
     Tensor dx = Tensor::uninitialized(dy.shape());
     float* pdx = dx.data<float>();
-    const L1Kernels& k = l1_kernels();
     // Rows in fixed blocks (not per thread, so the sums do not depend on the thread count): each
     // row's gradient quantized, its dx, and the block's partial dgamma_j = sum dy xhat,
     // dbeta_j = sum dy in the same pass.
@@ -497,12 +456,12 @@ Tensor quantized_l1_layer_norm(const Tensor& x, const Tensor& gamma, const Tenso
           if (!dq.quantize_group(r)) continue;
           const std::int32_t s1 = static_cast<std::int32_t>(st.s1[r]);
           // gamma is per feature: the two means are gamma-weighted sums of int8 products.
-          const kernels::L1RowGradientSums sums = k.ln_backward_sums(q + r * D, d + r * D, D, s1, gm);
+          const kernels::L1RowGradientSums sums = kernels::l1_ln_backward_sums_s8(q + r * D, d + r * D, D, s1, gm);
           const float s = st.scale[r], sg = sgs[r], sigma = st.sigma[r];
           const float mean_g = sg * sums.sum_g / m, mean_gx = sg * s * sums.sum_gd / (m * m * sigma);
           const kernels::L1LayerNormBackward coef{s1, sg, 1.0f / sigma, mean_g, c * mean_gx, st.mean_sign[r],
                                                   s / sigma, st.mean_q[r]};
-          k.ln_backward_row(coef, q + r * D, d + r * D, D, gm, pdx + r * D,
+          kernels::l1_ln_backward_row_s8_f32(coef, q + r * D, d + r * D, D, gm, pdx + r * D,
                             need_affine ? part_gamma.data() + b * D : nullptr,
                             need_affine ? part_beta.data() + b * D : nullptr);
         }

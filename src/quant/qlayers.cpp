@@ -184,6 +184,46 @@ Tensor rotate_back(Tensor g, std::int64_t block) {
   if (block != 0) kernels::hadamard_rows(g.data<float>(), g.size(0), g.size(1), block);
   return g;
 }
+
+// x2d: [rows, in], the Linear's (rotated) input as the A operand of Y = X W^T: u8 codes with the
+// groups or row scales of quant.linear_input_groups.
+QTensor quantize_linear_input(const Tensor& x2d, const LayerQuant& quant, const QuantCall& call) {
+  const char* name = "linear input";
+  if (quant.linear_input_groups != LinearInputGroups::row_scales) {
+    const int group_axis = quant.linear_input_groups == LinearInputGroups::rows ? 0 : 1;
+    return internal::quantize_activation(x2d, internal::activation_params(quant.activations, group_axis), call, name);
+  }
+  const TensorQConfig& c = quant.activations;
+  const QTensor q = quantize(
+      x2d, QuantizeParams::per_row(c.bits).with_rounding(c.rounding).with_unsigned_codes().with_mse_clip(c.mse_clip), name);
+  if (call.numerics) {
+    call.numerics->input.merge(measure_quantization(x2d, q));
+    ++call.numerics->calls;
+  }
+  return q;
+}
+
+// g: [rows, cols] -> g[r, :] * s[r] (a copy), s: f32 [rows].
+Tensor scale_rows(const Tensor& g, const Tensor& s) {
+  Tensor out = Tensor::uninitialized(g.shape());
+  const std::int64_t cols = g.size(1);
+  const float* pg = g.data<float>();
+  const float* ps = s.data<float>();
+  float* po = out.data<float>();
+  detail::parallel_for(g.size(0), std::max<std::int64_t>(1, 16384 / cols), [&](std::int64_t r0, std::int64_t r1) {
+    for (std::int64_t r = r0; r < r1; ++r)
+      for (std::int64_t c = 0; c < cols; ++c) po[r * cols + c] = pg[r * cols + c] * ps[r];
+  });
+  return out;
+}
+
+// q's codes as s8 with one unit per-tensor scale: V itself, its row scales moved elsewhere.
+QTensor unit_scaled_codes(const QTensor& q) {
+  QTensor v = with_signed_codes(q);
+  v.scales = Tensor::ones({1});
+  v.outer = OuterScale::per_tensor;
+  return v;
+}
 }  // namespace
 
 Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, PackedWeight& packed,
@@ -203,17 +243,15 @@ Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bia
   // Y: [rows, out] = X: [rows, in] · W^T, X as u8 codes (per-tensor, or power-of-two groups over its
   // features or rows). With the Hadamard rotation both operands are rotated first: Y = (X H)(W H)^T.
   const std::int64_t block = rotation_block(quant, in_f);
-  const int group_axis = quant.linear_input_groups == LinearInputGroups::rows ? 0 : 1;
-  const QTensor xq = internal::quantize_activation(rotated(x.view({rows, in_f}), block),
-                                                   internal::activation_params(quant.activations, group_axis), call,
-                                                   "linear input");
+  const bool row_scales = quant.linear_input_groups == LinearInputGroups::row_scales;
+  const QTensor xq = quantize_linear_input(rotated(x.view({rows, in_f}), block), quant, call);
   const QTensor wq = packed.get(
       weight, out_f, in_f, quant.weights, [block](const Tensor& w) { return rotated(w, block); }, block);
   const Tensor y = shiftmm(xq, Trans::N, wq, Trans::T, bias).view(out_shape);
   const bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
   if (any_requires_grad({&x, &weight, &bias})) internal::count_saved_bytes(static_cast<std::int64_t>(xq.codes.nbytes()));
   return record("quantized_linear", y, {&x, &weight, &bias},
-                [xq, wq, quant, block, step = call.step, numerics = call.numerics, gx, gw, gb, rows, out_f,
+                [xq, wq, quant, block, row_scales, step = call.step, numerics = call.numerics, gx, gw, gb, rows, out_f,
                  in_shape = x.shape()](const Tensor& g) {
     const Tensor g2 = g.view({rows, out_f});
     Tensor dx, dw, db;
@@ -223,8 +261,11 @@ Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bia
       dx = rotate_back(shiftmm(gq, Trans::N, wq, Trans::N), block).view(in_shape);
     }
     if (gw) {  // dW: [out, in] = dY^T · X (X from its saved int8 codes; rotated: (dY^T · (X H)) H)
-      const QTensor gq = quantize(g2, internal::gradient_params(quant.gradients, true, quant, step), "linear output gradient");
-      dw = rotate_back(shiftmm(gq, Trans::T, with_signed_codes(xq), Trans::N), block);
+      // With row scales s, X^ = diag(s) V: dW = (diag(s) dY)^T V, the scales moved into dY's rows.
+      const Tensor g_rows = row_scales ? scale_rows(g2, xq.scales) : g2;
+      const QTensor gq = quantize(g_rows, internal::gradient_params(quant.gradients, true, quant, step),
+                                  "linear output gradient");
+      dw = rotate_back(shiftmm(gq, Trans::T, row_scales ? unit_scaled_codes(xq) : with_signed_codes(xq), Trans::N), block);
     }
     if (gb) db = sum(g2, {0});
     return std::vector<Tensor>{dx, dw, db};

@@ -108,12 +108,20 @@ inline float round_half_even(float y) {
 // The clipped range of QuantizeParams::mse_clip: among alpha = m * 2^(-k/4), k = 0..8, the one with
 // the least squared quantization error on a strided sample of x (ties: the larger alpha). The
 // sample is gathered once; each candidate is one vectorizable pass over it.
+float mse_clipped_range_of(std::span<const float> sample, float m, float qmax, bool nonnegative);
+
 float mse_clipped_range(const float* x, std::int64_t n, float m, float qmax, bool nonnegative) {
   constexpr std::int64_t kSample = 16384;
   const std::int64_t stride = std::max<std::int64_t>(1, n / kSample);
+  if (stride == 1) return mse_clipped_range_of({x, static_cast<std::size_t>(n)}, m, qmax, nonnegative);
   std::vector<float> sample;
   sample.reserve(static_cast<std::size_t>(std::min(n, kSample + 1)));
   for (std::int64_t i = 0; i < n; i += stride) sample.push_back(x[i]);
+  return mse_clipped_range_of(sample, m, qmax, nonnegative);
+}
+
+// The same over every element of `sample`.
+float mse_clipped_range_of(std::span<const float> sample, float m, float qmax, bool nonnegative) {
   const float lo = nonnegative ? 0.0f : -qmax;
   float best_alpha = m, best_error = -1.0f;
   for (int k = 0; k <= 8; ++k) {
@@ -161,12 +169,11 @@ struct ShiftClip {
   }
   // Groups along rows: rows [r0, r1) of x: [R, C], one kernel call each (run by the pack loop on
   // its tile, so that the pack reads the rows from L1).
-  void rows(const float* x, std::int64_t C, std::int64_t r0, std::int64_t r1, bool reference) const {
+  void rows(const float* x, std::int64_t C, std::int64_t r0, std::int64_t r1) const {
     for (std::int64_t r = r0; r < r1; ++r) {
       if (e_out[r] >= S) continue;
       float errors[2];
-      (reference ? kernels::shift_clip_errors_f32_ref : kernels::shift_clip_errors_f32)(
-          x + r * C, C, pow_e[r] * inv_scale, lo, qmax, errors);
+      kernels::shift_clip_errors_f32(x + r * C, C, pow_e[r] * inv_scale, lo, qmax, errors);
       choose(r, errors[0], errors[1]);
     }
   }
@@ -402,7 +409,6 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
   args.xor_mask = p.unsigned_codes ? 0x80 : 0x00;
   args.unit_factors = S == 0 && groups_on_cols;  // every 2^e and 2^(S-e) is 1 and col_mul = pow_e
   args.out = p.unsigned_codes ? reinterpret_cast<std::int8_t*>(q.codes.data<std::uint8_t>()) : q.codes.data<std::int8_t>();
-  const bool reference = kernels::kernel_path() == kernels::KernelPath::reference;
   std::vector<float>& row_max = scratch.row_max;
   row_max.resize(static_cast<std::size_t>(fused_row_scales ? R : 0));
   std::atomic<bool> rows_finite{true};
@@ -416,13 +422,13 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
           rows_finite = false;  // reported after the loop; never convert NaN/Inf to integers
           continue;
         }
+        if (p.mse_clip && S == 0)  // each row's range clipped over the row (in L1)
+          for (std::int64_t r = t0; r < t1; ++r)
+            if (row_max[r] > 0.0f) row_max[r] = mse_clipped_range(px + r * C, C, row_max[r], qmax, false);
         set_scales(row_max.data(), t0, t1);
       }
-      if (shift_clip && !groups_on_cols) shift_clip->rows(px, C, t0, t1, reference);
-      if (reference)
-        kernels::quantize_pack_f32_s8_ref(args, t0, t1);
-      else
-        kernels::quantize_pack_f32_s8(args, t0, t1);
+      if (shift_clip && !groups_on_cols) shift_clip->rows(px, C, t0, t1);
+      kernels::quantize_pack_f32_s8(args, t0, t1);
     }
   });
   if (!rows_finite) throw_nonfinite(x, name);  // the first pass was skipped (S = 0, per-row, or given ranges)

@@ -85,13 +85,7 @@ void integer_product(const QTensor& a, Trans ta, const QTensor& b, Trans tb, con
   const Tensor vb = b.signed_codes();
   const std::int8_t* pb = vb.data<std::int8_t>();
   const std::int64_t lda = a.cols(), ldb = b.cols();
-  // oneDNN's VNNI GEMM is fastest with an unsigned A; the AVX2 kernels widen either form at the same
-  // cost, so A stays in the form it was quantized in (no converted copy).
-  const kernels::IntGemmKernel kernel =
-      kernels::kernel_path() == kernels::KernelPath::optimized ? kernels::int_gemm_kernel() : kernels::IntGemmKernel::reference;
-  const bool u8_path = s.K <= kernels::kMaxGemmKu8s8 &&
-                       (kernel == kernels::IntGemmKernel::onednn_vnni ||
-                        (kernel == kernels::IntGemmKernel::avx2 && a.unsigned_codes()));
+  const bool u8_path = s.K <= kernels::kMaxGemmKu8s8 && kernels::int_gemm_prefers_u8(a.unsigned_codes());
   if (!u8_path) {
     const Tensor va = a.signed_codes();
     kernels::gemm_s8s8s32(ta, tb, s.M, s.N, s.K, va.data<std::int8_t>(), lda, pb, ldb, c, s.N);

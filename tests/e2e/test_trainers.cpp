@@ -454,7 +454,11 @@ TEST_F(TrainerTest, GptPrecisionFlagsRoundTripThroughTheCheckpoint) {
   c.attn_bits = 0;
   c.act_quant = "per-row";
   EXPECT_THROW(c.validate(), UsageError);
-  c.act_quant = "shiftquant";
+  c.act_quant = "per-token";
+  EXPECT_NO_THROW(c.validate());
+  EXPECT_NE(c.precision().find("(Linear inputs: a float scale per row, MSE-clipped, Hadamard-rotated)"), std::string::npos)
+      << c.precision();
+  EXPECT_NE(c.fingerprint().find("act_quant=per-token"), std::string::npos);
   c.act_rotation = "givens";
   EXPECT_THROW(c.validate(), UsageError);
 }
@@ -605,13 +609,15 @@ TEST(DelayedScalingModel, QuantizedGptIsCausal) {
     quant::ActivationScaling scaling;
     bool shiftquant_acts;
     quant::LinearInputRotation rotation = quant::LinearInputRotation::none;
+    quant::LinearInputGroups groups = quant::LinearInputGroups::features;
   };
   const auto hadamard = quant::LinearInputRotation::hadamard;
-  for (const auto& [bits, scaling, shiftquant_acts, rotation] :
+  for (const auto& [bits, scaling, shiftquant_acts, rotation, groups] :
        {Case{4, quant::ActivationScaling::delayed, false}, Case{6, quant::ActivationScaling::delayed, false},
         Case{4, quant::ActivationScaling::delayed, true}, Case{4, quant::ActivationScaling::current, false},
         Case{4, quant::ActivationScaling::current, true}, Case{4, quant::ActivationScaling::delayed, false, hadamard},
-        Case{4, quant::ActivationScaling::current, false, hadamard}}) {
+        Case{4, quant::ActivationScaling::current, false, hadamard},
+        Case{4, quant::ActivationScaling::delayed, false, hadamard, quant::LinearInputGroups::row_scales}}) {
     const bool delayed = scaling == quant::ActivationScaling::delayed;
     Generator gen(3);
     GPT model({11, 16, 2, 32, 4, "l1", false}, gen);
@@ -619,6 +625,7 @@ TEST(DelayedScalingModel, QuantizedGptIsCausal) {
                                          shiftquant_acts ? "shiftquant" : "per-tensor");
     config.activation_scaling = scaling;
     config.linear_input_rotation = rotation;  // mixes the features of one token only
+    config.linear_input_groups = groups;      // row_scales: a token's scale from that token alone
     model.quantize(config, 5);
     optim::SGD sgd(model.named_parameters(), optim::SGDOptions(0.05));
     std::vector<std::int32_t> tokens = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0, 1};
@@ -645,7 +652,8 @@ TEST(DelayedScalingModel, QuantizedGptIsCausal) {
       bool earlier_changed = false;
       for (std::int64_t i = 0; i < 8 * 11; ++i) earlier_changed |= a.data<float>()[i] != b.data<float>()[i];
       EXPECT_EQ(earlier_changed, !delayed) << bits << "-bit, ShiftQuant activations " << shiftquant_acts
-                                           << ", rotated " << (rotation == hadamard) << ", training " << training;
+                                           << ", rotated " << (rotation == hadamard) << ", row scales "
+                                           << (groups == quant::LinearInputGroups::row_scales) << ", training " << training;
       bool later_changed = false;
       for (std::int64_t i = 8 * 11; i < 12 * 11; ++i) later_changed |= a.data<float>()[i] != b.data<float>()[i];
       EXPECT_TRUE(later_changed);

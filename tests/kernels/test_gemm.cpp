@@ -8,7 +8,7 @@
 #include <sstream>
 #include <vector>
 
-#include "shiftq/kernels/gemm.hpp"
+#include "kernels/gemm_impl.hpp"  // the implementations behind gemm_f32
 #include "testing/gradcheck.hpp"
 
 namespace shiftq {

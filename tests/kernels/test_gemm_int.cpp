@@ -6,7 +6,7 @@
 #include <utility>
 #include <vector>
 
-#include <shiftq/kernels/gemm_int.hpp>
+#include "kernels/gemm_impl.hpp"  // the implementations behind the integer GEMMs
 #include <shiftq/shiftq.hpp>
 
 #include "testing/synthetic.hpp"

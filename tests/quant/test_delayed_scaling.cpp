@@ -20,6 +20,18 @@ void update(RangeObserver& o, float amax, bool negative = false, bool saturated 
   o.update(std::span<const float>(&amax, 1), negative, saturated);
 }
 
+// Whether a and b hold the same bits.
+bool same(const Tensor& a, const Tensor& b) {
+  return a.numel() == b.numel() && std::memcmp(a.raw_bytes(), b.raw_bytes(), a.nbytes()) == 0;
+}
+
+// x: [6, 16] with row r spanning 2^-r: with one per-tensor range the rows r >= 3 round to 0 at 4 bits.
+Tensor rows_of_falling_scale() {
+  std::vector<float> v(6 * 16);
+  for (std::size_t i = 0; i < v.size(); ++i) v[i] = std::ldexp(std::sin(0.9f * static_cast<float>(i) + 0.3f), -static_cast<int>(i / 16));
+  return Tensor::from_vector(v, {6, 16});
+}
+
 TEST(RangeObserver, MaxOfHistoryForgetsCallsOlderThanItsWindow) {
   RangeObserver o(1, ObserverOptions{3, RangeReduction::max, 0.1f});
   EXPECT_FALSE(o.observed());
@@ -131,9 +143,6 @@ TEST(DelayedScaling, LinearQuantizesWithTheObservedRangeAndSaturatesBeyondIt) {
   auto delayed = [&](const Tensor& x, bool training) {
     return quant::quantized_linear(x, w, b, packed, q, quant::QuantCall{0, training, &observer, nullptr});
   };
-  auto same = [](const Tensor& a, const Tensor& b) {
-    return a.numel() == b.numel() && std::memcmp(a.raw_bytes(), b.raw_bytes(), a.nbytes()) == 0;
-  };
   EXPECT_TRUE(same(delayed(x1, true), current(x1)));  // nothing observed yet: its own range
   const float r1 = observer.range();
   float absmax = 0.0f;
@@ -221,9 +230,6 @@ TEST(DelayedScaling, LinearShiftQuantActivationsObservePerFeatureRanges) {
   for (std::size_t i = 0; i < v.size(); ++i) v[i] = std::ldexp(std::sin(0.7f * static_cast<float>(i)), -static_cast<int>(i % 8));
   const Tensor x = Tensor::from_vector(v, {4, 16});
   NoGradGuard no_grad;
-  auto same = [](const Tensor& a, const Tensor& b) {
-    return a.numel() == b.numel() && std::memcmp(a.raw_bytes(), b.raw_bytes(), a.nbytes()) == 0;
-  };
   EXPECT_TRUE(same(layer(x), reference(x)));  // first call: its own ranges
   for (std::int64_t k = 0; k < 16; ++k) {
     float m = 0.0f;
@@ -261,14 +267,8 @@ TEST(DelayedScaling, LinearRowGroupsKeepEachRowIndependent) {
   layer.set_quantization(quant::layer_quant(c, false, 1, 0));
   EXPECT_EQ(layer.input_range().channels(), 1);  // one per-tensor base
 
-  // Row r spans 2^-r: with one per-tensor range the rows r >= 3 would round to 0 at 4 bits.
-  std::vector<float> v(6 * 16);
-  for (std::size_t i = 0; i < v.size(); ++i) v[i] = std::ldexp(std::sin(0.9f * static_cast<float>(i) + 0.3f), -static_cast<int>(i / 16));
-  const Tensor x = Tensor::from_vector(v, {6, 16});
+  const Tensor x = rows_of_falling_scale();
   NoGradGuard no_grad;
-  auto same = [](const Tensor& a, const Tensor& b) {
-    return a.numel() == b.numel() && std::memcmp(a.raw_bytes(), b.raw_bytes(), a.nbytes()) == 0;
-  };
   for (bool training : {true, false}) {
     layer.train(training);
     const Tensor y = layer(x);
@@ -286,6 +286,35 @@ TEST(DelayedScaling, LinearRowGroupsKeepEachRowIndependent) {
     EXPECT_TRUE(same(slice(layer(later), 0, 0, 3), slice(layer(x), 0, 0, 3)));
     EXPECT_TRUE(same(layer(slice(x, 0, 4, 5)), slice(layer(x), 0, 4, 5)));
   }
+}
+
+// Row scales (LinearInputGroups::row_scales): each row is quantized on its own float scale, with no
+// observer, so a row's output depends on that row alone, in training and in eval, at any batch.
+TEST(DelayedScaling, LinearRowScalesKeepEachRowIndependentWithoutAnObserver) {
+  quant::QConfig c = quant::QConfig::bits(4);
+  c.linear_input_groups = quant::LinearInputGroups::row_scales;
+  c.activations.mse_clip = true;
+  Generator gen(9);
+  nn::Linear layer(nn::LinearOptions(16, 6), gen);
+  layer.set_quantization(quant::layer_quant(c, false, 1, 0));
+  const Tensor x = rows_of_falling_scale();
+  NoGradGuard no_grad;
+  const Tensor first = layer(x);
+  for (bool training : {true, false}) {
+    layer.train(training);
+    const Tensor y = layer(x);
+    EXPECT_TRUE(same(y, first));
+    const quant::QTensor xq = quant::quantize(x, quant::QuantizeParams::per_row(4).with_mse_clip());
+    const quant::QTensor wq = quant::quantize(layer.weight, quant::QuantizeParams::shiftquant(4, 4, 0, quant::OuterScale::per_tensor));
+    const Tensor expected = add(matmul(xq.dequantize(), transpose(wq.dequantize(), 0, 1)), layer.bias);
+    for (std::int64_t i = 0; i < y.numel(); ++i)
+      EXPECT_NEAR(y.data<float>()[i], expected.data<float>()[i], 1e-5f * (1.0f + std::fabs(expected.data<float>()[i]))) << i;
+    Tensor later = x.clone();
+    for (std::int64_t i = 3 * 16; i < 6 * 16; ++i) later.data<float>()[i] *= -7.5f;
+    EXPECT_TRUE(same(slice(layer(later), 0, 0, 3), slice(y, 0, 0, 3)));
+    EXPECT_TRUE(same(layer(slice(x, 0, 4, 5)), slice(y, 0, 4, 5)));
+  }
+  EXPECT_FALSE(layer.input_range().observed());
 }
 
 // x = [0, 0.2, 1.25, 3.5, 5, -6] with 4-bit signed codes over the range 3.5: scale 0.5, codes

@@ -138,6 +138,34 @@ float max_abs_diff(const Tensor& a, const Tensor& b) {
   return m;
 }
 
+QConfig with_row_scales(QConfig c) {
+  c.linear_input_groups = quant::LinearInputGroups::row_scales;
+  return c;
+}
+
+// Row scales (a float scale per row of X) are on dW = dY^T X's contraction axis: the backward moves
+// them into dY's rows. E[dX] = R W^ and E[dW] = R^T X^ with X^ the per-row dequantized input.
+TEST(QuantizedLinear, RowScaleGradientsAreUnbiased) {
+  Generator gen(2);
+  nn::Linear fc(nn::LinearOptions{32, 16}.bias(false), gen);
+  quantize_alone(fc, with_row_scales(QConfig::bits(4)));
+  Tensor xv = Tensor::randn({24, 32}, gen);
+  for (std::int64_t c = 0; c < 32; ++c) xv.data<float>()[5 * 32 + c] *= 20.0f;  // rows of different norms
+  const Tensor x = xv.set_requires_grad(true);
+  const Tensor r = Tensor::randn({24, 16}, gen);
+  const DrawnGradients g = draw_gradients(fc, x, r);
+  const Tensor w_hat = fc.packed_weight().value().dequantize();
+  const Tensor x_hat = quant::quantize(x.detach(), quant::QuantizeParams::per_row(4)).dequantize();
+  EXPECT_LT(rel_error(fc(x.detach()), matmul(x_hat, transpose(w_hat, 0, 1))), 1e-6);
+  expect_unbiased("row scales unbiased", g, matmul(r, w_hat), matmul(transpose(r, 0, 1), x_hat));
+  quantize_alone(fc, with_row_scales(QConfig::bits(8)));
+  Tensor(x).zero_grad();
+  fc.zero_grad();
+  sum(mul(fc(x), r)).backward();
+  EXPECT_LT(rel_error(x.grad(), matmul(r, fc.weight)), 0.03);
+  EXPECT_LT(rel_error(fc.weight.grad(), matmul(transpose(r, 0, 1), x.detach())), 0.03);
+}
+
 // x: [rows, cols] with each row's blocks Hadamard-transformed (a copy).
 Tensor hadamard(const Tensor& x, std::int64_t block) {
   Tensor r = x.detach().clone();
@@ -345,6 +373,11 @@ TEST(QuantizedLayers, QConfigDescribesItself) {
   EXPECT_NE(c.str().find("S=4 nearest (Linear inputs: groups per row); gradients"), std::string::npos) << c.str();
   c.linear_input_rotation = quant::LinearInputRotation::hadamard;
   EXPECT_NE(c.str().find("S=4 nearest (Linear inputs: groups per row, Hadamard-rotated); gradients"), std::string::npos)
+      << c.str();
+  c.linear_input_groups = quant::LinearInputGroups::row_scales;
+  c.activations.mse_clip = true;
+  EXPECT_NE(c.str().find("(Linear inputs: a float scale per row, MSE-clipped, Hadamard-rotated); gradients"),
+            std::string::npos)
       << c.str();
 }
 

@@ -255,6 +255,28 @@ TEST(Quantize, MseClipLowersTheErrorOfHeavyTailedInputsAndKeepsUniformOnes) {
   EXPECT_EQ(one, two);
 }
 
+// Per-row scales clip each row over its own values: a row with an outlier gets a clipped scale (one
+// of max * 2^(-k/4), the outlier saturating) and a lower error; a uniform row keeps max / qmax; a
+// row's scale does not depend on the other rows.
+TEST(Quantize, MseClipOfPerRowScalesClipsEachRowOnItsOwn) {
+  Generator gen(33);
+  Tensor x = Tensor::randn({8, 256}, gen);
+  for (std::int64_t c = 0; c < 256; ++c) x.data<float>()[256 + c] = std::sin(0.37f * static_cast<float>(c));  // row 1: no tail
+  x.data<float>()[0] = 6.0f;  // row 0: one outlier (6 sigma)
+  const QuantizeParams p = QuantizeParams::per_row(4);
+  const QTensor plain = quantize(x, p), clipped = quantize(x, QuantizeParams(p).with_mse_clip());
+  auto row_error = [&](const QTensor& q, std::int64_t r) { return mse(slice(q.dequantize(), 0, r, r + 1), slice(x, 0, r, r + 1)); };
+  const float ratio = clipped.scales.data<float>()[0] / plain.scales.data<float>()[0];
+  EXPECT_LT(ratio, 0.9f);
+  EXPECT_NEAR(-4.0f * std::log2(ratio), std::round(-4.0f * std::log2(ratio)), 1e-3f);
+  EXPECT_LT(row_error(clipped, 0), 0.9 * row_error(plain, 0));
+  EXPECT_EQ(clipped.signed_codes().data<std::int8_t>()[0], 7);  // the outlier saturates
+  EXPECT_EQ(clipped.scales.data<float>()[1], plain.scales.data<float>()[1]);
+  for (std::int64_t r = 2; r < 8; ++r) EXPECT_LE(row_error(clipped, r), row_error(plain, r)) << "row " << r;
+  const QTensor alone = quantize(slice(x, 0, 3, 4).clone(), QuantizeParams(p).with_mse_clip());
+  EXPECT_EQ(alone.scales.item(), clipped.scales.data<float>()[3]);
+}
+
 // Squared error of group k of q (a row when inner_axis = 0, else a column) against x, in double.
 double group_error(const QTensor& q, const Tensor& x, std::int64_t k) {
   const Tensor xh = q.dequantize();

@@ -27,33 +27,13 @@ void gemm_u8s8s32(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64
                   const std::uint8_t* A, std::int64_t lda, const std::int8_t* B, std::int64_t ldb,
                   std::int32_t* C, std::int64_t ldc, const std::int32_t* col_offset = nullptr);
 
-// The implementations, callable directly (tests and benchmarks). No argument checks.
+// The references, callable directly (tests and benchmarks). No argument checks.
 void gemm_s8s8s32_ref(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64_t K,
                       const std::int8_t* A, std::int64_t lda, const std::int8_t* B, std::int64_t ldb,
                       std::int32_t* C, std::int64_t ldc);
 void gemm_u8s8s32_ref(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64_t K,
                       const std::uint8_t* A, std::int64_t lda, const std::int8_t* B, std::int64_t ldb,
                       std::int32_t* C, std::int64_t ldc, const std::int32_t* col_offset);
-// AVX2 (exact int16 multiply-adds, or int8 ones with int16 partial sums where the operands' ranges
-// make them exact; callable only where the CPU has AVX2).
-void gemm_s8s8s32_avx2(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64_t K,
-                       const std::int8_t* A, std::int64_t lda, const std::int8_t* B, std::int64_t ldb,
-                       std::int32_t* C, std::int64_t ldc);
-void gemm_u8s8s32_avx2(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64_t K,
-                       const std::uint8_t* A, std::int64_t lda, const std::int8_t* B, std::int64_t ldb,
-                       std::int32_t* C, std::int64_t ldc, const std::int32_t* col_offset);
-// Which AVX2 kernels serve op(A) values spanning `a_span` = max - min (<= 255) against |op(B)| <=
-// `b_absmax` (<= 128): the int8 path with DU = 4 or 2 vpmaddubsw results summed per int16 lane
-// (returns DU) when DU * 2 * a_span * b_absmax <= 32767, else 0 (the int16 path). Both are exact.
-int avx2_byte_path_depth(int a_span, int b_absmax);
-void gemm_s8s8s32_onednn(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64_t K,
-                         const std::int8_t* A, std::int64_t lda, const std::int8_t* B,
-                         std::int64_t ldb, std::int32_t* C, std::int64_t ldc);
-void gemm_u8s8s32_onednn(Trans ta, Trans tb, std::int64_t M, std::int64_t N, std::int64_t K,
-                         const std::uint8_t* A, std::int64_t lda, const std::int8_t* B,
-                         std::int64_t ldb, std::int32_t* C, std::int64_t ldc,
-                         const std::int32_t* col_offset);
-
 // Whether the CPU has int8 dot-product instructions (AVX-512 VNNI or AVX-VNNI). Without them
 // oneDNN's u8·s8 kernels may saturate in int16 intermediates (vpmaddubsw), so the integer GEMMs
 // use shiftq's exact AVX2 kernels instead, or the reference loops on CPUs without AVX2.
@@ -64,5 +44,11 @@ bool cpu_has_int8_dot_product();
 enum class IntGemmKernel { onednn_vnni, avx2, reference };
 IntGemmKernel int_gemm_kernel();
 const char* int_gemm_kernel_name(IntGemmKernel kernel);  // "onednn_vnni", "avx2", "reference"
+
+// Whether gemm_u8s8s32 is the faster entry point for an A operand stored as u8 (a_is_u8) or as s8,
+// on the kernels the current path runs: oneDNN's VNNI GEMM is fastest with an unsigned A (an s8 A
+// is worth converting), shiftq's AVX2 kernels widen either form at the same cost (keep A's form),
+// the reference loops take s8 directly.
+bool int_gemm_prefers_u8(bool a_is_u8);
 
 }  // namespace shiftq::kernels

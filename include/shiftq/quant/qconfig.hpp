@@ -17,11 +17,18 @@ enum class ActivationScaling : std::uint8_t {
 };
 
 // Where the power-of-two groups of a Linear input X: [rows, in_features] run when its activations
-// are ShiftQuant (S > 0). A Conv2d input always has one group per sample and channel.
+// are ShiftQuant (S > 0), or how its rows are scaled. A Conv2d input always has one group per sample
+// and channel.
 enum class LinearInputGroups : std::uint8_t {
   features,  // one group per input feature (column); with delayed scaling each feature's range is observed
   rows,      // one group per row (a sample, or a token of a sequence), from the row's own values on the
              // observed per-tensor base: with delayed scaling a row's codes depend on that row alone
+  // No power-of-two groups: a free float scale per row (per token), max |row| / qmax (or its
+  // MSE-clipped range with mse_clip), S = 0, symmetric codes; the activation quantizer's kind and S
+  // do not apply. Rows are the forward product's free axis, so their scales cost nothing there; in
+  // dW = dY^T X they are on the contraction axis, so the backward moves them into dY's rows (dY
+  // diag(s)) before quantizing dY. A row's codes depend on that row alone, with no observer.
+  row_scales,
 };
 
 // A rotation of every quantized Linear's input features before quantization. With H orthogonal,

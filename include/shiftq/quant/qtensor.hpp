@@ -57,7 +57,8 @@ struct QuantizeParams {
   // quantization error sum (Q(x) - x)^2, searched over alpha = max |x| * 2^(-k/4), k = 0..8, on a
   // fixed strided sample of 16384 elements (deterministic, independent of the thread count).
   // Values beyond alpha saturate at the top code (straight-through in backward). At 4 bits the
-  // finer step inside the range outweighs the clipping of the rare large values.
+  // finer step inside the range outweighs the clipping of the rare large values. Per-row scales
+  // with S = 0 (inner_axis = 1) clip each row's range the same way, over the whole row.
   // S > 0 with a per-tensor base: the base stays max |x| (over the groups, as without clipping),
   // and each group with e < S keeps e or takes e + 1 (half its range, its largest values
   // saturating), whichever has the smaller squared error over the group (ties keep e). The pow2

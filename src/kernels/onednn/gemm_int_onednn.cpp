@@ -2,7 +2,7 @@
 #include <oneapi/dnnl/dnnl.h>
 
 #include "shiftq/core/error.hpp"
-#include "shiftq/kernels/gemm_int.hpp"
+#include "kernels/gemm_impl.hpp"
 
 namespace shiftq::kernels {
 namespace {
