@@ -10,8 +10,9 @@
 //       vocab 65, 4 layers, d 256, 4 heads, context 128, batch 32; AdamW (lr 1e-3, weight decay
 //       0.1) + clip_grad_norm 1.0. int6_l1: QConfig::bits(6) (head 8-bit), L1LayerNorm at 8 bits.
 //       int4_l1: the same at 4 bits. int4_l1_rot_pertoken_mse: the best 4-bit configuration of
-//       docs/results.md (--act-rotation hadamard --act-quant per-token --act-clip mse: Hadamard-
-//       rotated Linear inputs with an MSE-clipped float scale per token).
+//       docs/results.md (--act-rotation hadamard --act-quant per-token --act-clip mse --weight-clip
+//       mse: Hadamard-rotated Linear inputs with an MSE-clipped float scale per token, MSE-chosen
+//       weight exponents).
 // Inputs are a fixed random batch (normal images / uniform tokens): no data loading is timed.
 //
 // Each case builds its model once, runs kWarmupSteps untimed steps, then times one step per
@@ -151,7 +152,7 @@ class GPTStep final : public TrainStep {
     if (quantized_) {
       config_ = quant::QConfig::bits(precision == GPTPrecision::int6 ? 6 : 4);
       if (precision == GPTPrecision::int4_rot_pertoken_mse) {
-        config_.activations.mse_clip = true;
+        config_.activations.mse_clip = config_.weights.mse_clip = true;
         config_.linear_input_groups = quant::LinearInputGroups::row_scales;
         config_.linear_input_rotation = quant::LinearInputRotation::hadamard;
       }

@@ -28,8 +28,8 @@ const std::string& info_entry(const io::TrainingCheckpoint& ckpt, const std::str
   return it->second;
 }
 
-std::int64_t info_int(const io::TrainingCheckpoint& ckpt, const std::string& path, const std::string& key) {
-  const std::string& text = info_entry(ckpt, path, key);
+// `text`, the checkpoint entry `key`, as an integer.
+std::int64_t parse_int(const std::string& text, const std::string& path, const std::string& key) {
   try {
     std::size_t used = 0;
     const std::int64_t value = std::stoll(text, &used);
@@ -37,6 +37,10 @@ std::int64_t info_int(const io::TrainingCheckpoint& ckpt, const std::string& pat
   } catch (const std::logic_error&) {
   }
   throw IOError("checkpoint " + path + ": entry '" + key + "' is not an integer: '" + text + "'");
+}
+
+std::int64_t info_int(const io::TrainingCheckpoint& ckpt, const std::string& path, const std::string& key) {
+  return parse_int(info_entry(ckpt, path, key), path, key);
 }
 
 GPTOptions model_options(const GPTTrainConfig& c, std::int64_t vocab_size) {
@@ -112,6 +116,7 @@ io::TrainingCheckpoint make_checkpoint(const GPTTrainConfig& c, GPT& model, cons
                {"act_clip", c.act_clip},
                {"weight_clip", c.weight_clip},
                {"act_rotation", c.act_rotation},
+               {"act_scaling", c.act_scaling.mode + ":" + std::to_string(c.act_scaling.history)},
                {"head_bits", std::to_string(c.head_bits)},
                {"attn_bits", std::to_string(c.attn_bits)},
                {"norm_bits", std::to_string(c.norm_bits)},
@@ -325,10 +330,8 @@ std::vector<GPTEvalPoint> train_gpt(const GPTTrainConfig& c) {
   return history;
 }
 
-std::string sample_gpt(const std::string& checkpoint, const SampleOptions& options) {
-  if (options.length < 0 || options.temperature <= 0 || options.top_k < 0)
-    throw ValueError("sample: need length >= 0, temperature > 0, top_k >= 0 (0 = all)");
-  const io::TrainingCheckpoint ckpt = io::load_checkpoint(checkpoint);
+namespace {
+GPTTrainConfig model_config(const io::TrainingCheckpoint& ckpt, const std::string& checkpoint) {
   if (info_entry(ckpt, checkpoint, "trainer") != "gpt")
     throw IOError("checkpoint " + checkpoint + " was not written by the GPT trainer");
   GPTTrainConfig c;
@@ -347,6 +350,14 @@ std::string sample_gpt(const std::string& checkpoint, const SampleOptions& optio
     if (ckpt.info.count(key)) *field = ckpt.info.at(key);
   for (auto [key, field] : {std::pair{"attn_bits", &c.attn_bits}, std::pair{"grad_bits", &c.grad_bits}})
     if (ckpt.info.count(key)) *field = info_int(ckpt, checkpoint, key);
+  if (ckpt.info.count("act_scaling")) {  // "mode:history": the observers' shape and rule
+    const std::string& scaling = ckpt.info.at("act_scaling");
+    const std::size_t colon = scaling.find(':');
+    if (colon == std::string::npos)
+      throw IOError("checkpoint " + checkpoint + ": info act_scaling='" + scaling + "' is not mode:history");
+    c.act_scaling.mode = scaling.substr(0, colon);
+    c.act_scaling.history = parse_int(scaling.substr(colon + 1), checkpoint, "act_scaling");
+  }
   c.head_bits = info_int(ckpt, checkpoint, "head_bits");
   c.norm_bits = info_int(ckpt, checkpoint, "norm_bits");
   c.seed = info_int(ckpt, checkpoint, "seed");
@@ -355,6 +366,19 @@ std::string sample_gpt(const std::string& checkpoint, const SampleOptions& optio
   } catch (const UsageError& e) {
     throw IOError("checkpoint " + checkpoint + " holds an invalid model description: " + e.what());
   }
+  return c;
+}
+}  // namespace
+
+GPTTrainConfig gpt_model_config(const std::string& checkpoint) {
+  return model_config(io::load_checkpoint(checkpoint), checkpoint);
+}
+
+std::string sample_gpt(const std::string& checkpoint, const SampleOptions& options) {
+  if (options.length < 0 || options.temperature <= 0 || options.top_k < 0)
+    throw ValueError("sample: need length >= 0, temperature > 0, top_k >= 0 (0 = all)");
+  const io::TrainingCheckpoint ckpt = io::load_checkpoint(checkpoint);
+  const GPTTrainConfig c = model_config(ckpt, checkpoint);
   const data::CharVocab vocab = data::CharVocab::from_string(info_entry(ckpt, checkpoint, "vocab"));
   auto model = build_model(c, vocab.size(), static_cast<std::uint64_t>(c.seed));
   io::restore(ckpt, checkpoint, *model, nullptr);

@@ -75,5 +75,9 @@ struct SampleOptions {
 };
 // Generates `length` characters after `prompt` from a checkpoint written by train_gpt.
 std::string sample_gpt(const std::string& checkpoint, const SampleOptions& options);
+// The model and precision description a checkpoint of train_gpt holds, as sample_gpt rebuilds the
+// model from it (the training-only fields keep their defaults). Throws IOError for a checkpoint of
+// another trainer or one with a missing or invalid description.
+GPTTrainConfig gpt_model_config(const std::string& checkpoint);
 
 }  // namespace shiftq::examples

@@ -7,9 +7,20 @@
 #include <vector>
 
 #include "core/parallel_for.hpp"
+#include "isa.hpp"
 #include "shiftq/core/error.hpp"
 
 namespace shiftq::kernels {
+
+#define SHIFTQ_DECLARE_ISA(ns) \
+  namespace ns {               \
+  void hadamard_rows_f32(float*, std::int64_t, std::int64_t, std::int64_t, std::int64_t, float); \
+  }
+SHIFTQ_DECLARE_ISA(avx512)
+SHIFTQ_DECLARE_ISA(avx2)
+SHIFTQ_DECLARE_ISA(base)
+#undef SHIFTQ_DECLARE_ISA
+
 namespace {
 void check_block(std::int64_t rows, std::int64_t cols, std::int64_t block, const char* fn) {
   SHIFTQ_CHECK(rows >= 0 && cols >= 0, ShapeError, fn, ": negative size rows=", rows, " cols=", cols);
@@ -17,21 +28,6 @@ void check_block(std::int64_t rows, std::int64_t cols, std::int64_t block, const
                fn, ": block must be a power of two dividing cols=", cols, ", got ", block);
 }
 
-// One block of n values: log2(n) passes of butterflies (a, b) -> (a + b, a - b), then the scale.
-// The inner loop runs over contiguous halves, so it vectorizes.
-void transform_block(float* v, std::int64_t n, float scale) {
-  for (std::int64_t half = 1; half < n; half *= 2)
-    for (std::int64_t start = 0; start < n; start += 2 * half) {
-      float* a = v + start;
-      float* b = a + half;
-      for (std::int64_t i = 0; i < half; ++i) {
-        const float s = a[i], d = b[i];
-        a[i] = s + d;
-        b[i] = s - d;
-      }
-    }
-  for (std::int64_t i = 0; i < n; ++i) v[i] *= scale;
-}
 }  // namespace
 
 std::int64_t hadamard_block(std::int64_t n) {
@@ -39,16 +35,21 @@ std::int64_t hadamard_block(std::int64_t n) {
   return n & -n;
 }
 
+namespace {
+// Rows [r0, r1): the butterflies of the ISA's build.
+void transform_rows(float* x, std::int64_t r0, std::int64_t r1, std::int64_t cols, std::int64_t block, float scale) {
+  SHIFTQ_ISA_DISPATCH(hadamard_rows_f32, x, r0, r1, cols, block, scale)
+}
+}  // namespace
+
 void hadamard_rows(float* x, std::int64_t rows, std::int64_t cols, std::int64_t block) {
   check_block(rows, cols, block, "hadamard_rows");
+  if (kernel_path() == KernelPath::reference) return hadamard_rows_ref(x, rows, cols, block);
   if (block == 1) return;
   const float scale = 1.0f / std::sqrt(static_cast<float>(block));
   // Rows per chunk: about 64 Ki values of work, at least one row.
   const std::int64_t grain = std::max<std::int64_t>(1, (std::int64_t{1} << 16) / std::max<std::int64_t>(cols, 1));
-  detail::parallel_for(rows, grain, [&](std::int64_t r0, std::int64_t r1) {
-    for (std::int64_t r = r0; r < r1; ++r)
-      for (std::int64_t c = 0; c < cols; c += block) transform_block(x + r * cols + c, block, scale);
-  });
+  detail::parallel_for(rows, grain, [&](std::int64_t r0, std::int64_t r1) { transform_rows(x, r0, r1, cols, block, scale); });
 }
 
 void hadamard_rows_ref(float* x, std::int64_t rows, std::int64_t cols, std::int64_t block) {

@@ -16,6 +16,7 @@ namespace shiftq::kernels {
   void code_sums_s8(const std::int8_t*, std::int64_t, std::int64_t, std::int64_t, std::int32_t*,          \
                     std::int32_t*);                                                                    \
   void shift_clip_errors_f32(const float*, std::int64_t, float, float, float, float*);                  \
+  float clip_error_f32(const float*, std::int64_t, float, float, float, float);                         \
   }
 SHIFTQ_DECLARE_ISA(avx512)
 SHIFTQ_DECLARE_ISA(avx2)
@@ -43,6 +44,10 @@ void code_sums_s8(const std::int8_t* v, std::int64_t r0, std::int64_t r1, std::i
 
 void shift_clip_errors_f32(const float* x, std::int64_t n, float a, float lo, float qmax, float errors[2]) {
   SHIFTQ_KERNEL_DISPATCH(shift_clip_errors_f32, x, n, a, lo, qmax, errors)
+}
+
+float clip_error_f32(const float* x, std::int64_t n, float inv, float scale, float lo, float qmax) {
+  SHIFTQ_KERNEL_DISPATCH(clip_error_f32, x, n, inv, scale, lo, qmax)
 }
 
 const char* quantize_isa_name() {
@@ -78,6 +83,17 @@ void shift_clip_errors_f32_ref(const float* x, std::int64_t n, float a, float lo
     errors[0] += keep[l];
     errors[1] += halve[l];
   }
+}
+
+float clip_error_f32_ref(const float* x, std::int64_t n, float inv, float scale, float lo, float qmax) {
+  float lanes[8] = {};
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float e = std::nearbyint(std::min(qmax, std::max(lo, x[i] * inv))) * scale - x[i];
+    lanes[i % 8] += e * e;
+  }
+  float error = 0.0f;
+  for (float v : lanes) error += v;
+  return error;
 }
 
 void code_sums_s8_ref(const std::int8_t* v, std::int64_t r0, std::int64_t r1, std::int64_t cols,

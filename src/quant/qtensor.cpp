@@ -127,19 +127,8 @@ float mse_clipped_range_of(std::span<const float> sample, float m, float qmax, b
   for (int k = 0; k <= 8; ++k) {
     const float alpha = m * std::exp2(-0.25f * static_cast<float>(k));
     const float scale = alpha / qmax, inv = 1.0f / scale;
-    // Eight lane sums (a fixed order that vectorizes without reassociation), then their total.
-    float lanes[8] = {};
-    auto add = [&](std::size_t i, int lane) {
-      const float y = std::min(qmax, std::max(lo, sample[i] * inv));
-      const float e = round_half_even(y) * scale - sample[i];
-      lanes[lane] += e * e;
-    };
-    std::size_t i = 0;
-    for (; i + 8 <= sample.size(); i += 8)
-      for (int l = 0; l < 8; ++l) add(i + l, l);
-    for (int l = 0; i < sample.size(); ++i, ++l) add(i, l);
-    float error = 0.0f;
-    for (float v : lanes) error += v;
+    const float error =
+        kernels::clip_error_f32(sample.data(), static_cast<std::int64_t>(sample.size()), inv, scale, lo, qmax);
     if (best_error < 0.0f || error < best_error) {
       best_error = error;
       best_alpha = alpha;

@@ -438,13 +438,19 @@ TEST_F(TrainerTest, GptPrecisionFlagsRoundTripThroughTheCheckpoint) {
   c.act_rotation = "hadamard";
   c.attn_bits = 8;
   c.grad_bits = 6;
+  c.act_scaling.history = 8;  // the observers' shape: [8, d_model]
   c.checkpoint = path("flags.safetensors");
   train_gpt(c);
   const io::TrainingCheckpoint ckpt = io::load_checkpoint(path("flags.safetensors"));
-  EXPECT_EQ(ckpt.model.at(std::string("blocks.0.fc.") + nn::kInputHistoryBuffer).size(1), c.d_model);
+  EXPECT_EQ(ckpt.model.at(std::string("blocks.0.fc.") + nn::kInputHistoryBuffer).shape(), (Shape{8, c.d_model}));
   EXPECT_NE(ckpt.info.at("config").find("act_quant=shiftquant"), std::string::npos);
   EXPECT_NE(ckpt.info.at("config").find("act_rotation=hadamard"), std::string::npos);
   EXPECT_EQ(ckpt.info.at("act_rotation"), "hadamard");
+  // The sampler rebuilds the model with the same precision.
+  const GPTTrainConfig read = gpt_model_config(path("flags.safetensors"));
+  EXPECT_EQ(read.qconfig().str(), c.qconfig().str());
+  EXPECT_EQ(read.precision(), c.precision());
+  EXPECT_EQ(read.attn_bits, c.attn_bits);
   SampleOptions s;
   s.prompt = "the ";
   s.length = 10;

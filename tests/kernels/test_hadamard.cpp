@@ -9,6 +9,7 @@
 #include "shiftq/core/error.hpp"
 #include "shiftq/core/generator.hpp"
 #include "shiftq/core/parallel.hpp"
+#include "shiftq/kernels/dispatch.hpp"
 #include "shiftq/kernels/hadamard.hpp"
 
 namespace shiftq::kernels {
@@ -37,6 +38,30 @@ TEST(HadamardKernel, FastTransformEqualsTheDefinition) {
       for (std::size_t i = 0; i < got.size(); ++i)
         ASSERT_NEAR(got[i], want[i], tolerance(block)) << "block " << block << " cols " << cols << " at " << i;
     }
+  }
+}
+
+// Every ISA build returns the bits of the plain butterfly loops: pass by pass over the whole block,
+// then the scale (the optimized kernel unrolls the first three passes and scales in the last).
+TEST(HadamardKernel, ButterfliesGiveTheBitsOfThePlainPasses) {
+  if (kernel_path() == KernelPath::reference) GTEST_SKIP() << "the reference path runs the definition";
+  for (std::int64_t block : {2, 4, 8, 16, 32, 256, 1024}) {
+    const std::int64_t rows = 3, cols = 2 * block;
+    std::vector<float> got = normal_values(rows * cols, 40 + block), want = got;
+    hadamard_rows(got.data(), rows, cols, block);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(block));
+    for (std::int64_t b = 0; b < rows * cols; b += block) {
+      float* v = want.data() + b;
+      for (std::int64_t half = 1; half < block; half *= 2)
+        for (std::int64_t start = 0; start < block; start += 2 * half)
+          for (std::int64_t i = start; i < start + half; ++i) {
+            const float s = v[i], d = v[i + half];
+            v[i] = s + d;
+            v[i + half] = s - d;
+          }
+      for (std::int64_t i = 0; i < block; ++i) v[i] *= scale;
+    }
+    for (std::size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], want[i]) << "block " << block << " at " << i;
   }
 }
 

@@ -440,6 +440,35 @@ TEST(QuantizeKernels, ShiftClipErrorsEqualReference) {
   }
 }
 
+// One candidate of the MSE clipping search: the dispatched kernel equals the reference bit for bit
+// at every tail length, and the reference is the sum of squared errors in value units (checked in
+// double, to float rounding), zero where the step divides every value exactly.
+TEST(QuantizeKernels, ClipErrorEqualsReference) {
+  Generator gen(13);
+  for (std::int64_t n : {0, 1, 7, 8, 9, 15, 16, 17, 31, 49, 196, 784, 1000}) {
+    const Tensor x = Tensor::randn({std::max<std::int64_t>(n, 1)}, gen);
+    const float* v = x.data<float>();
+    for (const bool relu : {true, false}) {
+      std::vector<float> u(v, v + n);
+      if (relu) {
+        for (float& e : u) e = std::max(e, 0.0f);
+      }
+      const float qmax = relu ? 15.0f : 7.0f, lo = relu ? 0.0f : -7.0f;
+      for (const float scale : {0.05f, 0.3f, 1.0f}) {
+        const float inv = 1.0f / scale;
+        const float got = clip_error_f32(u.data(), n, inv, scale, lo, qmax);
+        const float want = clip_error_f32_ref(u.data(), n, inv, scale, lo, qmax);
+        EXPECT_EQ(got, want) << "n " << n << " scale " << scale;
+        double exact = 0.0;
+        for (float e : u) exact += std::pow(std::nearbyint(std::clamp(e * inv, lo, qmax)) * scale - e, 2.0);
+        EXPECT_NEAR(want, exact, 1e-5 * exact + 1e-12) << "n " << n;
+      }
+    }
+  }
+  const std::vector<float> on_grid = {0.5f, -1.0f, 1.5f, 3.0f, -3.5f};
+  EXPECT_EQ(clip_error_f32(on_grid.data(), 5, 2.0f, 0.5f, -7.0f, 7.0f), 0.0f);
+}
+
 TEST(QuantizeKernels, AbsmaxRowsEqualsPlainLoopAtEveryTailLength) {
   Generator gen(4);
   for (std::int64_t cols : {1, 7, 15, 16, 17, 31, 49, 64, 100, 255, 256, 300}) {

@@ -83,6 +83,12 @@ void code_sums_s8_ref(const std::int8_t* v, std::int64_t r0, std::int64_t r1, st
 // then added in order from 0, so every variant returns the same bits. x must be finite.
 void shift_clip_errors_f32(const float* x, std::int64_t n, float a, float lo, float qmax, float errors[2]);
 void shift_clip_errors_f32_ref(const float* x, std::int64_t n, float a, float lo, float qmax, float errors[2]);
+// The squared error of quantizing x[0, n) with step `scale` (inv = 1 / scale) to codes clamped to
+// [lo, qmax]: sum (round(clamp(x * inv, lo, qmax)) * scale - x)^2, rounding half to even; one
+// candidate range of the MSE clipping search. Summed like shift_clip_errors_f32 (lane i % 8, then
+// the lanes in order), so every variant returns the same bits. x must be finite.
+float clip_error_f32(const float* x, std::int64_t n, float inv, float scale, float lo, float qmax);
+float clip_error_f32_ref(const float* x, std::int64_t n, float inv, float scale, float lo, float qmax);
 // The instruction set the dispatched kernels use here: "avx512", "avx2" or "x86-64".
 const char* quantize_isa_name();
 
