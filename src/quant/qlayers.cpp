@@ -203,20 +203,6 @@ QTensor quantize_linear_input(const Tensor& x2d, const LayerQuant& quant, const 
   return q;
 }
 
-// g: [rows, cols] -> g[r, :] * s[r] (a copy), s: f32 [rows].
-Tensor scale_rows(const Tensor& g, const Tensor& s) {
-  Tensor out = Tensor::uninitialized(g.shape());
-  const std::int64_t cols = g.size(1);
-  const float* pg = g.data<float>();
-  const float* ps = s.data<float>();
-  float* po = out.data<float>();
-  detail::parallel_for(g.size(0), std::max<std::int64_t>(1, 16384 / cols), [&](std::int64_t r0, std::int64_t r1) {
-    for (std::int64_t r = r0; r < r1; ++r)
-      for (std::int64_t c = 0; c < cols; ++c) po[r * cols + c] = pg[r * cols + c] * ps[r];
-  });
-  return out;
-}
-
 // q's codes as s8 with one unit per-tensor scale: V itself, its row scales moved elsewhere.
 QTensor unit_scaled_codes(const QTensor& q) {
   QTensor v = with_signed_codes(q);
@@ -262,7 +248,7 @@ Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bia
     }
     if (gw) {  // dW: [out, in] = dY^T · X (X from its saved int8 codes; rotated: (dY^T · (X H)) H)
       // With row scales s, X^ = diag(s) V: dW = (diag(s) dY)^T V, the scales moved into dY's rows.
-      const Tensor g_rows = row_scales ? scale_rows(g2, xq.scales) : g2;
+      const Tensor g_rows = row_scales ? mul(g2, xq.scales.view({rows, 1})) : g2;
       const QTensor gq = quantize(g_rows, internal::gradient_params(quant.gradients, true, quant, step),
                                   "linear output gradient");
       dw = rotate_back(shiftmm(gq, Trans::T, row_scales ? unit_scaled_codes(xq) : with_signed_codes(xq), Trans::N), block);

@@ -105,22 +105,8 @@ inline float round_half_even(float y) {
   return (y + kMagic) - kMagic;
 }
 
-// The clipped range of QuantizeParams::mse_clip: among alpha = m * 2^(-k/4), k = 0..8, the one with
-// the least squared quantization error on a strided sample of x (ties: the larger alpha). The
-// sample is gathered once; each candidate is one vectorizable pass over it.
-float mse_clipped_range_of(std::span<const float> sample, float m, float qmax, bool nonnegative);
-
-float mse_clipped_range(const float* x, std::int64_t n, float m, float qmax, bool nonnegative) {
-  constexpr std::int64_t kSample = 16384;
-  const std::int64_t stride = std::max<std::int64_t>(1, n / kSample);
-  if (stride == 1) return mse_clipped_range_of({x, static_cast<std::size_t>(n)}, m, qmax, nonnegative);
-  std::vector<float> sample;
-  sample.reserve(static_cast<std::size_t>(std::min(n, kSample + 1)));
-  for (std::int64_t i = 0; i < n; i += stride) sample.push_back(x[i]);
-  return mse_clipped_range_of(sample, m, qmax, nonnegative);
-}
-
-// The same over every element of `sample`.
+// Among alpha = m * 2^(-k/4), k = 0..8, the one with the least squared quantization error over every
+// element of `sample` (ties: the larger alpha); each candidate is one per-ISA pass (clip_error_f32).
 float mse_clipped_range_of(std::span<const float> sample, float m, float qmax, bool nonnegative) {
   const float lo = nonnegative ? 0.0f : -qmax;
   float best_alpha = m, best_error = -1.0f;
@@ -135,6 +121,18 @@ float mse_clipped_range_of(std::span<const float> sample, float m, float qmax, b
     }
   }
   return best_alpha;
+}
+
+// The clipped range of QuantizeParams::mse_clip: mse_clipped_range_of every stride-th element of x,
+// stride = max(1, n / 16384) (gathered once; x itself, in place, when the stride is 1).
+float mse_clipped_range(const float* x, std::int64_t n, float m, float qmax, bool nonnegative) {
+  constexpr std::int64_t kSample = 16384;
+  const std::int64_t stride = std::max<std::int64_t>(1, n / kSample);
+  if (stride == 1) return mse_clipped_range_of({x, static_cast<std::size_t>(n)}, m, qmax, nonnegative);
+  std::vector<float> sample;
+  sample.reserve(static_cast<std::size_t>(std::min(n, kSample + 1)));
+  for (std::int64_t i = 0; i < n; i += stride) sample.push_back(x[i]);
+  return mse_clipped_range_of(sample, m, qmax, nonnegative);
 }
 
 // QuantizeParams::mse_clip with S > 0 and a per-tensor base: each group k with e_k < S keeps e_k or

@@ -93,6 +93,15 @@ void expect_unbiased(const char* label, const DrawnGradients& g, const Tensor& d
   EXPECT_LT(mean_dw, 0.03);
 }
 
+// L = sum(Y * R) once more: fc's dX and dW are within 3% of fp32's R W and R^T X (8-bit layers).
+void expect_gradients_close_to_fp32(nn::Linear& fc, const Tensor& x, const Tensor& r) {
+  Tensor(x).zero_grad();
+  fc.zero_grad();
+  sum(mul(fc(x), r)).backward();
+  EXPECT_LT(rel_error(x.grad(), matmul(r, fc.weight)), 0.03);
+  EXPECT_LT(rel_error(fc.weight.grad(), matmul(transpose(r, 0, 1), x.detach())), 0.03);
+}
+
 TEST(QuantizedLinear, GradientsAreUnbiasedOverStochasticRounding) {
   // L = sum(Y * R): dY = R. With unbiased stochastic rounding, E[dX] = R W^ and E[dW] = R^T X^
   // (W^, X^: the forward's dequantized operands). The mean over many calls converges to them.
@@ -159,11 +168,7 @@ TEST(QuantizedLinear, RowScaleGradientsAreUnbiased) {
   EXPECT_LT(rel_error(fc(x.detach()), matmul(x_hat, transpose(w_hat, 0, 1))), 1e-6);
   expect_unbiased("row scales unbiased", g, matmul(r, w_hat), matmul(transpose(r, 0, 1), x_hat));
   quantize_alone(fc, with_row_scales(QConfig::bits(8)));
-  Tensor(x).zero_grad();
-  fc.zero_grad();
-  sum(mul(fc(x), r)).backward();
-  EXPECT_LT(rel_error(x.grad(), matmul(r, fc.weight)), 0.03);
-  EXPECT_LT(rel_error(fc.weight.grad(), matmul(transpose(r, 0, 1), x.detach())), 0.03);
+  expect_gradients_close_to_fp32(fc, x, r);
 }
 
 // x: [rows, cols] with each row's blocks Hadamard-transformed (a copy).
@@ -231,11 +236,7 @@ TEST(QuantizedLinear, HadamardRotatedGradientsAreUnbiased) {
   expect_unbiased("hadamard unbiased", g, dx_expected, dw_expected);  // measured: 0.0058 / 0.0066
   // And at 8 bits both gradients are close to fp32's.
   quantize_alone(fc, rotated(QConfig::bits(8)));
-  Tensor(x).zero_grad();
-  fc.zero_grad();
-  sum(mul(fc(x), r)).backward();
-  EXPECT_LT(rel_error(x.grad(), matmul(r, fc.weight)), 0.03);
-  EXPECT_LT(rel_error(fc.weight.grad(), matmul(transpose(r, 0, 1), x.detach())), 0.03);
+  expect_gradients_close_to_fp32(fc, x, r);
 }
 
 // Turning the rotation on or off re-packs the same weight version; in_features without an even
