@@ -18,6 +18,7 @@
 #include "shiftq/dist/dist.hpp"
 #include "shiftq/io/checkpoint.hpp"
 #include "shiftq/io/safetensors.hpp"
+#include "shiftq/kernels/epilogue.hpp"
 #include "shiftq/kernels/gemm.hpp"
 #include "shiftq/kernels/gemm_int.hpp"
 #include "shiftq/kernels/grad_codec.hpp"

@@ -22,6 +22,7 @@
 #include "core/parallel_for.hpp"
 #include "quant/qlayers_internal.hpp"
 #include "quant/shiftmm_internal.hpp"
+#include "shiftq/kernels/epilogue.hpp"
 #include "shiftq/kernels/gemm_int.hpp"
 #include "shiftq/kernels/im2col.hpp"
 #include "shiftq/kernels/quantize.hpp"
@@ -133,16 +134,14 @@ void im2col_rows(const ConvShape& s, const std::uint8_t* x_nhwc, std::int64_t r0
 // Y: [N, O, OH, OW] = cols · W^T (+ bias), x codes [N, HW, C] u8.
 Tensor conv_forward(const ConvShape& s, const QTensor& x_nhwc, const QTensor& wq, const Tensor& bias) {
   Tensor out = Tensor::uninitialized({s.N, s.O, s.g.out_h(), s.g.out_w()});
-  const float row = scale_at(x_nhwc, 0) * std::ldexp(1.0f, -(x_nhwc.shift_budget + wq.shift_budget));
+  const float x_scale = scale_at(x_nhwc, 0);
   const std::uint8_t* x = x_nhwc.codes.data<std::uint8_t>();
   const std::int8_t* w = wq.codes.data<std::int8_t>();
   // B = W^T: the packed weight's row sums
   const std::vector<std::int32_t> offsets = internal::u8_compensation(wq.row_sums, w, Trans::T, s.patch, s.O);
-  std::vector<float> col_scale(static_cast<std::size_t>(s.O)), col_add(static_cast<std::size_t>(s.O), 0.0f);
-  for (std::int64_t o = 0; o < s.O; ++o) {
-    col_scale[o] = row * scale_at(wq, o);
-    if (bias.defined()) col_add[o] = bias.data<float>()[o];
-  }
+  const kernels::ScaleEpilogue epilogue{&x_scale, 0, std::ldexp(1.0f, -(x_nhwc.shift_budget + wq.shift_budget)),
+                                        wq.scales.data<float>(), wq.scale_axis() >= 0 ? 1 : 0,
+                                        bias.defined() ? bias.data<float>() : nullptr};
   float* y = out.data<float>();
   const std::int64_t rows_per_block = block_rows(s.patch, s.O);
   detail::parallel_for_dynamic(s.N, 1, [&](std::int64_t b, std::int64_t e) {
@@ -155,9 +154,7 @@ Tensor conv_forward(const ConvShape& s, const QTensor& x_nhwc, const QTensor& wq
       kernels::gemm_u8s8s32(Trans::N, Trans::T, r1 - r0, s.O, s.patch, cols, s.patch, w, s.patch, acc,
                             s.O, offsets.data());
       // Scaled along the rows (contiguous), then moved to NCHW by a blocked transpose per sample part.
-      for (std::int64_t r = 0; r < r1 - r0; ++r)
-        for (std::int64_t o = 0; o < s.O; ++o)
-          block[r * s.O + o] = static_cast<float>(acc[r * s.O + o]) * col_scale[o] + col_add[o];
+      kernels::scale_s32_f32(acc, s.O, epilogue, 0, r1 - r0, s.O, block, s.O);
       for_each_sample_part(r0, r1, s.P, [&](std::int64_t n, std::int64_t p0, std::int64_t p1, std::int64_t r) {
         kernels::transpose_f32(block + r * s.O, s.O, y + n * s.O * s.P + p0, s.P, p1 - p0, s.O);
       });

@@ -2,11 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <vector>
 
 #include "core/parallel_for.hpp"
 #include "quant/shiftmm_internal.hpp"
+#include "shiftq/kernels/epilogue.hpp"
 #include "shiftq/kernels/gemm_int.hpp"
 #include "shiftq/kernels/quantize.hpp"
 
@@ -144,9 +144,8 @@ Tensor shiftmm(const QTensor& a, Trans ta, const QTensor& b, Trans tb, const Ten
     SHIFTQ_CHECK(col_bias.dtype() == DType::f32 && col_bias.numel() == s.N, ShapeError, "shiftmm: bias ",
                  col_bias.str(), " must be f32 with ", s.N, " elements");
   const float* bias = col_bias.defined() ? col_bias.data<float>() : nullptr;
-  // The int32 accumulator is written into the output's own storage, then scaled to f32 in place:
-  // each element's bytes are read as int32 (memcpy: no float/int32 aliasing) before the float is
-  // stored to the same address.
+  // The int32 accumulator is written into the output's own storage, then scaled to f32 in place
+  // (kernels::scale_s32_f32 reads each element as int32 before storing its float).
   Tensor out = Tensor::uninitialized({s.M, s.N}, DType::f32);
   const float shift = std::ldexp(1.0f, -(a.shift_budget + b.shift_budget));
   if (s.K > kernels::kMaxGemmKs8s8) {
@@ -155,32 +154,16 @@ Tensor shiftmm(const QTensor& a, Trans ta, const QTensor& b, Trans tb, const Ten
       for (std::int64_t i = 0; i < s.M * s.N; ++i) out.data<float>()[i] += bias[i % s.N];
     return out;
   }
-  std::int32_t* acc = static_cast<std::int32_t*>(static_cast<void*>(out.data<float>()));
-  integer_product(a, ta, b, tb, s, acc);
-  const float* rs = a.scales.data<float>();
-  const float* cs = b.scales.data<float>();
-  const bool row_per_index = a.scale_axis() >= 0, col_per_index = b.scale_axis() >= 0;
   float* o = out.data<float>();
-  // C = acc * ((s_m * 2^-(S_A+S_B)) * t_n)
+  std::int32_t* acc = static_cast<std::int32_t*>(static_cast<void*>(o));
+  integer_product(a, ta, b, tb, s, acc);
+  // C = acc * ((s_m * 2^-(S_A+S_B)) * t_n) (+ bias)
+  const kernels::ScaleEpilogue epilogue{a.scales.data<float>(), a.scale_axis() >= 0 ? 1 : 0, shift,
+                                        b.scales.data<float>(), b.scale_axis() >= 0 ? 1 : 0, bias};
   detail::parallel_for(s.M, std::max<std::int64_t>(1, 16384 / std::max<std::int64_t>(s.N, 1)),
                        [&](std::int64_t m0, std::int64_t m1) {
-    for (std::int64_t m = m0; m < m1; ++m) {
-      const float row = (row_per_index ? rs[m] : rs[0]) * shift;
-      const unsigned char* in = reinterpret_cast<const unsigned char*>(acc + m * s.N);
-      float* dst = o + m * s.N;
-      const auto value = [in](std::int64_t n) {
-        std::int32_t v;
-        std::memcpy(&v, in + n * static_cast<std::int64_t>(sizeof v), sizeof v);
-        return static_cast<float>(v);
-      };
-      if (col_per_index)
-        for (std::int64_t n = 0; n < s.N; ++n) dst[n] = value(n) * (row * cs[n]);
-      else
-        for (std::int64_t n = 0; n < s.N; ++n) dst[n] = value(n) * (row * cs[0]);
-      if (bias)
-        for (std::int64_t n = 0; n < s.N; ++n) dst[n] += bias[n];
-    }
-  });
+                         kernels::scale_s32_f32(acc, s.N, epilogue, m0, m1, s.N, o, s.N);
+                       });
   return out;
 }
 

@@ -63,13 +63,14 @@ TEST(QuantizedLinear, NonNegativeInputsGetUnsignedCodes) {
   EXPECT_LT(err_unsigned, 0.75 * err_symmetric) << err_unsigned << " vs " << err_symmetric;
 }
 
-// L = sum(Y * R) over `calls` training calls of fc (x: [24, 32], r: [24, 16]): the first dX and
-// the mean dX and dW.
+// L = sum(Y * R) over `calls` training calls of a layer (Linear or Conv2d): the first dX and the
+// mean dX and dW.
 struct DrawnGradients {
   Tensor first_dx, mean_dx, mean_dw;
   int calls = 0;
 };
-DrawnGradients draw_gradients(nn::Linear& fc, const Tensor& x, const Tensor& r, int calls = 400) {
+template <class Layer>
+DrawnGradients draw_gradients(Layer& fc, const Tensor& x, const Tensor& r, int calls = 400) {
   Tensor sum_dx = Tensor::zeros(x.shape()), sum_dw = Tensor::zeros(fc.weight.shape()), first_dx;
   for (int t = 0; t < calls; ++t) {
     Tensor(x).zero_grad();
@@ -273,12 +274,32 @@ TEST(QuantizedConv2d, ForwardEqualsFloatConvOfTheDequantizedOperands) {
   quantize_alone(conv, QConfig::bits(4));
   const Tensor x = Tensor::randn({2, 3, 7, 6}, gen);
   const Tensor y = conv(x);
-  // Activation: [N*C, H*W] with groups per (sample, channel) plane and a per-tensor base.
-  const quant::QTensor xq = quant::quantize(x.view({6, 42}), quant::QuantizeParams::shiftquant(4, 4, 0, quant::OuterScale::per_tensor));
+  // Activation: per-tensor 4 bits (QConfig::bits), symmetric (x has negative values).
+  const quant::QTensor xq = quant::quantize(x.view({6, 42}), quant::QuantizeParams::per_tensor(4));
   // The packed weight is [O, KH*KW*C] (channels-last patch order): back to [O, C, KH, KW].
   const Tensor w_hat = permute(conv.packed_weight().value().dequantize().view({5, 3, 3, 3}), {0, 3, 1, 2});
   const Tensor expected = conv2d(xq.dequantize().view(x.shape()), w_hat, conv.bias, {2, 1});
   EXPECT_LT(rel_error(y, expected), 1e-6);
+}
+
+TEST(QuantizedConv2d, FourBitGradientsAreUnbiasedOverStochasticRounding) {
+  // L = sum(Y * R): the blocked backward's dX and dW are stochastic ShiftQuant products of dY = R
+  // with the forward's dequantized operands W^, X^. Their means over many calls converge to the
+  // fp32 convolution gradients of those operands.
+  Generator gen(9);
+  nn::Conv2d conv(nn::Conv2dOptions{4, 6, 3}.padding(1).bias(false), gen);
+  quantize_alone(conv, QConfig::bits(4));
+  const Tensor x = Tensor::randn({3, 4, 6, 6}, gen).set_requires_grad(true);
+  const Tensor r = Tensor::randn({3, 6, 6, 6}, gen);
+  const DrawnGradients g = draw_gradients(conv, x, r);
+  // Per-tensor 4-bit activations (signed: x has negative values), the range observed on the first call.
+  const quant::QTensor xq = quant::quantize(x.detach().view({12, 36}), quant::QuantizeParams::per_tensor(4));
+  const Tensor x_hat = xq.dequantize().view(x.shape()).clone().set_requires_grad(true);
+  const Tensor w_hat = permute(conv.packed_weight().value().dequantize().view({6, 3, 3, 4}), {0, 3, 1, 2})
+                           .clone()
+                           .set_requires_grad(true);
+  sum(mul(conv2d(x_hat, w_hat, Tensor(), {1, 1}), r)).backward();
+  expect_unbiased("conv unbiased", g, x_hat.grad(), w_hat.grad());  // measured: 0.0050 / 0.0073
 }
 
 TEST(QuantizedConv2d, GradientsMatchTheirExpectationAndFloatAt8Bits) {

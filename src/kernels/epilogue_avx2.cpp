@@ -1,0 +1,2 @@
+#define SHIFTQ_ISA_NS avx2
+#include "epilogue_impl.inc"

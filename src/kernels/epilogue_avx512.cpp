@@ -1,0 +1,2 @@
+#define SHIFTQ_ISA_NS avx512
+#include "epilogue_impl.inc"

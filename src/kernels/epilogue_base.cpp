@@ -1,0 +1,2 @@
+#define SHIFTQ_ISA_NS base
+#include "epilogue_impl.inc"
