@@ -7,6 +7,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <mutex>
 #include <optional>
 #include <vector>
 
@@ -275,6 +276,15 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
 
   const bool per_tensor = p.outer == OuterScale::per_tensor;
   const bool fused_row_scales = groups_on_cols && !per_tensor;  // per-row scales taken tile by tile
+  const bool observed = p.observed_range >= 0.0f;
+  // An observed per-tensor base (delayed scaling) with groups along rows, or none (S = 0): a row's
+  // codes depend on that row alone, so its range is taken tile by tile in the pack loop, from L1,
+  // instead of in a pass of its own. The input's own range (for the observer) comes from there too.
+  const bool tile_ranges =
+      observed && p.observed_range > 0.0f && per_tensor && !given_ranges && (S == 0 || !groups_on_cols);
+  // Where the unsigned range can apply: the row pass that looks for negative values runs.
+  const bool sign_applies = p.nonnegative_range && (S == 0 ? !fused_row_scales
+                                                           : !groups_on_cols && S <= max_shift_budget(p.bits, true));
 
   // 1. Inner ranges r_k and their max m. With S = 0 every exponent is 0 and only m matters: a row
   // pass (register reductions) gives it, and per-row scaling needs no first pass at all.
@@ -284,6 +294,8 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
   float m = 1.0f;  // unknown but irrelevant when the first pass is skipped (S = 0, per-row)
   if (given_ranges) {  // exact maxima from the caller, read in place; later passes still check finiteness
     m = *std::max_element(given_ranges, given_ranges + inner_len);
+  } else if (tile_ranges) {  // filled by the pack loop, row by row
+    ranges.resize(static_cast<std::size_t>(R));
   } else if (S > 0) {
     const bool sign_pass = p.nonnegative_range && S <= max_shift_budget(p.bits, true);
     if (groups_on_cols)
@@ -297,10 +309,6 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
   }
   if (!finite) throw_nonfinite(x, name);
   const float* range = given_ranges ? given_ranges : ranges.data();  // r_k (when S > 0)
-  const bool observed = p.observed_range >= 0.0f;
-  // Where the unsigned range can apply: the row pass that looks for negative values ran.
-  const bool sign_applies = p.nonnegative_range && (S == 0 ? !fused_row_scales
-                                                           : !groups_on_cols && S <= max_shift_budget(p.bits, true));
 
   QTensor q;
   q.bits = p.bits;
@@ -310,12 +318,14 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
   q.nonnegative = observed ? sign_applies && p.observed_nonnegative : !negative;  // only a sign pass clears `negative`
   q.input_negative = negative;
   const float qmax = static_cast<float>(q.qmax());
-  if (per_tensor) {
-    // This input's own range, for an observer: MSE-clipped with the qmax its own sign would give.
+  // This input's own range, for an observer: MSE-clipped with the qmax its own sign would give.
+  auto own_range = [&](float own_max) {
     const float own_qmax = static_cast<float>(sign_applies && !negative ? std::min((1 << p.bits) - 1, 127)
                                                                          : (1 << (p.bits - 1)) - 1);
-    q.input_range = p.mse_clip && S == 0 && m > 0.0f ? mse_clipped_range(px, R * C, m, own_qmax, !negative) : m;
-  }
+    return p.mse_clip && S == 0 && own_max > 0.0f ? mse_clipped_range(px, R * C, own_max, own_qmax, !negative)
+                                                   : own_max;
+  };
+  if (per_tensor && !tile_ranges) q.input_range = own_range(m);
   if (observed) m = p.observed_range;
   const DType code_type = p.unsigned_codes ? DType::u8 : DType::s8;
   q.exponents = Tensor::empty({inner_len}, DType::s8);
@@ -328,15 +338,15 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
   pack.assign(static_cast<std::size_t>(inner_len), 1.0f);
   std::int8_t* e_out = q.exponents.data<std::int8_t>();
   // 0 <= e <= S (r_k > m, beyond an observed range, gets 0: it saturates).
-  if (S > 0)
-    detail::parallel_for(inner_len, kParallelElements, [&](std::int64_t k0, std::int64_t k1) {
-      for (std::int64_t k = k0; k < k1; ++k) {
-        const int e = (range[k] == 0.0f || m == 0.0f) ? S : std::clamp(floor_log2_ratio(m, range[k]), 0, S);
-        e_out[k] = static_cast<std::int8_t>(e);
-        pow_e[k] = pow2(e);
-        pack[k] = pow2(S - e);
-      }
-    });
+  auto set_exponents = [&](std::int64_t k0, std::int64_t k1) {
+    for (std::int64_t k = k0; k < k1; ++k) {
+      const int e = (range[k] == 0.0f || m == 0.0f) ? S : std::clamp(floor_log2_ratio(m, range[k]), 0, S);
+      e_out[k] = static_cast<std::int8_t>(e);
+      pow_e[k] = pow2(e);
+      pack[k] = pow2(S - e);
+    }
+  };
+  if (S > 0 && !tile_ranges) detail::parallel_for(inner_len, kParallelElements, set_exponents);
   if (m == 0.0f) {  // all zero: v = 0
     q.codes = Tensor::empty({R, C}, code_type);
     if (p.unsigned_codes) std::memset(q.codes.data<std::uint8_t>(), 0x80, static_cast<std::size_t>(R * C));
@@ -399,11 +409,24 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
   std::vector<float>& row_max = scratch.row_max;
   row_max.resize(static_cast<std::size_t>(fused_row_scales ? R : 0));
   std::atomic<bool> rows_finite{true};
-  // Rows go in tiles of ~16 KiB of input: per-row scales are taken while the tile is in L1.
+  float own_max = 0.0f;        // tile_ranges: max |x| over the rows
+  bool own_negative = false;   // tile_ranges: some x < 0 (looked for when sign_applies)
+  std::mutex own_mutex;
+  // Rows go in tiles of ~16 KiB of input: per-row scales and ranges are taken while the tile is in L1.
   const std::int64_t tile = std::max<std::int64_t>(1, 4096 / C);
   for_row_blocks(R, C, [&](std::int64_t r0, std::int64_t r1) {
+    float block_max = 0.0f;
+    bool block_negative = false;
     for (std::int64_t t0 = r0; t0 < r1; t0 += tile) {
       const std::int64_t t1 = std::min(r1, t0 + tile);
+      if (tile_ranges) {
+        if (!kernels::absmax_rows_f32(px, t0, t1, C, nullptr, ranges.data(), sign_applies ? &block_negative : nullptr)) {
+          rows_finite = false;
+          continue;
+        }
+        block_max = std::max(block_max, *std::max_element(ranges.data() + t0, ranges.data() + t1));
+        if (S > 0) set_exponents(t0, t1);
+      }
       if (fused_row_scales) {
         if (!kernels::absmax_rows_f32(px, t0, t1, C, pow_e.data(), row_max.data())) {
           rows_finite = false;  // reported after the loop; never convert NaN/Inf to integers
@@ -417,8 +440,17 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
       if (shift_clip && !groups_on_cols) shift_clip->rows(px, C, t0, t1);
       kernels::quantize_pack_f32_s8(args, t0, t1);
     }
+    if (!tile_ranges) return;
+    const std::lock_guard<std::mutex> lock(own_mutex);
+    own_max = std::max(own_max, block_max);
+    own_negative = own_negative || block_negative;
   });
-  if (!rows_finite) throw_nonfinite(x, name);  // the first pass was skipped (S = 0, per-row, or given ranges)
+  if (!rows_finite) throw_nonfinite(x, name);  // the first pass was skipped (S = 0, per-row, given or tile ranges)
+  if (tile_ranges) {
+    negative = sign_applies ? own_negative : true;  // as the row pass reports it
+    q.input_negative = negative;
+    q.input_range = own_range(own_max);
+  }
   return q;
 }
 }  // namespace

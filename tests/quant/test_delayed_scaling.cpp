@@ -162,6 +162,50 @@ TEST(DelayedScaling, LinearQuantizesWithTheObservedRangeAndSaturatesBeyondIt) {
 
 // Observed ShiftQuant groups: each column's exponent comes from its given range against the base,
 // not from the input; a column beyond its range saturates at its group's top code.
+// With an observed per-tensor base and groups along rows (or S = 0), quantize() takes each row's
+// range in its pack loop instead of a pass of its own. Given the range a plain call finds, the
+// observed call gives the same codes, exponents and scale, and reports the same own range and sign
+// for the observer, at 1 and 2 threads (the pack loop then runs in parallel blocks).
+TEST(DelayedScaling, ObservedBaseQuantizesAsAPlainCallWithTheSameRange) {
+  Generator gen(31);
+  const Tensor signed_x = Tensor::randn({600, 300}, gen);
+  const Tensor relu_x = relu(Tensor::randn({600, 300}, gen));
+  using quant::OuterScale;
+  using quant::QuantizeParams;
+  const QuantizeParams configs[] = {
+      QuantizeParams::per_tensor(4),
+      QuantizeParams::per_tensor(4).with_nonnegative_range(),
+      QuantizeParams::per_tensor(4).with_nonnegative_range().with_mse_clip(),
+      QuantizeParams::per_tensor(6).with_unsigned_codes(),
+      QuantizeParams::shiftquant(4, 3, 0, OuterScale::per_tensor).with_nonnegative_range().with_unsigned_codes(),
+      QuantizeParams::shiftquant(4, 4, 0, OuterScale::per_tensor).with_mse_clip(),
+      QuantizeParams::shiftquant(4, 4, 0, OuterScale::per_tensor).with_rounding(quant::Rounding::stochastic, {3, 4, 5}),
+  };
+  const int threads = get_num_threads();
+  for (int t : {1, 2}) {
+    set_num_threads(t);
+    for (const Tensor& x : {signed_x, relu_x})
+      for (std::size_t c = 0; c < std::size(configs); ++c) {
+        const quant::QTensor plain = quant::quantize(x, configs[c]);
+        QuantizeParams observed = configs[c];
+        observed.with_observed_range(plain.input_range, plain.nonnegative);
+        const quant::QTensor q = quant::quantize(x, observed);
+        const std::string where = "config " + std::to_string(c) + ", " + std::to_string(t) + " threads";
+        EXPECT_TRUE(same(q.codes, plain.codes)) << where;
+        EXPECT_TRUE(same(q.exponents, plain.exponents)) << where;
+        EXPECT_TRUE(same(q.scales, plain.scales)) << where;
+        EXPECT_EQ(q.input_range, plain.input_range) << where;
+        EXPECT_EQ(q.input_negative, plain.input_negative) << where;
+        EXPECT_EQ(q.nonnegative, plain.nonnegative) << where;
+      }
+  }
+  set_num_threads(threads);
+  // A NaN in the input is still reported, never converted.
+  Tensor bad = signed_x.clone();
+  bad.data<float>()[12345] = std::nanf("");
+  EXPECT_THROW(quant::quantize(bad, QuantizeParams::per_tensor(4).with_observed_range(2.0f, false)), NumericError);
+}
+
 TEST(DelayedScaling, ObservedGroupRangesSetTheExponents) {
   // Column c of row 0 is 2^-c; the observed ranges claim columns 0..3 span 8, 4, 1 and 0.5.
   const Tensor x = Tensor::from_vector(std::vector<float>{1.0f, 0.5f, 0.25f, 0.125f}, {1, 4});
