@@ -9,6 +9,8 @@ namespace shiftq::kernels {
   namespace ns {                                                                      \
   void relu_f32(const float*, float*, std::int64_t);                                  \
   void relu_backward_f32(const float*, const float*, float*, std::int64_t);           \
+  void relu_mask_f32(const float*, float*, std::uint8_t*, std::int64_t);              \
+  void relu_backward_mask_f32(const float*, const std::uint8_t*, float*, std::int64_t); \
   void gelu_f32(const float*, float*, std::int64_t);                                  \
   void gelu_backward_f32(const float*, const float*, float*, std::int64_t);           \
   }
@@ -21,6 +23,14 @@ void relu_f32(const float* x, float* y, std::int64_t n) { SHIFTQ_KERNEL_DISPATCH
 
 void relu_backward_f32(const float* g, const float* y, float* dx, std::int64_t n) {
   SHIFTQ_KERNEL_DISPATCH(relu_backward_f32, g, y, dx, n)
+}
+
+void relu_mask_f32(const float* x, float* y, std::uint8_t* mask, std::int64_t n) {
+  SHIFTQ_KERNEL_DISPATCH(relu_mask_f32, x, y, mask, n)
+}
+
+void relu_backward_mask_f32(const float* g, const std::uint8_t* mask, float* dx, std::int64_t n) {
+  SHIFTQ_KERNEL_DISPATCH(relu_backward_mask_f32, g, mask, dx, n)
 }
 
 void gelu_f32(const float* x, float* y, std::int64_t n) { SHIFTQ_KERNEL_DISPATCH(gelu_f32, x, y, n) }
@@ -36,6 +46,19 @@ void relu_f32_ref(const float* x, float* y, std::int64_t n) {
 
 void relu_backward_f32_ref(const float* g, const float* y, float* dx, std::int64_t n) {
   for (std::int64_t i = 0; i < n; ++i) dx[i] = y[i] > 0.0f ? g[i] : 0.0f;
+}
+
+void relu_mask_f32_ref(const float* x, float* y, std::uint8_t* mask, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    const bool on = x[i] > 0.0f;
+    y[i] = on ? x[i] : 0.0f;
+    if (i % 8 == 0) mask[i / 8] = 0;
+    mask[i / 8] = static_cast<std::uint8_t>(mask[i / 8] | (static_cast<unsigned>(on) << (i % 8)));
+  }
+}
+
+void relu_backward_mask_f32_ref(const float* g, const std::uint8_t* mask, float* dx, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) dx[i] = (mask[i / 8] >> (i % 8)) & 1u ? g[i] : 0.0f;
 }
 
 void gelu_f32_ref(const float* x, float* y, std::int64_t n) {

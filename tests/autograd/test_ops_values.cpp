@@ -75,6 +75,32 @@ TEST(OpsValues, ScalarAndUnary) {
   expect_values(exp(tensor({0, 1}, {2})), {2}, {1, std::exp(1.0f)});
 }
 
+// ReLU's backward from its one-bit mask, over pieces that several threads write (64-element
+// blocks) and a tail: dx = r where x > 0, else 0, exactly; the output equals the no-grad forward.
+TEST(OpsValues, ReluGradientFromItsMaskAcrossThreads) {
+  Generator gen(3);
+  const int threads = get_num_threads();
+  set_num_threads(2);
+  const Tensor x = Tensor::randn({3, 70001}, gen).set_requires_grad(true);
+  const Tensor r = Tensor::randn({3, 70001}, gen);
+  const Tensor y = relu(x);
+  sum(mul(y, r)).backward();
+  Tensor y_plain;
+  {
+    NoGradGuard no_grad;
+    y_plain = relu(x);
+  }
+  set_num_threads(threads);
+  const std::vector<float> xs = x.detach().to_vector<float>(), rs = r.to_vector<float>(), dx = x.grad().to_vector<float>();
+  const std::vector<float> ys = y.detach().to_vector<float>(), ys_plain = y_plain.to_vector<float>();
+  std::int64_t wrong = 0;
+  for (std::size_t i = 0; i < xs.size(); ++i) {
+    wrong += dx[i] != (xs[i] > 0.0f ? rs[i] : 0.0f);
+    wrong += ys[i] != ys_plain[i] || ys[i] != (xs[i] > 0.0f ? xs[i] : 0.0f);
+  }
+  EXPECT_EQ(wrong, 0);
+}
+
 TEST(OpsValues, Activations) {
   Tensor x = tensor({-2, -0.5f, 0, 1, 3}, {5});
   expect_values(relu(x), {5}, {0, 0, 0, 1, 3});

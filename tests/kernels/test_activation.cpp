@@ -61,6 +61,33 @@ TEST(ActivationKernels, ReluForwardAndBackwardEqualReference) {
   }
 }
 
+TEST(ActivationKernels, ReluMaskKernelsEqualReferenceAndTheOutputForm) {
+  Generator gen(8);
+  for (std::int64_t n : {1, 7, 8, 9, 15, 16, 17, 33, 64, 1000, 4099}) {
+    std::vector<float> x = inputs(n, gen), g = inputs(n, gen);
+    x[n / 2] = std::nanf("");
+    const std::size_t bytes = static_cast<std::size_t>((n + 7) / 8);
+    std::vector<float> y(x.size(), -1.0f), y_ref(x.size(), -2.0f), y_plain(x.size());
+    std::vector<std::uint8_t> mask(bytes, 0xAA), mask_ref(bytes, 0x55);
+    relu_mask_f32(x.data(), y.data(), mask.data(), n);
+    relu_mask_f32_ref(x.data(), y_ref.data(), mask_ref.data(), n);
+    relu_f32_ref(x.data(), y_plain.data(), n);
+    EXPECT_EQ(bits(y), bits(y_ref)) << "forward, n = " << n;
+    EXPECT_EQ(bits(y), bits(y_plain)) << "forward against relu_f32, n = " << n;
+    EXPECT_EQ(mask, mask_ref) << "mask, n = " << n;
+    for (std::int64_t i = 0; i < n; ++i) EXPECT_EQ((mask[i / 8] >> (i % 8)) & 1, x[i] > 0.0f ? 1 : 0) << i;
+    if (n % 8 != 0) {
+      EXPECT_EQ(mask.back() >> (n % 8), 0) << "unused bits, n = " << n;
+    }
+    std::vector<float> dx(x.size(), -1.0f), dx_ref(x.size(), -2.0f), dx_plain(x.size());
+    relu_backward_mask_f32(g.data(), mask.data(), dx.data(), n);
+    relu_backward_mask_f32_ref(g.data(), mask.data(), dx_ref.data(), n);
+    relu_backward_f32_ref(g.data(), y_plain.data(), dx_plain.data(), n);
+    EXPECT_EQ(bits(dx), bits(dx_ref)) << "backward, n = " << n;
+    EXPECT_EQ(bits(dx), bits(dx_plain)) << "backward against relu_backward_f32, n = " << n;
+  }
+}
+
 TEST(ActivationKernels, GeluMatchesTheTanhFormula) {
   Generator gen(6);
   const std::vector<float> x = inputs(4096, gen);

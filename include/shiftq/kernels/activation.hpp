@@ -14,6 +14,15 @@ void relu_f32_ref(const float* x, float* y, std::int64_t n);
 void relu_backward_f32(const float* g, const float* y, float* dx, std::int64_t n);
 void relu_backward_f32_ref(const float* g, const float* y, float* dx, std::int64_t n);
 
+// relu_f32 that also records where x[i] > 0, one bit per element: bit i % 8 of mask[i / 8] (the
+// last byte's unused bits are 0). The backward needs only those bits: 1/32 of the fp32 output it
+// would keep otherwise. Callers that split the work start each piece at a multiple of 8 elements.
+void relu_mask_f32(const float* x, float* y, std::uint8_t* mask, std::int64_t n);
+void relu_mask_f32_ref(const float* x, float* y, std::uint8_t* mask, std::int64_t n);
+// dx[i] = bit i of mask ? g[i] : 0.
+void relu_backward_mask_f32(const float* g, const std::uint8_t* mask, float* dx, std::int64_t n);
+void relu_backward_mask_f32_ref(const float* g, const std::uint8_t* mask, float* dx, std::int64_t n);
+
 // y[i] = gelu(x[i]) = x sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)), i in [0, n).
 void gelu_f32(const float* x, float* y, std::int64_t n);
 void gelu_f32_ref(const float* x, float* y, std::int64_t n);
