@@ -3,17 +3,19 @@
 #include <cstdlib>
 #include <mutex>
 #include <new>
-#include <unordered_map>
+#include <map>
 
 #include "core/block_cache.hpp"
 
 namespace shiftq {
 namespace {
 constexpr std::size_t kMinCached = std::size_t{64} << 10;
+// A request with no idle block of its size takes the smallest idle one up to this many times larger.
+constexpr std::size_t kMaxReuseFactor = 2;
 
 struct BlockCache {
   std::mutex mu;
-  std::unordered_multimap<std::size_t, void*> idle;  // size -> block
+  std::multimap<std::size_t, void*> idle;  // size -> block, ordered for the next size up
   std::size_t idle_bytes = 0;
 #if defined(__SANITIZE_ADDRESS__)
   std::size_t limit = 0;  // let AddressSanitizer see every free
@@ -43,20 +45,24 @@ std::size_t block_size(std::size_t nbytes) {
   return padded < kMinCached ? padded : ((padded + kMinCached - 1) / kMinCached) * kMinCached;
 }
 
-void* allocate_block(std::size_t size) {
+void* allocate_block(std::size_t size, std::size_t* allocated) {
   if (size >= kMinCached) {
     BlockCache& c = cache();
     std::lock_guard<std::mutex> lock(c.mu);
-    auto it = c.idle.find(size);
-    if (it != c.idle.end()) {
+    // The exact size, or else a larger idle block that would otherwise sit unused (a ResNet's
+    // wider stage leaves blocks that its narrower stages can take) instead of fresh memory.
+    auto it = c.idle.lower_bound(size);
+    if (it != c.idle.end() && it->first <= kMaxReuseFactor * size) {
       void* p = it->second;
+      *allocated = it->first;
+      c.idle_bytes -= it->first;
       c.idle.erase(it);
-      c.idle_bytes -= size;
       return p;
     }
   }
   void* p = std::aligned_alloc(64, size);
   if (p == nullptr) throw std::bad_alloc();
+  *allocated = size;
   return p;
 }
 

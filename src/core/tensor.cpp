@@ -15,11 +15,11 @@ namespace shiftq {
 
 Storage::Storage(std::size_t nbytes, bool zero_fill) : nbytes_(nbytes) {
   const std::size_t size = detail::block_size(nbytes);
-  data_ = detail::allocate_block(size);
+  data_ = detail::allocate_block(size, &block_bytes_);
   if (zero_fill) std::memset(data_, 0, size);
 }
 
-Storage::~Storage() { detail::free_block(data_, detail::block_size(nbytes_)); }
+Storage::~Storage() { detail::free_block(data_, block_bytes_); }
 
 // ---- construction -----------------------------------------------------------------------------
 

@@ -38,6 +38,39 @@ TEST(MemoryCache, LargeBuffersAreReusedAndCanBeReleased) {
   set_memory_cache_limit(limit);
 }
 
+// A request with no idle block of its size takes the smallest idle block up to twice as large, and
+// gives the whole block back when freed; a block more than twice the request stays idle.
+TEST(MemoryCache, ASmallerRequestTakesABlockUpToTwiceItsSize) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "the cache is off under AddressSanitizer";
+#endif
+  release_cached_memory();
+  const std::size_t two_mib = std::size_t{2} << 20;
+  const void* block = nullptr;
+  {
+    const Tensor wide = Tensor::empty({1 << 19});  // 2 MiB of f32
+    block = wide.raw_bytes();
+  }
+  EXPECT_EQ(cached_memory_bytes(), two_mib);
+  {
+    const Tensor narrow = Tensor::empty({3 << 17});  // 1.5 MiB: takes the 2 MiB block
+    EXPECT_EQ(narrow.raw_bytes(), block);
+    EXPECT_EQ(cached_memory_bytes(), 0u);
+    for (float v : narrow.to_vector<float>()) ASSERT_EQ(v, 0.0f);
+  }
+  EXPECT_EQ(cached_memory_bytes(), two_mib);  // the whole block came back
+  {
+    const Tensor small = Tensor::empty({1 << 17});  // 0.5 MiB: the 2 MiB block is too large for it
+    EXPECT_NE(small.raw_bytes(), block);
+    EXPECT_EQ(cached_memory_bytes(), two_mib);
+  }
+  {
+    const Tensor wide_again = Tensor::empty({1 << 19});  // the exact size is still there
+    EXPECT_EQ(wide_again.raw_bytes(), block);
+  }
+  release_cached_memory();
+}
+
 TEST(MemoryCache, ReusedBlocksAreZeroedByEmpty) {
   { Tensor dirty = Tensor::full({1 << 17}, 3.0f); }
   const Tensor clean = Tensor::empty({1 << 17});

@@ -40,6 +40,7 @@ class Storage {
  private:
   void* data_ = nullptr;
   std::size_t nbytes_ = 0;
+  std::size_t block_bytes_ = 0;  // the allocated block (>= nbytes_: a reused block may be larger)
   std::uint64_t version_ = 0;
 };
 
