@@ -1,9 +1,10 @@
 #include "shiftq/core/memory.hpp"
 
 #include <cstdlib>
+#include <iterator>
+#include <map>
 #include <mutex>
 #include <new>
-#include <map>
 
 #include "core/block_cache.hpp"
 
@@ -23,11 +24,12 @@ struct BlockCache {
   std::size_t limit = std::size_t{2} << 30;
 #endif
 
-  void trim_to(std::size_t bytes) {  // caller holds mu
-    for (auto it = idle.begin(); it != idle.end() && idle_bytes > bytes;) {
-      idle_bytes -= it->first;
-      std::free(it->second);
-      it = idle.erase(it);
+  void trim_to(std::size_t bytes) {  // caller holds mu; frees the largest blocks first
+    while (idle_bytes > bytes && !idle.empty()) {
+      const auto largest = std::prev(idle.end());
+      idle_bytes -= largest->first;
+      std::free(largest->second);
+      idle.erase(largest);
     }
   }
 };

@@ -1,23 +1,10 @@
 // Runtime ISA dispatch of the activation kernels, and the scalar references.
 #include "kernels/fast_math.hpp"
 #include "isa.hpp"
+#include "kernels/activation_isa.hpp"
 #include "shiftq/kernels/activation.hpp"
 
 namespace shiftq::kernels {
-
-#define SHIFTQ_DECLARE_ISA(ns)                                                        \
-  namespace ns {                                                                      \
-  void relu_f32(const float*, float*, std::int64_t);                                  \
-  void relu_backward_f32(const float*, const float*, float*, std::int64_t);           \
-  void relu_mask_f32(const float*, float*, std::uint8_t*, std::int64_t);              \
-  void relu_backward_mask_f32(const float*, const std::uint8_t*, float*, std::int64_t); \
-  void gelu_f32(const float*, float*, std::int64_t);                                  \
-  void gelu_backward_f32(const float*, const float*, float*, std::int64_t);           \
-  }
-SHIFTQ_DECLARE_ISA(avx512)
-SHIFTQ_DECLARE_ISA(avx2)
-SHIFTQ_DECLARE_ISA(base)
-#undef SHIFTQ_DECLARE_ISA
 
 void relu_f32(const float* x, float* y, std::int64_t n) { SHIFTQ_KERNEL_DISPATCH(relu_f32, x, y, n) }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "shiftq/core/generator.hpp"
+#include "kernels/activation_isa.hpp"
 #include "shiftq/kernels/activation.hpp"
 
 namespace shiftq::kernels {
@@ -85,6 +86,42 @@ TEST(ActivationKernels, ReluMaskKernelsEqualReferenceAndTheOutputForm) {
     relu_backward_f32_ref(g.data(), y_plain.data(), dx_plain.data(), n);
     EXPECT_EQ(bits(dx), bits(dx_ref)) << "backward, n = " << n;
     EXPECT_EQ(bits(dx), bits(dx_plain)) << "backward against relu_backward_f32, n = " << n;
+  }
+}
+
+// Each ISA build of the mask kernels this CPU can run (their vector loops are intrinsics, not the
+// auto-vectorizer's), not only the dispatched one, against the references.
+TEST(ActivationKernels, EveryIsaBuildOfTheMaskKernelsEqualsReference) {
+  struct Build {
+    const char* name;
+    bool runs;
+    void (*forward)(const float*, float*, std::uint8_t*, std::int64_t);
+    void (*backward)(const float*, const std::uint8_t*, float*, std::int64_t);
+  };
+  __builtin_cpu_init();
+  const Build builds[] = {
+      {"avx512", __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"),
+       avx512::relu_mask_f32, avx512::relu_backward_mask_f32},
+      {"avx2", static_cast<bool>(__builtin_cpu_supports("avx2")), avx2::relu_mask_f32, avx2::relu_backward_mask_f32},
+      {"base", true, base::relu_mask_f32, base::relu_backward_mask_f32},
+  };
+  Generator gen(9);
+  for (const Build& b : builds) {
+    if (!b.runs) continue;
+    for (std::int64_t n : {1, 7, 8, 9, 16, 17, 33, 1000, 4099}) {
+      std::vector<float> x = inputs(n, gen), g = inputs(n, gen);
+      x[n / 2] = std::nanf("");
+      const std::size_t bytes = static_cast<std::size_t>((n + 7) / 8);
+      std::vector<float> y(x.size(), -1.0f), y_ref(x.size(), -2.0f), dx(x.size(), -1.0f), dx_ref(x.size(), -2.0f);
+      std::vector<std::uint8_t> mask(bytes, 0xAA), mask_ref(bytes, 0x55);
+      b.forward(x.data(), y.data(), mask.data(), n);
+      relu_mask_f32_ref(x.data(), y_ref.data(), mask_ref.data(), n);
+      EXPECT_EQ(bits(y), bits(y_ref)) << b.name << " forward, n = " << n;
+      EXPECT_EQ(mask, mask_ref) << b.name << " mask, n = " << n;
+      b.backward(g.data(), mask_ref.data(), dx.data(), n);
+      relu_backward_mask_f32_ref(g.data(), mask_ref.data(), dx_ref.data(), n);
+      EXPECT_EQ(bits(dx), bits(dx_ref)) << b.name << " backward, n = " << n;
+    }
   }
 }
 

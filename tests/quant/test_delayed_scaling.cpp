@@ -160,8 +160,6 @@ TEST(DelayedScaling, LinearQuantizesWithTheObservedRangeAndSaturatesBeyondIt) {
   EXPECT_FALSE(observer.nonnegative());
 }
 
-// Observed ShiftQuant groups: each column's exponent comes from its given range against the base,
-// not from the input; a column beyond its range saturates at its group's top code.
 // With an observed per-tensor base and groups along rows (or S = 0), quantize() takes each row's
 // range in its pack loop instead of a pass of its own. Given the range a plain call finds, the
 // observed call gives the same codes, exponents and scale, and reports the same own range and sign
@@ -206,6 +204,8 @@ TEST(DelayedScaling, ObservedBaseQuantizesAsAPlainCallWithTheSameRange) {
   EXPECT_THROW(quant::quantize(bad, QuantizeParams::per_tensor(4).with_observed_range(2.0f, false)), NumericError);
 }
 
+// Observed ShiftQuant groups: each column's exponent comes from its given range against the base,
+// not from the input; a column beyond its range saturates at its group's top code.
 TEST(DelayedScaling, ObservedGroupRangesSetTheExponents) {
   // Column c of row 0 is 2^-c; the observed ranges claim columns 0..3 span 8, 4, 1 and 0.5.
   const Tensor x = Tensor::from_vector(std::vector<float>{1.0f, 0.5f, 0.25f, 0.125f}, {1, 4});

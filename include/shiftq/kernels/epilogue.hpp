@@ -1,5 +1,6 @@
-// The int32 -> f32 epilogue of a scaled integer product (ShiftMM, the quantized convolution's
-// forward): every int8 GEMM result becomes floats through this one kernel. Compiled once per ISA
+// The int32 -> f32 epilogue of a scaled integer product: ShiftMM's result and the quantized
+// convolution's forward blocks become floats through this kernel (the convolution's dX scales while
+// col2im scatters; int64 sums, dW and ShiftMM's K-chunked path, scale on their own). Compiled once per ISA
 // (AVX-512 / AVX2 / x86-64, picked at run time) beside a scalar reference; every build gives the
 // same bits (no FMA contraction, the same order of multiplies).
 #pragma once
