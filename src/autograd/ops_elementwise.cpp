@@ -106,6 +106,14 @@ namespace {
 using ForwardKernel = void (*)(const float*, float*, std::int64_t);
 using BackwardKernel = void (*)(const float*, const float*, float*, std::int64_t);
 
+// fn(i0, i1) over [0, n) in pieces that start at multiples of 64 elements, so that threads writing
+// one-bit-per-element masks write whole bytes.
+template <class F>
+void for_mask_pieces(std::int64_t n, F fn) {
+  detail::parallel_for((n + 63) / 64, detail::kElementwiseGrain / 64,
+                       [&](std::int64_t b0, std::int64_t b1) { fn(b0 * 64, std::min(n, b1 * 64)); });
+}
+
 // out[i] = fn's map of x[i], in chunks over the threads.
 Tensor run_forward_kernel(const Tensor& x, ForwardKernel fn) {
   Tensor out = Tensor::uninitialized(x.shape());
@@ -132,28 +140,23 @@ Tensor run_backward_kernel(const Tensor& g, const Tensor& s, BackwardKernel fn) 
 // training step).
 // With autograd, ReLU keeps one bit per element (where x > 0) for its backward instead of its fp32
 // output: the output usually feeds a quantized layer that keeps only int8 codes of it, so the bits
-// let it be freed after that layer's forward. Pieces start at multiples of 64 elements, so that
-// threads write whole mask bytes.
+// let it be freed after that layer's forward.
 Tensor relu(const Tensor& x) {
   check_f32(x, "relu", "x");
   if (!any_requires_grad({&x})) return run_forward_kernel(x, kernels::relu_f32);
-  const std::int64_t n = x.numel(), blocks = (n + 63) / 64;
+  const std::int64_t n = x.numel();
   Tensor out = Tensor::uninitialized(x.shape());
   Tensor mask = Tensor::uninitialized({std::max<std::int64_t>(1, (n + 7) / 8)}, DType::u8);  // [ceil(n / 8)]
   const float* px = x.data<float>();
   float* po = out.data<float>();
   std::uint8_t* pm = mask.data<std::uint8_t>();
-  detail::parallel_for(blocks, detail::kElementwiseGrain / 64, [&](std::int64_t b0, std::int64_t b1) {
-    const std::int64_t i0 = b0 * 64, i1 = std::min(n, b1 * 64);
-    kernels::relu_mask_f32(px + i0, po + i0, pm + i0 / 8, i1 - i0);
-  });
-  return record("relu", out, {&x}, [mask, n, blocks](const Tensor& g) {
+  for_mask_pieces(n, [&](std::int64_t i0, std::int64_t i1) { kernels::relu_mask_f32(px + i0, po + i0, pm + i0 / 8, i1 - i0); });
+  return record("relu", out, {&x}, [mask, n](const Tensor& g) {
     Tensor dx = Tensor::uninitialized(g.shape());
     const float* pg = g.data<float>();
     const std::uint8_t* bits = mask.data<std::uint8_t>();
     float* pdx = dx.data<float>();
-    detail::parallel_for(blocks, detail::kElementwiseGrain / 64, [&](std::int64_t b0, std::int64_t b1) {
-      const std::int64_t i0 = b0 * 64, i1 = std::min(n, b1 * 64);
+    for_mask_pieces(n, [&](std::int64_t i0, std::int64_t i1) {
       kernels::relu_backward_mask_f32(pg + i0, bits + i0 / 8, pdx + i0, i1 - i0);
     });
     return std::vector<Tensor>{dx};

@@ -8,10 +8,6 @@ namespace shiftq::kernels {
 
 void relu_f32(const float* x, float* y, std::int64_t n) { SHIFTQ_KERNEL_DISPATCH(relu_f32, x, y, n) }
 
-void relu_backward_f32(const float* g, const float* y, float* dx, std::int64_t n) {
-  SHIFTQ_KERNEL_DISPATCH(relu_backward_f32, g, y, dx, n)
-}
-
 void relu_mask_f32(const float* x, float* y, std::uint8_t* mask, std::int64_t n) {
   SHIFTQ_KERNEL_DISPATCH(relu_mask_f32, x, y, mask, n)
 }
@@ -29,10 +25,6 @@ void gelu_backward_f32(const float* g, const float* x, float* dx, std::int64_t n
 // The references: the same formulas, compiled for the baseline x86-64 ISA.
 void relu_f32_ref(const float* x, float* y, std::int64_t n) {
   for (std::int64_t i = 0; i < n; ++i) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
-}
-
-void relu_backward_f32_ref(const float* g, const float* y, float* dx, std::int64_t n) {
-  for (std::int64_t i = 0; i < n; ++i) dx[i] = y[i] > 0.0f ? g[i] : 0.0f;
 }
 
 void relu_mask_f32_ref(const float* x, float* y, std::uint8_t* mask, std::int64_t n) {

@@ -10,7 +10,6 @@ namespace shiftq::kernels {
 #define SHIFTQ_DECLARE_ISA(ns)                                                        \
   namespace ns {                                                                      \
   void relu_f32(const float*, float*, std::int64_t);                                  \
-  void relu_backward_f32(const float*, const float*, float*, std::int64_t);           \
   void relu_mask_f32(const float*, float*, std::uint8_t*, std::int64_t);              \
   void relu_backward_mask_f32(const float*, const std::uint8_t*, float*, std::int64_t); \
   void gelu_f32(const float*, float*, std::int64_t);                                  \

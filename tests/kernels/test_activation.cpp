@@ -42,7 +42,7 @@ TEST(ActivationKernels, GeluForwardAndBackwardEqualReference) {
   }
 }
 
-TEST(ActivationKernels, ReluForwardAndBackwardEqualReference) {
+TEST(ActivationKernels, ReluForwardEqualsReference) {
   Generator gen(7);
   for (std::int64_t n : {1, 7, 15, 16, 17, 33, 64, 1000, 4099}) {
     std::vector<float> x = inputs(n, gen), g = inputs(n, gen);
@@ -55,10 +55,6 @@ TEST(ActivationKernels, ReluForwardAndBackwardEqualReference) {
       EXPECT_EQ(std::bit_cast<std::uint32_t>(want[i]), std::bit_cast<std::uint32_t>(x[i] > 0.0f ? x[i] : 0.0f));
       EXPECT_FALSE(std::signbit(want[i]));
     }
-    relu_backward_f32(g.data(), want.data(), got.data(), n);
-    relu_backward_f32_ref(g.data(), want.data(), x.data(), n);
-    EXPECT_EQ(bits(got), bits(x)) << "backward, n = " << n;
-    for (std::int64_t i = 0; i < n; ++i) EXPECT_EQ(got[i], want[i] > 0.0f ? g[i] : 0.0f);
   }
 }
 
@@ -83,9 +79,9 @@ TEST(ActivationKernels, ReluMaskKernelsEqualReferenceAndTheOutputForm) {
     std::vector<float> dx(x.size(), -1.0f), dx_ref(x.size(), -2.0f), dx_plain(x.size());
     relu_backward_mask_f32(g.data(), mask.data(), dx.data(), n);
     relu_backward_mask_f32_ref(g.data(), mask.data(), dx_ref.data(), n);
-    relu_backward_f32_ref(g.data(), y_plain.data(), dx_plain.data(), n);
+    for (std::int64_t i = 0; i < n; ++i) dx_plain[i] = y_plain[i] > 0.0f ? g[i] : 0.0f;  // from the output
     EXPECT_EQ(bits(dx), bits(dx_ref)) << "backward, n = " << n;
-    EXPECT_EQ(bits(dx), bits(dx_plain)) << "backward against relu_backward_f32, n = " << n;
+    EXPECT_EQ(bits(dx), bits(dx_plain)) << "backward against the output form, n = " << n;
   }
 }
 

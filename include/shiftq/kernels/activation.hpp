@@ -10,13 +10,8 @@ namespace shiftq::kernels {
 // y[i] = x[i] > 0 ? x[i] : 0 (NaN and -0 give +0), i in [0, n).
 void relu_f32(const float* x, float* y, std::int64_t n);
 void relu_f32_ref(const float* x, float* y, std::int64_t n);
-// dx[i] = y[i] > 0 ? g[i] : 0, from the forward's output y.
-void relu_backward_f32(const float* g, const float* y, float* dx, std::int64_t n);
-void relu_backward_f32_ref(const float* g, const float* y, float* dx, std::int64_t n);
-
 // relu_f32 that also records where x[i] > 0, one bit per element: bit i % 8 of mask[i / 8] (the
-// last byte's unused bits are 0). The backward needs only those bits: 1/32 of the fp32 output it
-// would keep otherwise. Callers that split the work start each piece at a multiple of 8 elements.
+// last byte's unused bits are 0). The backward needs only those bits: 1/32 of the fp32 output. Callers that split the work start each piece at a multiple of 8 elements.
 void relu_mask_f32(const float* x, float* y, std::uint8_t* mask, std::int64_t n);
 void relu_mask_f32_ref(const float* x, float* y, std::uint8_t* mask, std::int64_t n);
 // dx[i] = bit i of mask ? g[i] : 0.
