@@ -31,7 +31,7 @@ quant::QConfig shiftquant_activations(bool mse) {
 template <class Layer>
 void run_layer(benchmark::State& state, Layer& layer, const Tensor& x, bool quantized,
                const quant::QConfig& config = quant::QConfig::bits(4)) {
-  if (quantized) layer.set_quantization(quant::layer_quant(config, false, 1, 0));
+  if (quantized) layer.set_quantization(config.for_layer(false), 1, 0);
   Generator gen(2);
   const Tensor grad = Tensor::randn(layer.forward(x).shape(), gen);
   for (auto _ : state) {
@@ -105,13 +105,13 @@ void BM_BatchNorm2d_L1_f32(benchmark::State& state) {
 void BM_BatchNorm2d_L1_int(benchmark::State& state) {
   set_threads(state, 3);
   nn::L1BatchNorm2d bn(nn::L1BatchNormOptions{state.range(1)});
-  bn.set_quantization(quant::QuantizedNormConfig{8, 8, 1, 0});
+  bn.set_quantization(quant::QConfig::bits(8), 1, 0);
   run_norm(state, bn, {state.range(0), state.range(1), state.range(2), state.range(2)});
 }
 void BM_LayerNorm_L1_int(benchmark::State& state) {
   set_threads(state, 2);
   nn::L1LayerNorm ln(nn::L1LayerNormOptions{state.range(1)});
-  ln.set_quantization(quant::QuantizedNormConfig{8, 8, 1, 0});
+  ln.set_quantization(quant::QConfig::bits(8), 1, 0);
   run_norm(state, ln, {state.range(0), state.range(1)});
 }
 void BM_LayerNorm_L2_f32(benchmark::State& state) {

@@ -141,7 +141,7 @@ class GPT : public nn::Module {
       // quantize_model keeps the first GEMM layer at first_last_bits, meant for a network's input
       // layer; here the input layer is the embedding, so block 0's qkv gets the common bits.
       auto& first_block = dynamic_cast<Block&>(*blocks_->named_children().front().second);
-      first_block.attention().qkv().set_quantization(quant::layer_quant(config, false, seed, 0));
+      first_block.attention().qkv().set_quantization(config.for_layer(false), seed, 0);
     }
     attention_bits_ = attention_bits > 0 ? attention_bits : config.activations.bits;
     attention_seed_ = seed;

@@ -48,9 +48,11 @@ bool same_options(const quant::ObserverOptions& a, const quant::ObserverOptions&
 }
 }  // namespace
 
-void QuantizableLayer::set_quantization(std::optional<quant::LayerQuant> q) {
-  if (q) {
-    q->validate();
+void QuantizableLayer::set_quantization(std::optional<quant::QConfig> config, std::uint64_t seed,
+                                        std::uint64_t layer_id) {
+  std::optional<quant::QConfig> q;
+  if (config) {
+    q = config->for_layer(false);
     const std::int64_t channels = observed_input_groups(*q);
     // Ranges observed of an operand rotated another way do not describe this one.
     const bool rotation_changed = observed_rotation_ != q->linear_input_rotation;
@@ -65,6 +67,8 @@ void QuantizableLayer::set_quantization(std::optional<quant::LayerQuant> q) {
     }
   }
   quant_ = std::move(q);
+  seed_ = seed;
+  layer_id_ = layer_id;
 }
 
 void QuantizableLayer::set_numerics_monitor(bool on) {
@@ -80,19 +84,28 @@ void QuantizableLayer::reset_numerics() {
 
 quant::QuantCall QuantizableLayer::next_call(bool training) {
   const bool delayed = quant_->activation_scaling == quant::ActivationScaling::delayed;
-  return quant::QuantCall{calls_.next(training), training, delayed ? &input_range_ : nullptr, numerics_};
+  return quant::QuantCall{calls_.next(training), training, delayed ? &input_range_ : nullptr, numerics_, seed_, layer_id_};
 }
 
-void QuantizableNorm::set_quantization(std::optional<quant::QuantizedNormConfig> q) {
-  if (q) {
-    q->validate();
+void QuantizableNorm::set_quantization(std::optional<quant::QConfig> config, std::uint64_t seed,
+                                       std::uint64_t layer_id) {
+  if (config) config->validate();
+  if (config && config->norm_bits == 0) config.reset();
+  if (config) {
     const std::int64_t channels = observed_channels();
-    if (channels == 0 || q->input_scaling != quant::ActivationScaling::delayed)
+    if (channels == 0 || config->activation_scaling != quant::ActivationScaling::delayed)
       input_range_.reset();
-    else if (!input_range_ || !same_options(q->observer, input_range_->options()))
-      input_range_.emplace(channels, q->observer);
+    else if (!input_range_ || !same_options(config->observer, input_range_->options()))
+      input_range_.emplace(channels, config->observer);
   }
-  quant_ = q;
+  quant_ = std::move(config);
+  seed_ = seed;
+  layer_id_ = layer_id;
+}
+
+quant::QuantCall QuantizableNorm::next_call(bool training) {
+  return quant::QuantCall{calls_.next(training), training, input_range_ ? &*input_range_ : nullptr, nullptr, seed_,
+                          layer_id_};
 }
 
 Linear::Linear(const LinearOptions& options, Generator& gen) : Module("Linear"), options_(options) {
@@ -105,9 +118,9 @@ Linear::Linear(const LinearOptions& options, Generator& gen) : Module("Linear"),
   if (b.defined()) bias = register_parameter("bias", b);
 }
 
-std::int64_t Linear::observed_input_groups(const quant::LayerQuant& q) const {
-  return q.activations.kind == quant::QuantizerKind::shiftquant && q.activations.shift_budget > 0 &&
-                 q.linear_input_groups == quant::LinearInputGroups::features
+std::int64_t Linear::observed_input_groups(const quant::QConfig& config) const {
+  return config.activations.kind == quant::QuantizerKind::shiftquant && config.activations.shift_budget > 0 &&
+                 config.linear_input_groups == quant::LinearInputGroups::features
              ? options_.in_features()
              : 1;
 }
@@ -191,8 +204,7 @@ void L1BatchNorm2d::set_momentum(float momentum) {
 Tensor L1BatchNorm2d::forward(const Tensor& x) {
   L1BatchNormState state{running_mean, running_sigma, options_.momentum(), options_.eps(), options_.c()};
   if (!quant_) return l1_batch_norm2d(x, weight, bias, state, is_training());
-  return quant::quantized_l1_batch_norm2d(x, weight, bias, state, is_training(), *quant_, calls_.next(is_training()),
-                                          input_range_ ? &*input_range_ : nullptr);
+  return quant::quantized_l1_batch_norm2d(x, weight, bias, state, *quant_, next_call(is_training()));
 }
 
 L1LayerNorm::L1LayerNorm(const L1LayerNormOptions& options) : Module("L1LayerNorm"), options_(options) {
@@ -207,7 +219,7 @@ L1LayerNorm::L1LayerNorm(const L1LayerNormOptions& options) : Module("L1LayerNor
 Tensor L1LayerNorm::forward(const Tensor& x) {
   if (!quant_) return l1_layer_norm(x, weight, bias, options_.eps(), options_.c());
   return quant::quantized_l1_layer_norm(x, weight, bias, options_.eps(), options_.c(), *quant_,
-                                        calls_.next(is_training()));
+                                        next_call(is_training()));
 }
 
 LayerNorm::LayerNorm(const LayerNormOptions& options) : Module("LayerNorm"), options_(options) {
@@ -280,23 +292,16 @@ int quantize_model(Module& model, const quant::QConfig& config, std::uint64_t se
   collect(model, layers);
   for (std::size_t i = 0; i < layers.size(); ++i) {
     const bool first_or_last = i == 0 || i + 1 == layers.size();
-    layers[i]->set_quantization(quant::layer_quant(config, first_or_last, seed, i));
+    layers[i]->set_quantization(config.for_layer(first_or_last), seed, i);
     const bool delayed = config.activation_scaling == quant::ActivationScaling::delayed;
     attach_state(layers[i], delayed ? &layers[i]->input_range() : nullptr);
   }
   std::vector<QuantizableNorm*> norms;
   collect(model, norms);
   for (std::size_t i = 0; i < norms.size(); ++i) {
-    if (config.norm_bits == 0) {
-      norms[i]->set_quantization(std::nullopt);
-      continue;
-    }
-    // Layer ids after the GEMM layers' (which use 2 * id and 2 * id + 1).
-    quant::QuantizedNormConfig norm_config(config.norm_bits, config.norm_bits, seed, 2 * layers.size() + i);
-    norm_config.input_scaling = config.activation_scaling;
-    norm_config.observer = config.observer;
-    norms[i]->set_quantization(norm_config);
-    attach_state(norms[i], norms[i]->input_range());
+    // Stream ids after the GEMM layers' (which use 2 * id and 2 * id + 1).
+    norms[i]->set_quantization(config, seed, 2 * layers.size() + i);
+    if (norms[i]->quantization()) attach_state(norms[i], norms[i]->input_range());
   }
   return static_cast<int>(layers.size());
 }
@@ -400,7 +405,7 @@ std::vector<QuantizationReport> quantization_report(Module& model) {
   std::vector<QuantizationReport> out;
   for_each_layer(model, "", [&](const std::string& path, Module& m, QuantizableLayer& layer) {
     if (!layer.quantization()) return;
-    const quant::LayerQuant& q = *layer.quantization();
+    const quant::QConfig& q = *layer.quantization();
     QuantizationReport r;
     r.name = path;
     r.type = m.type_name();
@@ -466,13 +471,18 @@ std::vector<GradientAgreement> probe_gradient_agreement(Module& model, const std
   std::vector<QuantizableNorm*> norms;
   collect(model, layers);
   collect(model, norms);
-  std::vector<std::optional<quant::LayerQuant>> layer_configs;
-  std::vector<std::optional<quant::QuantizedNormConfig>> norm_configs;
-  for (QuantizableLayer* l : layers) layer_configs.push_back(l->quantization());
-  for (QuantizableNorm* n : norms) norm_configs.push_back(n->quantization());
+  struct Saved {
+    std::optional<quant::QConfig> config;
+    std::uint64_t seed, layer_id;
+  };
+  std::vector<Saved> layer_configs, norm_configs;
+  for (QuantizableLayer* l : layers) layer_configs.push_back({l->quantization(), l->quant_seed(), l->quant_layer_id()});
+  for (QuantizableNorm* n : norms) norm_configs.push_back({n->quantization(), n->quant_seed(), n->quant_layer_id()});
   auto restore_quantization = [&] {
-    for (std::size_t i = 0; i < layers.size(); ++i) layers[i]->set_quantization(layer_configs[i]);
-    for (std::size_t i = 0; i < norms.size(); ++i) norms[i]->set_quantization(norm_configs[i]);
+    for (std::size_t i = 0; i < layers.size(); ++i)
+      layers[i]->set_quantization(layer_configs[i].config, layer_configs[i].seed, layer_configs[i].layer_id);
+    for (std::size_t i = 0; i < norms.size(); ++i)
+      norms[i]->set_quantization(norm_configs[i].config, norm_configs[i].seed, norm_configs[i].layer_id);
     if (set_quantized) set_quantized(true);
   };
   std::vector<Tensor> g_int, g_fp32;

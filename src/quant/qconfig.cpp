@@ -4,7 +4,6 @@ namespace shiftq::quant {
 namespace {
 const char* kind_name(QuantizerKind k) {
   switch (k) {
-    case QuantizerKind::none: return "fp32";
     case QuantizerKind::per_tensor: return "per-tensor";
     case QuantizerKind::per_row: return "per-row";
     case QuantizerKind::shiftquant: return "shiftquant";
@@ -14,7 +13,6 @@ const char* kind_name(QuantizerKind k) {
 }  // namespace
 
 void TensorQConfig::validate(const char* role) const {
-  if (kind == QuantizerKind::none) return;
   SHIFTQ_CHECK(bits >= 2 && bits <= 8, ValueError, "QConfig: ", role, " bits must be in [2, 8], got ", bits);
   const int s = kind == QuantizerKind::shiftquant ? shift_budget : 0;
   SHIFTQ_CHECK(s >= 0 && s <= max_shift_budget(bits, false), ValueError, "QConfig: ", role, " shift budget S=", shift_budget,
@@ -42,12 +40,28 @@ void QConfig::validate() const {
                "QConfig: first_last_bits must be 0 or in [2, 8], got ", first_last_bits);
   SHIFTQ_CHECK(norm_bits == 0 || (norm_bits >= 2 && norm_bits <= 8), ValueError,
                "QConfig: norm_bits must be 0 or in [2, 8], got ", norm_bits);
+  SHIFTQ_CHECK(weights.kind != QuantizerKind::per_row && activations.kind != QuantizerKind::per_row, ValueError,
+               "QConfig: per-row weights or activations would put float scales on a contraction axis of a "
+               "backward GEMM; use per_tensor or shiftquant");
   observer.validate();
+}
+
+QConfig QConfig::for_layer(bool first_or_last) const {
+  validate();
+  QConfig layer = *this;
+  if (first_or_last && first_last_bits != 0) {
+    for (TensorQConfig* t : {&layer.weights, &layer.activations, &layer.gradients}) {
+      t->bits = first_last_bits;
+      if (t->kind == QuantizerKind::shiftquant) t->shift_budget = max_shift_budget(first_last_bits, false);
+    }
+  }
+  layer.first_last_bits = 0;
+  layer.validate();
+  return layer;
 }
 
 std::string QConfig::str() const {
   auto role = [](const TensorQConfig& t) {
-    if (t.kind == QuantizerKind::none) return std::string(kind_name(t.kind));
     return detail::cat(kind_name(t.kind), " ", t.bits, "-bit",
                        t.kind == QuantizerKind::shiftquant ? detail::cat(" S=", t.shift_budget) : std::string(),
                        t.rounding == Rounding::stochastic ? " stochastic" : " nearest",

@@ -250,7 +250,8 @@ Tensor conv_weight_grad(const ConvShape& s, const QTensor& gq, const QTensor& x_
 }  // namespace
 
 Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& params,
-                        PackedWeight& packed, const LayerQuant& quant, const QuantCall& call) {
+                        PackedWeight& packed, const QConfig& config, const QuantCall& call) {
+  config.validate();
   check_dtype(x, DType::f32, "quantized_conv2d", "x");
   check_rank(x, 4, "quantized_conv2d", "x");
   check_dtype(weight, DType::f32, "quantized_conv2d", "weight");
@@ -274,30 +275,30 @@ Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bia
   // per-tensor base (u8 codes); its codes are then moved to channels-last so that im2col copies
   // runs of KW*C bytes, and kept for backward.
   QTensor x_nhwc = internal::quantize_activation(x.view({s.N * s.C, g.height * g.width}),
-                                                 internal::activation_params(quant.activations, 0), call, "conv2d input");
+                                                 internal::activation_params(config.activations, 0), call, "conv2d input");
   SHIFTQ_CHECK(x_nhwc.unsigned_codes() && x_nhwc.scale_axis() < 0, Error,
                "quantized_conv2d: internal error: activation codes must be u8 with a per-tensor scale");
   x_nhwc.codes = to_channels_last(x_nhwc.codes, s);
   // W: [O, C, KH, KW] -> [O, KH, KW, C], the patch order of the channels-last im2col.
-  const QTensor wq = packed.get(weight, s.O, s.patch, quant.weights,
+  const QTensor wq = packed.get(weight, s.O, s.patch, config.weights,
                                 [](const Tensor& w) { NoGradGuard no_grad; return permute(w.detach(), {0, 2, 3, 1}); });
   const Tensor out = conv_forward(s, x_nhwc, wq, bias);
   const bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
   if (any_requires_grad({&x, &weight, &bias})) internal::count_saved_bytes(static_cast<std::int64_t>(x_nhwc.codes.nbytes()));
   return record("quantized_conv2d", out, {&x, &weight, &bias},
-                [x_nhwc, wq, quant, step = call.step, numerics = call.numerics, s, gx, gw, gb, x_shape = x.shape(),
+                [x_nhwc, wq, gradients = config.gradients, call, s, gx, gw, gb, x_shape = x.shape(),
                  w_shape = weight.shape()](const Tensor& grad) {
     const GradientRows g = gradient_rows(grad, s);  // dY: [N*P, O] and its ranges
     Tensor dx, dw, db;
     if (gx) {  // groups over O, a scale per row (output pixel)
-      const QTensor gq = quantize(g.rows, internal::gradient_params(quant.gradients, false, quant, step), g.col_max,
-                                  "conv2d output gradient");
-      internal::measure_gradient(g.rows, gq, numerics);
+      const QTensor gq =
+          quantize(g.rows, internal::gradient_params(gradients, false, call), g.col_max, "conv2d output gradient");
+      internal::measure_gradient(g.rows, gq, call.numerics);
       dx = conv_input_grad(s, gq, wq, x_shape);
     }
     if (gw) {  // groups over the rows (the contraction), a scale per output channel; s8 codes (GEMM operand B)
       const QTensor gq = quantize(
-          g.rows, internal::gradient_params(quant.gradients, true, quant, step).with_unsigned_codes(false), g.row_max,
+          g.rows, internal::gradient_params(gradients, true, call).with_unsigned_codes(false), g.row_max,
           "conv2d output gradient");
       dw = conv_weight_grad(s, gq, x_nhwc, w_shape);
     }

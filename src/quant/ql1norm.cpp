@@ -196,11 +196,19 @@ GroupStats statistics(GroupQuantizer& xq, const Layout& l, float c, float eps, T
 }
 }  // namespace
 
-void QuantizedNormConfig::validate() const {
-  SHIFTQ_CHECK(bits >= 2 && bits <= 8 && grad_bits >= 2 && grad_bits <= 8, ValueError,
-               "quantized L1 norm: bits and grad_bits must be in [2, 8], got ", bits, " and ", grad_bits);
-  observer.validate();
+namespace {
+// The norm's code bits: config.norm_bits, checked.
+int norm_bits(const QConfig& config, const char* op) {
+  SHIFTQ_CHECK(config.norm_bits >= 2 && config.norm_bits <= 8, ValueError, op,
+               ": QConfig::norm_bits must be in [2, 8] (0 means a float norm: do not quantize it), got ",
+               config.norm_bits);
+  config.observer.validate();
+  return config.norm_bits;
 }
+
+// The stochastic key of a norm's output gradient.
+StochasticKey norm_gradient_key(const QuantCall& call) { return {call.seed, call.step, call.layer_id}; }
+}  // namespace
 
 L1Statistics l1_integer_statistics(const QTensor& x, std::int64_t outer, std::int64_t groups, std::int64_t inner) {
   const Layout l{outer, groups, inner};
@@ -270,11 +278,11 @@ Tensor l1_batch_norm2d_eval_codes(const Tensor& x, const Tensor& gamma, const Te
 }  // namespace
 
 Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, L1BatchNormState& state,
-                                 bool training, const QuantizedNormConfig& config, std::uint64_t step,
-                                 RangeObserver* input_range) {
+                                 const QConfig& config, const QuantCall& call) {
   check_dtype(x, DType::f32, "quantized_l1_batch_norm2d", "x");
   check_rank(x, 4, "quantized_l1_batch_norm2d", "x");
-  config.validate();
+  const int bits = norm_bits(config, "quantized_l1_batch_norm2d");
+  RangeObserver* input_range = call.input_range;
   const std::int64_t C = x.size(1);
   for (const Tensor* p : {&gamma, &beta, static_cast<const Tensor*>(&state.running_mean), static_cast<const Tensor*>(&state.running_sigma)})
     if (p->defined())
@@ -284,12 +292,12 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
     SHIFTQ_CHECK(input_range->channels() == C, ShapeError, "quantized_l1_batch_norm2d: the input observer has ",
                  input_range->channels(), " channels, the input ", x.str(), " has ", C);
   const Layout l{x.size(0), C, x.size(2) * x.size(3)};
-  if (!training) {
+  if (!call.training) {
     // eval: a per-channel affine map, on codes when the channel ranges are observed
     if (!input_range || !input_range->observed() || !state.running_mean.defined())
       return l1_batch_norm2d(x, gamma, beta, state, false);
     SHIFTQ_CHECK(l.count() > 0 && l.inner > 0, ShapeError, "quantized_l1_batch_norm2d: empty input ", x.str());
-    const Tensor y = l1_batch_norm2d_eval_codes(x, gamma, beta, state, l, config.bits, *input_range);
+    const Tensor y = l1_batch_norm2d_eval_codes(x, gamma, beta, state, l, bits, *input_range);
     if (!any_requires_grad({&x, &gamma, &beta})) return y;
     // Gradients (a probe through an eval model): straight through the quantizer, those of the float
     // map f; y + (f - f.detach()) has exactly y's values.
@@ -297,7 +305,7 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
     return add(y, sub(f, f.detach()));
   }
   check_layout(l, "quantized_l1_batch_norm2d");
-  GroupQuantizer xq(x, l, config.bits, Rounding::nearest_even, {}, "l1_batch_norm2d input");
+  GroupQuantizer xq(x, l, bits, Rounding::nearest_even, {}, "l1_batch_norm2d input");
   // One pass per channel (7x7: per thread's range, see quantize_groups): quantize it, sum its codes,
   // write y = a_c * q + b_c with
   // a_c = gamma * s_c / sigma, b_c = beta - a_c * mean_q.
@@ -344,8 +352,8 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
   }
   const bool need_gamma = gamma.defined() && gamma.requires_grad(), need_beta = beta.defined() && beta.requires_grad();
   return record("quantized_l1_batch_norm2d", y, {&x, &gamma, &beta},
-                [codes = xq.codes, st, l, c = state.c, gamma = gamma.detach(), need_gamma, need_beta, config, step](const Tensor& dy) {
-    GroupQuantizer dq(dy, l, config.grad_bits, Rounding::stochastic, {config.seed, step, config.layer_id},
+                [codes = xq.codes, st, l, c = state.c, gamma = gamma.detach(), need_gamma, need_beta, bits, key = norm_gradient_key(call)](const Tensor& dy) {
+    GroupQuantizer dq(dy, l, bits, Rounding::stochastic, key,
                       "l1_batch_norm2d output gradient");
     const std::int8_t* q = codes.data<std::int8_t>();
     const std::int8_t* d = dq.codes.data<std::int8_t>();
@@ -406,10 +414,10 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
 }
 
 Tensor quantized_l1_layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps, float c,
-                               const QuantizedNormConfig& config, std::uint64_t step) {
+                               const QConfig& config, const QuantCall& call) {
   check_dtype(x, DType::f32, "quantized_l1_layer_norm", "x");
   SHIFTQ_CHECK(x.dim() >= 1 && c > 0.0f && eps > 0.0f, ValueError, "quantized_l1_layer_norm: need rank >= 1, c > 0, eps > 0");
-  config.validate();
+  const int bits = norm_bits(config, "quantized_l1_layer_norm");
   const std::int64_t D = x.size(-1), rows = x.numel() / std::max<std::int64_t>(D, 1);
   for (const Tensor* p : {&gamma, &beta})
     if (p->defined())
@@ -417,7 +425,7 @@ Tensor quantized_l1_layer_norm(const Tensor& x, const Tensor& gamma, const Tenso
                    p->str(), " must be f32 [", D, "]");
   const Layout l{1, rows, D};
   check_layout(l, "quantized_l1_layer_norm");
-  GroupQuantizer xq(x, l, config.bits, Rounding::nearest_even, {}, "l1_layer_norm input");
+  GroupQuantizer xq(x, l, bits, Rounding::nearest_even, {}, "l1_layer_norm input");
   Tensor y = Tensor::uninitialized(x.shape());
   const std::int8_t* q = xq.codes.data<std::int8_t>();
   const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
@@ -432,8 +440,8 @@ Tensor quantized_l1_layer_norm(const Tensor& x, const Tensor& gamma, const Tenso
       [](std::int64_t, std::int64_t, const GroupStats&) {});
   const bool need_gamma = gamma.defined() && gamma.requires_grad(), need_beta = beta.defined() && beta.requires_grad();
   return record("quantized_l1_layer_norm", y, {&x, &gamma, &beta},
-                [codes = xq.codes, st, l, c, gamma = gamma.detach(), need_gamma, need_beta, config, step](const Tensor& dy) {
-    GroupQuantizer dq(dy, l, config.grad_bits, Rounding::stochastic, {config.seed, step, config.layer_id},
+                [codes = xq.codes, st, l, c, gamma = gamma.detach(), need_gamma, need_beta, bits, key = norm_gradient_key(call)](const Tensor& dy) {
+    GroupQuantizer dq(dy, l, bits, Rounding::stochastic, key,
                       "l1_layer_norm output gradient");
     const std::int8_t* q = codes.data<std::int8_t>();
     const std::int8_t* d = dq.codes.data<std::int8_t>();

@@ -22,7 +22,6 @@ QuantizeParams params_for(const TensorQConfig& c, int inner_axis, OuterScale out
     case QuantizerKind::per_row:
       return QuantizeParams::shiftquant(c.bits, 0, inner_axis, outer);
     case QuantizerKind::per_tensor:
-    case QuantizerKind::none:
       break;
   }
   return QuantizeParams::per_tensor(c.bits);
@@ -50,10 +49,10 @@ QuantizeParams activation_params(const TensorQConfig& c, int inner_axis) {
       .with_mse_clip(c.mse_clip);
 }
 
-QuantizeParams gradient_params(const TensorQConfig& c, bool for_weight_grad, const LayerQuant& q, std::uint64_t step) {
+QuantizeParams gradient_params(const TensorQConfig& c, bool for_weight_grad, const QuantCall& call) {
   const OuterScale outer = c.kind == QuantizerKind::per_tensor ? OuterScale::per_tensor : OuterScale::per_index;
   QuantizeParams p = params_for(c, for_weight_grad ? 0 : 1, outer);
-  return p.with_rounding(c.rounding, {q.seed, step, 2 * q.layer_id + (for_weight_grad ? 1 : 0)}).with_unsigned_codes();
+  return p.with_rounding(c.rounding, call.gradient_key(for_weight_grad ? 1 : 0)).with_unsigned_codes();
 }
 
 void count_saved_bytes(std::int64_t bytes) { t_saved_bytes += bytes; }
@@ -115,32 +114,6 @@ void measure_gradient(const Tensor& g2d, const QTensor& gq, const std::shared_pt
 }
 }  // namespace internal
 
-void LayerQuant::validate() const {
-  weights.validate("weights");
-  activations.validate("activations");
-  gradients.validate("gradients");
-  SHIFTQ_CHECK(weights.kind != QuantizerKind::none && activations.kind != QuantizerKind::none &&
-                   gradients.kind != QuantizerKind::none,
-               ValueError, "quantized layer: weights, activations and gradients all need a quantizer");
-  SHIFTQ_CHECK(weights.kind != QuantizerKind::per_row && activations.kind != QuantizerKind::per_row, ValueError,
-               "quantized layer: per-row weights or activations would put float scales on a contraction axis of "
-               "a backward GEMM; use per_tensor or shiftquant");
-}
-
-LayerQuant layer_quant(const QConfig& config, bool first_or_last, std::uint64_t seed, std::uint64_t layer_id) {
-  config.validate();
-  LayerQuant q{config.weights, config.activations, config.gradients, seed, layer_id, config.activation_scaling,
-               config.observer, config.linear_input_groups, config.linear_input_rotation};
-  if (first_or_last && config.first_last_bits != 0) {
-    for (TensorQConfig* t : {&q.weights, &q.activations, &q.gradients}) {
-      t->bits = config.first_last_bits;
-      if (t->kind == QuantizerKind::shiftquant) t->shift_budget = max_shift_budget(config.first_last_bits, false);
-    }
-  }
-  q.validate();
-  return q;
-}
-
 const QTensor& PackedWeight::get(const Tensor& w, std::int64_t rows, std::int64_t cols, const TensorQConfig& config,
                                  const std::function<Tensor(const Tensor&)>& prepare, std::int64_t variant) {
   if (packed_.codes.defined() && storage_ == w.storage_id() && version_ == w.version() && config_ == config &&
@@ -165,8 +138,8 @@ void reset_saved_activation_bytes() { t_saved_bytes = 0; }
 namespace {
 // The Hadamard block of a Linear's input rotation (0: not rotated; in_features without an even
 // factor leave nothing to rotate).
-std::int64_t rotation_block(const LayerQuant& quant, std::int64_t in_features) {
-  if (quant.linear_input_rotation != LinearInputRotation::hadamard) return 0;
+std::int64_t rotation_block(const QConfig& config, std::int64_t in_features) {
+  if (config.linear_input_rotation != LinearInputRotation::hadamard) return 0;
   const std::int64_t block = kernels::hadamard_block(in_features);
   return block > 1 ? block : 0;
 }
@@ -186,14 +159,14 @@ Tensor rotate_back(Tensor g, std::int64_t block) {
 }
 
 // x2d: [rows, in], the Linear's (rotated) input as the A operand of Y = X W^T: u8 codes with the
-// groups or row scales of quant.linear_input_groups.
-QTensor quantize_linear_input(const Tensor& x2d, const LayerQuant& quant, const QuantCall& call) {
+// groups or row scales of config.linear_input_groups.
+QTensor quantize_linear_input(const Tensor& x2d, const QConfig& config, const QuantCall& call) {
   const char* name = "linear input";
-  if (quant.linear_input_groups != LinearInputGroups::row_scales) {
-    const int group_axis = quant.linear_input_groups == LinearInputGroups::rows ? 0 : 1;
-    return internal::quantize_activation(x2d, internal::activation_params(quant.activations, group_axis), call, name);
+  if (config.linear_input_groups != LinearInputGroups::row_scales) {
+    const int group_axis = config.linear_input_groups == LinearInputGroups::rows ? 0 : 1;
+    return internal::quantize_activation(x2d, internal::activation_params(config.activations, group_axis), call, name);
   }
-  const TensorQConfig& c = quant.activations;
+  const TensorQConfig& c = config.activations;
   const QTensor q = quantize(
       x2d, QuantizeParams::per_row(c.bits).with_rounding(c.rounding).with_unsigned_codes().with_mse_clip(c.mse_clip), name);
   if (call.numerics) {
@@ -213,7 +186,8 @@ QTensor unit_scaled_codes(const QTensor& q) {
 }  // namespace
 
 Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, PackedWeight& packed,
-                        const LayerQuant& quant, const QuantCall& call) {
+                        const QConfig& config, const QuantCall& call) {
+  config.validate();
   check_dtype(x, DType::f32, "quantized_linear", "x");
   check_dtype(weight, DType::f32, "quantized_linear", "weight");
   check_rank(weight, 2, "quantized_linear", "weight");
@@ -228,29 +202,28 @@ Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bia
 
   // Y: [rows, out] = X: [rows, in] · W^T, X as u8 codes (per-tensor, or power-of-two groups over its
   // features or rows). With the Hadamard rotation both operands are rotated first: Y = (X H)(W H)^T.
-  const std::int64_t block = rotation_block(quant, in_f);
-  const bool row_scales = quant.linear_input_groups == LinearInputGroups::row_scales;
-  const QTensor xq = quantize_linear_input(rotated(x.view({rows, in_f}), block), quant, call);
+  const std::int64_t block = rotation_block(config, in_f);
+  const bool row_scales = config.linear_input_groups == LinearInputGroups::row_scales;
+  const QTensor xq = quantize_linear_input(rotated(x.view({rows, in_f}), block), config, call);
   const QTensor wq = packed.get(
-      weight, out_f, in_f, quant.weights, [block](const Tensor& w) { return rotated(w, block); }, block);
+      weight, out_f, in_f, config.weights, [block](const Tensor& w) { return rotated(w, block); }, block);
   const Tensor y = shiftmm(xq, Trans::N, wq, Trans::T, bias).view(out_shape);
   const bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
   if (any_requires_grad({&x, &weight, &bias})) internal::count_saved_bytes(static_cast<std::int64_t>(xq.codes.nbytes()));
   return record("quantized_linear", y, {&x, &weight, &bias},
-                [xq, wq, quant, block, row_scales, step = call.step, numerics = call.numerics, gx, gw, gb, rows, out_f,
+                [xq, wq, gradients = config.gradients, block, row_scales, call, gx, gw, gb, rows, out_f,
                  in_shape = x.shape()](const Tensor& g) {
     const Tensor g2 = g.view({rows, out_f});
     Tensor dx, dw, db;
     if (gx) {  // dX: [rows, in] = dY · W (rotated: (dY · (W H)) H)
-      const QTensor gq = quantize(g2, internal::gradient_params(quant.gradients, false, quant, step), "linear output gradient");
-      internal::measure_gradient(g2, gq, numerics);
+      const QTensor gq = quantize(g2, internal::gradient_params(gradients, false, call), "linear output gradient");
+      internal::measure_gradient(g2, gq, call.numerics);
       dx = rotate_back(shiftmm(gq, Trans::N, wq, Trans::N), block).view(in_shape);
     }
     if (gw) {  // dW: [out, in] = dY^T · X (X from its saved int8 codes; rotated: (dY^T · (X H)) H)
       // With row scales s, X^ = diag(s) V: dW = (diag(s) dY)^T V, the scales moved into dY's rows.
       const Tensor g_rows = row_scales ? mul(g2, xq.scales.view({rows, 1})) : g2;
-      const QTensor gq = quantize(g_rows, internal::gradient_params(quant.gradients, true, quant, step),
-                                  "linear output gradient");
+      const QTensor gq = quantize(g_rows, internal::gradient_params(gradients, true, call), "linear output gradient");
       dw = rotate_back(shiftmm(gq, Trans::T, row_scales ? unit_scaled_codes(xq) : with_signed_codes(xq), Trans::N), block);
     }
     if (gb) db = sum(g2, {0});

@@ -122,10 +122,10 @@ Tensor clamped(const Tensor& x, float r) {
 }
 
 // 8-bit per-tensor activations, no clipping: the delayed rule is exact enough to compare bit for bit.
-quant::LayerQuant delayed_linear_quant() {
+quant::QConfig delayed_linear_quant() {
   quant::QConfig c = quant::QConfig::bits(8);
   c.activations.mse_clip = false;
-  return quant::layer_quant(c, false, 1, 0);
+  return c.for_layer(false);
 }
 
 // The first training call quantizes with its own range; the next ones with the observed range,
@@ -135,13 +135,13 @@ TEST(DelayedScaling, LinearQuantizesWithTheObservedRangeAndSaturatesBeyondIt) {
   const Tensor w = Tensor::randn({6, 16}, gen), b = Tensor::randn({6}, gen);
   const Tensor x1 = Tensor::randn({5, 16}, gen);
   const Tensor x3 = mul(x1, 3.0f);
-  const quant::LayerQuant q = delayed_linear_quant();
+  const quant::QConfig q = delayed_linear_quant();
   quant::PackedWeight packed;
   NoGradGuard no_grad;
-  auto current = [&](const Tensor& x) { return quant::quantized_linear(x, w, b, packed, q, quant::QuantCall{0, true, nullptr, nullptr}); };
+  auto current = [&](const Tensor& x) { return quant::quantized_linear(x, w, b, packed, q, quant::QuantCall{.seed = 1}); };
   RangeObserver observer(1, q.observer);
   auto delayed = [&](const Tensor& x, bool training) {
-    return quant::quantized_linear(x, w, b, packed, q, quant::QuantCall{0, training, &observer, nullptr});
+    return quant::quantized_linear(x, w, b, packed, q, quant::QuantCall{.training = training, .input_range = &observer, .seed = 1});
   };
   EXPECT_TRUE(same(delayed(x1, true), current(x1)));  // nothing observed yet: its own range
   const float r1 = observer.range();
@@ -260,12 +260,12 @@ TEST(DelayedScaling, LinearShiftQuantActivationsObservePerFeatureRanges) {
   c.activations.nonnegative_range = false;
   Generator gen(8);
   nn::Linear layer(nn::LinearOptions(16, 6), gen);
-  layer.set_quantization(quant::layer_quant(c, false, 1, 0));
+  layer.set_quantization(c, 1, 0);
   EXPECT_EQ(layer.input_range().channels(), 16);
   nn::Linear reference(nn::LinearOptions(16, 6), gen);
   quant::QConfig current = c;
   current.activation_scaling = quant::ActivationScaling::current;
-  reference.set_quantization(quant::layer_quant(current, false, 1, 0));
+  reference.set_quantization(current, 1, 0);
   reference.weight.copy_(layer.weight);
   reference.bias.copy_(layer.bias);
 
@@ -308,7 +308,7 @@ TEST(DelayedScaling, LinearRowGroupsKeepEachRowIndependent) {
   c.linear_input_groups = quant::LinearInputGroups::rows;
   Generator gen(9);
   nn::Linear layer(nn::LinearOptions(16, 6), gen);
-  layer.set_quantization(quant::layer_quant(c, false, 1, 0));
+  layer.set_quantization(c, 1, 0);
   EXPECT_EQ(layer.input_range().channels(), 1);  // one per-tensor base
 
   const Tensor x = rows_of_falling_scale();
@@ -340,7 +340,7 @@ TEST(DelayedScaling, LinearRowScalesKeepEachRowIndependentWithoutAnObserver) {
   c.activations.mse_clip = true;
   Generator gen(9);
   nn::Linear layer(nn::LinearOptions(16, 6), gen);
-  layer.set_quantization(quant::layer_quant(c, false, 1, 0));
+  layer.set_quantization(c, 1, 0);
   const Tensor x = rows_of_falling_scale();
   NoGradGuard no_grad;
   const Tensor first = layer(x);

@@ -24,7 +24,7 @@ double rel_error(const Tensor& a, const Tensor& b) {
 // A layer quantized on its own (it is then "first and last": first_last_bits would apply).
 template <class Layer>
 void quantize_alone(Layer& layer, const QConfig& config) {
-  layer.set_quantization(quant::layer_quant(config, false, 7, 0));
+  layer.set_quantization(config, 7, 0);
 }
 
 TEST(QuantizedLinear, ForwardEqualsFloatLinearOfTheDequantizedOperands) {
@@ -133,9 +133,9 @@ TEST(QuantizedLinear, WeightPackedOncePerOptimizerStep) {
   fc(x);
   EXPECT_EQ(fc.packed_weight().packs(), 3);
   // A changed weight quantizer re-packs the same weight version: the pack is keyed by its config.
-  quant::LayerQuant q = *fc.quantization();
+  QConfig q = *fc.quantization();
   q.weights.mse_clip = true;
-  fc.set_quantization(q);
+  fc.set_quantization(q, fc.quant_seed(), fc.quant_layer_id());
   fc(x);
   EXPECT_EQ(fc.packed_weight().packs(), 4);
   fc(x);
@@ -404,16 +404,49 @@ TEST(QuantizedLayers, QConfigDescribesItself) {
 }
 
 TEST(QuantizedLayers, InvalidConfigurationsThrow) {
+  Generator gen(3);
+  nn::Linear fc(nn::LinearOptions{4, 2}, gen);
+  nn::L1BatchNorm2d bn(nn::L1BatchNormOptions{3});
   QConfig c = QConfig::bits(4);
   c.weights.kind = quant::QuantizerKind::per_row;
-  EXPECT_THROW(quant::layer_quant(c, false, 0, 0), ValueError);
+  EXPECT_THROW(c.for_layer(false), ValueError);
+  EXPECT_THROW(fc.set_quantization(c), ValueError);
   c = QConfig::bits(4);
   c.gradients.shift_budget = 5;  // 4 + 5 > 8
-  EXPECT_THROW(quant::layer_quant(c, false, 0, 0), ValueError);
+  EXPECT_THROW(c.for_layer(false), ValueError);
   c = QConfig::bits(4);
-  c.activations.kind = quant::QuantizerKind::none;
-  EXPECT_THROW(quant::layer_quant(c, false, 0, 0), ValueError);
+  c.activations.kind = quant::QuantizerKind::per_row;
+  EXPECT_THROW(c.for_layer(true), ValueError);
+  c = QConfig::bits(4);
+  c.norm_bits = 9;
+  EXPECT_THROW(bn.set_quantization(c), ValueError);
+  EXPECT_FALSE(bn.quantization().has_value());
   EXPECT_THROW(QConfig::bits(9), ValueError);
+}
+
+TEST(QuantizedLayers, ForLayerAppliesFirstLastBitsOnce) {
+  const QConfig c = QConfig::bits(4);
+  const QConfig inner = c.for_layer(false), outer = c.for_layer(true);
+  EXPECT_EQ(inner.weights, c.weights);
+  EXPECT_EQ(inner.gradients, c.gradients);
+  EXPECT_EQ(inner.first_last_bits, 0);
+  for (const quant::TensorQConfig* t : {&outer.weights, &outer.activations, &outer.gradients}) EXPECT_EQ(t->bits, 8);
+  EXPECT_EQ(outer.weights.shift_budget, 0);   // S = 8 - b
+  EXPECT_EQ(outer.activations.shift_budget, 0);
+  EXPECT_EQ(outer.first_last_bits, 0);
+  // Resolved once, a layer config is a fixed point: resolving again keeps its bits.
+  EXPECT_EQ(inner.for_layer(true).weights.bits, 4);
+  EXPECT_EQ(outer.for_layer(false).weights.bits, 8);
+  // A norm given norm_bits = 0 stays float.
+  nn::L1BatchNorm2d bn(nn::L1BatchNormOptions{3});
+  QConfig float_norms = c;
+  float_norms.norm_bits = 0;
+  bn.set_quantization(float_norms);
+  EXPECT_FALSE(bn.quantization().has_value());
+  bn.set_quantization(c, 5, 9);
+  ASSERT_TRUE(bn.quantization().has_value());
+  EXPECT_EQ(bn.quant_seed(), 5u);
+  EXPECT_EQ(bn.quant_layer_id(), 9u);
 }
 
 TEST(QuantizedLayers, NanGradientIsReportedNotQuantized) {
@@ -617,7 +650,7 @@ TEST(QuantizedL1Norm, BatchNormForwardEqualsFloatL1OnDequantizedInputAndGradient
   const Tensor gamma = Tensor::uniform({3}, 0.5f, 1.5f, gen).set_requires_grad(true);
   const Tensor beta = Tensor::uniform({3}, -0.5f, 0.5f, gen).set_requires_grad(true);
   const Tensor r = Tensor::randn(x.shape(), gen);
-  const quant::QuantizedNormConfig config{8, 8, 3, 0};
+  const QConfig config = QConfig::bits(8);
   // Float reference on the dequantized input (one scale per channel), exact output gradient.
   const Tensor xh = dequantized_per_channel(x.detach(), 8).set_requires_grad(true);
   L1BatchNormState ref_state;
@@ -631,7 +664,7 @@ TEST(QuantizedL1Norm, BatchNormForwardEqualsFloatL1OnDequantizedInputAndGradient
     Tensor(gamma).zero_grad();
     Tensor(beta).zero_grad();
     L1BatchNormState state;
-    const Tensor y = quant::quantized_l1_batch_norm2d(x, gamma, beta, state, true, config, t);
+    const Tensor y = quant::quantized_l1_batch_norm2d(x, gamma, beta, state, config, {.step = static_cast<std::uint64_t>(t), .seed = 3});
     if (t == 0) {
       EXPECT_LT(rel_error(y, y_ref), 1e-5);
     }
@@ -662,7 +695,7 @@ TEST(QuantizedL1Norm, LayerNormMatchesFloatL1) {
   sum(mul(y_ref, r)).backward();
   const Tensor dx_ref = xh.grad().clone(), dgamma_ref = gamma.grad().clone();
   Tensor(gamma).zero_grad();
-  const Tensor y = quant::quantized_l1_layer_norm(x, gamma, beta, 1e-5f, kL1NormC, {8, 8, 1, 0}, 0);
+  const Tensor y = quant::quantized_l1_layer_norm(x, gamma, beta, 1e-5f, kL1NormC, QConfig::bits(8), {.seed = 1});
   EXPECT_LT(rel_error(y, y_ref), 1e-5);
   sum(mul(y, r)).backward();
   EXPECT_LT(rel_error(x.grad(), dx_ref), 0.05);
@@ -678,7 +711,7 @@ TEST(QuantizedL1Norm, EachChannelKeepsItsOwnResolution) {
   for (std::int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] *= magnitude[(i / 36) % 3];
   L1BatchNormState ref_state, state;
   const Tensor y_ref = l1_batch_norm2d(x, Tensor(), Tensor(), ref_state, true);
-  const Tensor y = quant::quantized_l1_batch_norm2d(x, Tensor(), Tensor(), state, true, {8, 8, 1, 0}, 0);
+  const Tensor y = quant::quantized_l1_batch_norm2d(x, Tensor(), Tensor(), state, QConfig::bits(8), {.seed = 1});
   for (std::int64_t c = 0; c < 3; ++c) {
     double err = 0.0, norm = 0.0;
     for (std::int64_t i = 0; i < x.numel(); ++i)
@@ -704,8 +737,11 @@ TEST(QuantizedL1Norm, ReferenceAndOptimizedKernelsAgreeBitForBit) {
     const Tensor beta = Tensor::full({C}, -0.5f).set_requires_grad(true);
     const Tensor xg = x.clone().set_requires_grad(true);
     L1BatchNormState state;
-    const Tensor y = layer_norm ? quant::quantized_l1_layer_norm(xg, gamma, beta, 1e-5f, kL1NormC, {6, 5, 9, 2}, 3)
-                                : quant::quantized_l1_batch_norm2d(xg, gamma, beta, state, true, {6, 5, 9, 2}, 3);
+    QConfig norm_config = QConfig::bits(8);
+    norm_config.norm_bits = 5;
+    const quant::QuantCall call{.step = 3, .seed = 9, .layer_id = 2};
+    const Tensor y = layer_norm ? quant::quantized_l1_layer_norm(xg, gamma, beta, 1e-5f, kL1NormC, norm_config, call)
+                                : quant::quantized_l1_batch_norm2d(xg, gamma, beta, state, norm_config, call);
     sum(mul(y, r)).backward();
     kernels::set_kernel_path(kernels::KernelPath::optimized);
     return Result{y.to_vector<float>(), xg.grad().to_vector<float>(), gamma.grad().to_vector<float>(),
@@ -738,7 +774,7 @@ TEST(QuantizedL1Norm, BatchNormDoesNotDependOnTheThreadCount) {
     const Tensor beta = Tensor::full({x.size(1)}, 0.25f).set_requires_grad(true);
     const Tensor xg = x.clone().set_requires_grad(true);
     L1BatchNormState state;
-    const Tensor y = quant::quantized_l1_batch_norm2d(xg, gamma, beta, state, true, {8, 8, 4, 1}, 7);
+    const Tensor y = quant::quantized_l1_batch_norm2d(xg, gamma, beta, state, QConfig::bits(8), {.step = 7, .seed = 4, .layer_id = 1});
     sum(mul(y, r)).backward();
     set_num_threads(before);
     return Result{y.to_vector<float>(), xg.grad().to_vector<float>(), gamma.grad().to_vector<float>(),
@@ -757,13 +793,13 @@ TEST(QuantizedL1Norm, NonFiniteInputOrGradientThrows) {
   L1BatchNormState state;
   Tensor bad = x.detach().clone();
   bad.data<float>()[17] = std::nanf("");
-  EXPECT_THROW(quant::quantized_l1_batch_norm2d(bad, Tensor(), Tensor(), state, true, {8, 8, 0, 0}, 0), NumericError);
+  EXPECT_THROW(quant::quantized_l1_batch_norm2d(bad, Tensor(), Tensor(), state, QConfig::bits(8), {}), NumericError);
   Tensor dy = Tensor::ones(x.shape());
   dy.data<float>()[5] = std::numeric_limits<float>::infinity();
-  Tensor y = quant::quantized_l1_batch_norm2d(x, Tensor(), Tensor(), state, true, {8, 8, 0, 0}, 0);
+  Tensor y = quant::quantized_l1_batch_norm2d(x, Tensor(), Tensor(), state, QConfig::bits(8), {});
   EXPECT_THROW(y.backward(dy), NumericError);
   Tensor xl = Tensor::randn({4, 8}, gen).set_requires_grad(true);
-  Tensor yl = quant::quantized_l1_layer_norm(xl, Tensor(), Tensor(), 1e-5f, kL1NormC, {8, 8, 0, 0}, 0);
+  Tensor yl = quant::quantized_l1_layer_norm(xl, Tensor(), Tensor(), 1e-5f, kL1NormC, QConfig::bits(8), {});
   Tensor dyl = Tensor::ones({4, 8});
   dyl.data<float>()[30] = std::nanf("");
   EXPECT_THROW(yl.backward(dyl), NumericError);
@@ -772,14 +808,15 @@ TEST(QuantizedL1Norm, NonFiniteInputOrGradientThrows) {
 TEST(QuantizedL1Norm, BadConfigAndShapesThrow) {
   Generator gen(15);
   L1BatchNormState state;
-  EXPECT_THROW(quant::quantized_l1_batch_norm2d(Tensor::randn({2, 3, 2, 2}, gen), Tensor(), Tensor(), state, true,
-                                                {9, 8, 0, 0}, 0),
+  QConfig nine_bit_norms = QConfig::bits(8);
+  nine_bit_norms.norm_bits = 9;
+  EXPECT_THROW(quant::quantized_l1_batch_norm2d(Tensor::randn({2, 3, 2, 2}, gen), Tensor(), Tensor(), state,
+                                                nine_bit_norms, {}),
                ValueError);
-  EXPECT_THROW(quant::quantized_l1_batch_norm2d(Tensor::randn({2, 3, 2, 2}, gen), Tensor::ones({4}), Tensor(), state,
-                                                true, {8, 8, 0, 0}, 0),
+  EXPECT_THROW(quant::quantized_l1_batch_norm2d(Tensor::randn({2, 3, 2, 2}, gen), Tensor::ones({4}), Tensor(), state, QConfig::bits(8), {}),
                ShapeError);
   EXPECT_THROW(quant::quantized_l1_layer_norm(Tensor::randn({2, 1}, gen), Tensor(), Tensor(), 1e-5f, kL1NormC,
-                                              {8, 8, 0, 0}, 0),
+                                              QConfig::bits(8), {}),
                ShapeError);  // one element per group
 }
 

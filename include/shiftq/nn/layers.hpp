@@ -53,10 +53,15 @@ class QuantCallCounter {
 class QuantizableLayer {
  public:
   virtual ~QuantizableLayer() = default;
-  // Keeps the observed input range unless the observer options or its channels change (then it
-  // starts empty).
-  void set_quantization(std::optional<quant::LayerQuant> q);
-  const std::optional<quant::LayerQuant>& quantization() const { return quant_; }
+  // The layer's quantization (std::nullopt: fp32), stored as config.for_layer(false): a config
+  // resolved for the layer's place in the model (quantize_model does that) is taken as it is.
+  // (seed, layer_id) key the stochastic rounding of its gradients (quant::QuantCall). Keeps the
+  // observed input range unless the observer options or its channels change (then it starts empty).
+  // ValueError if the config does not validate.
+  void set_quantization(std::optional<quant::QConfig> config, std::uint64_t seed = 0, std::uint64_t layer_id = 0);
+  const std::optional<quant::QConfig>& quantization() const { return quant_; }
+  std::uint64_t quant_seed() const { return seed_; }
+  std::uint64_t quant_layer_id() const { return layer_id_; }
   const quant::RangeObserver& input_range() const { return input_range_; }
   quant::RangeObserver& input_range() { return input_range_; }
   // The numerics monitor: while on, each call measures its input and output-gradient quantization
@@ -75,9 +80,10 @@ class QuantizableLayer {
   quant::QuantCall next_call(bool training);
   // Channels of the input observer: 1 (one range per tensor), or one per ShiftQuant group when the
   // groups run along a fixed axis of the input (Linear's input features) and are observed too.
-  virtual std::int64_t observed_input_groups(const quant::LayerQuant&) const { return 1; }
+  virtual std::int64_t observed_input_groups(const quant::QConfig&) const { return 1; }
 
-  std::optional<quant::LayerQuant> quant_;
+  std::optional<quant::QConfig> quant_;
+  std::uint64_t seed_ = 0, layer_id_ = 0;
   quant::PackedWeight packed_;
   QuantCallCounter calls_;
   quant::RangeObserver input_range_;
@@ -96,7 +102,7 @@ class Linear : public Module, public QuantizableLayer {
 
  protected:
   // ShiftQuant activations: one observed range per input feature (the groups of X in X W^T).
-  std::int64_t observed_input_groups(const quant::LayerQuant& q) const override;
+  std::int64_t observed_input_groups(const quant::QConfig& config) const override;
 
  private:
   LinearOptions options_;
@@ -164,18 +170,27 @@ struct L1BatchNormOptions {
 class QuantizableNorm {
  public:
   virtual ~QuantizableNorm() = default;
-  void set_quantization(std::optional<quant::QuantizedNormConfig> q);
+  // Quantized with config.norm_bits (0 or std::nullopt: float), config.activation_scaling and
+  // config.observer; (seed, layer_id) key the stochastic rounding of its output gradient.
+  // ValueError if the config does not validate.
+  void set_quantization(std::optional<quant::QConfig> config, std::uint64_t seed = 0, std::uint64_t layer_id = 0);
   // Channels whose input ranges the norm observes (BatchNorm: C; LayerNorm quantizes each row with
   // its own range and observes none: 0).
   virtual std::int64_t observed_channels() const { return 0; }
   const quant::RangeObserver* input_range() const { return input_range_ ? &*input_range_ : nullptr; }
-  const std::optional<quant::QuantizedNormConfig>& quantization() const { return quant_; }
+  const std::optional<quant::QConfig>& quantization() const { return quant_; }
+  std::uint64_t quant_seed() const { return seed_; }
+  std::uint64_t quant_layer_id() const { return layer_id_; }
   std::uint64_t quant_calls() const { return calls_.value(); }
   void set_quant_calls(std::uint64_t calls) { calls_.set(calls); }
   const QuantCallCounter& quant_call_counter() const { return calls_; }
 
  protected:
-  std::optional<quant::QuantizedNormConfig> quant_;
+  // The next call's context (advances the call counter when training).
+  quant::QuantCall next_call(bool training);
+
+  std::optional<quant::QConfig> quant_;
+  std::uint64_t seed_ = 0, layer_id_ = 0;
   QuantCallCounter calls_;
   std::optional<quant::RangeObserver> input_range_;  // when quantized with delayed input scaling
 };

@@ -1,14 +1,25 @@
-// QConfig: how a model's weights, activations and gradients are quantized for integer training.
+// QConfig: how a model's weights, activations and gradients are quantized for integer training,
+// and QuantCall: what one call of a quantized op needs beyond its config and tensors.
+//
+// The configuration has two levels. QConfig describes a model (quantize_model) and, resolved for
+// one layer's position with for_layer(), that layer; the quantized ops take it as it is. Each
+// tensor the op quantizes then gets its one resolved spec, a QuantizeParams (qtensor.hpp), built
+// from its role's TensorQConfig and the op's axes.
 #pragma once
 
+#include <cstdint>
+#include <memory>
 #include <string>
 
+#include "shiftq/quant/monitor.hpp"
 #include "shiftq/quant/observer.hpp"
 #include "shiftq/quant/qtensor.hpp"
 
 namespace shiftq::quant {
 
-enum class QuantizerKind : std::uint8_t { none, per_tensor, per_row, shiftquant };
+// per_row applies to gradients only: a float scale per row of a weight or an activation would fall
+// on the contraction axis of a backward GEMM, which one int8 GEMM cannot apply.
+enum class QuantizerKind : std::uint8_t { per_tensor, per_row, shiftquant };
 
 // Where a per-tensor activation range comes from.
 enum class ActivationScaling : std::uint8_t {
@@ -78,8 +89,35 @@ struct QConfig {
   // nearest rounding, per-tensor activations (unsigned range when non-negative), ShiftQuant
   // gradients (S = 8 - b, per-row outer, stochastic rounding).
   static QConfig bits(int b);
+  // The config of a GEMM layer at its place in the model: first_last_bits (when set) replace the
+  // three roles' bits in the first and last layer, with ShiftQuant's S = 8 - b; the result has
+  // first_last_bits = 0, so resolving it again changes nothing. Validates.
+  QConfig for_layer(bool first_or_last) const;
+  // Throws ValueError for bits or S out of range, MSE-clipped gradients, per-row weights or
+  // activations, or invalid observer options.
   void validate() const;
   std::string str() const;  // "W4A4G4 (gradients: shiftquant S=4, stochastic; first/last 8-bit)"
+};
+
+// One call of a quantized op: what it needs beyond its config and tensors. The stochastic rounding
+// of its gradients is keyed by (seed, step, layer_id): a GEMM layer's two backward products use
+// tensor ids 2 * layer_id and 2 * layer_id + 1, an L1 norm layer_id itself (quantize_model numbers
+// the norms after the GEMM layers, so no two streams meet).
+struct QuantCall {
+  std::uint64_t step = 0;  // the layer's training calls before this one
+  bool training = true;    // a training call updates input_range
+  // Delayed scaling of the input range (QConfig::activation_scaling): quantize with its range once
+  // it has observed a training call, and record this call's range when training. Null, or nothing
+  // observed yet: the input's own range.
+  RangeObserver* input_range = nullptr;
+  // The numerics monitor: when set, this call's input quantization and its backward's output
+  // gradient quantization are measured and added to it.
+  std::shared_ptr<LayerNumerics> numerics = nullptr;
+  std::uint64_t seed = 0;
+  std::uint64_t layer_id = 0;
+
+  // The stochastic key of tensor `role` of this call's layer (GEMM layers: 0 = dX's dY, 1 = dW's dY).
+  StochasticKey gradient_key(std::uint64_t role) const { return {seed, step, 2 * layer_id + role}; }
 };
 
 }  // namespace shiftq::quant

@@ -20,23 +20,6 @@
 
 namespace shiftq::quant {
 
-// The resolved quantization of one layer.
-struct LayerQuant {
-  TensorQConfig weights, activations, gradients;
-  std::uint64_t seed = 0;      // stochastic-rounding key: (seed, step, 2 * layer_id + gemm)
-  std::uint64_t layer_id = 0;
-  ActivationScaling activation_scaling = ActivationScaling::delayed;
-  ObserverOptions observer;
-  LinearInputGroups linear_input_groups = LinearInputGroups::features;
-  LinearInputRotation linear_input_rotation = LinearInputRotation::none;
-  // Throws ValueError for combinations whose scales would fall on a contraction axis (per-row
-  // weights or activations: their product would not be a single int8 GEMM).
-  void validate() const;
-};
-
-// The layer config for `config` at a position in the model (first/last layers use first_last_bits).
-LayerQuant layer_quant(const QConfig& config, bool first_or_last, std::uint64_t seed, std::uint64_t layer_id);
-
 // A weight quantized once and reused until the weight's storage version changes (an optimizer
 // step, copy_, fill_, load_state_dict), i.e. once per optimizer step.
 class PackedWeight {
@@ -58,26 +41,10 @@ class PackedWeight {
   std::int64_t packs_ = 0;
 };
 
-// One call of a quantized layer: what it needs beyond its tensors.
-struct QuantCall {
-  std::uint64_t step = 0;  // keys the stochastic rounding of this call's gradients
-  bool training = true;    // a training call updates input_range
-  // Delayed scaling of the per-tensor input range (LayerQuant::activation_scaling): quantize with
-  // its range once it has observed a training call, and record this call's range when training.
-  // Null, or nothing observed yet: the input's own range.
-  RangeObserver* input_range = nullptr;
-  // The numerics monitor: when set, this call's input quantization and its backward's output
-  // gradient quantization are measured and added to it.
-  std::shared_ptr<LayerNumerics> numerics;
-};
-
-// x: [..., in], weight: [out, in], bias: [out] or undefined -> [..., out].
+// x: [..., in], weight: [out, in], bias: [out] or undefined -> [..., out]. `config` is the layer's
+// (QConfig::for_layer); ValueError if it does not validate.
 Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, PackedWeight& packed,
-                        const LayerQuant& quant, const QuantCall& call);
-inline Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, PackedWeight& packed,
-                               const LayerQuant& quant, std::uint64_t step) {
-  return quantized_linear(x, weight, bias, packed, quant, QuantCall{step, true, nullptr, nullptr});
-}
+                        const QConfig& config, const QuantCall& call);
 
 // x: [N, C, H, W], weight: [O, C, KH, KW], bias: [O] or undefined -> [N, O, OH, OW]. The input is
 // quantized once (before im2col) and its codes moved to channels-last; the im2col rows are built
@@ -85,11 +52,7 @@ inline Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tens
 // consumed while in cache, forward and backward. Throws ValueError when C*KH*KW or O exceeds
 // kernels::kMaxGemmKu8s8 (66311; e.g. more than 7367 input channels at 3x3).
 Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& params,
-                        PackedWeight& packed, const LayerQuant& quant, const QuantCall& call);
-inline Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& params,
-                               PackedWeight& packed, const LayerQuant& quant, std::uint64_t step) {
-  return quantized_conv2d(x, weight, bias, params, packed, quant, QuantCall{step, true, nullptr, nullptr});
-}
+                        PackedWeight& packed, const QConfig& config, const QuantCall& call);
 
 // Batched matmul with every GEMM on int8, for attention's Q K^T and P V:
 //   a: [..., M, K], b: [..., K, N] (equal leading dims) -> [..., M, N].
