@@ -46,4 +46,61 @@ inline float gelu_derivative(float x) {
   return s + 2.0f * x * s * (1.0f - s) * du;
 }
 
+// Softmax rows (kernels::softmax_rows_f32): sums run over kSumLanes fixed lanes (element j into
+// lane j % kSumLanes), then a fixed pairwise tree, so every ISA build adds in the same order.
+inline constexpr int kSumLanes = 16;
+
+inline float reduce_lanes(float* lanes) {
+  for (int width = kSumLanes / 2; width >= 1; width /= 2)
+    for (int k = 0; k < width; ++k) lanes[k] += lanes[k + width];
+  return lanes[0];
+}
+
+// sum_j a[j] * b[j] over the lanes.
+inline float lane_dot(const float* __restrict a, const float* __restrict b, std::int64_t n) {
+  float lanes[kSumLanes] = {};
+  std::int64_t j = 0;
+  for (; j + kSumLanes <= n; j += kSumLanes)
+    for (int k = 0; k < kSumLanes; ++k) lanes[k] += a[j + k] * b[j + k];
+  for (int k = 0; j + k < n; ++k) lanes[k] += a[j + k] * b[j + k];
+  return reduce_lanes(lanes);
+}
+
+// y = softmax(x) over one contiguous row of n: e^(x - max) (0 below e^-87, so masked -inf entries
+// give exactly 0), then scaled by 1 / their sum.
+inline void softmax_row(const float* __restrict x, float* __restrict y, std::int64_t n) {
+  float max_lanes[kSumLanes];
+  std::fill_n(max_lanes, kSumLanes, -__builtin_inff());
+  std::int64_t j = 0;
+  for (; j + kSumLanes <= n; j += kSumLanes)
+    for (int k = 0; k < kSumLanes; ++k) max_lanes[k] = max_lanes[k] < x[j + k] ? x[j + k] : max_lanes[k];
+  for (int k = 0; j + k < n; ++k) max_lanes[k] = max_lanes[k] < x[j + k] ? x[j + k] : max_lanes[k];
+  float m = max_lanes[0];
+  for (int k = 1; k < kSumLanes; ++k) m = m < max_lanes[k] ? max_lanes[k] : m;
+  if (m == -__builtin_inff()) m = 0.0f;  // all masked: avoid (-inf) - (-inf)
+  float sum_lanes[kSumLanes] = {};
+  for (j = 0; j + kSumLanes <= n; j += kSumLanes)
+    for (int k = 0; k < kSumLanes; ++k) {
+      const float d = x[j + k] - m;
+      const float e = d < -87.0f ? 0.0f : fast_exp(d);
+      y[j + k] = e;
+      sum_lanes[k] += e;
+    }
+  for (int k = 0; j + k < n; ++k) {
+    const float d = x[j + k] - m;
+    const float e = d < -87.0f ? 0.0f : fast_exp(d);
+    y[j + k] = e;
+    sum_lanes[k] += e;
+  }
+  const float inv = 1.0f / reduce_lanes(sum_lanes);
+  for (j = 0; j < n; ++j) y[j] *= inv;
+}
+
+// dx = y * (g - sum_j g[j] y[j]) over one row of n (softmax's backward).
+inline void softmax_backward_row(const float* __restrict y, const float* __restrict g, float* __restrict dx,
+                                 std::int64_t n) {
+  const float dot = lane_dot(g, y, n);
+  for (std::int64_t j = 0; j < n; ++j) dx[j] = y[j] * (g[j] - dot);
+}
+
 }  // namespace shiftq::detail

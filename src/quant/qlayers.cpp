@@ -1,6 +1,7 @@
 #include "shiftq/quant/qlayers.hpp"
 
 #include "quant/qlayers_internal.hpp"
+#include "quant/shiftmm_internal.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -235,8 +236,9 @@ namespace {
 // Matrix i of a [batch, R, C] tensor, as its own [R, C] tensor (a copy).
 Tensor matrix(const Tensor& x, std::int64_t i) {
   const std::int64_t rows = x.size(-2), cols = x.size(-1);
-  const float* first = x.data<float>() + i * rows * cols;
-  return Tensor::from_vector(std::vector<float>(first, first + rows * cols), {rows, cols});
+  Tensor m = Tensor::uninitialized({rows, cols});
+  std::copy_n(x.data<float>() + i * rows * cols, rows * cols, m.data<float>());
+  return m;
 }
 
 // The parameters for matrix i: its own stochastic stream, tensor_id * 65536 + i.
@@ -251,9 +253,10 @@ QTensor quantize_matrix(const Tensor& m, std::int64_t i, const QuantizeParams& p
   return quantize(m, for_matrix(params, i), "matmul operand");
 }
 
-// out: [batch, R, C]; out[i] = m ([R, C]).
-void store_matrix(Tensor& out, std::int64_t i, const Tensor& m) {
-  std::copy_n(m.data<float>(), m.numel(), out.data<float>() + i * m.numel());
+// out: [batch, R, C]; out[i] = op(a) op(b), the [R, C] product of matrix i's operands.
+void store_product(Tensor& out, std::int64_t i, const QTensor& a, Trans ta, const QTensor& b, Trans tb) {
+  const std::int64_t rows = out.size(-2), cols = out.size(-1);
+  internal::shiftmm_into(a, ta, b, tb, nullptr, out.data<float>() + i * rows * cols);
 }
 
 // fn(i) for every matrix i of a batch, the matrices spread over the threads (attention has many
@@ -310,7 +313,7 @@ Tensor quantized_matmul(const Tensor& a, const Tensor& b, int bits, std::uint64_
   }
   for_each_matrix(batch, [&](std::int64_t i) {
     const Tensor ai = matrix(a, i), bi = matrix(b, i);
-    store_matrix(out, i, shiftmm(quantize_matrix(ai, i, a_fwd), Trans::N, quantize_matrix(bi, i, b_fwd), Trans::N));
+    store_product(out, i, quantize_matrix(ai, i, a_fwd), Trans::N, quantize_matrix(bi, i, b_fwd), Trans::N);
     if (ga) b_rows[static_cast<std::size_t>(i)] = quantize_matrix(bi, i, params(1, false, 0, false));
     if (gb) a_cols[static_cast<std::size_t>(i)] = quantize_matrix(ai, i, params(0, false, 0, true));
   });
@@ -326,9 +329,9 @@ Tensor quantized_matmul(const Tensor& a, const Tensor& b, int bits, std::uint64_
       const auto n = static_cast<std::size_t>(i);
       const Tensor gi = matrix(g, i);
       if (ga)  // da = g b^T: contraction over N; g: groups over N (axis 1), per row.
-        store_matrix(da, i, shiftmm(quantize_matrix(gi, i, params(1, true, 4 * key_id, true)), Trans::N, b_rows[n], Trans::T));
+        store_product(da, i, quantize_matrix(gi, i, params(1, true, 4 * key_id, true)), Trans::N, b_rows[n], Trans::T);
       if (gb)  // db = a^T g: contraction over M; g: groups over M (axis 0), per column.
-        store_matrix(db, i, shiftmm(a_cols[n], Trans::T, quantize_matrix(gi, i, params(0, true, 4 * key_id + 1, false)), Trans::N));
+        store_product(db, i, a_cols[n], Trans::T, quantize_matrix(gi, i, params(0, true, 4 * key_id + 1, false)), Trans::N);
     });
     return std::vector<Tensor>{ga ? da.view(a_shape) : da, gb ? db.view(b_shape) : db};
   });

@@ -138,23 +138,18 @@ ShiftMMResult shiftmm_s32(const QTensor& a, Trans ta, const QTensor& b, Trans tb
   return out;
 }
 
-Tensor shiftmm(const QTensor& a, Trans ta, const QTensor& b, Trans tb, const Tensor& col_bias) {
+namespace internal {
+void shiftmm_into(const QTensor& a, Trans ta, const QTensor& b, Trans tb, const float* bias, float* o) {
   const GemmShape s = check_operands(a, ta, b, tb);
-  if (col_bias.defined())
-    SHIFTQ_CHECK(col_bias.dtype() == DType::f32 && col_bias.numel() == s.N, ShapeError, "shiftmm: bias ",
-                 col_bias.str(), " must be f32 with ", s.N, " elements");
-  const float* bias = col_bias.defined() ? col_bias.data<float>() : nullptr;
-  // The int32 accumulator is written into the output's own storage, then scaled to f32 in place
-  // (kernels::scale_s32_f32 reads each element as int32 before storing its float).
-  Tensor out = Tensor::uninitialized({s.M, s.N}, DType::f32);
   const float shift = std::ldexp(1.0f, -(a.shift_budget + b.shift_budget));
   if (s.K > kernels::kMaxGemmKs8s8) {
-    chunked_product_f32(a, ta, b, tb, s, out.data<float>(), shift);
+    chunked_product_f32(a, ta, b, tb, s, o, shift);
     if (bias)
-      for (std::int64_t i = 0; i < s.M * s.N; ++i) out.data<float>()[i] += bias[i % s.N];
-    return out;
+      for (std::int64_t i = 0; i < s.M * s.N; ++i) o[i] += bias[i % s.N];
+    return;
   }
-  float* o = out.data<float>();
+  // The int32 accumulator is written into the output's own storage, then scaled to f32 in place
+  // (kernels::scale_s32_f32 reads each element as int32 before storing its float).
   std::int32_t* acc = static_cast<std::int32_t*>(static_cast<void*>(o));
   integer_product(a, ta, b, tb, s, acc);
   // C = acc * ((s_m * 2^-(S_A+S_B)) * t_n) (+ bias)
@@ -164,6 +159,16 @@ Tensor shiftmm(const QTensor& a, Trans ta, const QTensor& b, Trans tb, const Ten
                        [&](std::int64_t m0, std::int64_t m1) {
                          kernels::scale_s32_f32(acc, s.N, epilogue, m0, m1, s.N, o, s.N);
                        });
+}
+}  // namespace internal
+
+Tensor shiftmm(const QTensor& a, Trans ta, const QTensor& b, Trans tb, const Tensor& col_bias) {
+  const GemmShape s = check_operands(a, ta, b, tb);
+  if (col_bias.defined())
+    SHIFTQ_CHECK(col_bias.dtype() == DType::f32 && col_bias.numel() == s.N, ShapeError, "shiftmm: bias ",
+                 col_bias.str(), " must be f32 with ", s.N, " elements");
+  Tensor out = Tensor::uninitialized({s.M, s.N}, DType::f32);
+  internal::shiftmm_into(a, ta, b, tb, col_bias.defined() ? col_bias.data<float>() : nullptr, out.data<float>());
   return out;
 }
 

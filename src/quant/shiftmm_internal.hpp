@@ -1,4 +1,5 @@
-// Internal: the u8 GEMM's compensation, shared by shiftmm (shiftmm.cpp) and the blocked quantized
+// Internal: shiftmm into a caller's buffer (the batched matmuls write each product into its slot of
+// the batch output); the u8 GEMM's compensation, shared by shiftmm (shiftmm.cpp) and the blocked quantized
 // convolution (qconv.cpp); the code-form conversion shared by shiftmm and QTensor::signed_codes.
 #pragma once
 
@@ -7,6 +8,7 @@
 
 #include "shiftq/core/tensor.hpp"
 #include "shiftq/kernels/gemm.hpp"
+#include "shiftq/quant/qtensor.hpp"
 
 namespace shiftq::quant::internal {
 
@@ -19,5 +21,9 @@ std::vector<std::int32_t> u8_compensation(const Tensor& cached_sums, const std::
 // The same codes in the other form: s8 v <-> u8 v + 128 (each byte XOR 0x80), as a new tensor of
 // dtype `to` (s8 or u8) and the shape of `codes`.
 Tensor flip_code_form(const Tensor& codes, DType to);
+
+// shiftmm(a, ta, b, tb) with an optional column bias ([N] or null), written to out: [M, N] f32.
+void shiftmm_into(const QTensor& a, kernels::Trans ta, const QTensor& b, kernels::Trans tb, const float* bias,
+                  float* out);
 
 }  // namespace shiftq::quant::internal

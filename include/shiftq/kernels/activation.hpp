@@ -1,4 +1,4 @@
-// Elementwise activation kernels: ReLU, GPT-2's tanh GELU, and their derivatives. Compiled once per ISA
+// Activation kernels: ReLU, GPT-2's tanh GELU, row softmax, and their derivatives. Compiled once per ISA
 // (AVX-512 / AVX2 / x86-64, picked at run time like the quantization kernels) beside a scalar
 // reference; every build gives the same bits (the same branch-free exp, no FMA contraction).
 #pragma once
@@ -24,5 +24,17 @@ void gelu_f32_ref(const float* x, float* y, std::int64_t n);
 // dx[i] = g[i] * gelu'(x[i]).
 void gelu_backward_f32(const float* g, const float* x, float* dx, std::int64_t n);
 void gelu_backward_f32_ref(const float* g, const float* x, float* dx, std::int64_t n);
+
+// Softmax along each contiguous row of x: [rows, cols]:
+//   y[r, j] = e^(x[r, j] - m_r) / sum_k e^(x[r, k] - m_r),  m_r = max_j x[r, j],
+// e^ the branch-free exp of the GELU kernels (relative error < 2e-7), exactly 0 where x - m < -87
+// (masked -inf entries). The sum runs over 16 fixed lanes (element j into lane j % 16), then a
+// fixed tree: the same bits from every build. A row of only -inf gives NaN (0 / 0).
+void softmax_rows_f32(const float* x, float* y, std::int64_t rows, std::int64_t cols);
+void softmax_rows_f32_ref(const float* x, float* y, std::int64_t rows, std::int64_t cols);
+// Its backward from the output y: dx[r, j] = y[r, j] (g[r, j] - sum_k g[r, k] y[r, k]), the dot
+// product summed over the same lanes.
+void softmax_backward_rows_f32(const float* y, const float* g, float* dx, std::int64_t rows, std::int64_t cols);
+void softmax_backward_rows_f32_ref(const float* y, const float* g, float* dx, std::int64_t rows, std::int64_t cols);
 
 }  // namespace shiftq::kernels
