@@ -1,10 +1,36 @@
 // Reductions: sum, mean, sum_to (and its inverse, expansion, for the backward).
 #include <algorithm>
+#include <vector>
 
 #include "ops_util.hpp"
 
 namespace shiftq {
 namespace {
+
+// Rows per partial sum of reduce_rows_blocked: a fixed count, so the sums do not depend on the
+// thread count.
+constexpr std::int64_t kRowBlock = 256;
+// Up to this many kept columns the slices of the column-parallel loop below (256 columns each) are
+// too few to occupy the threads. A fixed bound: the choice, and so the sums, never depend on the
+// thread count.
+constexpr std::int64_t kNarrowColumns = 2048;
+
+// out[i] = sum_j x[j, i] over x: [rows, cols] with few columns (a bias gradient over many rows,
+// where one slice per thread would leave threads idle): each block of kRowBlock rows is summed on
+// its own, then the block sums are added in block order.
+void reduce_rows_blocked(const float* x, std::int64_t rows, std::int64_t cols, float* out) {
+  const std::int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
+  std::vector<float> partial(static_cast<std::size_t>(blocks * cols), 0.0f);
+  detail::parallel_for(blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
+    for (std::int64_t b = b0; b < b1; ++b) {
+      float* dst = partial.data() + b * cols;
+      for (std::int64_t j = b * kRowBlock; j < std::min(rows, (b + 1) * kRowBlock); ++j)
+        for (std::int64_t i = 0; i < cols; ++i) dst[i] += x[j * cols + i];
+    }
+  });
+  for (std::int64_t b = 0; b < blocks; ++b)
+    for (std::int64_t i = 0; i < cols; ++i) out[i] += partial[b * cols + i];
+}
 
 // out[o, 0, i] = sum_j x[o, j, i]; keeps the reduced axis with extent 1.
 Tensor reduce_axis(const Tensor& x, std::int64_t axis) {
@@ -23,6 +49,10 @@ Tensor reduce_axis(const Tensor& x, std::int64_t axis) {
         po[o] = static_cast<float>(acc);
       }
     });
+    return out;
+  }
+  if (s.outer == 1 && s.dim >= 2 * kRowBlock && s.inner <= kNarrowColumns) {
+    reduce_rows_blocked(px, s.dim, s.inner, po);
     return out;
   }
   // Parallel over the kept inner extent so each thread writes its own slice of the output.

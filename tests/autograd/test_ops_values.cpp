@@ -232,6 +232,28 @@ TEST(OpsValues, ShapeErrorsMentionTheShapes) {
   EXPECT_THROW(add(Tensor::zeros({2}, DType::s32), Tensor::zeros({2})), DTypeError);
 }
 
+TEST(OpsValues, SumOverManyRowsOfFewColumnsIsExactEnoughAndThreadIndependent) {
+  // [rows, cols] with rows >> cols (a bias gradient): blocks of rows are summed on their own, then
+  // added in order. Float sums of 5000 terms of |x| <= 1: error within 5000 * 2^-24 * 5000 / 2.
+  Generator gen(3);
+  const Tensor x = Tensor::uniform({5000, 7}, -1.0f, 1.0f, gen);
+  auto run = [&](int threads) {
+    const int before = get_num_threads();
+    set_num_threads(threads);
+    const std::vector<float> out = sum(x, {0}).to_vector<float>();
+    set_num_threads(before);
+    return out;
+  };
+  const std::vector<float> one = run(1);
+  for (std::int64_t c = 0; c < 7; ++c) {
+    double want = 0.0;
+    for (std::int64_t r = 0; r < 5000; ++r) want += x.at({r, c});
+    EXPECT_NEAR(one[c], want, 5000.0 * 5000.0 / 2.0 * 6e-8) << "column " << c;
+  }
+  EXPECT_EQ(run(2), one);
+  EXPECT_EQ(run(3), one);
+}
+
 // ---- softmax and losses ----
 
 TEST(OpsValues, SoftmaxRowsSumToOneAndMatchDefinition) {
