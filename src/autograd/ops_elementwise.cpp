@@ -214,43 +214,49 @@ Tensor softmax_forward(const Tensor& x, std::int64_t axis, bool log_space) {
 }  // namespace
 
 namespace {
-// Calls kernel(first row, rows) over the [rows, cols] rows of a softmax along the last axis, in
-// parallel (rows are independent).
-template <class F>
-void for_softmax_rows(std::int64_t rows, std::int64_t cols, F kernel) {
-  const std::int64_t grain = std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(cols, 1));
-  detail::parallel_for(rows, grain, [&](std::int64_t r0, std::int64_t r1) { kernel(r0, r1 - r0); });
+// softmax(causal_mask(x * scale)) along the last axis (no mask when causal_rows is 0): one kernel
+// pass per row, forward and backward; rows in parallel (they are independent).
+Tensor softmax_last_axis(const Tensor& x, float scale, std::int64_t causal_rows) {
+  const std::int64_t cols = x.size(-1), rows = x.numel() / cols;
+  const std::int64_t grain = std::max<std::int64_t>(1, 4096 / cols);
+  Tensor out = Tensor::uninitialized(x.shape());
+  const float* px = x.data<float>();
+  float* po = out.data<float>();
+  detail::parallel_for(rows, grain, [&](std::int64_t r0, std::int64_t r1) {
+    kernels::softmax_rows_f32(px, po, r0, r1, cols, scale, causal_rows);
+  });
+  return record("softmax", out, {&x}, [y = out.detach(), rows, cols, grain, scale, causal_rows](const Tensor& g) {
+    Tensor dx = Tensor::uninitialized(y.shape());
+    const float *py = y.data<float>(), *pg = g.data<float>();
+    float* pdx = dx.data<float>();
+    detail::parallel_for(rows, grain, [&](std::int64_t r0, std::int64_t r1) {
+      kernels::softmax_backward_rows_f32(py, pg, pdx, r0, r1, cols, scale, causal_rows);
+    });
+    return std::vector<Tensor>{dx};
+  });
 }
 }  // namespace
 
 Tensor softmax(const Tensor& x, std::int64_t dim) {
   check_f32(x, "softmax", "x");
   const std::int64_t axis = normalize_dim(dim, x.dim());
-  if (axis + 1 != x.dim() || x.numel() == 0) {
-    Tensor out = softmax_forward(x, axis, false);
-    return record("softmax", out, {&x}, [y = out.detach(), axis](const Tensor& g) {
-      // dx = y * (g - sum(g * y, axis))
-      Tensor gy = mul(g, y);
-      return std::vector<Tensor>{mul(y, sub(g, sum(gy, {axis}, true)))};
-    });
-  }
-  // Along the last (contiguous) axis: one kernel pass per row, forward and backward.
-  const std::int64_t cols = x.size(-1), rows = x.numel() / cols;
-  Tensor out = Tensor::uninitialized(x.shape());
-  const float* px = x.data<float>();
-  float* po = out.data<float>();
-  for_softmax_rows(rows, cols, [&](std::int64_t r, std::int64_t n) {
-    kernels::softmax_rows_f32(px + r * cols, po + r * cols, n, cols);
+  if (axis + 1 == x.dim() && x.numel() > 0) return softmax_last_axis(x, 1.0f, 0);
+  Tensor out = softmax_forward(x, axis, false);
+  return record("softmax", out, {&x}, [y = out.detach(), axis](const Tensor& g) {
+    // dx = y * (g - sum(g * y, axis))
+    Tensor gy = mul(g, y);
+    return std::vector<Tensor>{mul(y, sub(g, sum(gy, {axis}, true)))};
   });
-  return record("softmax", out, {&x}, [y = out.detach(), rows, cols](const Tensor& g) {
-    Tensor dx = Tensor::uninitialized(y.shape());
-    const float *py = y.data<float>(), *pg = g.data<float>();
-    float* pdx = dx.data<float>();
-    for_softmax_rows(rows, cols, [&](std::int64_t r, std::int64_t n) {
-      kernels::softmax_backward_rows_f32(py + r * cols, pg + r * cols, pdx + r * cols, n, cols);
-    });
-    return std::vector<Tensor>{dx};
-  });
+}
+
+Tensor scaled_softmax(const Tensor& scores, float scale, bool causal) {
+  check_f32(scores, "scaled_softmax", "scores");
+  SHIFTQ_CHECK(scores.dim() >= 1, ShapeError, "scaled_softmax: scores need rank >= 1, got ", scores.str());
+  SHIFTQ_CHECK(!causal || (scores.dim() >= 2 && scores.size(-1) >= scores.size(-2)), ShapeError,
+               "scaled_softmax: causal scores must be [..., Tq, Tk] with Tk >= Tq, got ", scores.str());
+  SHIFTQ_CHECK(std::isfinite(scale), ValueError, "scaled_softmax: scale must be finite, got ", scale);
+  if (scores.numel() == 0) return softmax(mul(scores, scale), -1);
+  return softmax_last_axis(scores, scale, causal ? scores.size(-2) : 0);
 }
 
 Tensor log_softmax(const Tensor& x, std::int64_t dim) {

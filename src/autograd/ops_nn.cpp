@@ -147,9 +147,8 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
                ShapeError, "scaled_dot_product_attention: q ", q.str(), ", k ", k.str(), ", v ",
                v.str(), " must be [B, H, Tq, Dh], [B, H, Tk, Dh], [B, H, Tk, Dh]");
   const float scale = 1.0f / std::sqrt(static_cast<float>(q.size(3)));
-  Tensor scores = mul(matmul(q, transpose(k, -2, -1)), scale);  // [B, H, Tq, Tk]
-  if (causal) scores = causal_mask(scores);
-  return matmul(softmax(scores, -1), v);
+  const Tensor scores = matmul(q, transpose(k, -2, -1));  // [B, H, Tq, Tk]
+  return matmul(scaled_softmax(scores, scale, causal), v);
 }
 
 }  // namespace shiftq

@@ -3,6 +3,7 @@
 #include <numeric>
 
 #include "ops_util.hpp"
+#include "shiftq/kernels/transpose.hpp"
 
 namespace shiftq {
 
@@ -41,12 +42,30 @@ Tensor flatten(const Tensor& x, std::int64_t start_dim) {
 }
 
 namespace {
+// Whether perm keeps every axis but swaps the last two (a batch of matrix transposes).
+bool swaps_last_two(const std::vector<std::int64_t>& perm) {
+  const std::int64_t rank = static_cast<std::int64_t>(perm.size());
+  if (rank < 2 || perm[rank - 1] != rank - 2 || perm[rank - 2] != rank - 1) return false;
+  for (std::int64_t d = 0; d + 2 < rank; ++d)
+    if (perm[d] != d) return false;
+  return true;
+}
+
 Tensor permute_copy(const Tensor& x, const std::vector<std::int64_t>& perm) {
   const std::int64_t rank = x.dim();
   Shape out_shape(rank);
   for (std::int64_t d = 0; d < rank; ++d) out_shape[d] = x.shape()[perm[d]];
   Tensor out = Tensor::uninitialized(out_shape);
   if (out.numel() == 0) return out;
+  if (swaps_last_two(perm)) {  // blocked SIMD transposes, one matrix per task
+    const std::int64_t rows = x.size(-2), cols = x.size(-1), batch = x.numel() / (rows * cols);
+    const float* px = x.data<float>();
+    float* po = out.data<float>();
+    detail::parallel_for(batch, std::max<std::int64_t>(1, 8192 / (rows * cols)), [&](std::int64_t b, std::int64_t e) {
+      for (std::int64_t i = b; i < e; ++i) kernels::transpose_f32(px + i * rows * cols, po + i * rows * cols, rows, cols);
+    });
+    return out;
+  }
   const Shape in_strides = x.strides();
   Shape src_strides(rank);  // stride in x of each output dim
   for (std::int64_t d = 0; d < rank; ++d) src_strides[d] = in_strides[perm[d]];

@@ -22,12 +22,14 @@ void gelu_backward_f32(const float* g, const float* x, float* dx, std::int64_t n
   SHIFTQ_KERNEL_DISPATCH(gelu_backward_f32, g, x, dx, n)
 }
 
-void softmax_rows_f32(const float* x, float* y, std::int64_t rows, std::int64_t cols) {
-  SHIFTQ_KERNEL_DISPATCH(softmax_rows_f32, x, y, rows, cols)
+void softmax_rows_f32(const float* x, float* y, std::int64_t r0, std::int64_t r1, std::int64_t cols, float scale,
+                      std::int64_t causal_rows) {
+  SHIFTQ_KERNEL_DISPATCH(softmax_rows_f32, x, y, r0, r1, cols, scale, causal_rows)
 }
 
-void softmax_backward_rows_f32(const float* y, const float* g, float* dx, std::int64_t rows, std::int64_t cols) {
-  SHIFTQ_KERNEL_DISPATCH(softmax_backward_rows_f32, y, g, dx, rows, cols)
+void softmax_backward_rows_f32(const float* y, const float* g, float* dx, std::int64_t r0, std::int64_t r1,
+                               std::int64_t cols, float scale, std::int64_t causal_rows) {
+  SHIFTQ_KERNEL_DISPATCH(softmax_backward_rows_f32, y, g, dx, r0, r1, cols, scale, causal_rows)
 }
 
 // The references: the same formulas, compiled for the baseline x86-64 ISA.
@@ -56,12 +58,17 @@ void gelu_backward_f32_ref(const float* g, const float* x, float* dx, std::int64
   for (std::int64_t i = 0; i < n; ++i) dx[i] = g[i] * detail::gelu_derivative(x[i]);
 }
 
-void softmax_rows_f32_ref(const float* x, float* y, std::int64_t rows, std::int64_t cols) {
-  for (std::int64_t r = 0; r < rows; ++r) detail::softmax_row(x + r * cols, y + r * cols, cols);
+void softmax_rows_f32_ref(const float* x, float* y, std::int64_t r0, std::int64_t r1, std::int64_t cols, float scale,
+                          std::int64_t causal_rows) {
+  for (std::int64_t r = r0; r < r1; ++r)
+    detail::softmax_row(x + r * cols, y + r * cols, cols, detail::softmax_valid(r, cols, causal_rows), scale);
 }
 
-void softmax_backward_rows_f32_ref(const float* y, const float* g, float* dx, std::int64_t rows, std::int64_t cols) {
-  for (std::int64_t r = 0; r < rows; ++r) detail::softmax_backward_row(y + r * cols, g + r * cols, dx + r * cols, cols);
+void softmax_backward_rows_f32_ref(const float* y, const float* g, float* dx, std::int64_t r0, std::int64_t r1,
+                                   std::int64_t cols, float scale, std::int64_t causal_rows) {
+  for (std::int64_t r = r0; r < r1; ++r)
+    detail::softmax_backward_row(y + r * cols, g + r * cols, dx + r * cols, cols,
+                                 detail::softmax_valid(r, cols, causal_rows), scale);
 }
 
 }  // namespace shiftq::kernels

@@ -14,8 +14,9 @@ namespace shiftq::kernels {
   void relu_backward_mask_f32(const float*, const std::uint8_t*, float*, std::int64_t); \
   void gelu_f32(const float*, float*, std::int64_t);                                  \
   void gelu_backward_f32(const float*, const float*, float*, std::int64_t);           \
-  void softmax_rows_f32(const float*, float*, std::int64_t, std::int64_t);            \
-  void softmax_backward_rows_f32(const float*, const float*, float*, std::int64_t, std::int64_t); \
+  void softmax_rows_f32(const float*, float*, std::int64_t, std::int64_t, std::int64_t, float, std::int64_t); \
+  void softmax_backward_rows_f32(const float*, const float*, float*, std::int64_t, std::int64_t, std::int64_t, \
+                                 float, std::int64_t);                                                       \
   }
 SHIFTQ_DECLARE_ISA(avx512)
 SHIFTQ_DECLARE_ISA(avx2)

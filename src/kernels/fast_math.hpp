@@ -66,41 +66,58 @@ inline float lane_dot(const float* __restrict a, const float* __restrict b, std:
   return reduce_lanes(lanes);
 }
 
-// y = softmax(x) over one contiguous row of n: e^(x - max) (0 below e^-87, so masked -inf entries
-// give exactly 0), then scaled by 1 / their sum.
-inline void softmax_row(const float* __restrict x, float* __restrict y, std::int64_t n) {
+// The entries of row r that a softmax row sees: all cols, or with causal_rows = Tq > 0 the keys up
+// to query r % Tq's own position (cols = Tk >= Tq keys).
+inline std::int64_t softmax_valid(std::int64_t r, std::int64_t cols, std::int64_t causal_rows) {
+  return causal_rows > 0 ? std::min(cols, r % causal_rows + 1 + cols - causal_rows) : cols;
+}
+
+// y = softmax(scale * x) over the first `valid` entries of one contiguous row of n, y = 0 after them
+// (a causal mask's -inf entries: the same bits as masking them, as their exps are 0): e^(z - max)
+// (0 below e^-87, so -inf entries give exactly 0), then scaled by 1 / their sum.
+inline void softmax_row(const float* __restrict x, float* __restrict y, std::int64_t n, std::int64_t valid,
+                        float scale) {
   float max_lanes[kSumLanes];
   std::fill_n(max_lanes, kSumLanes, -__builtin_inff());
   std::int64_t j = 0;
-  for (; j + kSumLanes <= n; j += kSumLanes)
-    for (int k = 0; k < kSumLanes; ++k) max_lanes[k] = max_lanes[k] < x[j + k] ? x[j + k] : max_lanes[k];
-  for (int k = 0; j + k < n; ++k) max_lanes[k] = max_lanes[k] < x[j + k] ? x[j + k] : max_lanes[k];
+  for (; j + kSumLanes <= valid; j += kSumLanes)
+    for (int k = 0; k < kSumLanes; ++k) {
+      const float z = x[j + k] * scale;
+      max_lanes[k] = max_lanes[k] < z ? z : max_lanes[k];
+    }
+  for (int k = 0; j + k < valid; ++k) {
+    const float z = x[j + k] * scale;
+    max_lanes[k] = max_lanes[k] < z ? z : max_lanes[k];
+  }
   float m = max_lanes[0];
   for (int k = 1; k < kSumLanes; ++k) m = m < max_lanes[k] ? max_lanes[k] : m;
   if (m == -__builtin_inff()) m = 0.0f;  // all masked: avoid (-inf) - (-inf)
   float sum_lanes[kSumLanes] = {};
-  for (j = 0; j + kSumLanes <= n; j += kSumLanes)
+  for (j = 0; j + kSumLanes <= valid; j += kSumLanes)
     for (int k = 0; k < kSumLanes; ++k) {
-      const float d = x[j + k] - m;
+      const float d = x[j + k] * scale - m;
       const float e = d < -87.0f ? 0.0f : fast_exp(d);
       y[j + k] = e;
       sum_lanes[k] += e;
     }
-  for (int k = 0; j + k < n; ++k) {
-    const float d = x[j + k] - m;
+  for (int k = 0; j + k < valid; ++k) {
+    const float d = x[j + k] * scale - m;
     const float e = d < -87.0f ? 0.0f : fast_exp(d);
     y[j + k] = e;
     sum_lanes[k] += e;
   }
   const float inv = 1.0f / reduce_lanes(sum_lanes);
-  for (j = 0; j < n; ++j) y[j] *= inv;
+  for (j = 0; j < valid; ++j) y[j] *= inv;
+  for (j = valid; j < n; ++j) y[j] = 0.0f;
 }
 
-// dx = y * (g - sum_j g[j] y[j]) over one row of n (softmax's backward).
+// dx = scale * (y * (g - sum_j g[j] y[j])) over the first `valid` entries of one row of n, 0 after
+// them (softmax_row's backward).
 inline void softmax_backward_row(const float* __restrict y, const float* __restrict g, float* __restrict dx,
-                                 std::int64_t n) {
-  const float dot = lane_dot(g, y, n);
-  for (std::int64_t j = 0; j < n; ++j) dx[j] = y[j] * (g[j] - dot);
+                                 std::int64_t n, std::int64_t valid, float scale) {
+  const float dot = lane_dot(g, y, valid);
+  for (std::int64_t j = 0; j < valid; ++j) dx[j] = (y[j] * (g[j] - dot)) * scale;
+  for (std::int64_t j = valid; j < n; ++j) dx[j] = 0.0f;
 }
 
 }  // namespace shiftq::detail

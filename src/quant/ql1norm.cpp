@@ -352,9 +352,9 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
   }
   const bool need_gamma = gamma.defined() && gamma.requires_grad(), need_beta = beta.defined() && beta.requires_grad();
   return record("quantized_l1_batch_norm2d", y, {&x, &gamma, &beta},
-                [codes = xq.codes, st, l, c = state.c, gamma = gamma.detach(), need_gamma, need_beta, bits, key = norm_gradient_key(call)](const Tensor& dy) {
-    GroupQuantizer dq(dy, l, bits, Rounding::stochastic, key,
-                      "l1_batch_norm2d output gradient");
+                [codes = xq.codes, st, l, c = state.c, gamma = gamma.detach(), need_gamma, need_beta, bits,
+                 key = norm_gradient_key(call)](const Tensor& dy) {
+    GroupQuantizer dq(dy, l, bits, Rounding::stochastic, key, "l1_batch_norm2d output gradient");
     const std::int8_t* q = codes.data<std::int8_t>();
     const std::int8_t* d = dq.codes.data<std::int8_t>();
     const double m = static_cast<double>(l.count());
@@ -440,9 +440,9 @@ Tensor quantized_l1_layer_norm(const Tensor& x, const Tensor& gamma, const Tenso
       [](std::int64_t, std::int64_t, const GroupStats&) {});
   const bool need_gamma = gamma.defined() && gamma.requires_grad(), need_beta = beta.defined() && beta.requires_grad();
   return record("quantized_l1_layer_norm", y, {&x, &gamma, &beta},
-                [codes = xq.codes, st, l, c, gamma = gamma.detach(), need_gamma, need_beta, bits, key = norm_gradient_key(call)](const Tensor& dy) {
-    GroupQuantizer dq(dy, l, bits, Rounding::stochastic, key,
-                      "l1_layer_norm output gradient");
+                [codes = xq.codes, st, l, c, gamma = gamma.detach(), need_gamma, need_beta, bits,
+                 key = norm_gradient_key(call)](const Tensor& dy) {
+    GroupQuantizer dq(dy, l, bits, Rounding::stochastic, key, "l1_layer_norm output gradient");
     const std::int8_t* q = codes.data<std::int8_t>();
     const std::int8_t* d = dq.codes.data<std::int8_t>();
     const float* sgs = dq.scales.data<float>();

@@ -348,11 +348,11 @@ Tensor quantized_attention(const Tensor& q, const Tensor& k, const Tensor& v, bo
                " must be [B, H, Tq, Dh], [B, H, Tk, Dh], [B, H, Tk, Dh]");
   const float scale = 1.0f / std::sqrt(static_cast<float>(q.size(3)));
   if (!causal) {
-    const Tensor scores = mul(quantized_matmul(q, transpose(k, -2, -1), bits, seed, 2 * key_id, step), scale);
-    return quantized_matmul(softmax(scores, -1), v, bits, seed, 2 * key_id + 1, step);
+    const Tensor scores = quantized_matmul(q, transpose(k, -2, -1), bits, seed, 2 * key_id, step);
+    return quantized_matmul(scaled_softmax(scores, scale, false), v, bits, seed, 2 * key_id + 1, step);
   }
-  const Tensor scores = causal_mask(
-      mul(quantized_matmul(q, transpose(k, -2, -1), bits, seed, 2 * key_id, step, MatmulScaling::per_row), scale));
+  const Tensor scores =
+      quantized_matmul(q, transpose(k, -2, -1), bits, seed, 2 * key_id, step, MatmulScaling::per_row);
   // s: the range of each position's value row (1 for an all-zero row), a constant of the graph.
   const std::int64_t rows = v.numel() / v.size(3), dh = v.size(3);
   Shape s_shape = v.shape();
@@ -365,7 +365,7 @@ Tensor quantized_attention(const Tensor& q, const Tensor& k, const Tensor& v, bo
     for (std::int64_t d = 0; d < dh; ++d) m = std::max(m, std::fabs(pv[r * dh + d]));
     ps[r] = m > 0.0f ? m : 1.0f;
   }
-  const Tensor p_scaled = mul(softmax(scores, -1), transpose(s, -2, -1));  // P diag(s): [B, H, Tq, Tk]
+  const Tensor p_scaled = mul(scaled_softmax(scores, scale, true), transpose(s, -2, -1));  // P diag(s): [B, H, Tq, Tk]
   return quantized_matmul(p_scaled, div(v, s), bits, seed, 2 * key_id + 1, step, MatmulScaling::per_row_a_unit_b);
 }
 

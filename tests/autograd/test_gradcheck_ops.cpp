@@ -198,6 +198,9 @@ TEST(Gradcheck, AttentionCausalAndFull) {
   for (bool causal : {false, true})
     EXPECT_GRADCHECK([causal](const Inputs& x) { return scaled_dot_product_attention(x[0], x[1], x[2], causal); }, in);
   EXPECT_GRADCHECK([](const Inputs& x) { return softmax(causal_mask(x[0]), -1); }, Inputs{make_input({2, 3, 5}, gen)});
+  for (bool causal : {false, true})
+    EXPECT_GRADCHECK([causal](const Inputs& x) { return scaled_softmax(x[0], 0.7f, causal); },
+                     Inputs{make_input({2, 3, 5}, gen)});
 }
 
 TEST(Gradcheck, DetectsAWrongGradient) {

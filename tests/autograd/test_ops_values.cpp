@@ -1,6 +1,7 @@
 // Forward values of the differentiable ops against hand-computed numbers and naive loops.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -169,6 +170,27 @@ TEST(OpsValues, TransposeAndPermute) {
   EXPECT_THROW(transpose(x, 0, 3), ShapeError);
 }
 
+TEST(OpsValues, BatchedTransposeOfTheLastTwoAxes) {
+  // Swapping the last two axes runs as blocked matrix transposes: odd sizes, batches, and the
+  // gradient (the transpose back).
+  for (const Shape& shape : {Shape{3, 2, 13, 7}, Shape{5, 17, 16}, Shape{1, 1}}) {
+    const std::int64_t rows = shape[shape.size() - 2], cols = shape.back(), batch = shape_numel(shape) / (rows * cols);
+    const Tensor x = Tensor::arange(shape_numel(shape)).view(shape).clone().set_requires_grad(true);
+    const Tensor t = transpose(x, -2, -1);
+    Shape want = shape;
+    std::swap(want[want.size() - 1], want[want.size() - 2]);
+    ASSERT_EQ(t.shape(), want);
+    const std::vector<float> got = t.to_vector<float>();
+    for (std::int64_t b = 0; b < batch; ++b)
+      for (std::int64_t r = 0; r < rows; ++r)
+        for (std::int64_t c = 0; c < cols; ++c)
+          ASSERT_EQ(got[(b * cols + c) * rows + r], static_cast<float>((b * rows + r) * cols + c));
+    sum(mul(t, t)).backward();  // d/dx sum(x^2) = 2x, through the transpose and back
+    const std::vector<float> g = x.grad().to_vector<float>();
+    for (std::size_t i = 0; i < g.size(); ++i) ASSERT_EQ(g[i], 2.0f * static_cast<float>(i));
+  }
+}
+
 TEST(OpsValues, SliceAndConcat) {
   Tensor x = Tensor::arange(24).view({2, 3, 4});
   Tensor s = slice(x, 1, 1, 3);
@@ -272,6 +294,30 @@ TEST(OpsValues, SoftmaxRowsSumToOneAndMatchDefinition) {
     }
     EXPECT_NEAR(row_sum, 1.0, 1e-5);
   }
+}
+
+TEST(OpsValues, ScaledSoftmaxHasTheBitsOfScaleMaskSoftmax) {
+  // The fused op against mul -> causal_mask -> softmax, forward and backward, bit for bit
+  // (masked entries: +0 in both), causal and not, at Tq < Tk and Tq = Tk.
+  Generator gen(4);
+  for (const Shape& shape : {Shape{2, 3, 5, 5}, Shape{2, 4, 6}, Shape{3, 17, 33}}) {
+    for (bool causal : {false, true}) {
+      const Tensor x = Tensor::randn(shape, gen, 3.0f), r = Tensor::randn(shape, gen);
+      const Tensor xa = x.clone().set_requires_grad(true), xb = x.clone().set_requires_grad(true);
+      const Tensor fused = scaled_softmax(xa, 0.3f, causal);
+      const Tensor scaled = mul(xb, 0.3f);
+      const Tensor parts = softmax(causal ? causal_mask(scaled) : scaled, -1);
+      EXPECT_EQ(fused.to_vector<float>(), parts.to_vector<float>()) << x.str() << " causal " << causal;
+      sum(mul(fused, r)).backward();
+      sum(mul(parts, r)).backward();
+      const std::vector<float> ga = xa.grad().to_vector<float>(), gb = xb.grad().to_vector<float>();
+      ASSERT_EQ(ga.size(), gb.size());
+      for (std::size_t i = 0; i < ga.size(); ++i)
+        EXPECT_EQ(std::bit_cast<std::uint32_t>(ga[i]), std::bit_cast<std::uint32_t>(gb[i])) << "element " << i;
+    }
+  }
+  EXPECT_THROW(scaled_softmax(Tensor::zeros({2, 5, 4}), 1.0f, true), ShapeError);  // Tk < Tq
+  EXPECT_THROW(scaled_softmax(Tensor::zeros({2, 4}), INFINITY, false), ValueError);
 }
 
 TEST(OpsValues, SoftmaxAlongFirstAxis) {

@@ -150,8 +150,8 @@ TEST(ActivationKernels, SoftmaxRowsEqualReferenceInEveryIsaBuild) {
   struct Build {
     const char* name;
     bool runs;
-    void (*forward)(const float*, float*, std::int64_t, std::int64_t);
-    void (*backward)(const float*, const float*, float*, std::int64_t, std::int64_t);
+    void (*forward)(const float*, float*, std::int64_t, std::int64_t, std::int64_t, float, std::int64_t);
+    void (*backward)(const float*, const float*, float*, std::int64_t, std::int64_t, std::int64_t, float, std::int64_t);
   };
   __builtin_cpu_init();
   const Build builds[] = {
@@ -168,12 +168,14 @@ TEST(ActivationKernels, SoftmaxRowsEqualReferenceInEveryIsaBuild) {
       const std::int64_t rows = 5;
       const std::vector<float> x = score_rows(rows, cols, gen), g = inputs(rows * cols, gen);
       std::vector<float> y(x.size(), -1.0f), y_ref(x.size(), -2.0f), dx(x.size(), -1.0f), dx_ref(x.size(), -2.0f);
-      b.forward(x.data(), y.data(), rows, cols);
-      softmax_rows_f32_ref(x.data(), y_ref.data(), rows, cols);
-      EXPECT_EQ(bits(y), bits(y_ref)) << b.name << " forward, cols = " << cols;
-      b.backward(y_ref.data(), g.data(), dx.data(), rows, cols);
-      softmax_backward_rows_f32_ref(y_ref.data(), g.data(), dx_ref.data(), rows, cols);
-      EXPECT_EQ(bits(dx), bits(dx_ref)) << b.name << " backward, cols = " << cols;
+      for (const std::int64_t causal_rows : {std::int64_t{0}, std::min<std::int64_t>(rows, cols)}) {
+        b.forward(x.data(), y.data(), 0, rows, cols, 0.375f, causal_rows);
+        softmax_rows_f32_ref(x.data(), y_ref.data(), 0, rows, cols, 0.375f, causal_rows);
+        EXPECT_EQ(bits(y), bits(y_ref)) << b.name << " forward, cols = " << cols << ", causal " << causal_rows;
+        b.backward(y_ref.data(), g.data(), dx.data(), 0, rows, cols, 0.375f, causal_rows);
+        softmax_backward_rows_f32_ref(y_ref.data(), g.data(), dx_ref.data(), 0, rows, cols, 0.375f, causal_rows);
+        EXPECT_EQ(bits(dx), bits(dx_ref)) << b.name << " backward, cols = " << cols << ", causal " << causal_rows;
+      }
     }
   }
 }
@@ -188,8 +190,8 @@ TEST(ActivationKernels, SoftmaxRowsMatchDoublePrecision) {
     const std::int64_t rows = 6;
     const std::vector<float> x = score_rows(rows, cols, gen), g = inputs(rows * cols, gen);
     std::vector<float> y(x.size()), dx(x.size());
-    softmax_rows_f32(x.data(), y.data(), rows, cols);
-    softmax_backward_rows_f32(y.data(), g.data(), dx.data(), rows, cols);
+    softmax_rows_f32(x.data(), y.data(), 0, rows, cols, 1.0f, 0);
+    softmax_backward_rows_f32(y.data(), g.data(), dx.data(), 0, rows, cols, 1.0f, 0);
     for (std::int64_t r = 0; r < rows; ++r) {
       const float* xr = x.data() + r * cols;
       float m = -INFINITY;

@@ -42,6 +42,10 @@ Tensor tanh(const Tensor& x);
 Tensor sigmoid(const Tensor& x);
 Tensor softmax(const Tensor& x, std::int64_t dim = -1);
 Tensor log_softmax(const Tensor& x, std::int64_t dim = -1);
+// softmax(causal_mask(scores * scale), -1) (without the mask when causal is false) in one pass per
+// row, forward and backward, with the same bits as the three ops. scores: [..., Tq, Tk], Tk >= Tq
+// when causal (ShapeError otherwise); ValueError for a non-finite scale.
+Tensor scaled_softmax(const Tensor& scores, float scale, bool causal);
 
 // ---- reductions ----
 Tensor sum(const Tensor& x);  // scalar

@@ -25,16 +25,25 @@ void gelu_f32_ref(const float* x, float* y, std::int64_t n);
 void gelu_backward_f32(const float* g, const float* x, float* dx, std::int64_t n);
 void gelu_backward_f32_ref(const float* g, const float* x, float* dx, std::int64_t n);
 
-// Softmax along each contiguous row of x: [rows, cols]:
-//   y[r, j] = e^(x[r, j] - m_r) / sum_k e^(x[r, k] - m_r),  m_r = max_j x[r, j],
-// e^ the branch-free exp of the GELU kernels (relative error < 2e-7), exactly 0 where x - m < -87
-// (masked -inf entries). The sum runs over 16 fixed lanes (element j into lane j % 16), then a
-// fixed tree: the same bits from every build. A row of only -inf gives NaN (0 / 0).
-void softmax_rows_f32(const float* x, float* y, std::int64_t rows, std::int64_t cols);
-void softmax_rows_f32_ref(const float* x, float* y, std::int64_t rows, std::int64_t cols);
-// Its backward from the output y: dx[r, j] = y[r, j] (g[r, j] - sum_k g[r, k] y[r, k]), the dot
-// product summed over the same lanes.
-void softmax_backward_rows_f32(const float* y, const float* g, float* dx, std::int64_t rows, std::int64_t cols);
-void softmax_backward_rows_f32_ref(const float* y, const float* g, float* dx, std::int64_t rows, std::int64_t cols);
+// Softmax along the contiguous rows [r0, r1) of x: [rows, cols], of `scale` times x, optionally
+// under a causal mask:
+//   y[r, j] = e^(z[r, j] - m_r) / sum_{k < v_r} e^(z[r, k] - m_r) for j < v_r, 0 for j >= v_r,
+//   z = scale * x, m_r = max_{j < v_r} z[r, j],
+// with v_r = cols, or with causal_rows = Tq > 0 (rows in groups of Tq queries, cols = Tk >= Tq keys)
+// v_r = r % Tq + 1 + Tk - Tq: query i sees the keys up to its own position. The result has the bits
+// of softmax(causal_mask(x * scale)) computed in separate passes. e^ is the branch-free exp of the
+// GELU kernels (relative error < 2e-7), exactly 0 where z - m < -87 (masked -inf entries). The sum
+// runs over 16 fixed lanes (element j into lane j % 16), then a fixed tree: the same bits from every
+// build. A row of only -inf gives NaN (0 / 0).
+void softmax_rows_f32(const float* x, float* y, std::int64_t r0, std::int64_t r1, std::int64_t cols, float scale,
+                      std::int64_t causal_rows);
+void softmax_rows_f32_ref(const float* x, float* y, std::int64_t r0, std::int64_t r1, std::int64_t cols, float scale,
+                          std::int64_t causal_rows);
+// Its backward from the output y: dx[r, j] = scale y[r, j] (g[r, j] - sum_k g[r, k] y[r, k]) for
+// j < v_r, 0 after (the dot product summed over the same lanes).
+void softmax_backward_rows_f32(const float* y, const float* g, float* dx, std::int64_t r0, std::int64_t r1,
+                               std::int64_t cols, float scale, std::int64_t causal_rows);
+void softmax_backward_rows_f32_ref(const float* y, const float* g, float* dx, std::int64_t r0, std::int64_t r1,
+                                   std::int64_t cols, float scale, std::int64_t causal_rows);
 
 }  // namespace shiftq::kernels
