@@ -254,7 +254,8 @@ Tensor scaled_softmax(const Tensor& scores, float scale, bool causal) {
   SHIFTQ_CHECK(scores.dim() >= 1, ShapeError, "scaled_softmax: scores need rank >= 1, got ", scores.str());
   SHIFTQ_CHECK(!causal || (scores.dim() >= 2 && scores.size(-1) >= scores.size(-2)), ShapeError,
                "scaled_softmax: causal scores must be [..., Tq, Tk] with Tk >= Tq, got ", scores.str());
-  SHIFTQ_CHECK(std::isfinite(scale), ValueError, "scaled_softmax: scale must be finite, got ", scale);
+  SHIFTQ_CHECK(std::isfinite(scale) && scale > 0.0f, ValueError, "scaled_softmax: scale must be finite and > 0, got ",
+               scale);
   if (scores.numel() == 0) return softmax(mul(scores, scale), -1);
   return softmax_last_axis(scores, scale, causal ? scores.size(-2) : 0);
 }

@@ -57,12 +57,19 @@ Tensor permute_copy(const Tensor& x, const std::vector<std::int64_t>& perm) {
   for (std::int64_t d = 0; d < rank; ++d) out_shape[d] = x.shape()[perm[d]];
   Tensor out = Tensor::uninitialized(out_shape);
   if (out.numel() == 0) return out;
-  if (swaps_last_two(perm)) {  // blocked SIMD transposes, one matrix per task
+  if (swaps_last_two(perm)) {  // blocked SIMD transposes of row blocks of each matrix
     const std::int64_t rows = x.size(-2), cols = x.size(-1), batch = x.numel() / (rows * cols);
+    constexpr std::int64_t kRowBlock = 64;
+    const std::int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
     const float* px = x.data<float>();
     float* po = out.data<float>();
-    detail::parallel_for(batch, std::max<std::int64_t>(1, 8192 / (rows * cols)), [&](std::int64_t b, std::int64_t e) {
-      for (std::int64_t i = b; i < e; ++i) kernels::transpose_f32(px + i * rows * cols, po + i * rows * cols, rows, cols);
+    detail::parallel_for(batch * blocks, std::max<std::int64_t>(1, 8192 / (kRowBlock * cols)),
+                         [&](std::int64_t t0, std::int64_t t1) {
+      for (std::int64_t t = t0; t < t1; ++t) {
+        const std::int64_t i = t / blocks, r0 = (t % blocks) * kRowBlock, r1 = std::min(rows, r0 + kRowBlock);
+        // rows [r0, r1) of matrix i -> columns [r0, r1) of its transpose
+        kernels::transpose_f32(px + (i * rows + r0) * cols, cols, po + i * rows * cols + r0, rows, r1 - r0, cols);
+      }
     });
     return out;
   }

@@ -1,5 +1,7 @@
 // Branch-free float math that the compiler vectorizes inside elementwise loops (a libm call per
-// element does not vectorize and dominated GELU-heavy models).
+// element does not vectorize and dominated GELU-heavy models). Included by the per-ISA builds
+// (different -m flags) and the baseline references: internal linkage gives each build its own
+// copy, so the linker never merges an AVX-512 copy into the code that runs on other CPUs.
 #pragma once
 
 #include <algorithm>
@@ -7,6 +9,7 @@
 #include <cstdint>
 
 namespace shiftq::detail {
+namespace {
 
 // e^x with a relative error below 2e-7 for x in [-87, 88] (inputs are clamped to that range, so
 // the result never overflows to inf or underflows to a denormal).
@@ -69,7 +72,8 @@ inline float lane_dot(const float* __restrict a, const float* __restrict b, std:
 // The entries of row r that a softmax row sees: all cols, or with causal_rows = Tq > 0 the keys up
 // to query r % Tq's own position (cols = Tk >= Tq keys).
 inline std::int64_t softmax_valid(std::int64_t r, std::int64_t cols, std::int64_t causal_rows) {
-  return causal_rows > 0 ? std::min(cols, r % causal_rows + 1 + cols - causal_rows) : cols;
+  if (causal_rows <= 0) return cols;
+  return std::clamp<std::int64_t>(r % causal_rows + 1 + cols - causal_rows, 0, cols);
 }
 
 // y = softmax(scale * x) over the first `valid` entries of one contiguous row of n, y = 0 after them
@@ -120,4 +124,5 @@ inline void softmax_backward_row(const float* __restrict y, const float* __restr
   for (std::int64_t j = valid; j < n; ++j) dx[j] = 0.0f;
 }
 
+}  // namespace
 }  // namespace shiftq::detail

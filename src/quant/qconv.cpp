@@ -286,19 +286,20 @@ Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bia
   const bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
   if (any_requires_grad({&x, &weight, &bias})) internal::count_saved_bytes(static_cast<std::int64_t>(x_nhwc.codes.nbytes()));
   return record("quantized_conv2d", out, {&x, &weight, &bias},
-                [x_nhwc, wq, gradients = config.gradients, call, s, gx, gw, gb, x_shape = x.shape(),
+                [x_nhwc, wq, gradients = config.gradients, dx_key = call.gradient_key(0), dw_key = call.gradient_key(1),
+                 numerics = call.numerics, s, gx, gw, gb, x_shape = x.shape(),
                  w_shape = weight.shape()](const Tensor& grad) {
     const GradientRows g = gradient_rows(grad, s);  // dY: [N*P, O] and its ranges
     Tensor dx, dw, db;
     if (gx) {  // groups over O, a scale per row (output pixel)
       const QTensor gq =
-          quantize(g.rows, internal::gradient_params(gradients, false, call), g.col_max, "conv2d output gradient");
-      internal::measure_gradient(g.rows, gq, call.numerics);
+          quantize(g.rows, internal::gradient_params(gradients, false, dx_key), g.col_max, "conv2d output gradient");
+      internal::measure_gradient(g.rows, gq, numerics);
       dx = conv_input_grad(s, gq, wq, x_shape);
     }
     if (gw) {  // groups over the rows (the contraction), a scale per output channel; s8 codes (GEMM operand B)
       const QTensor gq = quantize(
-          g.rows, internal::gradient_params(gradients, true, call).with_unsigned_codes(false), g.row_max,
+          g.rows, internal::gradient_params(gradients, true, dw_key).with_unsigned_codes(false), g.row_max,
           "conv2d output gradient");
       dw = conv_weight_grad(s, gq, x_nhwc, w_shape);
     }

@@ -50,10 +50,10 @@ QuantizeParams activation_params(const TensorQConfig& c, int inner_axis) {
       .with_mse_clip(c.mse_clip);
 }
 
-QuantizeParams gradient_params(const TensorQConfig& c, bool for_weight_grad, const QuantCall& call) {
+QuantizeParams gradient_params(const TensorQConfig& c, bool for_weight_grad, const StochasticKey& key) {
   const OuterScale outer = c.kind == QuantizerKind::per_tensor ? OuterScale::per_tensor : OuterScale::per_index;
   QuantizeParams p = params_for(c, for_weight_grad ? 0 : 1, outer);
-  return p.with_rounding(c.rounding, call.gradient_key(for_weight_grad ? 1 : 0)).with_unsigned_codes();
+  return p.with_rounding(c.rounding, key).with_unsigned_codes();
 }
 
 void count_saved_bytes(std::int64_t bytes) { t_saved_bytes += bytes; }
@@ -212,19 +212,20 @@ Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bia
   const bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
   if (any_requires_grad({&x, &weight, &bias})) internal::count_saved_bytes(static_cast<std::int64_t>(xq.codes.nbytes()));
   return record("quantized_linear", y, {&x, &weight, &bias},
-                [xq, wq, gradients = config.gradients, block, row_scales, call, gx, gw, gb, rows, out_f,
+                [xq, wq, gradients = config.gradients, block, row_scales, dx_key = call.gradient_key(0),
+                 dw_key = call.gradient_key(1), numerics = call.numerics, gx, gw, gb, rows, out_f,
                  in_shape = x.shape()](const Tensor& g) {
     const Tensor g2 = g.view({rows, out_f});
     Tensor dx, dw, db;
     if (gx) {  // dX: [rows, in] = dY · W (rotated: (dY · (W H)) H)
-      const QTensor gq = quantize(g2, internal::gradient_params(gradients, false, call), "linear output gradient");
-      internal::measure_gradient(g2, gq, call.numerics);
+      const QTensor gq = quantize(g2, internal::gradient_params(gradients, false, dx_key), "linear output gradient");
+      internal::measure_gradient(g2, gq, numerics);
       dx = rotate_back(shiftmm(gq, Trans::N, wq, Trans::N), block).view(in_shape);
     }
     if (gw) {  // dW: [out, in] = dY^T · X (X from its saved int8 codes; rotated: (dY^T · (X H)) H)
       // With row scales s, X^ = diag(s) V: dW = (diag(s) dY)^T V, the scales moved into dY's rows.
       const Tensor g_rows = row_scales ? mul(g2, xq.scales.view({rows, 1})) : g2;
-      const QTensor gq = quantize(g_rows, internal::gradient_params(gradients, true, call), "linear output gradient");
+      const QTensor gq = quantize(g_rows, internal::gradient_params(gradients, true, dw_key), "linear output gradient");
       dw = rotate_back(shiftmm(gq, Trans::T, row_scales ? unit_scaled_codes(xq) : with_signed_codes(xq), Trans::N), block);
     }
     if (gb) db = sum(g2, {0});

@@ -12,8 +12,9 @@ namespace shiftq::quant::internal {
 // `inner_axis`, u8 codes (v + 128).
 QuantizeParams activation_params(const TensorQConfig& c, int inner_axis);
 // dY [rows, out] as A of dX = dY W (groups over out, scale per row) or of dW = dY^T X (groups over
-// rows, scale per output channel); stochastic streams keyed by call.gradient_key; u8 codes.
-QuantizeParams gradient_params(const TensorQConfig& c, bool for_weight_grad, const QuantCall& call);
+// rows, scale per output channel); stochastic rounding keyed by `key` (QuantCall::gradient_key);
+// u8 codes.
+QuantizeParams gradient_params(const TensorQConfig& c, bool for_weight_grad, const StochasticKey& key);
 // Quantizes an activation x2d with `params` (per-tensor outer scale) under call.input_range's
 // delayed scaling, records this call's range when training, and measures it for the monitor.
 QTensor quantize_activation(const Tensor& x2d, QuantizeParams params, const QuantCall& call, const char* name);

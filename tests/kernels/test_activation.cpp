@@ -3,9 +3,11 @@
 // tanh / exp in double precision.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "shiftq/core/generator.hpp"
@@ -176,6 +178,30 @@ TEST(ActivationKernels, SoftmaxRowsEqualReferenceInEveryIsaBuild) {
         softmax_backward_rows_f32_ref(y_ref.data(), g.data(), dx_ref.data(), 0, rows, cols, 0.375f, causal_rows);
         EXPECT_EQ(bits(dx), bits(dx_ref)) << b.name << " backward, cols = " << cols << ", causal " << causal_rows;
       }
+    }
+  }
+}
+
+TEST(ActivationKernels, CausalSoftmaxRowsSeeTheirKeysOnly) {
+  // Tq = 4 queries over Tk = 6 keys: query i sees keys 0..i+2; more queries than keys (Tq = 5,
+  // Tk = 3) leaves the first rows with no key (all 0), never writing outside a row.
+  Generator gen(12);
+  for (const auto& [tq, tk] : {std::pair<std::int64_t, std::int64_t>{4, 6}, {5, 3}}) {
+    const std::int64_t rows = 2 * tq;
+    const std::vector<float> x = inputs(rows * tk, gen);
+    std::vector<float> y(x.size() + 1, -7.0f);
+    softmax_rows_f32(x.data(), y.data(), 0, rows, tk, 1.0f, tq);
+    EXPECT_EQ(y.back(), -7.0f);
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const std::int64_t visible = std::clamp<std::int64_t>(r % tq + 1 + tk - tq, 0, tk);
+      double total = 0.0;
+      for (std::int64_t j = 0; j < tk; ++j) {
+        if (j >= visible) {
+          EXPECT_EQ(y[r * tk + j], 0.0f) << "row " << r << " key " << j;
+        }
+        total += y[r * tk + j];
+      }
+      EXPECT_NEAR(total, visible > 0 ? 1.0 : 0.0, 1e-6) << "row " << r;
     }
   }
 }

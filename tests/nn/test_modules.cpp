@@ -660,5 +660,37 @@ TEST(Recalibration, BadArgumentsAndAFailingForwardLeaveTheSettingsAsTheyWere) {
   }
 }
 
+// quantize_model keys each layer's stochastic rounding: GEMM layer i by (seed, i), norm j by
+// (seed, 2 * GEMM layers + j); the norm's output-gradient codes are those of a direct call with
+// that key, and the gradient probe gives every layer its key back.
+TEST(QuantizeModel, KeysEachLayerAndTheProbeKeepsTheKeys) {
+  auto model = make_norm_first_model<nn::L1BatchNorm2d, nn::L1BatchNormOptions>();
+  ASSERT_EQ(nn::quantize_model(*model, quant::QConfig::bits(4), 77), 1);
+  auto& norm = dynamic_cast<nn::L1BatchNorm2d&>(*model->named_children()[0].second);
+  auto& fc = dynamic_cast<nn::Linear&>(*model->named_children()[3].second);
+  EXPECT_EQ(fc.quant_seed(), 77u);
+  EXPECT_EQ(fc.quant_layer_id(), 0u);
+  EXPECT_EQ(norm.quant_seed(), 77u);
+  EXPECT_EQ(norm.quant_layer_id(), 2u);
+
+  Generator gen(9);
+  const Tensor x = Tensor::randn({6, 3, 4, 4}, gen), r = Tensor::randn({6, 3, 4, 4}, gen);
+  const Tensor x_layer = x.clone().set_requires_grad(true), x_direct = x.clone().set_requires_grad(true);
+  sum(mul(norm(x_layer), r)).backward();  // the norm's first training call: step 0
+  L1BatchNormState state{Tensor::zeros({3}), Tensor::ones({3}), 0.1f, 1e-5f, kL1NormC};
+  sum(mul(quant::quantized_l1_batch_norm2d(x_direct, norm.weight.detach(), norm.bias.detach(), state,
+                                           quant::QConfig::bits(4), {.step = 0, .seed = 77, .layer_id = 2}),
+          r))
+      .backward();
+  EXPECT_EQ(x_layer.grad().to_vector<float>(), x_direct.grad().to_vector<float>());
+
+  const Tensor batch = Tensor::randn({4, 3, 4, 4}, gen);
+  nn::probe_gradient_agreement(*model, [&] { return sum((*model)(batch)); });
+  EXPECT_EQ(fc.quant_layer_id(), 0u);
+  EXPECT_EQ(norm.quant_seed(), 77u);
+  EXPECT_EQ(norm.quant_layer_id(), 2u);
+  ASSERT_TRUE(norm.quantization().has_value());
+}
+
 }  // namespace
 }  // namespace shiftq

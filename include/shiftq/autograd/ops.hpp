@@ -43,8 +43,9 @@ Tensor sigmoid(const Tensor& x);
 Tensor softmax(const Tensor& x, std::int64_t dim = -1);
 Tensor log_softmax(const Tensor& x, std::int64_t dim = -1);
 // softmax(causal_mask(scores * scale), -1) (without the mask when causal is false) in one pass per
-// row, forward and backward, with the same bits as the three ops. scores: [..., Tq, Tk], Tk >= Tq
-// when causal (ShapeError otherwise); ValueError for a non-finite scale.
+// row, forward and backward, with the same bits as the three ops for finite gradients (a masked
+// entry's incoming gradient is never read). scores: [..., Tq, Tk], Tk >= Tq when causal
+// (ShapeError otherwise); ValueError unless scale is finite and > 0.
 Tensor scaled_softmax(const Tensor& scores, float scale, bool causal);
 
 // ---- reductions ----

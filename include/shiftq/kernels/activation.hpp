@@ -30,7 +30,8 @@ void gelu_backward_f32_ref(const float* g, const float* x, float* dx, std::int64
 //   y[r, j] = e^(z[r, j] - m_r) / sum_{k < v_r} e^(z[r, k] - m_r) for j < v_r, 0 for j >= v_r,
 //   z = scale * x, m_r = max_{j < v_r} z[r, j],
 // with v_r = cols, or with causal_rows = Tq > 0 (rows in groups of Tq queries, cols = Tk >= Tq keys)
-// v_r = r % Tq + 1 + Tk - Tq: query i sees the keys up to its own position. The result has the bits
+// v_r = r % Tq + 1 + Tk - Tq (clamped to [0, cols]): query i sees the keys up to its own position.
+// The result has the bits
 // of softmax(causal_mask(x * scale)) computed in separate passes. e^ is the branch-free exp of the
 // GELU kernels (relative error < 2e-7), exactly 0 where z - m < -87 (masked -inf entries). The sum
 // runs over 16 fixed lanes (element j into lane j % 16), then a fixed tree: the same bits from every
