@@ -60,15 +60,12 @@ void gelu_backward_f32_ref(const float* g, const float* x, float* dx, std::int64
 
 void softmax_rows_f32_ref(const float* x, float* y, std::int64_t r0, std::int64_t r1, std::int64_t cols, float scale,
                           std::int64_t causal_rows) {
-  for (std::int64_t r = r0; r < r1; ++r)
-    detail::softmax_row(x + r * cols, y + r * cols, cols, detail::softmax_valid(r, cols, causal_rows), scale);
+  detail::softmax_rows(x, y, r0, r1, cols, scale, causal_rows);
 }
 
 void softmax_backward_rows_f32_ref(const float* y, const float* g, float* dx, std::int64_t r0, std::int64_t r1,
                                    std::int64_t cols, float scale, std::int64_t causal_rows) {
-  for (std::int64_t r = r0; r < r1; ++r)
-    detail::softmax_backward_row(y + r * cols, g + r * cols, dx + r * cols, cols,
-                                 detail::softmax_valid(r, cols, causal_rows), scale);
+  detail::softmax_backward_rows(y, g, dx, r0, r1, cols, scale, causal_rows);
 }
 
 }  // namespace shiftq::kernels

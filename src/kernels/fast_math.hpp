@@ -53,6 +53,16 @@ inline float gelu_derivative(float x) {
 // lane j % kSumLanes), then a fixed pairwise tree, so every ISA build adds in the same order.
 inline constexpr int kSumLanes = 16;
 
+// Calls body(j, j % kSumLanes) for j in [0, n): whole kSumLanes steps (the vectorized loop), then
+// the tail.
+template <class Body>
+inline void for_lanes(std::int64_t n, Body body) {
+  std::int64_t j = 0;
+  for (; j + kSumLanes <= n; j += kSumLanes)
+    for (int k = 0; k < kSumLanes; ++k) body(j + k, k);
+  for (int k = 0; j + k < n; ++k) body(j + k, k);
+}
+
 inline float reduce_lanes(float* lanes) {
   for (int width = kSumLanes / 2; width >= 1; width /= 2)
     for (int k = 0; k < width; ++k) lanes[k] += lanes[k + width];
@@ -62,10 +72,7 @@ inline float reduce_lanes(float* lanes) {
 // sum_j a[j] * b[j] over the lanes.
 inline float lane_dot(const float* __restrict a, const float* __restrict b, std::int64_t n) {
   float lanes[kSumLanes] = {};
-  std::int64_t j = 0;
-  for (; j + kSumLanes <= n; j += kSumLanes)
-    for (int k = 0; k < kSumLanes; ++k) lanes[k] += a[j + k] * b[j + k];
-  for (int k = 0; j + k < n; ++k) lanes[k] += a[j + k] * b[j + k];
+  for_lanes(n, [&](std::int64_t j, int k) { lanes[k] += a[j] * b[j]; });
   return reduce_lanes(lanes);
 }
 
@@ -83,36 +90,23 @@ inline void softmax_row(const float* __restrict x, float* __restrict y, std::int
                         float scale) {
   float max_lanes[kSumLanes];
   std::fill_n(max_lanes, kSumLanes, -__builtin_inff());
-  std::int64_t j = 0;
-  for (; j + kSumLanes <= valid; j += kSumLanes)
-    for (int k = 0; k < kSumLanes; ++k) {
-      const float z = x[j + k] * scale;
-      max_lanes[k] = max_lanes[k] < z ? z : max_lanes[k];
-    }
-  for (int k = 0; j + k < valid; ++k) {
-    const float z = x[j + k] * scale;
+  for_lanes(valid, [&](std::int64_t j, int k) {
+    const float z = x[j] * scale;
     max_lanes[k] = max_lanes[k] < z ? z : max_lanes[k];
-  }
+  });
   float m = max_lanes[0];
   for (int k = 1; k < kSumLanes; ++k) m = m < max_lanes[k] ? max_lanes[k] : m;
   if (m == -__builtin_inff()) m = 0.0f;  // all masked: avoid (-inf) - (-inf)
   float sum_lanes[kSumLanes] = {};
-  for (j = 0; j + kSumLanes <= valid; j += kSumLanes)
-    for (int k = 0; k < kSumLanes; ++k) {
-      const float d = x[j + k] * scale - m;
-      const float e = d < -87.0f ? 0.0f : fast_exp(d);
-      y[j + k] = e;
-      sum_lanes[k] += e;
-    }
-  for (int k = 0; j + k < valid; ++k) {
-    const float d = x[j + k] * scale - m;
+  for_lanes(valid, [&](std::int64_t j, int k) {
+    const float d = x[j] * scale - m;
     const float e = d < -87.0f ? 0.0f : fast_exp(d);
-    y[j + k] = e;
+    y[j] = e;
     sum_lanes[k] += e;
-  }
+  });
   const float inv = 1.0f / reduce_lanes(sum_lanes);
-  for (j = 0; j < valid; ++j) y[j] *= inv;
-  for (j = valid; j < n; ++j) y[j] = 0.0f;
+  for (std::int64_t j = 0; j < valid; ++j) y[j] *= inv;
+  for (std::int64_t j = valid; j < n; ++j) y[j] = 0.0f;
 }
 
 // dx = scale * (y * (g - sum_j g[j] y[j])) over the first `valid` entries of one row of n, 0 after
@@ -122,6 +116,19 @@ inline void softmax_backward_row(const float* __restrict y, const float* __restr
   const float dot = lane_dot(g, y, valid);
   for (std::int64_t j = 0; j < valid; ++j) dx[j] = (y[j] * (g[j] - dot)) * scale;
   for (std::int64_t j = valid; j < n; ++j) dx[j] = 0.0f;
+}
+
+// Rows [r0, r1) of x, y: [rows, cols] (kernels::softmax_rows_f32 and its reference).
+inline void softmax_rows(const float* x, float* y, std::int64_t r0, std::int64_t r1, std::int64_t cols, float scale,
+                         std::int64_t causal_rows) {
+  for (std::int64_t r = r0; r < r1; ++r)
+    softmax_row(x + r * cols, y + r * cols, cols, softmax_valid(r, cols, causal_rows), scale);
+}
+
+inline void softmax_backward_rows(const float* y, const float* g, float* dx, std::int64_t r0, std::int64_t r1,
+                                  std::int64_t cols, float scale, std::int64_t causal_rows) {
+  for (std::int64_t r = r0; r < r1; ++r)
+    softmax_backward_row(y + r * cols, g + r * cols, dx + r * cols, cols, softmax_valid(r, cols, causal_rows), scale);
 }
 
 }  // namespace
