@@ -1,11 +1,12 @@
 // One whole training step (forward + loss + backward + optimizer update) of the two example models,
 // fp32 (L2 norms) against integer training (L1 norms), as the example trainers do it:
-//   BM_TrainStep_ResNet20/<fp32_l2|int4_l1|int4_l1_actsq_mse>/threads:<1|2>   ResNet-20, batch 128 of 1x28x28, 10 classes;
+//   BM_TrainStep_ResNet20/<fp32_l2|int4_l1|int4_l1_actsq_mse>[_nhwc]/threads:<1|2>   ResNet-20, batch 128 of 1x28x28, 10 classes;
 //       SGD (lr 0.1, momentum 0.9, weight decay 5e-4). int4_l1: QConfig::bits(4) (first/last layer
 //       8-bit), L1BatchNorm2d fully quantized at 8 bits: the paper's recipe. int4_l1_actsq_mse: the
 //       same with the best 4-bit configuration of docs/results.md, the ResNet trainer's default
 //       (--act-quant shiftquant --act-clip mse --weight-clip mse: ShiftQuant activations, S = 3
-//       unsigned, and MSE-chosen group exponents).
+//       unsigned, and MSE-chosen group exponents). *_nhwc: the same models channels-last
+//       (ResNetOptions::layout = ImageLayout::nhwc, the trainer's --layout nhwc).
 //   BM_TrainStep_GPT/<fp32_l2|int6_l1|int4_l1|int4_l1_rot_pertoken_mse>/threads:<1|2>   char-GPT,
 //       vocab 65, 4 layers, d 256, 4 heads, context 128, batch 32; AdamW (lr 1e-3, weight decay
 //       0.1) + clip_grad_norm 1.0. int6_l1: QConfig::bits(6) (head 8-bit), L1LayerNorm at 8 bits.
@@ -86,7 +87,7 @@ Tensor random_labels(const Shape& shape, std::uint64_t classes, Generator& gen) 
   return Tensor::from_vector(values, shape);
 }
 
-enum class ResNetPrecision { fp32, int4, int4_actsq_mse };
+enum class ResNetPrecision { fp32, int4, int4_actsq_mse, int4_nhwc, int4_actsq_mse_nhwc };
 
 class ResNetStep final : public TrainStep {
  public:
@@ -94,11 +95,13 @@ class ResNetStep final : public TrainStep {
 
   explicit ResNetStep(ResNetPrecision precision) : quantized_(precision != ResNetPrecision::fp32) {
     Generator gen(kSeed);
-    model_ = std::make_unique<examples::ResNet>(examples::ResNetOptions{20, 1, 10, 16, quantized_ ? "l1" : "l2"}, gen);
+    const bool nhwc = precision == ResNetPrecision::int4_nhwc || precision == ResNetPrecision::int4_actsq_mse_nhwc;
+    model_ = std::make_unique<examples::ResNet>(
+        examples::ResNetOptions{20, 1, 10, 16, quantized_ ? "l1" : "l2", nhwc ? ImageLayout::nhwc : ImageLayout::nchw}, gen);
     if (quantized_) {
       // The trainer's --bits 4 --norm l1 with --act-quant per-tensor --act-clip none --weight-clip none
       // (int4_l1), or its defaults (int4_l1_actsq_mse).
-      const bool mse = precision == ResNetPrecision::int4_actsq_mse;
+      const bool mse = precision == ResNetPrecision::int4_actsq_mse || precision == ResNetPrecision::int4_actsq_mse_nhwc;
       config_ = examples::make_qconfig(4, 0, "shiftquant", /*first_last_bits=*/8, /*norm_bits=*/8, "auto",
                                        mse ? "mse" : "none", mse ? "shiftquant" : "per-tensor", mse ? "mse" : "none");
       nn::quantize_model(*model_, config_, kSeed);
@@ -227,7 +230,8 @@ void run_case(benchmark::State& state, const std::string& name, const std::funct
 }
 
 void BM_TrainStep_ResNet20(benchmark::State& state, ResNetPrecision precision) {
-  static const char* const kKeys[] = {"resnet_fp32_l2", "resnet_int4_l1", "resnet_int4_l1_actsq_mse"};
+  static const char* const kKeys[] = {"resnet_fp32_l2", "resnet_int4_l1", "resnet_int4_l1_actsq_mse",
+                                      "resnet_int4_l1_nhwc", "resnet_int4_l1_actsq_mse_nhwc"};
   run_case(state, kKeys[static_cast<int>(precision)], [precision] { return std::make_unique<ResNetStep>(precision); });
 }
 void BM_TrainStep_GPT(benchmark::State& state, GPTPrecision precision) {
@@ -242,6 +246,8 @@ void threads_1_2(benchmark::internal::Benchmark* b) {
 BENCHMARK_CAPTURE(BM_TrainStep_ResNet20, fp32_l2, ResNetPrecision::fp32)->Apply(threads_1_2);
 BENCHMARK_CAPTURE(BM_TrainStep_ResNet20, int4_l1, ResNetPrecision::int4)->Apply(threads_1_2);
 BENCHMARK_CAPTURE(BM_TrainStep_ResNet20, int4_l1_actsq_mse, ResNetPrecision::int4_actsq_mse)->Apply(threads_1_2);
+BENCHMARK_CAPTURE(BM_TrainStep_ResNet20, int4_l1_nhwc, ResNetPrecision::int4_nhwc)->Apply(threads_1_2);
+BENCHMARK_CAPTURE(BM_TrainStep_ResNet20, int4_l1_actsq_mse_nhwc, ResNetPrecision::int4_actsq_mse_nhwc)->Apply(threads_1_2);
 BENCHMARK_CAPTURE(BM_TrainStep_GPT, fp32_l2, GPTPrecision::fp32)->Apply(threads_1_2);
 BENCHMARK_CAPTURE(BM_TrainStep_GPT, int6_l1, GPTPrecision::int6)->Apply(threads_1_2);
 BENCHMARK_CAPTURE(BM_TrainStep_GPT, int4_l1, GPTPrecision::int4)->Apply(threads_1_2);

@@ -1,7 +1,8 @@
 // CIFAR-style ResNet (He et al. 2016, section 4.2): a 3x3 stem, three stages of basic blocks with
 // 16/32/64 channels (x width), the second and third starting with stride 2, global average pooling
 // and a linear classifier. depth = 6n + 2 (20, 32, 56, ...). Downsampling shortcuts are 1x1
-// convolution + norm ("option B"). BatchNorm2d (L2) or L1BatchNorm2d by `norm`.
+// convolution + norm ("option B"). BatchNorm2d (L2) or L1BatchNorm2d by `norm`. With
+// ImageLayout::nhwc the network runs channels-last after one permute of its input.
 #pragma once
 
 #include <memory>
@@ -17,35 +18,40 @@ struct ResNetOptions {
   std::int64_t num_classes = 10;
   std::int64_t width = 16;   // channels of the first stage
   std::string norm = "l2";   // "l2": BatchNorm2d, "l1": L1BatchNorm2d
+  ImageLayout layout = ImageLayout::nchw;  // of the activations inside; the input is NCHW either way
 };
 
-inline std::shared_ptr<nn::Module> make_norm2d(const std::string& norm, std::int64_t channels) {
-  if (norm == "l1") return std::make_shared<nn::L1BatchNorm2d>(nn::L1BatchNormOptions{channels});
-  if (norm == "l2") return std::make_shared<nn::BatchNorm2d>(nn::BatchNormOptions{channels});
+inline std::shared_ptr<nn::Module> make_norm2d(const std::string& norm, std::int64_t channels, ImageLayout layout) {
+  if (norm == "l1") return std::make_shared<nn::L1BatchNorm2d>(nn::L1BatchNormOptions{channels}.layout(layout));
+  if (norm == "l2") return std::make_shared<nn::BatchNorm2d>(nn::BatchNormOptions{channels}.layout(layout));
   throw ValueError("unknown norm '" + norm + "' (expected l1 or l2)");
 }
 
-inline std::shared_ptr<nn::Conv2d> conv3x3(std::int64_t in, std::int64_t out, std::int64_t stride, Generator& gen) {
-  return std::make_shared<nn::Conv2d>(nn::Conv2dOptions{in, out, 3}.stride(stride).padding(1).bias(false), gen);
+inline std::shared_ptr<nn::Conv2d> conv3x3(std::int64_t in, std::int64_t out, std::int64_t stride, ImageLayout layout,
+                                           Generator& gen) {
+  return std::make_shared<nn::Conv2d>(
+      nn::Conv2dOptions{in, out, 3}.stride(stride).padding(1).bias(false).layout(layout), gen);
 }
 
 // out = relu(norm2(conv2(relu(norm1(conv1(x))))) + shortcut(x))
 class BasicBlock : public nn::Module {
  public:
-  BasicBlock(std::int64_t in, std::int64_t out, std::int64_t stride, const std::string& norm, Generator& gen)
+  BasicBlock(std::int64_t in, std::int64_t out, std::int64_t stride, const std::string& norm, ImageLayout layout,
+             Generator& gen)
       : Module("BasicBlock") {
-    conv1_ = register_module("conv1", conv3x3(in, out, stride, gen));
-    norm1_ = register_module("norm1", make_norm2d(norm, out));
-    conv2_ = register_module("conv2", conv3x3(out, out, 1, gen));
-    norm2_ = register_module("norm2", make_norm2d(norm, out));
+    conv1_ = register_module("conv1", conv3x3(in, out, stride, layout, gen));
+    norm1_ = register_module("norm1", make_norm2d(norm, out, layout));
+    conv2_ = register_module("conv2", conv3x3(out, out, 1, layout, gen));
+    norm2_ = register_module("norm2", make_norm2d(norm, out, layout));
     if (stride != 1 || in != out) {
       shortcut_conv_ = register_module(
-          "shortcut_conv", std::make_shared<nn::Conv2d>(nn::Conv2dOptions{in, out, 1}.stride(stride).bias(false), gen));
-      shortcut_norm_ = register_module("shortcut_norm", make_norm2d(norm, out));
+          "shortcut_conv",
+          std::make_shared<nn::Conv2d>(nn::Conv2dOptions{in, out, 1}.stride(stride).bias(false).layout(layout), gen));
+      shortcut_norm_ = register_module("shortcut_norm", make_norm2d(norm, out, layout));
     }
   }
 
-  // x: [N, in, H, W] -> [N, out, H / stride, W / stride]
+  // x: [N, in, H, W] -> [N, out, H / stride, W / stride] (NHWC: [N, H, W, in] -> [N, H / stride, W / stride, out])
   Tensor forward(const Tensor& x) override {
     Tensor y = relu((*norm1_)((*conv1_)(x)));
     y = (*norm2_)((*conv2_)(y));
@@ -65,25 +71,26 @@ class ResNet : public nn::Module {
       throw ValueError("ResNet depth must be 6n + 2 with n >= 1 (8, 14, 20, 32, 56, ...), got " +
                        std::to_string(options.depth));
     const std::int64_t blocks_per_stage = (options.depth - 2) / 6, w = options.width;
-    stem_ = register_module("stem", conv3x3(options.in_channels, w, 1, gen));
-    stem_norm_ = register_module("stem_norm", make_norm2d(options.norm, w));
+    stem_ = register_module("stem", conv3x3(options.in_channels, w, 1, options.layout, gen));
+    stem_norm_ = register_module("stem_norm", make_norm2d(options.norm, w, options.layout));
     body_ = register_module("body", std::make_shared<nn::Sequential>());
     std::int64_t channels = w;
     for (std::int64_t stage = 0; stage < 3; ++stage) {
       const std::int64_t out = w << stage;
       for (std::int64_t b = 0; b < blocks_per_stage; ++b) {
         const std::int64_t stride = (stage > 0 && b == 0) ? 2 : 1;
-        body_->push_back(std::make_shared<BasicBlock>(channels, out, stride, options.norm, gen));
+        body_->push_back(std::make_shared<BasicBlock>(channels, out, stride, options.norm, options.layout, gen));
         channels = out;
       }
     }
-    pool_ = register_module("pool", std::make_shared<nn::GlobalAvgPool2d>());
+    pool_ = register_module("pool", std::make_shared<nn::GlobalAvgPool2d>(options.layout));
     fc_ = register_module("fc", std::make_shared<nn::Linear>(nn::LinearOptions{channels, options.num_classes}, gen));
   }
 
   // x: [N, C_in, H, W] -> logits [N, num_classes]
   Tensor forward(const Tensor& x) override {
-    Tensor y = relu((*stem_norm_)((*stem_)(x)));
+    const Tensor input = options_.layout == ImageLayout::nhwc ? permute(x, {0, 2, 3, 1}) : x;
+    Tensor y = relu((*stem_norm_)((*stem_)(input)));
     y = (*body_)(y);
     return (*fc_)(flatten((*pool_)(y), 1));
   }

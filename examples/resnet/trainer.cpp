@@ -108,6 +108,7 @@ void ResNetTrainConfig::validate() const {
   require(depth >= 8 && (depth - 2) % 6 == 0, "--depth must be 6n+2 (8, 14, 20, 32, 44, 56, ...)");
   require(width >= 1, "--width must be positive");
   require(norm == "l1" || norm == "l2", "--norm must be l1 or l2");
+  require(layout == "nchw" || layout == "nhwc", "--layout must be nchw or nhwc");
   require(bits == 0 || (bits >= 2 && bits <= 8), "--bits must be 0 (fp32) or 2..8");
   require(act_bits == 0 || (act_bits >= 2 && act_bits <= 8), "--act-bits must be 0 (same as --bits) or 2..8");
   require(grad_bits == 0 || (grad_bits >= 2 && grad_bits <= 8), "--grad-bits must be 0 (same as --bits) or 2..8");
@@ -148,6 +149,7 @@ std::string ResNetTrainConfig::fingerprint() const {
     << " batch=" << batch << " lr=" << lr << " momentum=" << momentum << " weight_decay=" << weight_decay
     << " warmup_epochs=" << warmup_epochs << " seed=" << seed;
   if (!fp32 && weight_clip != "none") s << " weight_clip=" << weight_clip;  // absent before the flag existed (and when none)
+  if (layout != "nchw") s << " layout=" << layout;  // absent before the flag existed (and when nchw)
   if (grad_bits != 0) s << " grad_bits=" << grad_bits;
   s << act_scaling.fingerprint();
   return s.str();
@@ -183,7 +185,9 @@ std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
                                 data::ImageLoaderOptions(c.eval_batch).shuffle(false).mean(data.mean).std(data.std));
 
   Generator init_gen(static_cast<std::uint64_t>(c.seed));
-  ResNet model({c.depth, channels, data.train.num_classes, c.width, c.norm}, init_gen);
+  ResNet model({c.depth, channels, data.train.num_classes, c.width, c.norm,
+                c.layout == "nhwc" ? ImageLayout::nhwc : ImageLayout::nchw},
+               init_gen);
   if (c.bits > 0) nn::quantize_model(model, c.qconfig(), group.quant_seed(static_cast<std::uint64_t>(c.seed)));
   optim::SGD optimizer(model.named_parameters(),
                        optim::SGDOptions{c.lr}.momentum(c.momentum).weight_decay(c.weight_decay));
@@ -321,6 +325,7 @@ std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
                           accuracy_before_recalibration.value_or(0.0))
                   .add("precision", c.bits > 0 ? c.qconfig().str() : std::string("fp32"))
                   .add("norm", c.norm)
+                  .add("layout", c.layout)
                   .add_if(group.world() > 1, "processes", static_cast<std::int64_t>(group.world()))
                   .add_if(group.world() > 1, "exchange_bytes_per_step", group.exchange_bytes_per_step())
                   .add_if(group.world() > 1, "exchange_wait_ms_per_step", group.exchange_wait_ms_per_step()));

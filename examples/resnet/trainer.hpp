@@ -26,6 +26,7 @@ struct ResNetTrainConfig {
   std::int64_t depth = 20;
   std::int64_t width = 16;
   std::string norm = "l2";  // l2: BatchNorm2d, l1: L1BatchNorm2d
+  std::string layout = "nchw";  // nchw | nhwc: the activations' memory order (ResNetOptions::layout)
   // precision: bits 0 = fp32; 2..8 = integer training (weights, activations, gradients)
   std::int64_t bits = 0;
   std::int64_t act_bits = 0;              // activation bits (0 = same as bits)

@@ -34,6 +34,12 @@ Tensor im2col_batch(const Conv2dGeometry& g, const Tensor& x) {
 }  // namespace
 
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& params) {
+  if (params.layout == ImageLayout::nhwc) {  // the NCHW path between two permutes
+    check_rank(x, 4, "conv2d", "x");
+    Conv2dParams nchw = params;
+    nchw.layout = ImageLayout::nchw;
+    return permute(conv2d(permute(x, {0, 3, 1, 2}), weight, bias, nchw), {0, 2, 3, 1});
+  }
   detail::check_f32(x, "conv2d", "x");
   detail::check_f32(weight, "conv2d", "weight");
   check_rank(weight, 4, "conv2d", "weight");
@@ -161,10 +167,10 @@ Tensor avg_pool2d(const Tensor& x, const Pool2dParams& params) {
   });
 }
 
-Tensor global_avg_pool2d(const Tensor& x) {
+Tensor global_avg_pool2d(const Tensor& x, ImageLayout layout) {
   detail::check_f32(x, "global_avg_pool2d", "x");
   check_rank(x, 4, "global_avg_pool2d", "x");
-  return mean(x, {2, 3});
+  return layout == ImageLayout::nhwc ? mean(x, {1, 2}) : mean(x, {2, 3});
 }
 
 }  // namespace shiftq

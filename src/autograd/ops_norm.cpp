@@ -163,15 +163,18 @@ Tensor l1_normalize(const Tensor& x, const NormLayout& l, float eps, float c, st
 }  // namespace
 
 Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, BatchNormState& state,
-                    bool training) {
+                    bool training, ImageLayout image_layout) {
   detail::check_f32(x, "batch_norm2d", "x");
   check_rank(x, 4, "batch_norm2d", "x");
-  const std::int64_t C = x.size(1);
+  const bool channels_last = image_layout == ImageLayout::nhwc;
+  const std::int64_t C = x.size(channels_last ? 3 : 1);
   check_affine(gamma, C, "batch_norm2d", "gamma");
   check_affine(beta, C, "batch_norm2d", "beta");
   check_affine(state.running_mean, C, "batch_norm2d", "running_mean");
   check_affine(state.running_var, C, "batch_norm2d", "running_var");
-  const NormLayout layout{x.size(0), C, x.size(2) * x.size(3)};
+  // NHWC: one channel's values are every C-th element ([N*H*W, C, 1])
+  const NormLayout layout = channels_last ? NormLayout{x.size(0) * x.size(1) * x.size(2), C, 1}
+                                          : NormLayout{x.size(0), C, x.size(2) * x.size(3)};
   const bool need_gamma = gamma.defined() && gamma.requires_grad();
   const bool need_beta = beta.defined() && beta.requires_grad();
 
@@ -188,8 +191,10 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, Ba
     for (std::int64_t c = 0; c < C; ++c)
       layout.for_each(c, [&](std::int64_t i) { ph[i] = (px[i] - rm[c]) * invstd[c]; });
     Tensor y = affine(xhat, layout, gamma, beta);
+    const std::vector<std::int64_t> non_channel_axes = channels_last ? std::vector<std::int64_t>{0, 1, 2}
+                                                                     : std::vector<std::int64_t>{0, 2, 3};
     return record("batch_norm2d_eval", y, {&x, &gamma, &beta},
-                  [xhat, layout, invstd, gamma = gamma.detach(), need_gamma, need_beta](const Tensor& g) {
+                  [xhat, layout, invstd, non_channel_axes, gamma = gamma.detach(), need_gamma, need_beta](const Tensor& g) {
       Tensor dx = Tensor::uninitialized(g.shape());
       const float* pg = g.data<float>();
       const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
@@ -198,8 +203,8 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, Ba
         const float k = (gm ? gm[c] : 1.0f) * invstd[c];
         layout.for_each(c, [&](std::int64_t i) { pdx[i] = k * pg[i]; });
       }
-      Tensor dgamma = need_gamma ? sum(mul(g, xhat), {0, 2, 3}) : Tensor();
-      Tensor dbeta = need_beta ? sum(g, {0, 2, 3}) : Tensor();
+      Tensor dgamma = need_gamma ? sum(mul(g, xhat), non_channel_axes) : Tensor();
+      Tensor dbeta = need_beta ? sum(g, non_channel_axes) : Tensor();
       return std::vector<Tensor>{dx, dgamma, dbeta};
     });
   }
@@ -253,26 +258,30 @@ Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, floa
 namespace shiftq {
 
 Tensor l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, L1BatchNormState& state,
-                       bool training) {
+                       bool training, ImageLayout image_layout) {
   detail::check_f32(x, "l1_batch_norm2d", "x");
   check_rank(x, 4, "l1_batch_norm2d", "x");
-  const std::int64_t C = x.size(1);
+  const bool channels_last = image_layout == ImageLayout::nhwc;
+  const std::int64_t C = x.size(channels_last ? 3 : 1);
   check_affine(gamma, C, "l1_batch_norm2d", "gamma");
   check_affine(beta, C, "l1_batch_norm2d", "beta");
   check_affine(state.running_mean, C, "l1_batch_norm2d", "running_mean");
   check_affine(state.running_sigma, C, "l1_batch_norm2d", "running_sigma");
   SHIFTQ_CHECK(state.c > 0.0f && state.eps > 0.0f, ValueError, "l1_batch_norm2d: c and eps must be > 0");
-  const NormLayout layout{x.size(0), C, x.size(2) * x.size(3)};
+  // NHWC: one channel's values are every C-th element ([N*H*W, C, 1])
+  const NormLayout layout = channels_last ? NormLayout{x.size(0) * x.size(1) * x.size(2), C, 1}
+                                          : NormLayout{x.size(0), C, x.size(2) * x.size(3)};
+  const Shape channel_shape = channels_last ? Shape{1, 1, 1, C} : Shape{1, C, 1, 1};
   const bool need_gamma = gamma.defined() && gamma.requires_grad();
   const bool need_beta = beta.defined() && beta.requires_grad();
   if (!training) {  // (x - running_mean) / running_sigma: an affine map per channel
     SHIFTQ_CHECK(state.running_mean.defined() && state.running_sigma.defined(), ValueError,
                  "l1_batch_norm2d: eval mode needs running_mean and running_sigma");
-    const Tensor scale = reshape(div(Tensor::ones({C}), state.running_sigma.detach()), {1, C, 1, 1});
-    const Tensor shift = reshape(state.running_mean.detach(), {1, C, 1, 1});
+    const Tensor scale = reshape(div(Tensor::ones({C}), state.running_sigma.detach()), channel_shape);
+    const Tensor shift = reshape(state.running_mean.detach(), channel_shape);
     Tensor xhat = mul(sub(x, shift), scale);
-    if (gamma.defined()) xhat = mul(xhat, reshape(gamma, {1, C, 1, 1}));
-    return beta.defined() ? add(xhat, reshape(beta, {1, C, 1, 1})) : xhat;
+    if (gamma.defined()) xhat = mul(xhat, reshape(gamma, channel_shape));
+    return beta.defined() ? add(xhat, reshape(beta, channel_shape)) : xhat;
   }
   SHIFTQ_CHECK(layout.count() > 1, ShapeError, "l1_batch_norm2d: training needs more than one value per channel, got ",
                x.str());

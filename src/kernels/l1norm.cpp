@@ -15,9 +15,15 @@ namespace shiftq::kernels {
   void affine_s8_f32(const std::int8_t*, std::int64_t, std::int64_t, std::int64_t, float, float, float*);         \
   void l1_bn_backward_s8_f32(const L1BatchNormBackward&, const std::int8_t*, const std::int8_t*, std::int64_t,    \
                              std::int64_t, std::int64_t, float*);                                                  \
-  void affine_cols_s8_f32(const std::int8_t*, std::int64_t, const float*, const float*, float*);                  \
+  void affine_cols_s8_f32(const std::int8_t*, std::int64_t, std::int64_t, std::int64_t, const float*, const float*, \
+                          float*);                                                                                 \
   void l1_bn_backward_cols_s8_f32(const L1BatchNormBackwardCols&, const std::int8_t*, const std::int8_t*,         \
-                                  std::int64_t, float*);                                                           \
+                                  std::int64_t, std::int64_t, std::int64_t, float*);                               \
+  void l1_col_sums_s8(const std::int8_t*, std::int64_t, std::int64_t, std::int64_t*);                              \
+  void l1_col_deviation_s8(const std::int8_t*, std::int64_t, std::int64_t, std::int64_t, const std::int64_t*,      \
+                           std::int64_t*, std::int64_t*);                                                           \
+  void l1_col_gradient_sums_s8(const std::int8_t*, const std::int8_t*, std::int64_t, std::int64_t, std::int64_t*, \
+                               std::int64_t*);                                                                     \
   void l1_ln_forward_row_s8_f32(const std::int8_t*, std::int64_t, float, float, const float*, const float*,       \
                                 float*);                                                                           \
   L1RowGradientSums l1_ln_backward_sums_s8(const std::int8_t*, const std::int8_t*, std::int64_t, std::int32_t,    \
@@ -45,12 +51,24 @@ void l1_bn_backward_s8_f32(const L1BatchNormBackward& k, const std::int8_t* q, c
                            std::int64_t len, std::int64_t stride, float* dx) {
   SHIFTQ_KERNEL_DISPATCH(l1_bn_backward_s8_f32, k, q, d, runs, len, stride, dx)
 }
-void affine_cols_s8_f32(const std::int8_t* q, std::int64_t n, const float* a, const float* b, float* y) {
-  SHIFTQ_KERNEL_DISPATCH(affine_cols_s8_f32, q, n, a, b, y)
+void affine_cols_s8_f32(const std::int8_t* q, std::int64_t rows, std::int64_t n, std::int64_t stride, const float* a,
+                        const float* b, float* y) {
+  SHIFTQ_KERNEL_DISPATCH(affine_cols_s8_f32, q, rows, n, stride, a, b, y)
 }
 void l1_bn_backward_cols_s8_f32(const L1BatchNormBackwardCols& k, const std::int8_t* q, const std::int8_t* d,
-                                std::int64_t n, float* dx) {
-  SHIFTQ_KERNEL_DISPATCH(l1_bn_backward_cols_s8_f32, k, q, d, n, dx)
+                                std::int64_t rows, std::int64_t n, std::int64_t stride, float* dx) {
+  SHIFTQ_KERNEL_DISPATCH(l1_bn_backward_cols_s8_f32, k, q, d, rows, n, stride, dx)
+}
+void l1_col_sums_s8(const std::int8_t* q, std::int64_t rows, std::int64_t cols, std::int64_t* s1) {
+  SHIFTQ_KERNEL_DISPATCH(l1_col_sums_s8, q, rows, cols, s1)
+}
+void l1_col_deviation_s8(const std::int8_t* q, std::int64_t rows, std::int64_t cols, std::int64_t m,
+                         const std::int64_t* s1, std::int64_t* abs_dev, std::int64_t* sign) {
+  SHIFTQ_KERNEL_DISPATCH(l1_col_deviation_s8, q, rows, cols, m, s1, abs_dev, sign)
+}
+void l1_col_gradient_sums_s8(const std::int8_t* d, const std::int8_t* q, std::int64_t rows, std::int64_t cols,
+                             std::int64_t* sum_d, std::int64_t* sum_dq) {
+  SHIFTQ_KERNEL_DISPATCH(l1_col_gradient_sums_s8, d, q, rows, cols, sum_d, sum_dq)
 }
 void l1_ln_forward_row_s8_f32(const std::int8_t* q, std::int64_t D, float a, float mu, const float* gamma,
                               const float* beta, float* y) {
@@ -110,16 +128,44 @@ void l1_bn_backward_s8_f32_ref(const L1BatchNormBackward& k, const std::int8_t* 
     }
 }
 
-void affine_cols_s8_f32_ref(const std::int8_t* q, std::int64_t n, const float* a, const float* b, float* y) {
-  for (std::int64_t i = 0; i < n; ++i) y[i] = a[i] * static_cast<float>(q[i]) + b[i];
+void affine_cols_s8_f32_ref(const std::int8_t* q, std::int64_t rows, std::int64_t n, std::int64_t stride,
+                            const float* a, const float* b, float* y) {
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t i = 0; i < n; ++i) y[r * stride + i] = a[i] * static_cast<float>(q[r * stride + i]) + b[i];
 }
 
 void l1_bn_backward_cols_s8_f32_ref(const L1BatchNormBackwardCols& k, const std::int8_t* q, const std::int8_t* d,
-                                    std::int64_t n, float* dx) {
-  for (std::int64_t i = 0; i < n; ++i) {
-    const float sgn = static_cast<float>((q[i] > k.above[i]) - (q[i] < k.below[i]));
-    dx[i] = k.k_d[i] * static_cast<float>(d[i]) + (k.k_s[i] * sgn + k.k_0[i]);
-  }
+                                    std::int64_t rows, std::int64_t n, std::int64_t stride, float* dx) {
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t i = 0; i < n; ++i) {
+      const std::int64_t e = r * stride + i;
+      const float sgn = static_cast<float>((q[e] > k.above[i]) - (q[e] < k.below[i]));
+      dx[e] = k.k_d[i] * static_cast<float>(d[e]) + (k.k_s[i] * sgn + k.k_0[i]);
+    }
+}
+
+void l1_col_sums_s8_ref(const std::int8_t* q, std::int64_t rows, std::int64_t cols, std::int64_t* s1) {
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 0; c < cols; ++c) s1[c] += q[r * cols + c];
+}
+
+void l1_col_deviation_s8_ref(const std::int8_t* q, std::int64_t rows, std::int64_t cols, std::int64_t m,
+                             const std::int64_t* s1, std::int64_t* abs_dev, std::int64_t* sign) {
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 0; c < cols; ++c) {
+      const std::int64_t dev = m * q[r * cols + c] - s1[c];
+      abs_dev[c] += dev < 0 ? -dev : dev;
+      sign[c] += sign_of(dev);
+    }
+}
+
+void l1_col_gradient_sums_s8_ref(const std::int8_t* d, const std::int8_t* q, std::int64_t rows, std::int64_t cols,
+                                 std::int64_t* sum_d, std::int64_t* sum_dq) {
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 0; c < cols; ++c) {
+      sum_d[c] += d[r * cols + c];
+      sum_dq[c] += std::int64_t{d[r * cols + c]} * q[r * cols + c];
+    }
 }
 
 void l1_ln_forward_row_s8_f32_ref(const std::int8_t* q, std::int64_t D, float a, float mu, const float* gamma,

@@ -9,13 +9,15 @@ namespace shiftq::kernels {
 
 #define SHIFTQ_DECLARE_ISA(ns)                                                                         \
   namespace ns {                                                                                       \
-  bool absmax_cols_f32(const float*, std::int64_t, std::int64_t, std::int64_t, const float*, float*); \
+  bool absmax_cols_f32(const float*, std::int64_t, std::int64_t, std::int64_t, const float*, float*, bool*); \
   bool absmax_rows_f32(const float*, std::int64_t, std::int64_t, std::int64_t, const float*, float*, bool*,    \
                        std::int64_t);                                                                  \
   void quantize_pack_f32_s8(const QuantizePackArgs&, std::int64_t, std::int64_t, std::int64_t);        \
   void code_sums_s8(const std::int8_t*, std::int64_t, std::int64_t, std::int64_t, std::int32_t*,          \
                     std::int32_t*);                                                                    \
   void shift_clip_errors_f32(const float*, std::int64_t, float, float, float, float*);                  \
+  void shift_clip_errors_cols_f32(const float*, std::int64_t, std::int64_t, const float*, float, float, float*,  \
+                                  float*, float*);                                                     \
   float clip_error_f32(const float*, std::int64_t, float, float, float, float);                         \
   }
 SHIFTQ_DECLARE_ISA(avx512)
@@ -24,8 +26,8 @@ SHIFTQ_DECLARE_ISA(base)
 #undef SHIFTQ_DECLARE_ISA
 
 bool absmax_cols_f32(const float* x, std::int64_t r0, std::int64_t r1, std::int64_t cols, const float* row_weight,
-                     float* col_max) {
-  SHIFTQ_ISA_DISPATCH(absmax_cols_f32, x, r0, r1, cols, row_weight, col_max)
+                     float* col_max, bool* negative) {
+  SHIFTQ_ISA_DISPATCH(absmax_cols_f32, x, r0, r1, cols, row_weight, col_max, negative)
 }
 
 bool absmax_rows_f32(const float* x, std::int64_t r0, std::int64_t r1, std::int64_t cols, const float* col_weight,
@@ -44,6 +46,11 @@ void code_sums_s8(const std::int8_t* v, std::int64_t r0, std::int64_t r1, std::i
 
 void shift_clip_errors_f32(const float* x, std::int64_t n, float a, float lo, float qmax, float errors[2]) {
   SHIFTQ_KERNEL_DISPATCH(shift_clip_errors_f32, x, n, a, lo, qmax, errors)
+}
+
+void shift_clip_errors_cols_f32(const float* x, std::int64_t rows, std::int64_t cols, const float* a, float lo,
+                                float qmax, float* lanes, float* keep, float* halve) {
+  SHIFTQ_KERNEL_DISPATCH(shift_clip_errors_cols_f32, x, rows, cols, a, lo, qmax, lanes, keep, halve)
 }
 
 float clip_error_f32(const float* x, std::int64_t n, float inv, float scale, float lo, float qmax) {
@@ -82,6 +89,18 @@ void shift_clip_errors_f32_ref(const float* x, std::int64_t n, float a, float lo
   for (int l = 0; l < 8; ++l) {
     errors[0] += keep[l];
     errors[1] += halve[l];
+  }
+}
+
+void shift_clip_errors_cols_f32_ref(const float* x, std::int64_t rows, std::int64_t cols, const float* a, float lo,
+                                    float qmax, float* lanes, float* keep, float* halve) {
+  float* column = lanes;  // [rows] of the scratch: one column gathered
+  for (std::int64_t c = 0; c < cols; ++c) {
+    for (std::int64_t i = 0; i < rows; ++i) column[i] = x[i * cols + c];
+    float errors[2];
+    shift_clip_errors_f32_ref(column, rows, a[c], lo, qmax, errors);
+    keep[c] = errors[0];
+    halve[c] = errors[1];
   }
 }
 

@@ -145,7 +145,7 @@ Conv2d::Conv2d(const Conv2dOptions& options, Generator& gen) : Module("Conv2d"),
 }
 
 Tensor Conv2d::forward(const Tensor& x) {
-  const Conv2dParams params{options_.stride(), options_.padding()};
+  const Conv2dParams params{options_.stride(), options_.padding(), options_.layout()};
   if (!quant_) return conv2d(x, weight, bias, params);
   return quant::quantized_conv2d(x, weight, bias, params, packed_, *quant_, next_call(is_training()));
 }
@@ -175,7 +175,7 @@ void BatchNorm2d::set_momentum(float momentum) {
 
 Tensor BatchNorm2d::forward(const Tensor& x) {
   BatchNormState state{running_mean, running_var, options_.momentum(), options_.eps()};
-  return batch_norm2d(x, weight, bias, state, is_training());
+  return batch_norm2d(x, weight, bias, state, is_training(), options_.layout());
 }
 
 L1BatchNorm2d::L1BatchNorm2d(const L1BatchNormOptions& options) : Module("L1BatchNorm2d"), options_(options) {
@@ -203,8 +203,8 @@ void L1BatchNorm2d::set_momentum(float momentum) {
 
 Tensor L1BatchNorm2d::forward(const Tensor& x) {
   L1BatchNormState state{running_mean, running_sigma, options_.momentum(), options_.eps(), options_.c()};
-  if (!quant_) return l1_batch_norm2d(x, weight, bias, state, is_training());
-  return quant::quantized_l1_batch_norm2d(x, weight, bias, state, *quant_, next_call(is_training()));
+  if (!quant_) return l1_batch_norm2d(x, weight, bias, state, is_training(), options_.layout());
+  return quant::quantized_l1_batch_norm2d(x, weight, bias, state, *quant_, next_call(is_training()), options_.layout());
 }
 
 L1LayerNorm::L1LayerNorm(const L1LayerNormOptions& options) : Module("L1LayerNorm"), options_(options) {

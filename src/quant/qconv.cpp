@@ -70,6 +70,7 @@ float scale_at(const QTensor& q, std::int64_t i) {
 struct ConvShape {
   Conv2dGeometry g;
   std::int64_t N, C, O, P, patch, image;  // image: C*H*W
+  bool channels_last;                     // x, Y, dY and dX in NHWC (ImageLayout::nhwc)
 };
 
 // codes [N, C, HW] -> [N, HW, C] (u8)
@@ -95,9 +96,10 @@ struct GradientRows {
   std::vector<float> col_max;    // [O]
 };
 
+// Channels-last dY is already [N*P, O]: only the ranges, per sample while its rows are in cache.
 GradientRows gradient_rows(const Tensor& grad, const ConvShape& s) {
-  GradientRows g{Tensor::uninitialized({s.N * s.P, s.O}), std::vector<float>(static_cast<std::size_t>(s.N * s.P)),
-                 std::vector<float>(static_cast<std::size_t>(s.O), 0.0f)};
+  GradientRows g{s.channels_last ? grad.view({s.N * s.P, s.O}) : Tensor::uninitialized({s.N * s.P, s.O}),
+                 std::vector<float>(static_cast<std::size_t>(s.N * s.P)), std::vector<float>(static_cast<std::size_t>(s.O), 0.0f)};
   const float* src = grad.data<float>();
   float* dst = g.rows.data<float>();
   std::mutex col_mutex;
@@ -108,8 +110,13 @@ GradientRows gradient_rows(const Tensor& grad, const ConvShape& s) {
     std::fill_n(col, s.O, 0.0f);
     bool ok = true;
     for (std::int64_t n = b; n < e; ++n) {
-      const float* sample = src + n * s.O * s.P;  // [O, P]
+      const float* sample = src + n * s.O * s.P;  // [O, P], or [P, O] channels-last
       float* pixel_max = g.row_max.data() + n * s.P;
+      if (s.channels_last) {
+        ok &= kernels::absmax_rows_f32(sample, 0, s.P, s.O, nullptr, pixel_max);
+        ok &= kernels::absmax_cols_f32(sample, 0, s.P, s.O, nullptr, col);
+        continue;
+      }
       std::fill_n(pixel_max, s.P, 0.0f);
       ok &= kernels::absmax_cols_f32(sample, 0, s.O, s.P, nullptr, pixel_max);
       ok &= kernels::absmax_rows_f32(sample, 0, s.O, s.P, nullptr, sample_col);
@@ -131,9 +138,10 @@ void im2col_rows(const ConvShape& s, const std::uint8_t* x_nhwc, std::int64_t r0
   });
 }
 
-// Y: [N, O, OH, OW] = cols · W^T (+ bias), x codes [N, HW, C] u8.
+// Y: [N, O, OH, OW] (channels-last: [N, OH, OW, O]) = cols · W^T (+ bias), x codes [N, HW, C] u8.
 Tensor conv_forward(const ConvShape& s, const QTensor& x_nhwc, const QTensor& wq, const Tensor& bias) {
-  Tensor out = Tensor::uninitialized({s.N, s.O, s.g.out_h(), s.g.out_w()});
+  Tensor out = s.channels_last ? Tensor::uninitialized({s.N, s.g.out_h(), s.g.out_w(), s.O})
+                               : Tensor::uninitialized({s.N, s.O, s.g.out_h(), s.g.out_w()});
   const float x_scale = scale_at(x_nhwc, 0);
   const std::uint8_t* x = x_nhwc.codes.data<std::uint8_t>();
   const std::int8_t* w = wq.codes.data<std::int8_t>();
@@ -153,7 +161,12 @@ Tensor conv_forward(const ConvShape& s, const QTensor& x_nhwc, const QTensor& wq
       im2col_rows(s, x, r0, r1, cols);
       kernels::gemm_u8s8s32(Trans::N, Trans::T, r1 - r0, s.O, s.patch, cols, s.patch, w, s.patch, acc,
                             s.O, offsets.data());
-      // Scaled along the rows (contiguous), then moved to NCHW by a blocked transpose per sample part.
+      // Scaled along the rows (contiguous): straight into channels-last Y, or moved to NCHW by a
+      // blocked transpose per sample part.
+      if (s.channels_last) {
+        kernels::scale_s32_f32(acc, s.O, epilogue, 0, r1 - r0, s.O, y + r0 * s.O, s.O);
+        continue;
+      }
       kernels::scale_s32_f32(acc, s.O, epilogue, 0, r1 - r0, s.O, block, s.O);
       for_each_sample_part(r0, r1, s.P, [&](std::int64_t n, std::int64_t p0, std::int64_t p1, std::int64_t r) {
         kernels::transpose_f32(block + r * s.O, s.O, y + n * s.O * s.P + p0, s.P, p1 - p0, s.O);
@@ -177,17 +190,20 @@ Tensor conv_input_grad(const ConvShape& s, const QTensor& gq, const QTensor& wq,
   detail::parallel_for_dynamic(s.N, 1, [&](std::int64_t b, std::int64_t e) {
     std::int32_t* acc = thread_scratch<std::int32_t, 0>(rows_per_block * s.patch);
     float* row_scale = thread_scratch<float, 0>(rows_per_block);
-    float* sample = thread_scratch<float, 1>(s.image);  // the current sample's dX: [H, W, C]
-    std::fill_n(sample, s.image, 0.0f);
+    // The current sample's dX: [H, W, C], channels-last in place, else scratch moved to NCHW
+    float* scratch = s.channels_last ? nullptr : thread_scratch<float, 1>(s.image);
+    if (scratch) std::fill_n(scratch, s.image, 0.0f);
     for (std::int64_t r0 = b * s.P; r0 < e * s.P; r0 += rows_per_block) {
       const std::int64_t r1 = std::min(e * s.P, r0 + rows_per_block);
       kernels::gemm_u8s8s32(Trans::N, Trans::N, r1 - r0, s.patch, s.O, g + r0 * s.O, s.O, w, s.patch, acc,
                             s.patch, offsets.data());
       for (std::int64_t r = r0; r < r1; ++r) row_scale[r - r0] = scale_at(gq, r) * shift;
       for_each_sample_part(r0, r1, s.P, [&](std::int64_t n, std::int64_t p0, std::int64_t p1, std::int64_t r) {
+        float* sample = scratch ? scratch : px + n * s.image;
+        if (!scratch && p0 == 0) std::fill_n(sample, s.image, 0.0f);
         kernels::col2im_nhwc_s32_f32(s.g, acc + r * s.patch, row_scale + r, wq.scales.data<float>(), 0,
                                      sample, p0, p1);
-        if (p1 < s.P) return;
+        if (!scratch || p1 < s.P) return;
         kernels::transpose_f32(sample, px + n * s.image, HW, s.C);
         std::fill_n(sample, s.image, 0.0f);
       });
@@ -257,28 +273,35 @@ Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bia
   check_dtype(weight, DType::f32, "quantized_conv2d", "weight");
   check_rank(weight, 4, "quantized_conv2d", "weight");
   SHIFTQ_CHECK(params.stride >= 1 && params.padding >= 0, ValueError, "quantized_conv2d: stride must be >= 1 and padding >= 0");
-  const Conv2dGeometry g{x.size(1), x.size(2), x.size(3), weight.size(2), weight.size(3),
+  const bool channels_last = params.layout == ImageLayout::nhwc;
+  const std::int64_t in_c = x.size(channels_last ? 3 : 1), in_h = x.size(channels_last ? 1 : 2),
+                     in_w = x.size(channels_last ? 2 : 3);
+  const Conv2dGeometry g{in_c, in_h, in_w, weight.size(2), weight.size(3),
                          params.stride, params.stride, params.padding, params.padding};
   SHIFTQ_CHECK(weight.size(1) == g.channels, ShapeError, "quantized_conv2d: weight ", weight.str(), " expects ",
                weight.size(1), " input channels, input is ", x.str());
   SHIFTQ_CHECK(g.height + 2 * g.pad_h >= g.kernel_h && g.width + 2 * g.pad_w >= g.kernel_w, ShapeError,
                "quantized_conv2d: kernel larger than the padded input ", x.str());
   const ConvShape s{g, x.size(0), g.channels, weight.size(0), g.out_h() * g.out_w(), g.patch(),
-                    g.channels * g.height * g.width};
+                    g.channels * g.height * g.width, channels_last};
   SHIFTQ_CHECK(s.patch <= kernels::kMaxGemmKu8s8 && s.O <= kernels::kMaxGemmKu8s8, ValueError,
                "quantized_conv2d: C_in*KH*KW = ", s.patch, " and C_out = ", s.O, " must be at most ",
                kernels::kMaxGemmKu8s8, " (the longest int8 contraction whose int32 sum cannot overflow)");
   if (bias.defined())
     SHIFTQ_CHECK(bias.shape() == Shape{s.O}, ShapeError, "quantized_conv2d: bias ", bias.str(), " must be [", s.O, "]");
 
-  // The activation is quantized once, as [N*C, H*W] with groups per (sample, channel) plane and a
-  // per-tensor base (u8 codes); its codes are then moved to channels-last so that im2col copies
-  // runs of KW*C bytes, and kept for backward.
-  QTensor x_nhwc = internal::quantize_activation(x.view({s.N * s.C, g.height * g.width}),
-                                                 internal::activation_params(config.activations, 0), call, "conv2d input");
+  // The activation is quantized once, with groups per (sample, channel) plane and a per-tensor base
+  // (u8 codes), into channels-last codes so that im2col copies runs of KW*C bytes; they are kept
+  // for backward. NCHW input is quantized as [N*C, H*W] and its codes transposed; NHWC input as
+  // [N*H*W, C], the groups per sample's column.
+  const QuantizeParams x_params = internal::activation_params(config.activations, 0);
+  const std::int64_t HW = g.height * g.width;
+  QTensor x_nhwc = channels_last ? internal::quantize_activation(x.view({s.N * HW, s.C}), x_params, call,
+                                                                 "conv2d input", x_params.shift_budget > 0 ? s.N : 0)
+                                 : internal::quantize_activation(x.view({s.N * s.C, HW}), x_params, call, "conv2d input");
   SHIFTQ_CHECK(x_nhwc.unsigned_codes() && x_nhwc.scale_axis() < 0, Error,
                "quantized_conv2d: internal error: activation codes must be u8 with a per-tensor scale");
-  x_nhwc.codes = to_channels_last(x_nhwc.codes, s);
+  if (!channels_last) x_nhwc.codes = to_channels_last(x_nhwc.codes, s);
   // W: [O, C, KH, KW] -> [O, KH, KW, C], the patch order of the channels-last im2col.
   const QTensor wq = packed.get(weight, s.O, s.patch, config.weights,
                                 [](const Tensor& w) { NoGradGuard no_grad; return permute(w.detach(), {0, 2, 3, 1}); });

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <mutex>
+#include <string>
 #include <vector>
 
 #include "core/parallel_for.hpp"
@@ -159,7 +161,54 @@ struct GroupStats {
   std::vector<float> mean_q;     // S1 / m (code units)
   std::vector<float> sigma;      // c * s * D / m^2 + eps (real units)
   std::vector<float> mean_sign;  // SG / m
+
+  GroupStats() = default;
+  explicit GroupStats(std::int64_t groups)
+      : s1(groups), scale(groups), mean_q(groups), sigma(groups), mean_sign(groups) {}
+  // Group g's statistics from its integer sums over m codes of scale s.
+  void set(std::int64_t g, const kernels::L1GroupSums& sums, float s, std::int64_t m, float c, float eps) {
+    const double md = static_cast<double>(m);
+    s1[g] = sums.s1;
+    scale[g] = s;
+    mean_q[g] = static_cast<float>(static_cast<double>(sums.s1) / md);
+    sigma[g] = static_cast<float>(c * s * static_cast<double>(sums.abs_dev) / (md * md) + eps);
+    mean_sign[g] = static_cast<float>(static_cast<double>(sums.sign) / md);
+  }
 };
+
+// The running statistics' update from a training batch's statistics.
+void update_running_stats(L1BatchNormState& state, const GroupStats& st) {
+  if (!state.running_mean.defined()) return;
+  float* rm = state.running_mean.data<float>();
+  float* rs = state.running_sigma.data<float>();
+  for (std::size_t g = 0; g < st.s1.size(); ++g) {
+    rm[g] = (1.0f - state.momentum) * rm[g] + state.momentum * st.mean_q[g] * st.scale[g];
+    rs[g] = (1.0f - state.momentum) * rs[g] + state.momentum * st.sigma[g];
+  }
+  state.running_mean.bump_version();
+  state.running_sigma.bump_version();
+}
+
+// Channel g's input gradient dx = k_d * dq + k_s * sgn(m q - S1) + k_0 and its dgamma, dbeta, from
+// the integer sums G1 = sum dq, sum dq q over its m codes, the gradient scale sg and gamma_g = w:
+// G2 = sum dq * (m q - S1) = m * sum(dq q) - S1 * G1,
+// mean(g) = w sg G1 / m; mean(g xhat) = w sg s G2 / (m^2 sigma).
+struct ChannelBackward {
+  kernels::L1BatchNormBackward coef;
+  float dgamma, dbeta;
+};
+ChannelBackward channel_backward(const GroupStats& st, std::int64_t g, std::int64_t mi, const kernels::L1GradientSums& sums,
+                                 float sg, float w, float c) {
+  const double m = static_cast<double>(mi);
+  const std::int64_t s1 = st.s1[g], g1s = sums.sum_d, g2s = mi * sums.sum_dq - s1 * g1s;
+  const float s = st.scale[g], sigma = st.sigma[g], inv = 1.0f / sigma;
+  const float mean_g = static_cast<float>(w * sg * static_cast<double>(g1s) / m);
+  const float mean_gx = static_cast<float>(w * sg * s * static_cast<double>(g2s) / (m * m * sigma));
+  return {{static_cast<std::int32_t>(mi), static_cast<std::int32_t>(s1), inv * w * sg, -inv * c * mean_gx,
+           inv * (-mean_g + c * mean_gx * st.mean_sign[g])},
+          static_cast<float>(sg * s * static_cast<double>(g2s) / (m * sigma)),
+          static_cast<float>(sg * static_cast<double>(g1s))};
+}
 
 // Quantizes group g of the input (7x7 BatchNorm: the thread's range of groups first, see
 // quantize_groups), computes its statistics, then calls `then(g, stats)` on the same thread while
@@ -167,26 +216,15 @@ struct GroupStats {
 // its range [g0, g1).
 template <class Then, class ThenRange>
 GroupStats statistics(GroupQuantizer& xq, const Layout& l, float c, float eps, Then then, ThenRange then_range) {
-  GroupStats st;
-  st.s1.resize(l.groups);
-  st.scale.resize(l.groups);
-  st.mean_q.resize(l.groups);
-  st.sigma.resize(l.groups);
-  st.mean_sign.resize(l.groups);
+  GroupStats st(l.groups);
   const std::int8_t* q = xq.codes.data<std::int8_t>();
   const float* scales = xq.scales.data<float>();
-  const double m = static_cast<double>(l.count());
   const bool ranges = xq.packs_group_ranges();
   detail::parallel_for(l.groups, std::max<std::int64_t>(1, 4096 / l.count()), [&](std::int64_t g0, std::int64_t g1) {
     if (ranges && !xq.quantize_groups(g0, g1)) return;
     for (std::int64_t g = g0; g < g1; ++g) {
       if (!ranges && !xq.quantize_group(g)) continue;
-      const kernels::L1GroupSums sums = group_sums(q, l, g);
-      st.s1[g] = sums.s1;
-      st.scale[g] = scales[g];
-      st.mean_q[g] = static_cast<float>(static_cast<double>(sums.s1) / m);
-      st.sigma[g] = static_cast<float>(c * scales[g] * static_cast<double>(sums.abs_dev) / (m * m) + eps);
-      st.mean_sign[g] = static_cast<float>(static_cast<double>(sums.sign) / m);
+      st.set(g, group_sums(q, l, g), scales[g], l.count(), c, eps);
       then(g, st);
     }
     then_range(g0, g1, st);
@@ -277,13 +315,190 @@ Tensor l1_batch_norm2d_eval_codes(const Tensor& x, const Tensor& gamma, const Te
 }
 }  // namespace
 
+namespace {
+// ---- Channels-last (NHWC) BatchNorm: x viewed as [R, C], R = N*H*W, channel c = column c ----
+// Every pass runs over the same static row blocks (parallel_for), so a thread reads back the rows
+// it wrote; per-block column sums are integers, added in any order.
+
+// Codes of a [R, C] tensor with one scale per column: scale[c] = range[c] / qmax (1 where the range
+// is 0), q = round(x / scale[c]) (stochastic: keyed by the element's index r * C + c).
+struct ColumnCodes {
+  Tensor codes;              // s8 [R, C]
+  std::vector<float> scale;  // [C]
+  std::vector<float> range;  // [C]: max |x| per column, or the given ranges
+};
+
+// Each column's max |x| (NumericError naming `what` on NaN or Inf).
+std::vector<float> column_ranges(const Tensor& x, std::int64_t R, std::int64_t C, const char* what) {
+  std::vector<float> range(static_cast<std::size_t>(C), 0.0f);
+  std::mutex mutex;
+  std::atomic<bool> finite{true};
+  const float* px = x.data<float>();
+  detail::parallel_for(R, std::max<std::int64_t>(1, 4096 / C), [&](std::int64_t r0, std::int64_t r1) {
+    std::vector<float> part(static_cast<std::size_t>(C), 0.0f);
+    if (!kernels::absmax_cols_f32(px, r0, r1, C, nullptr, part.data())) finite = false;
+    const std::lock_guard<std::mutex> lock(mutex);  // max: exact in any order
+    for (std::int64_t c = 0; c < C; ++c) range[c] = std::max(range[c], part[c]);
+  });
+  if (!finite) {
+    x.check_finite(std::string("quantized L1 norm: ") + what);
+    throw NumericError(std::string("quantized L1 norm: non-finite ") + what);  // unreachable
+  }
+  return range;
+}
+
+// Scales from `range`; the packing itself runs in the callers' row passes (pack_rows).
+ColumnCodes column_codes(std::int64_t R, std::int64_t C, int bits, std::vector<float> range) {
+  ColumnCodes out{Tensor::uninitialized({R, C}, DType::s8), std::vector<float>(static_cast<std::size_t>(C)), std::move(range)};
+  const float qmax = static_cast<float>((1 << (bits - 1)) - 1);
+  for (std::int64_t c = 0; c < C; ++c) out.scale[c] = out.range[c] > 0.0f ? out.range[c] / qmax : 1.0f;
+  return out;
+}
+
+// The pack arguments of x: [R, C] into `codes` with y = x * (1 / scale[c]).
+struct ColumnPack {
+  std::vector<float> inv, ones;
+  kernels::QuantizePackArgs args{};
+  ColumnPack(const Tensor& x, ColumnCodes& codes, int bits, Rounding rounding, const StochasticKey& key)
+      : inv(codes.scale.size()), ones(static_cast<std::size_t>(std::max(x.size(0), x.size(1))), 1.0f) {
+    for (std::size_t c = 0; c < inv.size(); ++c) inv[c] = 1.0f / codes.scale[c];
+    args.x = x.data<float>();
+    args.rows = codes.codes.size(0);
+    args.cols = codes.codes.size(1);
+    args.row_mul = ones.data();
+    args.col_mul = inv.data();
+    args.row_pack = ones.data();
+    args.col_pack = ones.data();
+    args.qmax = static_cast<float>((1 << (bits - 1)) - 1);
+    args.stochastic = rounding == Rounding::stochastic;
+    args.key = rounding == Rounding::stochastic ? key.derive() : 0;
+    args.out = codes.codes.data<std::int8_t>();
+    args.col_mul_only = true;
+  }
+  void pack_rows(std::int64_t r0, std::int64_t r1) const { kernels::quantize_pack_f32_s8(args, r0, r1); }
+};
+
+// Adds `part` into `total` under `mutex`.
+void add_partial(std::vector<std::int64_t>& total, const std::vector<std::int64_t>& part, std::mutex& mutex) {
+  const std::lock_guard<std::mutex> lock(mutex);
+  for (std::size_t i = 0; i < total.size(); ++i) total[i] += part[i];
+}
+
+Tensor l1_batch_norm2d_channels_last(const Tensor& x, const Tensor& gamma, const Tensor& beta, L1BatchNormState& state,
+                                     int bits, const QuantCall& call, RangeObserver* input_range) {
+  const std::int64_t C = x.size(3), R = x.numel() / C;
+  const Layout l{R, C, 1};
+  const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
+  const float* bt = beta.defined() ? beta.data<float>() : nullptr;
+  const std::int64_t grain = std::max<std::int64_t>(1, 4096 / C);
+  Tensor y = Tensor::uninitialized(x.shape());
+  float* py = y.data<float>();
+  if (!call.training) {  // eval with observed channel ranges: y = a_c q + b_c with the running statistics
+    x.check_finite("quantized_l1_batch_norm2d: input");
+    std::vector<float> observed(static_cast<std::size_t>(C));
+    for (std::int64_t c = 0; c < C; ++c) observed[c] = input_range->range(c);
+    ColumnCodes xq = column_codes(R, C, bits, std::move(observed));
+    const ColumnPack pack(x, xq, bits, Rounding::nearest_even, {});
+    const float* rm = state.running_mean.data<float>();
+    const float* rs = state.running_sigma.data<float>();
+    std::vector<float> a(static_cast<std::size_t>(C)), b(static_cast<std::size_t>(C));
+    for (std::int64_t c = 0; c < C; ++c) {
+      const float g = gm ? gm[c] : 1.0f;
+      a[c] = g * xq.scale[c] / rs[c];
+      b[c] = (bt ? bt[c] : 0.0f) - g * rm[c] / rs[c];
+    }
+    const std::int8_t* q = xq.codes.data<std::int8_t>();
+    detail::parallel_for(R, grain, [&](std::int64_t r0, std::int64_t r1) {
+      pack.pack_rows(r0, r1);
+      kernels::affine_cols_s8_f32(q + r0 * C, r1 - r0, C, C, a.data(), b.data(), py + r0 * C);
+    });
+    return y;
+  }
+  check_layout(l, "quantized_l1_batch_norm2d");
+  // Forward: ranges; codes and S1 per block; the deviation sums; y = a_c q + b_c.
+  ColumnCodes xq = column_codes(R, C, bits, column_ranges(x, R, C, "l1_batch_norm2d input"));
+  const ColumnPack pack(x, xq, bits, Rounding::nearest_even, {});
+  const std::int8_t* q = xq.codes.data<std::int8_t>();
+  std::vector<std::int64_t> s1(static_cast<std::size_t>(C), 0), abs_dev(s1), sign(s1);
+  std::mutex mutex;
+  detail::parallel_for(R, grain, [&](std::int64_t r0, std::int64_t r1) {
+    pack.pack_rows(r0, r1);
+    std::vector<std::int64_t> part(static_cast<std::size_t>(C), 0);
+    kernels::l1_col_sums_s8(q + r0 * C, r1 - r0, C, part.data());
+    add_partial(s1, part, mutex);
+  });
+  detail::parallel_for(R, grain, [&](std::int64_t r0, std::int64_t r1) {
+    std::vector<std::int64_t> dev(static_cast<std::size_t>(C), 0), sgn(dev);
+    kernels::l1_col_deviation_s8(q + r0 * C, r1 - r0, C, R, s1.data(), dev.data(), sgn.data());
+    add_partial(abs_dev, dev, mutex);
+    add_partial(sign, sgn, mutex);
+  });
+  GroupStats st(C);
+  std::vector<float> a(static_cast<std::size_t>(C)), b(static_cast<std::size_t>(C));
+  for (std::int64_t c = 0; c < C; ++c) {
+    st.set(c, {s1[c], abs_dev[c], sign[c]}, xq.scale[c], R, state.c, state.eps);
+    a[c] = (gm ? gm[c] : 1.0f) * st.scale[c] / st.sigma[c];
+    b[c] = (bt ? bt[c] : 0.0f) - a[c] * st.mean_q[c];
+  }
+  detail::parallel_for(R, grain, [&](std::int64_t r0, std::int64_t r1) {
+    kernels::affine_cols_s8_f32(q + r0 * C, r1 - r0, C, C, a.data(), b.data(), py + r0 * C);
+  });
+  if (input_range) input_range->update(xq.range, /*negative=*/true, /*saturated=*/false);
+  update_running_stats(state, st);
+  const bool need_gamma = gamma.defined() && gamma.requires_grad(), need_beta = beta.defined() && beta.requires_grad();
+  return record("quantized_l1_batch_norm2d", y, {&x, &gamma, &beta},
+                [codes = xq.codes, st, R, C, c = state.c, gamma = gamma.detach(), need_gamma, need_beta, bits,
+                 key = norm_gradient_key(call)](const Tensor& dy) {
+    // Backward: ranges; codes and the two integer sums per block; dx = k_d dq + k_s sgn + k_0.
+    ColumnCodes dq = column_codes(R, C, bits, column_ranges(dy, R, C, "l1_batch_norm2d output gradient"));
+    const ColumnPack pack(dy, dq, bits, Rounding::stochastic, key);
+    const std::int8_t* q = codes.data<std::int8_t>();
+    const std::int8_t* d = dq.codes.data<std::int8_t>();
+    const std::int64_t grain = std::max<std::int64_t>(1, 4096 / C);
+    std::vector<std::int64_t> sum_d(static_cast<std::size_t>(C), 0), sum_dq(sum_d);
+    std::mutex mutex;
+    detail::parallel_for(R, grain, [&](std::int64_t r0, std::int64_t r1) {
+      pack.pack_rows(r0, r1);
+      std::vector<std::int64_t> part_d(static_cast<std::size_t>(C), 0), part_dq(part_d);
+      kernels::l1_col_gradient_sums_s8(d + r0 * C, q + r0 * C, r1 - r0, C, part_d.data(), part_dq.data());
+      add_partial(sum_d, part_d, mutex);
+      add_partial(sum_dq, part_dq, mutex);
+    });
+    const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
+    Tensor dgamma = need_gamma ? Tensor::empty({C}) : Tensor();
+    Tensor dbeta = need_beta ? Tensor::empty({C}) : Tensor();
+    std::vector<float> k_d(static_cast<std::size_t>(C)), k_s(k_d), k_0(k_d);
+    std::vector<std::int32_t> above(static_cast<std::size_t>(C)), below(above);
+    for (std::int64_t g = 0; g < C; ++g) {
+      const ChannelBackward cb = channel_backward(st, g, R, {sum_d[g], sum_dq[g]}, dq.scale[g], gm ? gm[g] : 1.0f, c);
+      if (need_gamma) dgamma.data<float>()[g] = cb.dgamma;
+      if (need_beta) dbeta.data<float>()[g] = cb.dbeta;
+      const kernels::L1SignThresholds t = kernels::l1_sign_thresholds(cb.coef.s1, cb.coef.m);
+      k_d[g] = cb.coef.k_d;
+      k_s[g] = cb.coef.k_s;
+      k_0[g] = cb.coef.k_0;
+      above[g] = t.above;
+      below[g] = t.below;
+    }
+    Tensor dx = Tensor::uninitialized(dy.shape());
+    float* pdx = dx.data<float>();
+    const kernels::L1BatchNormBackwardCols cols{k_d.data(), k_s.data(), k_0.data(), above.data(), below.data()};
+    detail::parallel_for(R, grain, [&](std::int64_t r0, std::int64_t r1) {
+      kernels::l1_bn_backward_cols_s8_f32(cols, q + r0 * C, d + r0 * C, r1 - r0, C, C, pdx + r0 * C);
+    });
+    return std::vector<Tensor>{dx, dgamma, dbeta};
+  });
+}
+}  // namespace
+
 Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, L1BatchNormState& state,
-                                 const QConfig& config, const QuantCall& call) {
+                                 const QConfig& config, const QuantCall& call, ImageLayout layout) {
   check_dtype(x, DType::f32, "quantized_l1_batch_norm2d", "x");
   check_rank(x, 4, "quantized_l1_batch_norm2d", "x");
   const int bits = norm_bits(config, "quantized_l1_batch_norm2d");
   RangeObserver* input_range = call.input_range;
-  const std::int64_t C = x.size(1);
+  const bool channels_last = layout == ImageLayout::nhwc;
+  const std::int64_t C = x.size(channels_last ? 3 : 1);
   for (const Tensor* p : {&gamma, &beta, static_cast<const Tensor*>(&state.running_mean), static_cast<const Tensor*>(&state.running_sigma)})
     if (p->defined())
       SHIFTQ_CHECK(p->dtype() == DType::f32 && p->shape() == Shape{C}, ShapeError, "quantized_l1_batch_norm2d: ",
@@ -295,15 +510,17 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
   if (!call.training) {
     // eval: a per-channel affine map, on codes when the channel ranges are observed
     if (!input_range || !input_range->observed() || !state.running_mean.defined())
-      return l1_batch_norm2d(x, gamma, beta, state, false);
-    SHIFTQ_CHECK(l.count() > 0 && l.inner > 0, ShapeError, "quantized_l1_batch_norm2d: empty input ", x.str());
-    const Tensor y = l1_batch_norm2d_eval_codes(x, gamma, beta, state, l, bits, *input_range);
+      return l1_batch_norm2d(x, gamma, beta, state, false, layout);
+    SHIFTQ_CHECK(x.numel() > 0, ShapeError, "quantized_l1_batch_norm2d: empty input ", x.str());
+    const Tensor y = channels_last ? l1_batch_norm2d_channels_last(x, gamma, beta, state, bits, call, input_range)
+                                   : l1_batch_norm2d_eval_codes(x, gamma, beta, state, l, bits, *input_range);
     if (!any_requires_grad({&x, &gamma, &beta})) return y;
     // Gradients (a probe through an eval model): straight through the quantizer, those of the float
     // map f; y + (f - f.detach()) has exactly y's values.
-    const Tensor f = l1_batch_norm2d(x, gamma, beta, state, false);
+    const Tensor f = l1_batch_norm2d(x, gamma, beta, state, false, layout);
     return add(y, sub(f, f.detach()));
   }
+  if (channels_last) return l1_batch_norm2d_channels_last(x, gamma, beta, state, bits, call, input_range);
   check_layout(l, "quantized_l1_batch_norm2d");
   GroupQuantizer xq(x, l, bits, Rounding::nearest_even, {}, "l1_batch_norm2d input");
   // One pass per channel (7x7: per thread's range, see quantize_groups): quantize it, sum its codes,
@@ -335,21 +552,11 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
       std::fill_n(a.begin() + (g - g0) * l.inner, l.inner, coef_a[g]);
       std::fill_n(b.begin() + (g - g0) * l.inner, l.inner, coef_b[g]);
     }
-    for (std::int64_t n = 0; n < l.outer; ++n)
-      kernels::affine_cols_s8_f32(q + n * C * l.inner + first, width, a.data(), b.data(), py + n * C * l.inner + first);
+    kernels::affine_cols_s8_f32(q + first, l.outer, width, C * l.inner, a.data(), b.data(), py + first);
   };
   const GroupStats st = statistics(xq, l, state.c, state.eps, per_channel, per_range);
   if (input_range) input_range->update(xq.group_max, /*negative=*/true, /*saturated=*/false);
-  if (state.running_mean.defined()) {
-    float* rm = state.running_mean.data<float>();
-    float* rs = state.running_sigma.data<float>();
-    for (std::int64_t g = 0; g < C; ++g) {
-      rm[g] = (1.0f - state.momentum) * rm[g] + state.momentum * st.mean_q[g] * st.scale[g];
-      rs[g] = (1.0f - state.momentum) * rs[g] + state.momentum * st.sigma[g];
-    }
-    state.running_mean.bump_version();
-    state.running_sigma.bump_version();
-  }
+  update_running_stats(state, st);
   const bool need_gamma = gamma.defined() && gamma.requires_grad(), need_beta = beta.defined() && beta.requires_grad();
   return record("quantized_l1_batch_norm2d", y, {&x, &gamma, &beta},
                 [codes = xq.codes, st, l, c = state.c, gamma = gamma.detach(), need_gamma, need_beta, bits,
@@ -357,7 +564,6 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
     GroupQuantizer dq(dy, l, bits, Rounding::stochastic, key, "l1_batch_norm2d output gradient");
     const std::int8_t* q = codes.data<std::int8_t>();
     const std::int8_t* d = dq.codes.data<std::int8_t>();
-    const double m = static_cast<double>(l.count());
     const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
     Tensor dx = Tensor::uninitialized(dy.shape());
     Tensor dgamma = need_gamma ? Tensor::empty({l.groups}) : Tensor();
@@ -374,22 +580,12 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
       std::vector<std::int32_t> above(width), below(width);
       for (std::int64_t g = g0; g < g1; ++g) {
         if (!ranges && !dq.quantize_group(g)) continue;
-        // G1 = sum dq, G2 = sum dq * (m q - S1) = m * sum(dq q) - S1 * G1: integer sums.
-        const std::int64_t mi = l.count(), s1 = st.s1[g];
         const kernels::L1GradientSums sums = kernels::l1_gradient_sums_s8(d + g * l.inner, q + g * l.inner, l.outer, l.inner,
                                                              l.groups * l.inner);
-        const std::int64_t g1s = sums.sum_d, g2s = mi * sums.sum_dq - s1 * g1s;
-        const float s = st.scale[g], sg = dq.scales.data<float>()[g];
-        const float w = gm ? gm[g] : 1.0f, sigma = st.sigma[g], inv = 1.0f / sigma;
-        // mean(g) = w sg G1 / m; mean(g xhat) = w sg s G2 / (m^2 sigma)
-        const float mean_g = static_cast<float>(w * sg * static_cast<double>(g1s) / m);
-        const float mean_gx = static_cast<float>(w * sg * s * static_cast<double>(g2s) / (m * m * sigma));
-        if (need_gamma) dgamma.data<float>()[g] = static_cast<float>(sg * s * static_cast<double>(g2s) / (m * sigma));
-        if (need_beta) dbeta.data<float>()[g] = static_cast<float>(sg * static_cast<double>(g1s));
-        // dx = k_d * dq + k_s * sgn(m q - S1) + k_0.
-        const kernels::L1BatchNormBackward coef{static_cast<std::int32_t>(mi), static_cast<std::int32_t>(s1),
-                                                inv * w * sg, -inv * c * mean_gx,
-                                                inv * (-mean_g + c * mean_gx * st.mean_sign[g])};
+        const ChannelBackward cb = channel_backward(st, g, l.count(), sums, dq.scales.data<float>()[g], gm ? gm[g] : 1.0f, c);
+        if (need_gamma) dgamma.data<float>()[g] = cb.dgamma;
+        if (need_beta) dbeta.data<float>()[g] = cb.dbeta;
+        const kernels::L1BatchNormBackward& coef = cb.coef;
         if (!ranges) {
           kernels::l1_bn_backward_s8_f32(coef, q + g * l.inner, d + g * l.inner, l.outer, l.inner, l.groups * l.inner, pdx + g * l.inner);
           continue;
@@ -405,8 +601,7 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
       if (!ranges) return;
       const kernels::L1BatchNormBackwardCols cols{k_d.data(), k_s.data(), k_0.data(), above.data(), below.data()};
       const std::int64_t sample = l.groups * l.inner, first = g0 * l.inner;
-      for (std::int64_t n = 0; n < l.outer; ++n)
-        kernels::l1_bn_backward_cols_s8_f32(cols, q + n * sample + first, d + n * sample + first, width, pdx + n * sample + first);
+      kernels::l1_bn_backward_cols_s8_f32(cols, q + first, d + first, l.outer, width, sample, pdx + first);
     });
     dq.throw_if_nonfinite();
     return std::vector<Tensor>{dx, dgamma, dbeta};

@@ -80,7 +80,8 @@ QTensor quantize_observed_groups(const Tensor& x2d, QuantizeParams params, Range
 }
 }  // namespace
 
-QTensor quantize_activation(const Tensor& x2d, QuantizeParams params, const QuantCall& call, const char* name) {
+QTensor quantize_activation(const Tensor& x2d, QuantizeParams params, const QuantCall& call, const char* name,
+                            std::int64_t channels_last_samples) {
   RangeObserver* observer = call.input_range;
   if (observer && observer->channels() > 1) {
     QTensor q = quantize_observed_groups(x2d, params, *observer, call, name);
@@ -96,7 +97,8 @@ QTensor quantize_activation(const Tensor& x2d, QuantizeParams params, const Quan
     range = observer->range();
     params.with_observed_range(range, observer->nonnegative());
   }
-  QTensor q = quantize(x2d, params, name);
+  QTensor q = channels_last_samples > 0 ? quantize_sample_channels(x2d, channels_last_samples, params, name)
+                                        : quantize(x2d, params, name);
   if (observer && call.training) {
     const float own = q.input_range;
     observer->update(std::span<const float>(&own, 1), q.input_negative, delayed && own > range);

@@ -17,10 +17,19 @@ QuantizeParams activation_params(const TensorQConfig& c, int inner_axis);
 QuantizeParams gradient_params(const TensorQConfig& c, bool for_weight_grad, const StochasticKey& key);
 // Quantizes an activation x2d with `params` (per-tensor outer scale) under call.input_range's
 // delayed scaling, records this call's range when training, and measures it for the monitor.
-QTensor quantize_activation(const Tensor& x2d, QuantizeParams params, const QuantCall& call, const char* name);
+// channels_last_samples > 0: x2d is [N * P, C] channels-last with N = channels_last_samples and
+// params have S > 0: groups per (sample, channel) (quantize_sample_channels).
+QTensor quantize_activation(const Tensor& x2d, QuantizeParams params, const QuantCall& call, const char* name,
+                            std::int64_t channels_last_samples = 0);
 // quantize() for an x already checked finite (by inner_absmax): with observed group ranges it then
 // needs no pass of its own before the pack.
 QTensor quantize_checked_input(const Tensor& x, const QuantizeParams& params, const char* name);
+// The channels-last form of activation_params(c, 0) with S > 0 on x: [N * P, C] (N samples of P
+// rows, a pixel's C channels contiguous): one power-of-two group per (sample, channel) under a
+// per-tensor base. The codes equal those of quantize() on the channels-first view [N * C, P],
+// transposed per sample (nearest rounding; stochastic draws are keyed by the channels-last index),
+// and exponents, scale, input_range and input_negative are that call's.
+QTensor quantize_sample_channels(const Tensor& x, std::int64_t samples, const QuantizeParams& params, const char* name);
 // Measures a gradient's quantization for the monitor (when call.numerics is set).
 void measure_gradient(const Tensor& g2d, const QTensor& gq, const std::shared_ptr<LayerNumerics>& numerics);
 // Adds to the calling thread's saved-activation byte counter (saved_activation_bytes()).

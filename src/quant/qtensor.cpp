@@ -460,6 +460,149 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
   return quantize_impl(x, p, nullptr, name);
 }
 
+namespace {
+// quantize_sample_channels on x: [N * P, C] (see qlayers_internal.hpp). Groups k = n * C + c;
+// each pass runs per sample, on the sample's [P, C] block while it is in cache.
+QTensor quantize_sample_channels_impl(const Tensor& x, std::int64_t samples, const QuantizeParams& p, const char* name) {
+  const std::int64_t C = x.size(1), P = x.size(0) / samples, groups = samples * C;
+  const int S = p.shift_budget;
+  const float* px = x.data<float>();
+  const bool observed = p.observed_range >= 0.0f;
+  const bool sign_applies = p.nonnegative_range && S <= max_shift_budget(p.bits, true);
+  QTensor q;
+  q.bits = p.bits;
+  q.shift_budget = S;
+  q.inner_axis = 0;
+  q.outer = OuterScale::per_tensor;
+  q.exponents = Tensor::empty({groups}, DType::s8);
+  q.scales = Tensor::ones({1});
+  std::vector<float> ranges(static_cast<std::size_t>(groups), 0.0f), pow_e(ranges.size(), 1.0f), pack(ranges.size(), 1.0f);
+  std::int8_t* e_out = q.exponents.data<std::int8_t>();
+  std::atomic<bool> finite{true}, any_negative{false};
+  // 1. The group ranges of sample n: its block's column maxima. False (and remembered) on NaN/Inf.
+  auto sample_ranges = [&](std::int64_t n) {
+    bool negative = false;
+    const bool ok = kernels::absmax_cols_f32(px + n * P * C, 0, P, C, nullptr, ranges.data() + n * C,
+                                             sign_applies ? &negative : nullptr);
+    if (negative) any_negative = true;
+    if (!ok) finite = false;
+    return ok;
+  };
+  // 2. Exponents against the base m, as quantize_impl's set_exponents.
+  auto set_exponents = [&](float m, std::int64_t k0, std::int64_t k1) {
+    for (std::int64_t k = k0; k < k1; ++k) {
+      const int e = (ranges[k] == 0.0f || m == 0.0f) ? S : std::clamp(floor_log2_ratio(m, ranges[k]), 0, S);
+      e_out[k] = static_cast<std::int8_t>(e);
+      pow_e[k] = pow2(e);
+      pack[k] = pow2(S - e);
+    }
+  };
+  // 3. Each sample's MSE-clipped exponents and 4. its codes: y = (x * inv_scale) * 2^e per column.
+  float inv_scale = 1.0f, qmax = 0.0f, lo = 0.0f;
+  std::vector<float> ones(static_cast<std::size_t>(P), 1.0f), row_mul;
+  kernels::QuantizePackArgs args{};
+  args.rows = P;
+  args.cols = C;
+  args.row_pack = ones.data();
+  args.stochastic = p.rounding == Rounding::stochastic;
+  args.key = p.key.derive();
+  args.xor_mask = p.unsigned_codes ? 0x80 : 0x00;
+  auto pack_samples = [&](std::int64_t n0, std::int64_t n1) {
+    thread_local std::vector<float> clip;  // lanes, keep, halve, a
+    if (p.mse_clip) clip.resize(static_cast<std::size_t>(std::max(16 * C, P) + 3 * C));
+    for (std::int64_t n = n0; n < n1; ++n) {
+      const float* sample = px + n * P * C;
+      const std::int64_t k0 = n * C;
+      if (p.mse_clip) {
+        float* keep = clip.data() + std::max(16 * C, P);
+        float* halve = keep + C;
+        float* a = halve + C;
+        for (std::int64_t c = 0; c < C; ++c) a[c] = pow_e[k0 + c] * inv_scale;
+        kernels::shift_clip_errors_cols_f32(sample, P, C, a, lo, qmax, clip.data(), keep, halve);
+        const ShiftClip shift_clip{S, inv_scale, lo, qmax, e_out, pow_e.data(), pack.data()};
+        for (std::int64_t c = 0; c < C; ++c)
+          if (e_out[k0 + c] < S) shift_clip.choose(k0 + c, keep[c], halve[c]);
+      }
+      kernels::QuantizePackArgs sample_args = args;
+      sample_args.x = sample;
+      sample_args.row_mul = row_mul.data();
+      sample_args.col_mul = pow_e.data() + k0;
+      sample_args.col_pack = pack.data() + k0;
+      sample_args.index_base = static_cast<std::uint64_t>(n * P * C);
+      sample_args.out = p.unsigned_codes ? reinterpret_cast<std::int8_t*>(q.codes.data<std::uint8_t>()) + n * P * C
+                                         : q.codes.data<std::int8_t>() + n * P * C;
+      kernels::quantize_pack_f32_s8(sample_args, 0, P);
+    }
+  };
+  auto set_scale = [&](float base, bool nonnegative) {
+    q.nonnegative = nonnegative;
+    qmax = static_cast<float>(q.qmax());
+    const float scale = base > 0.0f ? base / qmax : 1.0f;
+    q.scales.data<float>()[0] = scale;
+    inv_scale = 1.0f / scale;
+    lo = nonnegative ? 0.0f : -qmax;
+    args.qmax = qmax;
+    row_mul.assign(static_cast<std::size_t>(P), inv_scale);
+  };
+  q.codes = Tensor::uninitialized({samples * P, C}, p.unsigned_codes ? DType::u8 : DType::s8);
+  const std::int64_t grain = std::max<std::int64_t>(1, kParallelElements / std::max<std::int64_t>(P * C, 1));
+  if (observed && p.observed_range > 0.0f) {
+    // Delayed scaling: the base is known, so each sample goes through all passes while in cache.
+    set_scale(p.observed_range, sign_applies && p.observed_nonnegative);
+    detail::parallel_for(samples, grain, [&](std::int64_t n0, std::int64_t n1) {
+      for (std::int64_t n = n0; n < n1; ++n) {
+        if (!sample_ranges(n)) continue;  // reported after the loop; never convert NaN/Inf to integers
+        set_exponents(p.observed_range, n * C, (n + 1) * C);
+        pack_samples(n, n + 1);
+      }
+    });
+    if (!finite) throw_nonfinite(x, name);
+    q.input_range = *std::max_element(ranges.begin(), ranges.end());
+    q.input_negative = sign_applies ? any_negative.load() : true;
+    return q;
+  }
+  detail::parallel_for(samples, grain, [&](std::int64_t n0, std::int64_t n1) {
+    for (std::int64_t n = n0; n < n1; ++n) sample_ranges(n);
+  });
+  if (!finite) throw_nonfinite(x, name);
+  const bool negative = sign_applies ? any_negative.load() : true;
+  q.input_negative = negative;
+  float m = *std::max_element(ranges.begin(), ranges.end());
+  q.input_range = m;
+  if (observed) m = p.observed_range;  // an observed range of 0
+  set_exponents(m, 0, groups);
+  float base = m;
+  if (!observed) {
+    base = 0.0f;
+    for (std::int64_t k = 0; k < groups; ++k) base = std::max(base, ranges[k] * pow_e[k]);
+  }
+  set_scale(base, observed ? sign_applies && p.observed_nonnegative : !negative);
+  if (m == 0.0f) {  // all zero: v = 0
+    if (p.unsigned_codes)
+      std::memset(q.codes.data<std::uint8_t>(), 0x80, static_cast<std::size_t>(q.codes.numel()));
+    else
+      std::memset(q.codes.data<std::int8_t>(), 0, static_cast<std::size_t>(q.codes.numel()));
+    return q;
+  }
+  detail::parallel_for(samples, grain, pack_samples);
+  return q;
+}
+}  // namespace
+
+namespace internal {
+QTensor quantize_sample_channels(const Tensor& x, std::int64_t samples, const QuantizeParams& p, const char* name) {
+  check_quantize_input(x, p, name);
+  SHIFTQ_CHECK(samples >= 1 && x.size(0) % samples == 0, ShapeError, "quantize: ", x.str(), " does not split into ",
+               samples, " samples", name_suffix(name));
+  SHIFTQ_CHECK(p.shift_budget > 0 && p.inner_axis == 0 && p.outer == OuterScale::per_tensor &&
+                   p.observed_group_ranges.empty(),
+               ValueError, "quantize: per-(sample, channel) groups need S > 0, inner_axis 0, a per-tensor base "
+               "and no observed group ranges", name_suffix(name));
+  return quantize_sample_channels_impl(x, samples, p, name);
+}
+}  // namespace internal
+
+
 namespace internal {
 QTensor quantize_checked_input(const Tensor& x, const QuantizeParams& p, const char* name) {
   check_quantize_input(x, p, name, /*x_known_finite=*/true);

@@ -100,17 +100,25 @@ TEST(L1NormKernels, ColumnKernelsMatchReferenceBitExact) {
       above[j] = t.above;
       below[j] = t.below;
     }
-    std::vector<float> ya(n + 1, -7.0f), yb(n + 1, -7.0f);  // one sentinel past the end
-    affine_cols_s8_f32(q.data(), n, a.data(), b.data(), ya.data());
-    affine_cols_s8_f32_ref(q.data(), n, a.data(), b.data(), yb.data());
+    // Three rows of n codes, `stride` = n + 2 apart: the two values between rows stay untouched.
+    const std::int64_t rows = 3, stride = n + 2, total = (rows - 1) * stride + n;
+    const auto q3 = random_ints<std::int8_t>(total, -128, 127, gen), d3 = random_ints<std::int8_t>(total, -128, 127, gen);
+    std::vector<std::int8_t> qs = q3, ds = d3;  // row 0 holds q and d themselves
+    std::copy(q.begin(), q.end(), qs.begin());
+    std::copy(d.begin(), d.end(), ds.begin());
+    std::vector<float> ya(total + 1, -7.0f), yb(total + 1, -7.0f);  // a sentinel past the end
+    affine_cols_s8_f32(qs.data(), rows, n, stride, a.data(), b.data(), ya.data());
+    affine_cols_s8_f32_ref(qs.data(), rows, n, stride, a.data(), b.data(), yb.data());
     EXPECT_EQ(ya, yb) << "n " << n;
     EXPECT_EQ(ya[n], -7.0f);
+    EXPECT_EQ(ya[total], -7.0f);
     const L1BatchNormBackwardCols k{k_d.data(), k_s.data(), k_0.data(), above.data(), below.data()};
-    std::vector<float> da(n + 1, -7.0f), db(n + 1, -7.0f);
-    l1_bn_backward_cols_s8_f32(k, q.data(), d.data(), n, da.data());
-    l1_bn_backward_cols_s8_f32_ref(k, q.data(), d.data(), n, db.data());
+    std::vector<float> da(total + 1, -7.0f), db(total + 1, -7.0f);
+    l1_bn_backward_cols_s8_f32(k, qs.data(), ds.data(), rows, n, stride, da.data());
+    l1_bn_backward_cols_s8_f32_ref(k, qs.data(), ds.data(), rows, n, stride, db.data());
     EXPECT_EQ(da, db) << "n " << n;
-    EXPECT_EQ(da[n], -7.0f);
+    EXPECT_EQ(da[n + 1], -7.0f);
+    EXPECT_EQ(da[total], -7.0f);
   }
   // The per-column forms equal the per-group kernels on a group laid out as one stretch.
   const std::int64_t len = 49;
@@ -120,13 +128,67 @@ TEST(L1NormKernels, ColumnKernelsMatchReferenceBitExact) {
   const std::vector<float> a(len, 0.37f), b(len, -1.3f), k_d(len, group.k_d), k_s(len, group.k_s), k_0(len, group.k_0);
   const std::vector<std::int32_t> above(len, t.above), below(len, t.below);
   std::vector<float> by_cols(len), by_group(len);
-  affine_cols_s8_f32(q.data(), len, a.data(), b.data(), by_cols.data());
+  affine_cols_s8_f32(q.data(), 1, len, len, a.data(), b.data(), by_cols.data());
   affine_s8_f32(q.data(), 1, len, len, 0.37f, -1.3f, by_group.data());
   EXPECT_EQ(by_cols, by_group);
-  l1_bn_backward_cols_s8_f32({k_d.data(), k_s.data(), k_0.data(), above.data(), below.data()}, q.data(), d.data(), len,
-                             by_cols.data());
+  l1_bn_backward_cols_s8_f32({k_d.data(), k_s.data(), k_0.data(), above.data(), below.data()}, q.data(), d.data(), 1,
+                             len, len, by_cols.data());
   l1_bn_backward_s8_f32(group, q.data(), d.data(), 1, len, len, by_group.data());
   EXPECT_EQ(by_cols, by_group);
+}
+
+// The channels-last sums: bit-exact against the references, and equal to the per-group kernels on
+// each column (a channel's codes strided by the column count), also when the rows are split into
+// parts whose sums are added.
+TEST(L1NormKernels, ColumnSumsMatchReferenceAndGroupKernels) {
+  Generator gen(8);
+  for (std::int64_t cols : {1, 3, 16, 17, 64}) {
+    const std::int64_t rows = 211;
+    const auto q = random_ints<std::int8_t>(rows * cols, -128, 127, gen);
+    const auto d = random_ints<std::int8_t>(rows * cols, -128, 127, gen);
+    std::vector<std::int64_t> s1(cols, 0), s1_ref(cols, 0);
+    l1_col_sums_s8(q.data(), 100, cols, s1.data());  // two parts: rows [0, 100) and [100, rows)
+    l1_col_sums_s8(q.data() + 100 * cols, rows - 100, cols, s1.data());
+    l1_col_sums_s8_ref(q.data(), rows, cols, s1_ref.data());
+    EXPECT_EQ(s1, s1_ref) << cols;
+    std::vector<std::int64_t> dev(cols, 0), sign(cols, 0), dev_ref(cols, 0), sign_ref(cols, 0);
+    l1_col_deviation_s8(q.data(), 57, cols, rows, s1.data(), dev.data(), sign.data());
+    l1_col_deviation_s8(q.data() + 57 * cols, rows - 57, cols, rows, s1.data(), dev.data(), sign.data());
+    l1_col_deviation_s8_ref(q.data(), rows, cols, rows, s1.data(), dev_ref.data(), sign_ref.data());
+    EXPECT_EQ(dev, dev_ref) << cols;
+    EXPECT_EQ(sign, sign_ref) << cols;
+    std::vector<std::int64_t> sd(cols, 0), sdq(cols, 0), sd_ref(cols, 0), sdq_ref(cols, 0);
+    l1_col_gradient_sums_s8(d.data(), q.data(), rows, cols, sd.data(), sdq.data());
+    l1_col_gradient_sums_s8_ref(d.data(), q.data(), rows, cols, sd_ref.data(), sdq_ref.data());
+    EXPECT_EQ(sd, sd_ref) << cols;
+    EXPECT_EQ(sdq, sdq_ref) << cols;
+    for (std::int64_t c = 0; c < cols; ++c) {
+      const L1GroupSums g = l1_group_sums_s8(q.data() + c, rows, 1, cols);
+      EXPECT_EQ(g.s1, s1[c]);
+      EXPECT_EQ(g.abs_dev, dev[c]);
+      EXPECT_EQ(g.sign, sign[c]);
+      const L1GradientSums gs = l1_gradient_sums_s8(d.data() + c, q.data() + c, rows, 1, cols);
+      EXPECT_EQ(gs.sum_d, sd[c]);
+      EXPECT_EQ(gs.sum_dq, sdq[c]);
+    }
+  }
+}
+
+TEST(L1NormKernels, ColumnSumsDoNotOverflowOnLargeGroups) {
+  // 2^18 rows of -128: column sums past int32 in one chunk's lane products (d q = 2^14 each).
+  const std::int64_t rows = std::int64_t{1} << 18, cols = 2;
+  const std::vector<std::int8_t> q(rows * cols, -128);
+  std::vector<std::int64_t> sd(cols, 0), sdq(cols, 0), s1(cols, 0), dev(cols, 0), sign(cols, 0);
+  l1_col_gradient_sums_s8(q.data(), q.data(), rows, cols, sd.data(), sdq.data());
+  l1_col_sums_s8(q.data(), rows, cols, s1.data());
+  l1_col_deviation_s8(q.data(), rows, cols, rows, s1.data(), dev.data(), sign.data());
+  for (std::int64_t c = 0; c < cols; ++c) {
+    EXPECT_EQ(sd[c], -128 * rows);
+    EXPECT_EQ(sdq[c], 16384 * rows);
+    EXPECT_EQ(s1[c], -128 * rows);
+    EXPECT_EQ(dev[c], 0);
+    EXPECT_EQ(sign[c], 0);
+  }
 }
 
 TEST(L1NormKernels, GradientSumsDoNotOverflowOnLargeGroups) {
@@ -305,6 +367,49 @@ TEST(QuantizeKernels, ColumnMaximaEqualTheirDefinition) {
     y.data<float>()[(rows - 1) * cols + cols - 1] = std::numeric_limits<float>::infinity();
     std::vector<float> out(cols, 0.0f);
     EXPECT_FALSE(absmax_cols_f32(y.data<float>(), 0, rows, cols, nullptr, out.data())) << cols;
+    // The sign flag: set by one negative value anywhere (also the last column), never by -0 or by
+    // non-negative inputs, never reset.
+    Tensor z = x.clone();
+    for (std::int64_t i = 0; i < rows * cols; ++i) z.data<float>()[i] = std::fabs(z.data<float>()[i]);
+    z.data<float>()[0] = -0.0f;
+    bool negative = false;
+    std::fill(out.begin(), out.end(), 0.0f);
+    ASSERT_TRUE(absmax_cols_f32(z.data<float>(), 0, rows, cols, nullptr, out.data(), &negative));
+    EXPECT_FALSE(negative) << cols;
+    z.data<float>()[(rows - 1) * cols + cols - 1] = -1e-30f;
+    ASSERT_TRUE(absmax_cols_f32(z.data<float>(), 0, rows, cols, nullptr, out.data(), &negative));
+    EXPECT_TRUE(negative) << cols;
+    ASSERT_TRUE(absmax_cols_f32(z.data<float>(), 0, 1, cols, nullptr, out.data(), &negative));
+    EXPECT_TRUE(negative) << cols;
+  }
+}
+
+// The per-column MSE-clip errors have the bits of the one-group kernel on each column gathered,
+// around the 8-lane and 16-lane steps, with and without a lower clamp at 0.
+TEST(QuantizeKernels, ShiftClipErrorsOfColumnsEqualOneGroupAtATime) {
+  Generator gen(14);
+  for (std::int64_t cols : {1, 5, 16, 17, 40}) {
+    for (std::int64_t rows : {1, 7, 8, 9, 49, 100}) {
+      const Tensor x = mul(Tensor::randn({rows, cols}, gen), 3.0f);
+      std::vector<float> a(cols);
+      for (std::int64_t c = 0; c < cols; ++c) a[c] = std::ldexp(1.0f, static_cast<int>(c % 3)) * 1.7f;
+      for (const float lo : {-7.0f, 0.0f}) {
+        std::vector<float> lanes(std::max(16 * cols, rows)), keep(cols), halve(cols), keep_ref(cols), halve_ref(cols);
+        shift_clip_errors_cols_f32(x.data<float>(), rows, cols, a.data(), lo, 7.0f, lanes.data(), keep.data(), halve.data());
+        shift_clip_errors_cols_f32_ref(x.data<float>(), rows, cols, a.data(), lo, 7.0f, lanes.data(), keep_ref.data(),
+                                       halve_ref.data());
+        EXPECT_EQ(keep, keep_ref) << rows << "x" << cols;
+        EXPECT_EQ(halve, halve_ref) << rows << "x" << cols;
+        for (std::int64_t c = 0; c < cols; ++c) {
+          std::vector<float> column(rows);
+          for (std::int64_t i = 0; i < rows; ++i) column[i] = x.data<float>()[i * cols + c];
+          float errors[2];
+          shift_clip_errors_f32(column.data(), rows, a[c], lo, 7.0f, errors);
+          EXPECT_EQ(keep[c], errors[0]) << rows << "x" << cols << " column " << c;
+          EXPECT_EQ(halve[c], errors[1]) << rows << "x" << cols << " column " << c;
+        }
+      }
+    }
   }
 }
 

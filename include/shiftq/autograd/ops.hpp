@@ -87,12 +87,19 @@ Tensor embedding(const Tensor& weight, const Tensor& indices);
 // Inverted dropout: zeroes with probability p and scales by 1/(1-p) in training; identity otherwise.
 Tensor dropout(const Tensor& x, float p, bool training, Generator& gen);
 
-// ---- convolution and pooling (NCHW) ----
+// ---- convolution and pooling ----
+// The memory order of a 4-D image tensor: NCHW [N, C, H, W] (PyTorch's default), or channels-last
+// NHWC [N, H, W, C], where a pixel's channels are contiguous. The quantized convolution and L1
+// BatchNorm run NHWC without any layout moves (docs/architecture.md); the fp32 convolution runs it
+// through two permutes around its NCHW path.
+enum class ImageLayout { nchw, nhwc };
 struct Conv2dParams {
   std::int64_t stride = 1;
   std::int64_t padding = 0;
+  ImageLayout layout = ImageLayout::nchw;  // of x and the output
 };
 // x: [N, C, H, W], weight: [O, C, KH, KW], bias: [O] or undefined -> [N, O, OH, OW]
+// (ImageLayout::nhwc: x [N, H, W, C] -> [N, OH, OW, O]; the weight keeps its layout)
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor(),
               const Conv2dParams& params = {});
 struct Pool2dParams {
@@ -102,8 +109,8 @@ struct Pool2dParams {
 };
 Tensor max_pool2d(const Tensor& x, const Pool2dParams& params = {});
 Tensor avg_pool2d(const Tensor& x, const Pool2dParams& params = {});  // padding counts as zeros
-// x: [N, C, H, W] -> [N, C]
-Tensor global_avg_pool2d(const Tensor& x);
+// x: [N, C, H, W] (or [N, H, W, C] with ImageLayout::nhwc) -> [N, C]
+Tensor global_avg_pool2d(const Tensor& x, ImageLayout layout = ImageLayout::nchw);
 
 // ---- normalization (standard L2 forms) ----
 struct BatchNormState {
@@ -112,10 +119,10 @@ struct BatchNormState {
   float momentum = 0.1f;
   float eps = 1e-5f;
 };
-// x: [N, C, H, W]; gamma, beta: [C] or undefined. Training: batch statistics (and running-stat
-// update); eval: running statistics.
+// x: [N, C, H, W] (or [N, H, W, C] with ImageLayout::nhwc); gamma, beta: [C] or undefined.
+// Training: batch statistics (and running-stat update); eval: running statistics.
 Tensor batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, BatchNormState& state,
-                    bool training);
+                    bool training, ImageLayout layout = ImageLayout::nchw);
 // Normalizes over the last dim. x: [..., D]; gamma, beta: [D] or undefined.
 Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps = 1e-5f);
 
@@ -128,9 +135,10 @@ struct L1BatchNormState {
   float eps = 1e-5f;
   float c = kL1NormC;    // sigma = c * mean|d| + eps
 };
-// x: [N, C, H, W]: per channel over N, H, W, sigma = c * mean|x - mu| + eps. Eval: running stats.
+// x: [N, C, H, W] (or [N, H, W, C] with ImageLayout::nhwc): per channel over N, H, W,
+// sigma = c * mean|x - mu| + eps. Eval: running stats.
 Tensor l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, L1BatchNormState& state,
-                       bool training);
+                       bool training, ImageLayout layout = ImageLayout::nchw);
 // Over the last dim of x: [..., D].
 Tensor l1_layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps = 1e-5f,
                      float c = kL1NormC);

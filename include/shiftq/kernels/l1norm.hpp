@@ -60,14 +60,17 @@ inline L1SignThresholds l1_sign_thresholds(std::int64_t s1, std::int64_t m) {
   return {static_cast<std::int32_t>(fl), static_cast<std::int32_t>(s1 % m == 0 ? fl : fl + 1)};
 }
 
-// The same two maps on a stretch of n codes of several groups (one sample's run of a range of
-// BatchNorm channels: contiguous), each column j with its own group's coefficients:
+// The same two maps on `rows` stretches of n codes, `stride` apart (q, d, y and dx alike), each
+// column j with its own group's coefficients: a range of NCHW BatchNorm channels in each sample
+// (one contiguous stretch per sample), or the [N*H*W, C] rows of a channels-last BatchNorm.
 //   affine:   y[j] = a[j] * q[j] + b[j]
 //   backward: dx[j] = k_d[j] * d[j] + (k_s[j] * sgn_j + k_0[j]),
 //             sgn_j = (q[j] > above[j]) - (q[j] < below[j])  (the group's l1_sign_thresholds)
 // Full-width vector steps instead of one short run at a time.
-void affine_cols_s8_f32(const std::int8_t* q, std::int64_t n, const float* a, const float* b, float* y);
-void affine_cols_s8_f32_ref(const std::int8_t* q, std::int64_t n, const float* a, const float* b, float* y);
+void affine_cols_s8_f32(const std::int8_t* q, std::int64_t rows, std::int64_t n, std::int64_t stride, const float* a,
+                        const float* b, float* y);
+void affine_cols_s8_f32_ref(const std::int8_t* q, std::int64_t rows, std::int64_t n, std::int64_t stride,
+                            const float* a, const float* b, float* y);
 struct L1BatchNormBackwardCols {
   const float* k_d;
   const float* k_s;
@@ -76,9 +79,28 @@ struct L1BatchNormBackwardCols {
   const std::int32_t* below;
 };
 void l1_bn_backward_cols_s8_f32(const L1BatchNormBackwardCols& k, const std::int8_t* q, const std::int8_t* d,
-                                std::int64_t n, float* dx);
+                                std::int64_t rows, std::int64_t n, std::int64_t stride, float* dx);
 void l1_bn_backward_cols_s8_f32_ref(const L1BatchNormBackwardCols& k, const std::int8_t* q, const std::int8_t* d,
-                                    std::int64_t n, float* dx);
+                                    std::int64_t rows, std::int64_t n, std::int64_t stride, float* dx);
+
+// The group sums of a channels-last BatchNorm: codes q, d: [rows, cols], column c a part of
+// channel c's codes. Each adds its sums into int64 arrays of `cols`, so callers split the rows
+// among threads and add the partials (integer sums: exact in any order).
+//   l1_col_sums_s8:          s1[c] += sum_r q[r, c]
+//   l1_col_deviation_s8:     given column c's total s1[c] over its m codes (all parts),
+//                            abs_dev[c] += sum_r |m q[r, c] - s1[c]|, sign[c] += sum_r sgn(m q[r, c] - s1[c])
+//   l1_col_gradient_sums_s8: sum_d[c] += sum_r d[r, c], sum_dq[c] += sum_r d[r, c] q[r, c]
+// (l1_group_sums_s8 and l1_gradient_sums_s8 per column, the first in two passes.)
+void l1_col_sums_s8(const std::int8_t* q, std::int64_t rows, std::int64_t cols, std::int64_t* s1);
+void l1_col_sums_s8_ref(const std::int8_t* q, std::int64_t rows, std::int64_t cols, std::int64_t* s1);
+void l1_col_deviation_s8(const std::int8_t* q, std::int64_t rows, std::int64_t cols, std::int64_t m,
+                         const std::int64_t* s1, std::int64_t* abs_dev, std::int64_t* sign);
+void l1_col_deviation_s8_ref(const std::int8_t* q, std::int64_t rows, std::int64_t cols, std::int64_t m,
+                             const std::int64_t* s1, std::int64_t* abs_dev, std::int64_t* sign);
+void l1_col_gradient_sums_s8(const std::int8_t* d, const std::int8_t* q, std::int64_t rows, std::int64_t cols,
+                             std::int64_t* sum_d, std::int64_t* sum_dq);
+void l1_col_gradient_sums_s8_ref(const std::int8_t* d, const std::int8_t* q, std::int64_t rows, std::int64_t cols,
+                                 std::int64_t* sum_d, std::int64_t* sum_dq);
 
 // LayerNorm row forward: y[j] = gamma[j] * (a * (q[j] - mu)) + beta[j] for j < D (gamma, beta may
 // be null: 1 and 0).

@@ -28,9 +28,10 @@ constexpr float stochastic_uniform(std::uint64_t key, std::uint64_t index) {
 }
 
 // col_max[c] = max(col_max[c], max_{r in [r0,r1)} |x[r,c]| * row_weight[r]) (row_weight may be
-// null = 1). Returns false if a non-finite x was seen.
+// null = 1). Returns false if a non-finite x was seen. When `negative` is given, sets *negative =
+// true if some x < 0 was seen (never resets it).
 bool absmax_cols_f32(const float* x, std::int64_t r0, std::int64_t r1, std::int64_t cols,
-                     const float* row_weight, float* col_max);
+                     const float* row_weight, float* col_max, bool* negative = nullptr);
 // row_max[r] = max_c |x[r,c]| * col_weight[c] for r = r0, r0 + row_step, ... below r1 (col_weight
 // may be null = 1). Returns false if a non-finite x was seen. When `negative` is given, sets
 // *negative = true if some x < 0 was seen (never resets it).
@@ -83,6 +84,13 @@ void code_sums_s8_ref(const std::int8_t* v, std::int64_t r0, std::int64_t r1, st
 // then added in order from 0, so every variant returns the same bits. x must be finite.
 void shift_clip_errors_f32(const float* x, std::int64_t n, float a, float lo, float qmax, float errors[2]);
 void shift_clip_errors_f32_ref(const float* x, std::int64_t n, float a, float lo, float qmax, float errors[2]);
+// shift_clip_errors_f32 of every column of x: [rows, cols] at once (a channels-last sample: column
+// c is one group, row i its element i) with a[c]: keep[c] and halve[c] have the bits of
+// shift_clip_errors_f32 on column c gathered. lanes: scratch of max(16 * cols, rows) floats.
+void shift_clip_errors_cols_f32(const float* x, std::int64_t rows, std::int64_t cols, const float* a, float lo,
+                                float qmax, float* lanes, float* keep, float* halve);
+void shift_clip_errors_cols_f32_ref(const float* x, std::int64_t rows, std::int64_t cols, const float* a, float lo,
+                                    float qmax, float* lanes, float* keep, float* halve);
 // The squared error of quantizing x[0, n) with step `scale` (inv = 1 / scale) to codes clamped to
 // [lo, qmax]: sum (round(clamp(x * inv, lo, qmax)) * scale - x)^2, rounding half to even; one
 // candidate range of the MSE clipping search. Summed like shift_clip_errors_f32 (lane i % 8, then

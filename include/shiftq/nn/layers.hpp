@@ -117,9 +117,11 @@ struct Conv2dOptions {
   SHIFTQ_ARG(std::int64_t, stride) = 1;
   SHIFTQ_ARG(std::int64_t, padding) = 0;
   SHIFTQ_ARG(bool, bias) = true;
+  SHIFTQ_ARG(ImageLayout, layout) = ImageLayout::nchw;  // of the input and output
 };
 
-// x: [N, C_in, H, W] -> [N, C_out, OH, OW]. W: [C_out, C_in, K, K].
+// x: [N, C_in, H, W] -> [N, C_out, OH, OW] (ImageLayout::nhwc: [N, H, W, C_in] -> [N, OH, OW, C_out]).
+// W: [C_out, C_in, K, K] in both layouts, so checkpoints do not depend on the layout.
 class Conv2d : public Module, public QuantizableLayer {
  public:
   Conv2d(const Conv2dOptions& options, Generator& gen);
@@ -138,9 +140,10 @@ struct BatchNormOptions {
   SHIFTQ_ARG(float, eps) = 1e-5f;
   SHIFTQ_ARG(float, momentum) = 0.1f;
   SHIFTQ_ARG(bool, affine) = true;
+  SHIFTQ_ARG(ImageLayout, layout) = ImageLayout::nchw;
 };
 
-// x: [N, C, H, W]. Batch statistics in training (updating running_mean/var), running ones in eval.
+// x: [N, C, H, W] (ImageLayout::nhwc: [N, H, W, C]). Batch statistics in training (updating running_mean/var), running ones in eval.
 class BatchNorm2d : public Module {
  public:
   explicit BatchNorm2d(const BatchNormOptions& options);
@@ -164,6 +167,7 @@ struct L1BatchNormOptions {
   SHIFTQ_ARG(float, momentum) = 0.1f;
   SHIFTQ_ARG(bool, affine) = true;
   SHIFTQ_ARG(float, c) = kL1NormC;  // sigma = c * mean|x - mu| + eps (sqrt(pi/2) matches L2 for Gaussians)
+  SHIFTQ_ARG(ImageLayout, layout) = ImageLayout::nchw;
 };
 
 // L1 norm layers run fully quantized (int8 codes, integer statistics) once given a config.
@@ -195,7 +199,8 @@ class QuantizableNorm {
   std::optional<quant::RangeObserver> input_range_;  // when quantized with delayed input scaling
 };
 
-// BatchNorm with the mean absolute deviation instead of the standard deviation. x: [N, C, H, W].
+// BatchNorm with the mean absolute deviation instead of the standard deviation. x: [N, C, H, W]
+// (ImageLayout::nhwc: [N, H, W, C]).
 class L1BatchNorm2d : public Module, public QuantizableNorm {
  public:
   explicit L1BatchNorm2d(const L1BatchNormOptions& options);
@@ -323,8 +328,11 @@ class AvgPool2d : public Module {
 // [N, C, H, W] -> [N, C]
 class GlobalAvgPool2d : public Module {
  public:
-  GlobalAvgPool2d() : Module("GlobalAvgPool2d") {}
-  Tensor forward(const Tensor& x) override { return global_avg_pool2d(x); }
+  explicit GlobalAvgPool2d(ImageLayout layout = ImageLayout::nchw) : Module("GlobalAvgPool2d"), layout_(layout) {}
+  Tensor forward(const Tensor& x) override { return global_avg_pool2d(x, layout_); }
+
+ private:
+  ImageLayout layout_;
 };
 
 // Chains one-input modules; children are named "0", "1", ...

@@ -29,8 +29,11 @@ L1Statistics l1_integer_statistics(const QTensor& x, std::int64_t outer, std::in
 // depends on it alone) and normalized with the running statistics as a per-channel affine map of the
 // codes; without observed ranges eval is the float affine map. LayerNorm quantizes each row with its
 // own range and ignores call.input_range and call.training.
+// ImageLayout::nhwc: x is [N, H, W, C]; the statistics are the same integer sums over each
+// channel's codes (the column kernels of kernels/l1norm.hpp), so forward and eval give the NCHW
+// results bit for bit; the gradient's stochastic draws are keyed by the NHWC element index.
 Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, L1BatchNormState& state,
-                                 const QConfig& config, const QuantCall& call);
+                                 const QConfig& config, const QuantCall& call, ImageLayout layout = ImageLayout::nchw);
 Tensor quantized_l1_layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps, float c,
                                const QConfig& config, const QuantCall& call);
 

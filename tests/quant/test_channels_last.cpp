@@ -1,0 +1,217 @@
+// Channels-last (ImageLayout::nhwc) image layers against their NCHW forms: the quantized
+// convolution and L1 BatchNorm give the NCHW results bit for bit (same codes, same integer sums,
+// same float epilogues), the float layers the same values up to summation order.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include <shiftq/shiftq.hpp>
+
+namespace shiftq {
+namespace {
+using quant::QConfig;
+
+Tensor to_nhwc(const Tensor& x) { return permute(x, {0, 2, 3, 1}); }
+Tensor to_nchw(const Tensor& x) { return permute(x, {0, 3, 1, 2}); }
+
+void expect_bitwise_equal(const Tensor& a, const Tensor& b, const char* what) {
+  ASSERT_EQ(a.shape(), b.shape()) << what;
+  std::int64_t differ = 0;
+  for (std::int64_t i = 0; i < a.numel(); ++i) differ += a.data<float>()[i] != b.data<float>()[i];
+  EXPECT_EQ(differ, 0) << what << ": " << differ << " of " << a.numel() << " values differ";
+}
+
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  double m = 0.0;
+  for (std::int64_t i = 0; i < a.numel(); ++i)
+    m = std::max(m, std::fabs(double(a.data<float>()[i]) - b.data<float>()[i]));
+  return m;
+}
+
+// The trainer's default activation quantizer (--act-quant shiftquant --act-clip mse): ShiftQuant
+// with S = 7 - b, the unsigned range when non-negative, MSE-chosen group exponents.
+QConfig shiftquant_activations(int bits, bool mse, bool nonnegative) {
+  QConfig c = QConfig::bits(bits);
+  c.activations.kind = quant::QuantizerKind::shiftquant;
+  c.activations.shift_budget = (nonnegative ? 7 : 8) - bits;
+  c.activations.nonnegative_range = nonnegative;
+  c.activations.mse_clip = mse;
+  return c;
+}
+
+struct ConvCase {
+  const char* name;
+  QConfig config;
+  bool relu_input;  // non-negative input (post-ReLU)
+  std::int64_t in_channels, stride;
+};
+
+// Two training calls (the first quantizes the input with its own range, the second with the
+// observed one: delayed scaling) and their backward passes, in both layouts, from the same weights.
+TEST(ChannelsLast, QuantizedConvEqualsChannelsFirstBitForBit) {
+  const ConvCase cases[] = {
+      {"per-tensor 4-bit", QConfig::bits(4), false, 5, 1},
+      {"per-tensor 4-bit, non-negative", QConfig::bits(4), true, 16, 2},
+      {"shiftquant S=3 unsigned + mse", shiftquant_activations(4, true, true), true, 16, 1},
+      {"shiftquant S=3 unsigned + mse, signed input", shiftquant_activations(4, true, true), false, 5, 2},
+      {"shiftquant S=4", shiftquant_activations(4, false, false), false, 17, 1},
+      {"8-bit", QConfig::bits(8), true, 3, 1},
+  };
+  for (const ConvCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    Generator gen(21);
+    nn::Conv2d nchw(nn::Conv2dOptions{c.in_channels, 6, 3}.stride(c.stride).padding(1), gen);
+    nn::Conv2d nhwc(nn::Conv2dOptions{c.in_channels, 6, 3}.stride(c.stride).padding(1).layout(ImageLayout::nhwc), gen);
+    {
+      NoGradGuard copy;
+      nhwc.weight.copy_(nchw.weight);
+      nhwc.bias.copy_(nchw.bias);
+    }
+    nchw.set_quantization(c.config, 5, 2);
+    nhwc.set_quantization(c.config, 5, 2);
+    for (int call = 0; call < 2; ++call) {
+      Tensor x = mul(Tensor::randn({3, c.in_channels, 9, 7}, gen), 1.0f + static_cast<float>(call));
+      if (c.relu_input) x = relu(x);
+      const Tensor x_first = x.clone().set_requires_grad(true), x_last = to_nhwc(x).set_requires_grad(true);
+      const Tensor y_first = nchw(x_first), y_last = nhwc(x_last);
+      expect_bitwise_equal(to_nhwc(y_first), y_last, "forward");
+      const Tensor r = Tensor::randn(y_first.shape(), gen);
+      nchw.zero_grad();
+      nhwc.zero_grad();
+      sum(mul(y_first, r)).backward();
+      sum(mul(y_last, to_nhwc(r))).backward();
+      expect_bitwise_equal(to_nhwc(x_first.grad()), x_last.grad(), "input gradient");
+      expect_bitwise_equal(nchw.weight.grad(), nhwc.weight.grad(), "weight gradient");
+      EXPECT_LT(max_abs_diff(nchw.bias.grad(), nhwc.bias.grad()), 1e-4);  // fp32 sums in another order
+    }
+    EXPECT_EQ(nchw.input_range().range(), nhwc.input_range().range());
+    EXPECT_EQ(nchw.input_range().nonnegative(), nhwc.input_range().nonnegative());
+  }
+}
+
+// Training forward (twice: running statistics and observed ranges), then eval on integer codes:
+// bit for bit; the backward draws its stochastic roundings by the NHWC index, so it is checked for
+// unbiasedness against the NCHW layer's float reference instead.
+TEST(ChannelsLast, QuantizedL1BatchNormEqualsChannelsFirstBitForBit) {
+  for (const int bits : {8, 5}) {
+    SCOPED_TRACE(bits);
+    Generator gen(22);
+    QConfig config = QConfig::bits(4);
+    config.norm_bits = bits;
+    for (const std::int64_t hw : {7, 3}) {  // 7x7: NCHW packs channel ranges; 3x3: one channel at a time
+      nn::L1BatchNorm2d nchw(nn::L1BatchNormOptions{20});
+      nn::L1BatchNorm2d nhwc(nn::L1BatchNormOptions{20}.layout(ImageLayout::nhwc));
+      {
+        NoGradGuard copy;
+        nchw.weight.copy_(Tensor::uniform({20}, 0.5f, 1.5f, gen));
+        nhwc.weight.copy_(nchw.weight);
+        nchw.bias.copy_(Tensor::uniform({20}, -0.5f, 0.5f, gen));
+        nhwc.bias.copy_(nchw.bias);
+      }
+      nchw.set_quantization(config, 3, 4);
+      nhwc.set_quantization(config, 3, 4);
+      for (int call = 0; call < 2; ++call) {
+        const Tensor x = add(mul(Tensor::randn({6, 20, hw, hw}, gen), 2.0f), 0.3f);
+        expect_bitwise_equal(to_nhwc(nchw(x)), nhwc(to_nhwc(x)), "training forward");
+      }
+      expect_bitwise_equal(nchw.running_mean, nhwc.running_mean, "running mean");
+      expect_bitwise_equal(nchw.running_sigma, nhwc.running_sigma, "running sigma");
+      for (std::int64_t c = 0; c < 20; ++c) EXPECT_EQ(nchw.input_range()->range(c), nhwc.input_range()->range(c));
+      nchw.eval();
+      nhwc.eval();
+      const Tensor x = mul(Tensor::randn({5, 20, hw, hw}, gen), 2.5f);  // some values beyond the observed ranges
+      expect_bitwise_equal(to_nhwc(nchw(x)), nhwc(to_nhwc(x)), "eval");
+    }
+  }
+}
+
+TEST(ChannelsLast, QuantizedL1BatchNormGradientIsUnbiased) {
+  Generator gen(23);
+  const Tensor x = add(mul(Tensor::randn({8, 3, 5, 5}, gen), 1.5f), -0.4f);
+  const Tensor gamma = Tensor::uniform({3}, 0.5f, 1.5f, gen).set_requires_grad(true);
+  const Tensor beta = Tensor::uniform({3}, -0.5f, 0.5f, gen).set_requires_grad(true);
+  const Tensor r = Tensor::randn(x.shape(), gen);
+  // Reference: the expectation of the NCHW layer's gradient, the mean of many of its draws (its own
+  // unbiasedness against float L1 BatchNorm is tested in test_qlayers.cpp).
+  const int calls = 200;
+  const Tensor xf = x.clone().set_requires_grad(true), xl = to_nhwc(x).set_requires_grad(true);
+  Tensor sum_first = Tensor::zeros(x.shape()), sum_last = Tensor::zeros(x.shape()), one_last;
+  for (int t = 0; t < calls; ++t) {
+    for (const bool last : {false, true}) {
+      const Tensor& in = last ? xl : xf;
+      Tensor(in).zero_grad();
+      L1BatchNormState state;
+      const quant::QuantCall call{.step = static_cast<std::uint64_t>(t), .training = true, .seed = 3};
+      const Tensor y = quant::quantized_l1_batch_norm2d(in, gamma, beta, state, QConfig::bits(8), call,
+                                                        last ? ImageLayout::nhwc : ImageLayout::nchw);
+      sum(mul(y, last ? to_nhwc(r) : r)).backward();
+      Tensor& acc = last ? sum_last : sum_first;
+      acc = add(acc, last ? to_nchw(in.grad()) : in.grad());
+      if (last && t == 0) one_last = to_nchw(in.grad());
+    }
+  }
+  const Tensor mean_first = mul(sum_first, 1.0f / calls), mean_last = mul(sum_last, 1.0f / calls);
+  double num = 0.0, den = 0.0, one = 0.0;
+  for (std::int64_t i = 0; i < x.numel(); ++i) {
+    const double ref = mean_first.data<float>()[i];
+    num += std::pow(mean_last.data<float>()[i] - ref, 2);
+    one += std::pow(one_last.data<float>()[i] - ref, 2);
+    den += ref * ref;
+  }
+  // Two means of 200 independent draws: their difference shrinks like the draws' spread / sqrt(100).
+  EXPECT_LT(std::sqrt(num / den) * 4.0, std::sqrt(one / den));
+  EXPECT_LT(std::sqrt(one / den), 0.05);
+}
+
+// The float layers in NHWC: the same values as NCHW up to the order of float sums, and gradients.
+TEST(ChannelsLast, FloatLayersMatchChannelsFirst) {
+  Generator gen(24);
+  const Tensor x = Tensor::randn({4, 5, 6, 6}, gen);
+  nn::Conv2d conv_f(nn::Conv2dOptions{5, 7, 3}.stride(2).padding(1), gen);
+  nn::Conv2d conv_l(nn::Conv2dOptions{5, 7, 3}.stride(2).padding(1).layout(ImageLayout::nhwc), gen);
+  nn::BatchNorm2d bn_f(nn::BatchNormOptions{7});
+  nn::BatchNorm2d bn_l(nn::BatchNormOptions{7}.layout(ImageLayout::nhwc));
+  nn::L1BatchNorm2d l1_f(nn::L1BatchNormOptions{7});
+  nn::L1BatchNorm2d l1_l(nn::L1BatchNormOptions{7}.layout(ImageLayout::nhwc));
+  {
+    NoGradGuard copy;
+    conv_l.weight.copy_(conv_f.weight);
+    conv_l.bias.copy_(conv_f.bias);
+  }
+  nn::GlobalAvgPool2d pool_f, pool_l(ImageLayout::nhwc);
+  for (const bool training : {true, false}) {
+    for (nn::Module* m : {static_cast<nn::Module*>(&bn_f), static_cast<nn::Module*>(&bn_l), static_cast<nn::Module*>(&l1_f),
+                          static_cast<nn::Module*>(&l1_l)})
+      m->train(training);
+    const Tensor xf = x.clone().set_requires_grad(true), xl = to_nhwc(x).set_requires_grad(true);
+    const Tensor yf = pool_f(l1_f(relu(bn_f(conv_f(xf)))));
+    const Tensor yl = pool_l(l1_l(relu(bn_l(conv_l(xl)))));
+    EXPECT_LT(max_abs_diff(yf, yl), 1e-5) << training;
+    sum(mul(yf, yf)).backward();
+    sum(mul(yl, yl)).backward();
+    EXPECT_LT(max_abs_diff(to_nhwc(xf.grad()), xl.grad()), 1e-5) << training;
+    EXPECT_LT(max_abs_diff(conv_f.weight.grad(), conv_l.weight.grad()), 1e-4) << training;
+    EXPECT_LT(max_abs_diff(bn_f.running_var, bn_l.running_var), 1e-5) << training;
+    EXPECT_LT(max_abs_diff(l1_f.running_sigma, l1_l.running_sigma), 1e-5) << training;
+    conv_f.zero_grad();
+    conv_l.zero_grad();
+  }
+}
+
+TEST(ChannelsLast, ShapeErrorsNameTheLayout) {
+  Generator gen(25);
+  nn::Conv2d conv(nn::Conv2dOptions{3, 4, 3}.layout(ImageLayout::nhwc), gen);
+  const Tensor nchw_input = Tensor::randn({2, 3, 8, 8}, gen);  // [N, C, H, W] given to an NHWC layer
+  EXPECT_THROW(conv(nchw_input), ShapeError);
+  conv.set_quantization(QConfig::bits(4), 1, 0);
+  EXPECT_THROW(conv(nchw_input), ShapeError);
+  nn::L1BatchNorm2d norm(nn::L1BatchNormOptions{3}.layout(ImageLayout::nhwc));
+  norm.set_quantization(QConfig::bits(4), 1, 1);
+  EXPECT_THROW(norm(nchw_input), ShapeError);
+  const Tensor bad = Tensor::full({2, 8, 8, 3}, std::nanf(""));
+  EXPECT_THROW(norm(bad), NumericError);
+  EXPECT_THROW(conv(bad), NumericError);
+}
+
+}  // namespace
+}  // namespace shiftq
