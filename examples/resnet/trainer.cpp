@@ -137,6 +137,10 @@ void ResNetTrainConfig::validate() const {
   dist.validate();
 }
 
+ImageLayout ResNetTrainConfig::image_layout() const {
+  return layout == "nhwc" ? ImageLayout::nhwc : ImageLayout::nchw;
+}
+
 std::string ResNetTrainConfig::fingerprint() const {
   // An fp32 run has no quantizers: it records the quantizer flags' first defaults, so fp32
   // checkpoints resume whatever those flags (and their defaults) say.
@@ -149,7 +153,7 @@ std::string ResNetTrainConfig::fingerprint() const {
     << " batch=" << batch << " lr=" << lr << " momentum=" << momentum << " weight_decay=" << weight_decay
     << " warmup_epochs=" << warmup_epochs << " seed=" << seed;
   if (!fp32 && weight_clip != "none") s << " weight_clip=" << weight_clip;  // absent before the flag existed (and when none)
-  if (layout != "nchw") s << " layout=" << layout;  // absent before the flag existed (and when nchw)
+  if (image_layout() == ImageLayout::nhwc) s << " layout=nhwc";  // absent before the flag existed (and when nchw)
   if (grad_bits != 0) s << " grad_bits=" << grad_bits;
   s << act_scaling.fingerprint();
   return s.str();
@@ -186,7 +190,7 @@ std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
 
   Generator init_gen(static_cast<std::uint64_t>(c.seed));
   ResNet model({c.depth, channels, data.train.num_classes, c.width, c.norm,
-                c.layout == "nhwc" ? ImageLayout::nhwc : ImageLayout::nchw},
+                c.image_layout()},
                init_gen);
   if (c.bits > 0) nn::quantize_model(model, c.qconfig(), group.quant_seed(static_cast<std::uint64_t>(c.seed)));
   optim::SGD optimizer(model.named_parameters(),
@@ -325,7 +329,7 @@ std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
                           accuracy_before_recalibration.value_or(0.0))
                   .add("precision", c.bits > 0 ? c.qconfig().str() : std::string("fp32"))
                   .add("norm", c.norm)
-                  .add("layout", c.layout)
+                  .add("layout", std::string(c.image_layout() == ImageLayout::nhwc ? "nhwc" : "nchw"))
                   .add_if(group.world() > 1, "processes", static_cast<std::int64_t>(group.world()))
                   .add_if(group.world() > 1, "exchange_bytes_per_step", group.exchange_bytes_per_step())
                   .add_if(group.world() > 1, "exchange_wait_ms_per_step", group.exchange_wait_ms_per_step()));

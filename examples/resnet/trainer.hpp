@@ -26,7 +26,9 @@ struct ResNetTrainConfig {
   std::int64_t depth = 20;
   std::int64_t width = 16;
   std::string norm = "l2";  // l2: BatchNorm2d, l1: L1BatchNorm2d
-  std::string layout = "nchw";  // nchw | nhwc: the activations' memory order (ResNetOptions::layout)
+  // The activations' memory order (ResNetOptions::layout): nchw | nhwc (channels-last: the
+  // quantized convolutions and L1 norms without layout moves; the fp32 convolution permutes).
+  std::string layout = "nchw";
   // precision: bits 0 = fp32; 2..8 = integer training (weights, activations, gradients)
   std::int64_t bits = 0;
   std::int64_t act_bits = 0;              // activation bits (0 = same as bits)
@@ -70,6 +72,7 @@ struct ResNetTrainConfig {
   // The settings a checkpoint must agree with to be resumed (model, precision, data, recipe).
   std::string fingerprint() const;
   quant::QConfig qconfig() const;
+  ImageLayout image_layout() const;  // `layout` as the enum
 };
 
 struct EpochMetrics {
