@@ -1,6 +1,9 @@
 // The caching block allocator behind large tensors.
 #include <gtest/gtest.h>
 
+#include <cstdint>
+#include <vector>
+
 #include <shiftq/shiftq.hpp>
 
 namespace shiftq {
@@ -38,37 +41,84 @@ TEST(MemoryCache, LargeBuffersAreReusedAndCanBeReleased) {
   set_memory_cache_limit(limit);
 }
 
-// A request with no idle block of its size takes the smallest idle block up to twice as large, and
-// gives the whole block back when freed; a block more than twice the request stays idle.
-TEST(MemoryCache, ASmallerRequestTakesABlockUpToTwiceItsSize) {
+// Freed memory serves requests of any size: a smaller request takes the front of a free range,
+// the next one the rest, and freed neighbours merge back into one range that a full-size request
+// takes again.
+TEST(MemoryCache, FreedRangesSplitAndMerge) {
 #if defined(__SANITIZE_ADDRESS__)
   GTEST_SKIP() << "the cache is off under AddressSanitizer";
 #endif
   release_cached_memory();
-  const std::size_t two_mib = std::size_t{2} << 20;
-  const void* block = nullptr;
+  const std::size_t mib = std::size_t{1} << 20;
+  const unsigned char* block = nullptr;
   {
     const Tensor wide = Tensor::empty({1 << 19});  // 2 MiB of f32
-    block = wide.raw_bytes();
+    block = static_cast<const unsigned char*>(wide.raw_bytes());
   }
-  EXPECT_EQ(cached_memory_bytes(), two_mib);
+  EXPECT_EQ(cached_memory_bytes(), 2 * mib);
   {
-    const Tensor narrow = Tensor::empty({3 << 17});  // 1.5 MiB: takes the 2 MiB block
+    const Tensor narrow = Tensor::empty({3 << 17});  // 1.5 MiB: the front of the 2 MiB range
     EXPECT_EQ(narrow.raw_bytes(), block);
-    EXPECT_EQ(cached_memory_bytes(), 0u);
+    EXPECT_EQ(cached_memory_bytes(), mib / 2);
     for (float v : narrow.to_vector<float>()) ASSERT_EQ(v, 0.0f);
+    const Tensor small = Tensor::empty({1 << 16});  // 256 KiB: the rest's front
+    EXPECT_EQ(small.raw_bytes(), block + 3 * mib / 2);
+    EXPECT_EQ(cached_memory_bytes(), mib / 4);
   }
-  EXPECT_EQ(cached_memory_bytes(), two_mib);  // the whole block came back
+  EXPECT_EQ(cached_memory_bytes(), 2 * mib);  // merged back
   {
-    const Tensor small = Tensor::empty({1 << 17});  // 0.5 MiB: the 2 MiB block is too large for it
-    EXPECT_NE(small.raw_bytes(), block);
-    EXPECT_EQ(cached_memory_bytes(), two_mib);
-  }
-  {
-    const Tensor wide_again = Tensor::empty({1 << 19});  // the exact size is still there
+    const Tensor wide_again = Tensor::empty({1 << 19});
     EXPECT_EQ(wide_again.raw_bytes(), block);
   }
   release_cached_memory();
+  EXPECT_EQ(cached_memory_bytes(), 0u);
+}
+
+// Many live blocks of mixed sizes, freed in a shuffled order: 64-byte aligned, never overlapping
+// (each keeps its own fill), and all idle memory can be given back afterwards.
+TEST(MemoryCache, MixedSizesNeverOverlap) {
+  Generator gen(3);
+  std::vector<Tensor> live;
+  for (int round = 0; round < 400; ++round) {
+    const bool free_one = !live.empty() && (live.size() > 24 || gen.uniform() < 0.4f);
+    if (free_one) {
+      const std::size_t victim = static_cast<std::size_t>(gen.uniform() * static_cast<float>(live.size())) % live.size();
+      const Tensor& t = live[victim];
+      const float expect = t.data<float>()[0];
+      for (float v : t.to_vector<float>()) ASSERT_EQ(v, expect);
+      live.erase(live.begin() + static_cast<std::ptrdiff_t>(victim));
+      continue;
+    }
+    const std::int64_t n = std::int64_t{1} << (12 + static_cast<int>(gen.uniform() * 9.0f));  // 16 KiB .. 4 MiB
+    Tensor t = Tensor::full({n + static_cast<std::int64_t>(gen.uniform() * 5000.0f)}, static_cast<float>(round));
+    ASSERT_EQ(reinterpret_cast<std::uintptr_t>(t.raw_bytes()) % 64, 0u);
+    live.push_back(std::move(t));
+  }
+  for (const Tensor& t : live) {
+    const float expect = t.data<float>()[0];
+    for (float v : t.to_vector<float>()) ASSERT_EQ(v, expect);
+  }
+  live.clear();
+  release_cached_memory();
+  EXPECT_EQ(cached_memory_bytes(), 0u);
+}
+
+// Under a lowered limit freed memory is given back (its pages dropped), and what is reused then
+// reads as zeros where Tensor::empty promises them.
+TEST(MemoryCache, ALoweredLimitGivesMemoryBack) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "the cache is off under AddressSanitizer";
+#endif
+  const std::size_t limit = memory_cache_limit();
+  { Tensor big = Tensor::full({1 << 20}, 5.0f); }  // 4 MiB
+  EXPECT_GE(cached_memory_bytes(), std::size_t{4} << 20);
+  set_memory_cache_limit(std::size_t{1} << 20);
+  EXPECT_LE(cached_memory_bytes(), std::size_t{1} << 20);
+  { Tensor big = Tensor::full({1 << 20}, 6.0f); }
+  EXPECT_LE(cached_memory_bytes(), std::size_t{1} << 20);
+  const Tensor again = Tensor::empty({1 << 20});
+  for (float v : again.to_vector<float>()) ASSERT_EQ(v, 0.0f);
+  set_memory_cache_limit(limit);
 }
 
 TEST(MemoryCache, ReusedBlocksAreZeroedByEmpty) {

@@ -1,10 +1,11 @@
 // Tensor memory: large buffers (>= 64 KiB) freed by tensors are kept for reuse instead of being
 // returned to the OS, because a training step allocates the same shapes every step and fresh pages
 // cost page faults plus zeroing (on a 2-core machine that was measured at up to half of a conv
-// layer's time). A request takes an idle block of its own size, or else the smallest idle one up
-// to twice its size, so that blocks left by one stage of a network serve the next, narrower one
-// instead of adding to the process's memory. Like PyTorch's caching allocators, the cache is
-// bounded and can be emptied.
+// layer's time). They live in an arena of mapped segments: a request takes the first free range
+// that holds it (split if larger), and freed blocks merge with the free ranges beside them, so the
+// memory one stage of a network frees serves the next stage's tensors of any size. Like PyTorch's
+// caching allocators, the idle memory is bounded and can be given back. Under AddressSanitizer
+// every buffer is a plain allocation, so that every free is checked.
 #pragma once
 
 #include <cstddef>
