@@ -15,13 +15,12 @@ namespace shiftq {
 namespace {
 constexpr std::size_t kMinCached = std::size_t{64} << 10;
 // Segments are mapped in multiples of this; the part a request does not use is a free range. Two
-// stage-1 activations of a batch-128 ResNet-20 fit one; measured peaks: 2 MiB segments mapped 94 MiB
-// for that step, 8 MiB 80-96 MiB, 16 MiB 80 MiB, 32 MiB 96 MiB.
+// stage-1 activations of a batch-128 ResNet-20 fit one; measured for its 4-bit step: 2 MiB
+// segments mapped 94 MiB, 16 MiB 80 MiB.
 constexpr std::size_t kSegmentGranule = std::size_t{16} << 20;
 
-// Large blocks come from an arena of mapped segments: a request takes the first free range (by
-// address) that holds it, split if larger, and a freed block is merged with the free ranges beside
-// it. Unlike a cache of whole blocks, the memory one stage of a network frees serves the next
+// Large blocks come from an arena of mapped segments: a request takes the smallest free range that
+// holds it, split if larger, and a freed block is merged with the free ranges beside it. Unlike a cache of whole blocks, the memory one stage of a network frees serves the next
 // stage's tensors of any size, so the process holds little more than its peak of live tensors
 // (ResNet-20's 4-bit step: 59 MiB live; 80 MiB mapped, where a cache of whole blocks held 90).
 // Steady-state steps reuse mapped pages and make no system calls. A free range is resident (it
@@ -30,10 +29,14 @@ class Arena {
  public:
   void* allocate(std::size_t size) {
     const std::lock_guard<std::mutex> lock(mu_);
-    for (const auto& [begin, range] : free_) {
-      if (range.size < size) continue;
-      const std::uintptr_t at = begin;
-      const FreeRange taken = range;
+    // The smallest free range that holds it (the lowest of equal ones): large ranges stay whole
+    // for large requests (the fp32 convolution's im2col matrices are ~58 MiB).
+    auto best = free_.end();
+    for (auto f = free_.begin(); f != free_.end(); ++f)
+      if (f->second.size >= size && (best == free_.end() || f->second.size < best->second.size)) best = f;
+    if (best != free_.end()) {
+      const std::uintptr_t at = best->first;
+      const FreeRange taken = best->second;
       erase_free(at);
       if (taken.size > size) insert_free(at + size, taken.size - size, taken.resident);
       segment_of(at).used += size;

@@ -2,17 +2,20 @@
 // run block by block so that neither the im2col matrix nor a GEMM product is ever materialized for
 // the whole batch.
 //
-// With x: [N, C, H, W], W: [O, C, KH, KW], P = OH*OW output pixels and patch = KH*KW*C, the three
+// With x: [N, C, H, W] (or [N, H, W, C]: ImageLayout::nhwc), W: [O, C, KH, KW], P = OH*OW output
+// pixels and patch = KH*KW*C, the three
 // products over the rows r = n*P + p of the im2col matrix cols: [N*P, patch] are
 //   forward  Y[r, o]      = cols[r, :] . W[o, :]
 //   backward dcols[r, j]  = dY[r, :] . W[:, j]          (then col2im into dX)
 //            dW^T[j, o]   = sum_r cols[r, j] dY[r, o]
 // Threads claim chunks of whole samples and walk their rows in blocks of at most block_rows(): a
 // block's im2col rows (forward, dW) are built from the saved int8 codes, multiplied, and scaled
-// while the int32 product is in cache: the forward writes Y straight to NCHW, the dX product is
-// scattered (col2im) into the sample's channels-last gradient and then moved to NCHW, and the dW
-// products are summed exactly in int64 (per chunk, then across chunks). Integer sums are exact, so
-// results do not depend on the blocking, the chunks or the thread count.
+// while the int32 product is in cache: the forward writes Y (transposed to NCHW, or in place), the
+// dX product is scattered (col2im) into the sample's channels-last gradient (then moved to NCHW, or
+// in place), and the dW products are summed exactly in int64 (per chunk, then across chunks).
+// Integer sums are exact, so results do not depend on the blocking, the chunks or the thread count,
+// and the two layouts give the same bits (an MSE-clipped per-tensor input range, S = 0, samples
+// the input in memory order, so with C > 1 it can differ between them).
 #include <algorithm>
 #include <atomic>
 #include <cmath>

@@ -1,5 +1,7 @@
 // Fully quantized L1 BatchNorm2d / LayerNorm: int8 codes in, integer statistics, int8 saved input,
-// int8 output gradient in, integer channel sums in backward.
+// int8 output gradient in, integer channel sums in backward. BatchNorm runs NCHW (a channel is
+// runs of H*W codes, one pass per channel or per range of channels) or NHWC (a channel is a
+// column of [N*H*W, C], passes over row blocks with column sums).
 #include "shiftq/quant/ql1norm.hpp"
 
 #include <algorithm>

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
+#include <vector>
 
 #include <shiftq/shiftq.hpp>
 
@@ -163,6 +165,35 @@ TEST(ChannelsLast, QuantizedL1BatchNormGradientIsUnbiased) {
   EXPECT_LT(std::sqrt(one / den), 0.05);
 }
 
+// The NHWC passes split rows among threads; their integer sums make the results independent of
+// that split, gradients included.
+TEST(ChannelsLast, QuantizedL1BatchNormDoesNotDependOnTheThreadCount) {
+  Generator gen(26);
+  auto run = [](int threads, const Tensor& x, const Tensor& r) {
+    const int before = get_num_threads();
+    set_num_threads(threads);
+    const Tensor gamma = Tensor::full({x.size(3)}, 0.75f).set_requires_grad(true);
+    const Tensor beta = Tensor::full({x.size(3)}, 0.25f).set_requires_grad(true);
+    const Tensor xg = x.clone().set_requires_grad(true);
+    L1BatchNormState state;
+    const quant::QuantCall call{.step = 7, .seed = 4, .layer_id = 1};
+    const Tensor y = quant::quantized_l1_batch_norm2d(xg, gamma, beta, state, QConfig::bits(8), call, ImageLayout::nhwc);
+    sum(mul(y, r)).backward();
+    set_num_threads(before);
+    std::vector<float> all = y.to_vector<float>();
+    for (const Tensor& g : {xg.grad(), gamma.grad(), beta.grad()}) {
+      const std::vector<float> v = g.to_vector<float>();
+      all.insert(all.end(), v.begin(), v.end());
+    }
+    return all;
+  };
+  for (const Shape& shape : {Shape{16, 7, 7, 16}, Shape{9, 3, 3, 5}, Shape{64, 8, 8, 70}}) {
+    const Tensor x = add(mul(Tensor::randn(shape, gen), 1.5f), 0.2f), r = Tensor::randn(shape, gen);
+    const std::vector<float> one = run(1, x, r);
+    for (int threads : {2, 3}) EXPECT_TRUE(run(threads, x, r) == one) << threads << " threads, shape " << x.str();
+  }
+}
+
 // The float layers in NHWC: the same values as NCHW up to the order of float sums, and gradients.
 TEST(ChannelsLast, FloatLayersMatchChannelsFirst) {
   Generator gen(24);
@@ -211,6 +242,10 @@ TEST(ChannelsLast, ShapeErrorsNameTheLayout) {
   const Tensor bad = Tensor::full({2, 8, 8, 3}, std::nanf(""));
   EXPECT_THROW(norm(bad), NumericError);
   EXPECT_THROW(conv(bad), NumericError);
+  const Tensor x = Tensor::randn({2, 8, 8, 3}, gen).set_requires_grad(true);
+  Tensor dy = Tensor::ones({2, 8, 8, 3});
+  dy.data<float>()[11] = std::numeric_limits<float>::infinity();
+  EXPECT_THROW(norm(x).backward(dy), NumericError);
 }
 
 }  // namespace

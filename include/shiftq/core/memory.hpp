@@ -1,7 +1,7 @@
 // Tensor memory: large buffers (>= 64 KiB) freed by tensors are kept for reuse instead of being
 // returned to the OS, because a training step allocates the same shapes every step and fresh pages
 // cost page faults plus zeroing (on a 2-core machine that was measured at up to half of a conv
-// layer's time). They live in an arena of mapped segments: a request takes the first free range
+// layer's time). They live in an arena of mapped segments: a request takes the smallest free range
 // that holds it (split if larger), and freed blocks merge with the free ranges beside them, so the
 // memory one stage of a network frees serves the next stage's tensors of any size. Like PyTorch's
 // caching allocators, the idle memory is bounded and can be given back. Under AddressSanitizer
