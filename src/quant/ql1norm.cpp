@@ -357,12 +357,15 @@ ColumnCodes column_codes(std::int64_t R, std::int64_t C, int bits, std::vector<f
   return out;
 }
 
-// The pack arguments of x: [R, C] into `codes` with y = x * (1 / scale[c]).
+// The pack arguments of x (viewed as [R, C], the shape of `codes`) into `codes` with
+// y = x * (1 / scale[c]). The kernel reads row_mul[r] and row_pack[r] of every row even when it
+// skips them (col_mul_only): `ones` covers all R rows.
 struct ColumnPack {
   std::vector<float> inv, ones;
   kernels::QuantizePackArgs args{};
   ColumnPack(const Tensor& x, ColumnCodes& codes, int bits, Rounding rounding, const StochasticKey& key)
-      : inv(codes.scale.size()), ones(static_cast<std::size_t>(std::max(x.size(0), x.size(1))), 1.0f) {
+      : inv(codes.scale.size()),
+        ones(static_cast<std::size_t>(std::max(codes.codes.size(0), codes.codes.size(1))), 1.0f) {
     for (std::size_t c = 0; c < inv.size(); ++c) inv[c] = 1.0f / codes.scale[c];
     args.x = x.data<float>();
     args.rows = codes.codes.size(0);

@@ -40,6 +40,12 @@ int floor_log2_ratio(float m, float r) {
   return em - er - (fm < fr ? 1 : 0);
 }
 
+// A group's exponent e = min(S, floor(log2(m / r))) for its range r under the base m (0 <= e: a
+// range beyond the base saturates); S for an empty group or base.
+int group_exponent(float m, float r, int S) {
+  return (r == 0.0f || m == 0.0f) ? S : std::clamp(floor_log2_ratio(m, r), 0, S);
+}
+
 // 2^e for 0 <= e <= 8 (shift budgets fit int8).
 float pow2(int e) {
   static constexpr float kPow2[9] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
@@ -340,7 +346,7 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
   // 0 <= e <= S (r_k > m, beyond an observed range, gets 0: it saturates).
   auto set_exponents = [&](std::int64_t k0, std::int64_t k1) {
     for (std::int64_t k = k0; k < k1; ++k) {
-      const int e = (range[k] == 0.0f || m == 0.0f) ? S : std::clamp(floor_log2_ratio(m, range[k]), 0, S);
+      const int e = group_exponent(m, range[k], S);
       e_out[k] = static_cast<std::int8_t>(e);
       pow_e[k] = pow2(e);
       pack[k] = pow2(S - e);
@@ -491,7 +497,7 @@ QTensor quantize_sample_channels_impl(const Tensor& x, std::int64_t samples, con
   // 2. Exponents against the base m, as quantize_impl's set_exponents.
   auto set_exponents = [&](float m, std::int64_t k0, std::int64_t k1) {
     for (std::int64_t k = k0; k < k1; ++k) {
-      const int e = (ranges[k] == 0.0f || m == 0.0f) ? S : std::clamp(floor_log2_ratio(m, ranges[k]), 0, S);
+      const int e = group_exponent(m, ranges[k], S);
       e_out[k] = static_cast<std::int8_t>(e);
       pow_e[k] = pow2(e);
       pack[k] = pow2(S - e);
@@ -600,10 +606,7 @@ QTensor quantize_sample_channels(const Tensor& x, std::int64_t samples, const Qu
                "and no observed group ranges", name_suffix(name));
   return quantize_sample_channels_impl(x, samples, p, name);
 }
-}  // namespace internal
 
-
-namespace internal {
 QTensor quantize_checked_input(const Tensor& x, const QuantizeParams& p, const char* name) {
   check_quantize_input(x, p, name, /*x_known_finite=*/true);
   return quantize_impl(x, p, nullptr, name);
