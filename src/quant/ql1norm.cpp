@@ -178,6 +178,23 @@ struct GroupStats {
   }
 };
 
+// The per-channel affine map y = a q + b of channel c's codes (scale s):
+//   batch statistics (training): a = gamma s / sigma, b = beta - a mean_q
+//   running statistics (eval):   a = gamma s / sigma_c, b = beta - gamma mean_c / sigma_c
+struct ChannelAffine {
+  float a, b;
+};
+ChannelAffine batch_affine(const float* gamma, const float* beta, const GroupStats& st, std::int64_t c) {
+  const float a = (gamma ? gamma[c] : 1.0f) * st.scale[c] / st.sigma[c];
+  return {a, (beta ? beta[c] : 0.0f) - a * st.mean_q[c]};
+}
+ChannelAffine running_affine(const float* gamma, const float* beta, const L1BatchNormState& state, float scale,
+                             std::int64_t c) {
+  const float g = gamma ? gamma[c] : 1.0f, rm = state.running_mean.data<float>()[c],
+              rs = state.running_sigma.data<float>()[c];
+  return {g * scale / rs, (beta ? beta[c] : 0.0f) - g * rm / rs};
+}
+
 // The running statistics' update from a training batch's statistics.
 void update_running_stats(L1BatchNormState& state, const GroupStats& st) {
   if (!state.running_mean.defined()) return;
@@ -278,14 +295,13 @@ Tensor l1_batch_norm2d_eval_codes(const Tensor& x, const Tensor& gamma, const Te
   const float qmax = static_cast<float>((1 << (bits - 1)) - 1);
   const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
   const float* bt = beta.defined() ? beta.data<float>() : nullptr;
-  const float* rm = state.running_mean.data<float>();
-  const float* rs = state.running_sigma.data<float>();
   std::vector<float> row_inv(static_cast<std::size_t>(rows)), ones(static_cast<std::size_t>(std::max(rows, l.inner)), 1.0f);
   std::vector<float> a(static_cast<std::size_t>(C)), b(static_cast<std::size_t>(C));
   for (std::int64_t c = 0; c < C; ++c) {
-    const float range = ranges.range(c), scale = range > 0.0f ? range / qmax : 1.0f, g = gm ? gm[c] : 1.0f;
-    a[c] = g * scale / rs[c];
-    b[c] = (bt ? bt[c] : 0.0f) - g * rm[c] / rs[c];
+    const float range = ranges.range(c), scale = range > 0.0f ? range / qmax : 1.0f;
+    const ChannelAffine map = running_affine(gm, bt, state, scale, c);
+    a[c] = map.a;
+    b[c] = map.b;
     for (std::int64_t n = 0; n < l.outer; ++n) row_inv[n * C + c] = 1.0f / scale;
   }
   Tensor codes = Tensor::uninitialized({rows, l.inner}, DType::s8);
@@ -404,13 +420,11 @@ Tensor l1_batch_norm2d_channels_last(const Tensor& x, const Tensor& gamma, const
     for (std::int64_t c = 0; c < C; ++c) observed[c] = input_range->range(c);
     ColumnCodes xq = column_codes(R, C, bits, std::move(observed));
     const ColumnPack pack(x, xq, bits, Rounding::nearest_even, {});
-    const float* rm = state.running_mean.data<float>();
-    const float* rs = state.running_sigma.data<float>();
     std::vector<float> a(static_cast<std::size_t>(C)), b(static_cast<std::size_t>(C));
     for (std::int64_t c = 0; c < C; ++c) {
-      const float g = gm ? gm[c] : 1.0f;
-      a[c] = g * xq.scale[c] / rs[c];
-      b[c] = (bt ? bt[c] : 0.0f) - g * rm[c] / rs[c];
+      const ChannelAffine map = running_affine(gm, bt, state, xq.scale[c], c);
+      a[c] = map.a;
+      b[c] = map.b;
     }
     const std::int8_t* q = xq.codes.data<std::int8_t>();
     detail::parallel_for(R, grain, [&](std::int64_t r0, std::int64_t r1) {
@@ -442,8 +456,9 @@ Tensor l1_batch_norm2d_channels_last(const Tensor& x, const Tensor& gamma, const
   std::vector<float> a(static_cast<std::size_t>(C)), b(static_cast<std::size_t>(C));
   for (std::int64_t c = 0; c < C; ++c) {
     st.set(c, {s1[c], abs_dev[c], sign[c]}, xq.scale[c], R, state.c, state.eps);
-    a[c] = (gm ? gm[c] : 1.0f) * st.scale[c] / st.sigma[c];
-    b[c] = (bt ? bt[c] : 0.0f) - a[c] * st.mean_q[c];
+    const ChannelAffine map = batch_affine(gm, bt, st, c);
+    a[c] = map.a;
+    b[c] = map.b;
   }
   detail::parallel_for(R, grain, [&](std::int64_t r0, std::int64_t r1) {
     kernels::affine_cols_s8_f32(q + r0 * C, r1 - r0, C, C, a.data(), b.data(), py + r0 * C);
@@ -541,7 +556,7 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
   const bool ranges = xq.packs_group_ranges();
   std::vector<float> coef_a(static_cast<std::size_t>(C)), coef_b(static_cast<std::size_t>(C));
   const auto per_channel = [&](std::int64_t g, const GroupStats& stats) {
-    const float a = (gm ? gm[g] : 1.0f) * stats.scale[g] / stats.sigma[g], b = (bt ? bt[g] : 0.0f) - a * stats.mean_q[g];
+    const auto [a, b] = batch_affine(gm, bt, stats, g);
     if (!ranges) {
       kernels::affine_s8_f32(q + g * l.inner, l.outer, l.inner, C * l.inner, a, b, py + g * l.inner);
       return;
