@@ -53,8 +53,9 @@ class BasicBlock : public nn::Module {
 
   // x: [N, in, H, W] -> [N, out, H / stride, W / stride] (NHWC: [N, H, W, in] -> [N, H / stride, W / stride, out])
   Tensor forward(const Tensor& x) override {
-    Tensor y = relu((*norm1_)((*conv1_)(x)));
-    y = (*norm2_)((*conv2_)(y));
+    // conv2(relu(norm1(.))): with a quantized L1 norm the norm writes conv2's int8 input codes
+    Tensor y = nn::norm_relu_conv2d(*norm1_, *conv2_, (*conv1_)(x));
+    y = (*norm2_)(y);
     const Tensor shortcut = shortcut_conv_ ? (*shortcut_norm_)((*shortcut_conv_)(x)) : x;
     return relu(add(y, shortcut));
   }

@@ -150,6 +150,17 @@ Tensor Conv2d::forward(const Tensor& x) {
   return quant::quantized_conv2d(x, weight, bias, params, packed_, *quant_, next_call(is_training()));
 }
 
+bool Conv2d::takes_input_codes() const {
+  return quant_ && quant_->activation_scaling == quant::ActivationScaling::delayed && !numerics_ &&
+         quant::writes_conv_input_codes(*quant_, &input_range_);
+}
+
+Tensor Conv2d::forward(const quant::CodedActivation& x) {
+  SHIFTQ_CHECK(quant_, ValueError, "Conv2d: a coded input needs a quantized layer (set_quantization)");
+  const Conv2dParams params{options_.stride(), options_.padding(), options_.layout()};
+  return quant::quantized_conv2d(x, weight, bias, params, packed_, *quant_, next_call(is_training()));
+}
+
 BatchNorm2d::BatchNorm2d(const BatchNormOptions& options) : Module("BatchNorm2d"), options_(options) {
   check_positive(options.num_features(), "BatchNorm2d", "num_features");
   SHIFTQ_CHECK(options.eps() > 0.0f && options.momentum() >= 0.0f && options.momentum() <= 1.0f,
@@ -205,6 +216,28 @@ Tensor L1BatchNorm2d::forward(const Tensor& x) {
   L1BatchNormState state{running_mean, running_sigma, options_.momentum(), options_.eps(), options_.c()};
   if (!quant_) return l1_batch_norm2d(x, weight, bias, state, is_training(), options_.layout());
   return quant::quantized_l1_batch_norm2d(x, weight, bias, state, *quant_, next_call(is_training()), options_.layout());
+}
+
+bool L1BatchNorm2d::writes_codes_for(const Conv2d& consumer) const {
+  if (!quant_ || !consumer.takes_input_codes() || consumer.options().layout() != options_.layout() ||
+      consumer.options().in_channels() != options_.num_features())
+    return false;
+  return is_training() || (!grad_mode_enabled() && input_range_ && input_range_->observed());
+}
+
+quant::CodedActivation L1BatchNorm2d::forward_relu_codes(const Tensor& x, Conv2d& consumer) {
+  SHIFTQ_CHECK(writes_codes_for(consumer), ValueError, "L1BatchNorm2d: cannot write this Conv2d's input codes (",
+               "both must be quantized with delayed scaling, the convolution with ShiftQuant activations and an ",
+               "observed input range, the same layout and channels; eval needs observed norm input ranges)");
+  L1BatchNormState state{running_mean, running_sigma, options_.momentum(), options_.eps(), options_.c()};
+  return quant::quantized_l1_batch_norm2d_relu(x, weight, bias, state, *quant_, next_call(is_training()),
+                                               options_.layout(), *consumer.quantization(), consumer.input_range());
+}
+
+Tensor norm_relu_conv2d(Module& norm, Conv2d& conv, const Tensor& x) {
+  if (auto* l1 = dynamic_cast<L1BatchNorm2d*>(&norm); l1 && l1->writes_codes_for(conv))
+    return conv.forward(l1->forward_relu_codes(x, conv));
+  return conv(relu(norm(x)));
 }
 
 L1LayerNorm::L1LayerNorm(const L1LayerNormOptions& options) : Module("L1LayerNorm"), options_(options) {

@@ -73,7 +73,8 @@ float scale_at(const QTensor& q, std::int64_t i) {
 struct ConvShape {
   Conv2dGeometry g;
   std::int64_t N, C, O, P, patch, image;  // image: C*H*W
-  bool channels_last;                     // x, Y, dY and dX in NHWC (ImageLayout::nhwc)
+  bool x_channels_last;                   // x and dX in NHWC (ImageLayout::nhwc, or a coded input)
+  bool y_channels_last;                   // Y and dY in NHWC (ImageLayout::nhwc)
 };
 
 // codes [N, C, HW] -> [N, HW, C] (u8)
@@ -101,7 +102,7 @@ struct GradientRows {
 
 // Channels-last dY is already [N*P, O]: only the ranges, per sample while its rows are in cache.
 GradientRows gradient_rows(const Tensor& grad, const ConvShape& s) {
-  GradientRows g{s.channels_last ? grad.view({s.N * s.P, s.O}) : Tensor::uninitialized({s.N * s.P, s.O}),
+  GradientRows g{s.y_channels_last ? grad.view({s.N * s.P, s.O}) : Tensor::uninitialized({s.N * s.P, s.O}),
                  std::vector<float>(static_cast<std::size_t>(s.N * s.P)), std::vector<float>(static_cast<std::size_t>(s.O), 0.0f)};
   const float* src = grad.data<float>();
   float* dst = g.rows.data<float>();
@@ -115,7 +116,7 @@ GradientRows gradient_rows(const Tensor& grad, const ConvShape& s) {
     for (std::int64_t n = b; n < e; ++n) {
       const float* sample = src + n * s.O * s.P;  // [O, P], or [P, O] channels-last
       float* pixel_max = g.row_max.data() + n * s.P;
-      if (s.channels_last) {
+      if (s.y_channels_last) {
         ok &= kernels::absmax_rows_f32(sample, 0, s.P, s.O, nullptr, pixel_max);
         ok &= kernels::absmax_cols_f32(sample, 0, s.P, s.O, nullptr, col);
         continue;
@@ -143,7 +144,7 @@ void im2col_rows(const ConvShape& s, const std::uint8_t* x_nhwc, std::int64_t r0
 
 // Y: [N, O, OH, OW] (channels-last: [N, OH, OW, O]) = cols · W^T (+ bias), x codes [N, HW, C] u8.
 Tensor conv_forward(const ConvShape& s, const QTensor& x_nhwc, const QTensor& wq, const Tensor& bias) {
-  Tensor out = s.channels_last ? Tensor::uninitialized({s.N, s.g.out_h(), s.g.out_w(), s.O})
+  Tensor out = s.y_channels_last ? Tensor::uninitialized({s.N, s.g.out_h(), s.g.out_w(), s.O})
                                : Tensor::uninitialized({s.N, s.O, s.g.out_h(), s.g.out_w()});
   const float x_scale = scale_at(x_nhwc, 0);
   const std::uint8_t* x = x_nhwc.codes.data<std::uint8_t>();
@@ -166,7 +167,7 @@ Tensor conv_forward(const ConvShape& s, const QTensor& x_nhwc, const QTensor& wq
                             s.O, offsets.data());
       // Scaled along the rows (contiguous): straight into channels-last Y, or moved to NCHW by a
       // blocked transpose per sample part.
-      if (s.channels_last) {
+      if (s.y_channels_last) {
         kernels::scale_s32_f32(acc, s.O, epilogue, 0, r1 - r0, s.O, y + r0 * s.O, s.O);
         continue;
       }
@@ -194,7 +195,7 @@ Tensor conv_input_grad(const ConvShape& s, const QTensor& gq, const QTensor& wq,
     std::int32_t* acc = thread_scratch<std::int32_t, 0>(rows_per_block * s.patch);
     float* row_scale = thread_scratch<float, 0>(rows_per_block);
     // The current sample's dX: [H, W, C], channels-last in place, else scratch moved to NCHW
-    float* scratch = s.channels_last ? nullptr : thread_scratch<float, 1>(s.image);
+    float* scratch = s.x_channels_last ? nullptr : thread_scratch<float, 1>(s.image);
     if (scratch) std::fill_n(scratch, s.image, 0.0f);
     for (std::int64_t r0 = b * s.P; r0 < e * s.P; r0 += rows_per_block) {
       const std::int64_t r1 = std::min(e * s.P, r0 + rows_per_block);
@@ -268,17 +269,13 @@ Tensor conv_weight_grad(const ConvShape& s, const QTensor& gq, const QTensor& x_
 }
 }  // namespace
 
-Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& params,
-                        PackedWeight& packed, const QConfig& config, const QuantCall& call) {
-  config.validate();
-  check_dtype(x, DType::f32, "quantized_conv2d", "x");
-  check_rank(x, 4, "quantized_conv2d", "x");
+namespace {
+// The convolution's checks and shape, from the input's [N, C, H, W] dims as `dims` orders them.
+ConvShape conv_shape(const Tensor& x, std::int64_t in_c, std::int64_t in_h, std::int64_t in_w, const Tensor& weight,
+                     const Tensor& bias, const Conv2dParams& params, bool x_channels_last) {
   check_dtype(weight, DType::f32, "quantized_conv2d", "weight");
   check_rank(weight, 4, "quantized_conv2d", "weight");
   SHIFTQ_CHECK(params.stride >= 1 && params.padding >= 0, ValueError, "quantized_conv2d: stride must be >= 1 and padding >= 0");
-  const bool channels_last = params.layout == ImageLayout::nhwc;
-  const std::int64_t in_c = x.size(channels_last ? 3 : 1), in_h = x.size(channels_last ? 1 : 2),
-                     in_w = x.size(channels_last ? 2 : 3);
   const Conv2dGeometry g{in_c, in_h, in_w, weight.size(2), weight.size(3),
                          params.stride, params.stride, params.padding, params.padding};
   SHIFTQ_CHECK(weight.size(1) == g.channels, ShapeError, "quantized_conv2d: weight ", weight.str(), " expects ",
@@ -286,34 +283,31 @@ Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bia
   SHIFTQ_CHECK(g.height + 2 * g.pad_h >= g.kernel_h && g.width + 2 * g.pad_w >= g.kernel_w, ShapeError,
                "quantized_conv2d: kernel larger than the padded input ", x.str());
   const ConvShape s{g, x.size(0), g.channels, weight.size(0), g.out_h() * g.out_w(), g.patch(),
-                    g.channels * g.height * g.width, channels_last};
+                    g.channels * g.height * g.width, x_channels_last, params.layout == ImageLayout::nhwc};
   SHIFTQ_CHECK(s.patch <= kernels::kMaxGemmKu8s8 && s.O <= kernels::kMaxGemmKu8s8, ValueError,
                "quantized_conv2d: C_in*KH*KW = ", s.patch, " and C_out = ", s.O, " must be at most ",
                kernels::kMaxGemmKu8s8, " (the longest int8 contraction whose int32 sum cannot overflow)");
   if (bias.defined())
     SHIFTQ_CHECK(bias.shape() == Shape{s.O}, ShapeError, "quantized_conv2d: bias ", bias.str(), " must be [", s.O, "]");
+  return s;
+}
 
-  // The activation is quantized once, with groups per (sample, channel) plane and a per-tensor base
-  // (u8 codes), into channels-last codes so that im2col copies runs of KW*C bytes; they are kept
-  // for backward. NCHW input is quantized as [N*C, H*W] and its codes transposed; NHWC input as
-  // [N*H*W, C], the groups per sample's column.
-  const QuantizeParams x_params = internal::activation_params(config.activations, 0);
-  const std::int64_t HW = g.height * g.width;
-  QTensor x_nhwc = channels_last ? internal::quantize_activation(x.view({s.N * HW, s.C}), x_params, call,
-                                                                 "conv2d input", x_params.shift_budget > 0 ? s.N : 0)
-                                 : internal::quantize_activation(x.view({s.N * s.C, HW}), x_params, call, "conv2d input");
+// Y from the channels-last input codes, and the node whose backward gives dX (f32 of `input`'s
+// shape: NCHW, or channels-last when s.x_channels_last), dW and db. `input` is the tensor that
+// carries the input's autograd edge (x itself, or a coded activation's codes).
+Tensor conv_on_codes(const ConvShape& s, const QTensor& x_nhwc, const Tensor& input, const Tensor& weight,
+                     const Tensor& bias, PackedWeight& packed, const QConfig& config, const QuantCall& call) {
   SHIFTQ_CHECK(x_nhwc.unsigned_codes() && x_nhwc.scale_axis() < 0, Error,
                "quantized_conv2d: internal error: activation codes must be u8 with a per-tensor scale");
-  if (!channels_last) x_nhwc.codes = to_channels_last(x_nhwc.codes, s);
   // W: [O, C, KH, KW] -> [O, KH, KW, C], the patch order of the channels-last im2col.
   const QTensor wq = packed.get(weight, s.O, s.patch, config.weights,
                                 [](const Tensor& w) { NoGradGuard no_grad; return permute(w.detach(), {0, 2, 3, 1}); });
   const Tensor out = conv_forward(s, x_nhwc, wq, bias);
-  const bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
-  if (any_requires_grad({&x, &weight, &bias})) internal::count_saved_bytes(static_cast<std::int64_t>(x_nhwc.codes.nbytes()));
-  return record("quantized_conv2d", out, {&x, &weight, &bias},
+  const bool gx = input.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
+  if (any_requires_grad({&input, &weight, &bias})) internal::count_saved_bytes(static_cast<std::int64_t>(x_nhwc.codes.nbytes()));
+  return record("quantized_conv2d", out, {&input, &weight, &bias},
                 [x_nhwc, wq, gradients = config.gradients, dx_key = call.gradient_key(0), dw_key = call.gradient_key(1),
-                 numerics = call.numerics, s, gx, gw, gb, x_shape = x.shape(),
+                 numerics = call.numerics, s, gx, gw, gb, x_shape = input.shape(),
                  w_shape = weight.shape()](const Tensor& grad) {
     const GradientRows g = gradient_rows(grad, s);  // dY: [N*P, O] and its ranges
     Tensor dx, dw, db;
@@ -332,6 +326,44 @@ Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bia
     if (gb) db = sum(g.rows, {0});
     return std::vector<Tensor>{dx, dw, db};
   });
+}
+}  // namespace
+
+Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& params,
+                        PackedWeight& packed, const QConfig& config, const QuantCall& call) {
+  config.validate();
+  check_dtype(x, DType::f32, "quantized_conv2d", "x");
+  check_rank(x, 4, "quantized_conv2d", "x");
+  const bool channels_last = params.layout == ImageLayout::nhwc;
+  const ConvShape s = conv_shape(x, x.size(channels_last ? 3 : 1), x.size(channels_last ? 1 : 2),
+                                 x.size(channels_last ? 2 : 3), weight, bias, params, channels_last);
+  // The activation is quantized once, with groups per (sample, channel) plane and a per-tensor base
+  // (u8 codes), into channels-last codes so that im2col copies runs of KW*C bytes; they are kept
+  // for backward. NCHW input is quantized as [N*C, H*W] and its codes transposed; NHWC input as
+  // [N*H*W, C], the groups per sample's column.
+  const QuantizeParams x_params = internal::activation_params(config.activations, 0);
+  const std::int64_t HW = s.g.height * s.g.width;
+  QTensor x_nhwc = channels_last ? internal::quantize_activation(x.view({s.N * HW, s.C}), x_params, call,
+                                                                 "conv2d input", x_params.shift_budget > 0 ? s.N : 0)
+                                 : internal::quantize_activation(x.view({s.N * s.C, HW}), x_params, call, "conv2d input");
+  if (!channels_last) x_nhwc.codes = to_channels_last(x_nhwc.codes, s);
+  return conv_on_codes(s, x_nhwc, x, weight, bias, packed, config, call);
+}
+
+Tensor quantized_conv2d(const CodedActivation& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& params,
+                        PackedWeight& packed, const QConfig& config, const QuantCall& call) {
+  config.validate();
+  const Tensor& codes = x.codes;
+  check_dtype(codes, DType::u8, "quantized_conv2d", "x.codes");
+  check_rank(codes, 4, "quantized_conv2d", "x.codes");
+  const std::int64_t N = codes.size(0), H = codes.size(1), W = codes.size(2), C = codes.size(3);
+  SHIFTQ_CHECK(x.q.codes.defined() && x.q.codes.storage_id() == codes.storage_id() && x.q.rows() == N * H * W &&
+                   x.q.cols() == C && x.q.unsigned_codes() && x.q.scale_axis() < 0 && x.q.inner_axis == 0 &&
+                   x.q.exponents.numel() == N * C,
+               ValueError, "quantized_conv2d: a coded input needs q.codes = its codes viewed as [N*H*W, C] (u8), a "
+               "per-tensor scale and one exponent per (sample, channel); got codes ", codes.str());
+  const ConvShape s = conv_shape(codes, C, H, W, weight, bias, params, /*x_channels_last=*/true);
+  return conv_on_codes(s, x.q, codes, weight, bias, packed, config, call);
 }
 
 }  // namespace shiftq::quant

@@ -8,13 +8,17 @@
 #include <atomic>
 #include <cmath>
 #include <mutex>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "core/parallel_for.hpp"
+#include "quant/qlayers_internal.hpp"
+#include "shiftq/kernels/activation.hpp"
 #include "shiftq/kernels/gemm.hpp"
 #include "shiftq/kernels/l1norm.hpp"
 #include "shiftq/kernels/quantize.hpp"
+#include "shiftq/kernels/transpose.hpp"
 
 namespace shiftq::quant {
 namespace {
@@ -284,52 +288,154 @@ L1Statistics l1_integer_statistics(const QTensor& x, std::int64_t outer, std::in
 }
 
 namespace {
-// Eval with observed channel ranges: q = round(x / s_c), s_c = range_c / qmax (the codes of a value
-// depend on it alone), then y = a_c q + b_c with the running statistics: a_c = gamma s_c / sigma_c,
-// b_c = beta - gamma mean_c / sigma_c.
-Tensor l1_batch_norm2d_eval_codes(const Tensor& x, const Tensor& gamma, const Tensor& beta,
-                                  const L1BatchNormState& state, const Layout& l, int bits,
-                                  const RangeObserver& ranges) {
+// ---- BatchNorm: the input codes and each channel's affine map of them --------------------------
+// Every forward (training or eval, NCHW or NHWC) first finds the int8 codes q of its input and a
+// per-channel map y = a_c q + b_c; its output is then either that map written as f32 (the norm's
+// output) or relu of it quantized as the next convolution's input codes (integer data flow).
+
+// x viewed as [N, C, P] (NCHW) or [N, P, C] (NHWC, channels_last).
+struct ImageShape {
+  std::int64_t N, C, P;
+  bool channels_last;
+  Layout layout() const { return channels_last ? Layout{N * P, C, 1} : Layout{N, C, P}; }
+};
+
+struct ChannelMaps {
+  Tensor codes;             // s8, x's layout: [N*C, P] or [N*P, C]
+  std::vector<float> a, b;  // [C]
+};
+
+// y = a_c q + b_c, f32 in x's layout.
+Tensor affine_output(const ChannelMaps& m, const ImageShape& s, const Shape& shape) {
+  Tensor y = Tensor::uninitialized(shape);
+  const std::int8_t* q = m.codes.data<std::int8_t>();
+  float* py = y.data<float>();
+  if (s.channels_last) {
+    detail::parallel_for(s.N * s.P, std::max<std::int64_t>(1, 4096 / s.C), [&](std::int64_t r0, std::int64_t r1) {
+      kernels::affine_cols_s8_f32(q + r0 * s.C, r1 - r0, s.C, s.C, m.a.data(), m.b.data(), py + r0 * s.C);
+    });
+    return y;
+  }
+  detail::parallel_for(s.N, 1, [&](std::int64_t n0, std::int64_t n1) {
+    for (std::int64_t n = n0; n < n1; ++n)
+      for (std::int64_t c = 0; c < s.C; ++c) {
+        const std::int64_t offset = (n * s.C + c) * s.P;
+        kernels::affine_s8_f32(q + offset, 1, s.P, s.P, m.a[c], m.b[c], py + offset);
+      }
+  });
+  return y;
+}
+
+// A per-thread buffer of at least n elements, kept across calls; `Slot` tells apart the buffers of
+// one thread. Contents are unspecified.
+template <int Slot>
+float* thread_floats(std::int64_t n) {
+  thread_local std::vector<float> buffer;
+  if (static_cast<std::int64_t>(buffer.size()) < n) buffer.resize(static_cast<std::size_t>(n));
+  return buffer.data();
+}
+
+// Sample n's y = a_c q + b_c in x's layout ([C, P] or [P, C]), with the kernels of affine_output
+// (the same bits).
+void sample_affine(const ChannelMaps& m, const ImageShape& s, std::int64_t n, float* y) {
+  const std::int8_t* q = m.codes.data<std::int8_t>() + n * s.C * s.P;
+  if (s.channels_last) {
+    kernels::affine_cols_s8_f32(q, s.P, s.C, s.C, m.a.data(), m.b.data(), y);
+    return;
+  }
+  for (std::int64_t c = 0; c < s.C; ++c) kernels::affine_s8_f32(q + c * s.P, 1, s.P, s.P, m.a[c], m.b[c], y + c * s.P);
+}
+
+// relu(a_c q + b_c) quantized as a convolution's input (`params`: S > 0, the observed base), one
+// sample at a time while it is in cache: the codes equal those quantized_conv2d would make of
+// relu(affine_output(m)) (quantize_produced_sample_channels; NCHW tiles stay channels-first).
+QTensor relu_codes(const ChannelMaps& m, const ImageShape& s, const QuantizeParams& params) {
+  return internal::quantize_produced_sample_channels(
+      s.N, s.P, s.C, params,
+      [&](std::int64_t n, float* tile) {
+        float* y = thread_floats<0>(s.P * s.C);
+        sample_affine(m, s, n, y);
+        kernels::relu_f32(y, tile, s.P * s.C);
+      },
+      /*channels_first_tiles=*/!s.channels_last, "conv2d input");
+}
+
+// The gradient through relu(a_c q + b_c) from g, the gradient of the codes relu_codes made: g is
+// channels-last [N, P, C]; dy has x's layout (NCHW: transposed per sample). The mask is relu's
+// (y > 0) on the same y. Channels-last also takes each channel's max |dy| while a sample is in
+// cache (empty when dy holds NaN or Inf): the ranges of the norm's gradient quantizer.
+struct ReluGradient {
+  Tensor dy;
+  std::vector<float> channel_max;  // [C], channels-last only
+};
+ReluGradient relu_gradient(const ChannelMaps& m, const ImageShape& s, const Tensor& g, const Shape& shape) {
+  ReluGradient out{Tensor::uninitialized(shape), {}};
+  if (s.channels_last) out.channel_max.assign(static_cast<std::size_t>(s.C), 0.0f);
+  const float* pg = g.data<float>();
+  float* pdy = out.dy.data<float>();
+  const std::int64_t block = s.P * s.C;
+  std::mutex mutex;
+  std::atomic<bool> finite{true};
+  detail::parallel_for(s.N, 1, [&](std::int64_t n0, std::int64_t n1) {
+    float* y = thread_floats<0>(block);
+    float* scratch = thread_floats<1>(block);
+    thread_local std::vector<std::uint8_t> mask;
+    mask.resize(static_cast<std::size_t>(block / 8 + 1));
+    std::vector<float> part(out.channel_max.size(), 0.0f);
+    for (std::int64_t n = n0; n < n1; ++n) {
+      sample_affine(m, s, n, y);
+      if (!s.channels_last) kernels::transpose_f32(pg + n * block, scratch, s.P, s.C);  // g in [C, P] order
+      kernels::relu_mask_f32(y, y, mask.data(), block);
+      kernels::relu_backward_mask_f32(s.channels_last ? pg + n * block : scratch, mask.data(), pdy + n * block, block);
+      if (s.channels_last && !kernels::absmax_cols_f32(pdy + n * block, 0, s.P, s.C, nullptr, part.data())) finite = false;
+    }
+    const std::lock_guard<std::mutex> lock(mutex);  // max: exact in any order
+    for (std::size_t c = 0; c < part.size(); ++c) out.channel_max[c] = std::max(out.channel_max[c], part[c]);
+  });
+  if (!finite) out.channel_max.clear();  // the norm's own range pass reports it
+  return out;
+}
+
+// ---- Eval with observed channel ranges ----
+// q = round(x / s_c), s_c = range_c / qmax (the codes of a value depend on it alone), then
+// y = a_c q + b_c with the running statistics: a_c = gamma s_c / sigma_c, b_c = beta - gamma mean_c / sigma_c.
+ChannelMaps eval_maps(const Tensor& x, const Tensor& gamma, const Tensor& beta, const L1BatchNormState& state,
+                      const ImageShape& s, int bits, const RangeObserver& ranges) {
   x.check_finite("quantized_l1_batch_norm2d: input");
-  const std::int64_t C = l.groups, rows = l.outer * C;
+  const std::int64_t C = s.C, rows = s.channels_last ? s.N * s.P : s.N * C, cols = s.channels_last ? C : s.P;
   const float qmax = static_cast<float>((1 << (bits - 1)) - 1);
   const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
   const float* bt = beta.defined() ? beta.data<float>() : nullptr;
-  std::vector<float> row_inv(static_cast<std::size_t>(rows)), ones(static_cast<std::size_t>(std::max(rows, l.inner)), 1.0f);
-  std::vector<float> a(static_cast<std::size_t>(C)), b(static_cast<std::size_t>(C));
+  ChannelMaps m{Tensor::uninitialized({rows, cols}, DType::s8), std::vector<float>(static_cast<std::size_t>(C)),
+                std::vector<float>(static_cast<std::size_t>(C))};
+  // 1 / s_c per row (NCHW: row n*C + c) or per column (NHWC), ones for the other factors.
+  std::vector<float> inv(static_cast<std::size_t>(C)), per_row(static_cast<std::size_t>(rows), 1.0f),
+      ones(static_cast<std::size_t>(std::max(rows, cols)), 1.0f);
   for (std::int64_t c = 0; c < C; ++c) {
     const float range = ranges.range(c), scale = range > 0.0f ? range / qmax : 1.0f;
     const ChannelAffine map = running_affine(gm, bt, state, scale, c);
-    a[c] = map.a;
-    b[c] = map.b;
-    for (std::int64_t n = 0; n < l.outer; ++n) row_inv[n * C + c] = 1.0f / scale;
+    m.a[c] = map.a;
+    m.b[c] = map.b;
+    inv[c] = 1.0f / scale;
   }
-  Tensor codes = Tensor::uninitialized({rows, l.inner}, DType::s8);
+  if (!s.channels_last)
+    for (std::int64_t r = 0; r < rows; ++r) per_row[r] = inv[r % C];
   kernels::QuantizePackArgs args{};
   args.x = x.data<float>();
   args.rows = rows;
-  args.cols = l.inner;
-  args.row_mul = row_inv.data();
-  args.col_mul = ones.data();
+  args.cols = cols;
+  args.row_mul = s.channels_last ? ones.data() : per_row.data();
+  args.col_mul = s.channels_last ? inv.data() : ones.data();
   args.row_pack = ones.data();
   args.col_pack = ones.data();
   args.qmax = qmax;
-  args.out = codes.data<std::int8_t>();
-  args.unit_factors = true;
-  Tensor y = Tensor::uninitialized(x.shape());
-  const std::int8_t* q = codes.data<std::int8_t>();
-  float* py = y.data<float>();
-  // Per sample: its C rows of codes, then each channel's affine map while they are in cache.
-  detail::parallel_for(l.outer, 1, [&](std::int64_t n0, std::int64_t n1) {
-    for (std::int64_t n = n0; n < n1; ++n) {
-      kernels::quantize_pack_f32_s8(args, n * C, (n + 1) * C, 1);
-      for (std::int64_t c = 0; c < C; ++c) {
-        const std::int64_t offset = (n * C + c) * l.inner;
-        kernels::affine_s8_f32(q + offset, 1, l.inner, l.inner, a[c], b[c], py + offset);
-      }
-    }
+  args.out = m.codes.data<std::int8_t>();
+  args.unit_factors = !s.channels_last;
+  args.col_mul_only = s.channels_last;
+  detail::parallel_for(rows, std::max<std::int64_t>(1, 4096 / cols), [&](std::int64_t r0, std::int64_t r1) {
+    kernels::quantize_pack_f32_s8(args, r0, r1);
   });
-  return y;
+  return m;
 }
 }  // namespace
 
@@ -405,36 +511,57 @@ void add_partial(std::vector<std::int64_t>& total, const std::vector<std::int64_
   for (std::size_t i = 0; i < total.size(); ++i) total[i] += part[i];
 }
 
-Tensor l1_batch_norm2d_channels_last(const Tensor& x, const Tensor& gamma, const Tensor& beta, L1BatchNormState& state,
-                                     int bits, const QuantCall& call, RangeObserver* input_range) {
-  const std::int64_t C = x.size(3), R = x.numel() / C;
-  const Layout l{R, C, 1};
+}  // namespace
+
+namespace {
+// ---- Training: batch statistics ----
+struct TrainingForward {
+  ChannelMaps maps;
+  GroupStats st;
+  std::vector<float> ranges;  // [C]: each channel's input range (what the norm's observer records)
+};
+
+// NCHW: one pass per channel (7x7: per thread's range, see quantize_groups): quantize it, sum its
+// codes, set a_c = gamma * s_c / sigma, b_c = beta - a_c * mean_q, and, when y is given, write
+// y = a_c q + b_c while the channel's codes are in cache.
+TrainingForward nchw_training_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                      const L1BatchNormState& state, const Layout& l, int bits, float* y) {
+  check_layout(l, "quantized_l1_batch_norm2d");
+  GroupQuantizer xq(x, l, bits, Rounding::nearest_even, {}, "l1_batch_norm2d input");
+  const std::int64_t C = l.groups;
+  TrainingForward f{{xq.codes, std::vector<float>(static_cast<std::size_t>(C)), std::vector<float>(static_cast<std::size_t>(C))}, {}, {}};
+  const std::int8_t* q = xq.codes.data<std::int8_t>();
   const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
   const float* bt = beta.defined() ? beta.data<float>() : nullptr;
-  const std::int64_t grain = std::max<std::int64_t>(1, 4096 / C);
-  Tensor y = Tensor::uninitialized(x.shape());
-  float* py = y.data<float>();
-  if (!call.training) {  // eval with observed channel ranges: y = a_c q + b_c with the running statistics
-    x.check_finite("quantized_l1_batch_norm2d: input");
-    std::vector<float> observed(static_cast<std::size_t>(C));
-    for (std::int64_t c = 0; c < C; ++c) observed[c] = input_range->range(c);
-    ColumnCodes xq = column_codes(R, C, bits, std::move(observed));
-    const ColumnPack pack(x, xq, bits, Rounding::nearest_even, {});
-    std::vector<float> a(static_cast<std::size_t>(C)), b(static_cast<std::size_t>(C));
-    for (std::int64_t c = 0; c < C; ++c) {
-      const ChannelAffine map = running_affine(gm, bt, state, xq.scale[c], c);
-      a[c] = map.a;
-      b[c] = map.b;
+  // Ranges of short channels (7x7): one affine_cols call per sample over the range's contiguous
+  // stretch (full vector steps) instead of a call per channel.
+  const bool ranges = xq.packs_group_ranges();
+  const auto per_channel = [&](std::int64_t g, const GroupStats& stats) {
+    const auto [a, b] = batch_affine(gm, bt, stats, g);
+    f.maps.a[g] = a;
+    f.maps.b[g] = b;
+    if (y && !ranges) kernels::affine_s8_f32(q + g * l.inner, l.outer, l.inner, C * l.inner, a, b, y + g * l.inner);
+  };
+  const auto per_range = [&](std::int64_t g0, std::int64_t g1, const GroupStats&) {
+    if (!y || !ranges) return;
+    const std::int64_t width = (g1 - g0) * l.inner, first = g0 * l.inner;
+    std::vector<float> a(static_cast<std::size_t>(width)), b(static_cast<std::size_t>(width));
+    for (std::int64_t g = g0; g < g1; ++g) {
+      std::fill_n(a.begin() + (g - g0) * l.inner, l.inner, f.maps.a[g]);
+      std::fill_n(b.begin() + (g - g0) * l.inner, l.inner, f.maps.b[g]);
     }
-    const std::int8_t* q = xq.codes.data<std::int8_t>();
-    detail::parallel_for(R, grain, [&](std::int64_t r0, std::int64_t r1) {
-      pack.pack_rows(r0, r1);
-      kernels::affine_cols_s8_f32(q + r0 * C, r1 - r0, C, C, a.data(), b.data(), py + r0 * C);
-    });
-    return y;
-  }
+    kernels::affine_cols_s8_f32(q + first, l.outer, width, C * l.inner, a.data(), b.data(), y + first);
+  };
+  f.st = statistics(xq, l, state.c, state.eps, per_channel, per_range);
+  f.ranges = xq.group_max;
+  return f;
+}
+
+// NHWC: ranges; codes and S1 per row block; the deviation sums; a_c and b_c.
+TrainingForward nhwc_training_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                      const L1BatchNormState& state, const Layout& l, int bits) {
   check_layout(l, "quantized_l1_batch_norm2d");
-  // Forward: ranges; codes and S1 per block; the deviation sums; y = a_c q + b_c.
+  const std::int64_t R = l.outer, C = l.groups, grain = std::max<std::int64_t>(1, 4096 / C);
   ColumnCodes xq = column_codes(R, C, bits, column_ranges(x, R, C, "l1_batch_norm2d input"));
   const ColumnPack pack(x, xq, bits, Rounding::nearest_even, {});
   const std::int8_t* q = xq.codes.data<std::int8_t>();
@@ -452,71 +579,134 @@ Tensor l1_batch_norm2d_channels_last(const Tensor& x, const Tensor& gamma, const
     add_partial(abs_dev, dev, mutex);
     add_partial(sign, sgn, mutex);
   });
-  GroupStats st(C);
-  std::vector<float> a(static_cast<std::size_t>(C)), b(static_cast<std::size_t>(C));
+  const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
+  const float* bt = beta.defined() ? beta.data<float>() : nullptr;
+  TrainingForward f{{xq.codes, std::vector<float>(static_cast<std::size_t>(C)), std::vector<float>(static_cast<std::size_t>(C))},
+                    GroupStats(C), std::move(xq.range)};
   for (std::int64_t c = 0; c < C; ++c) {
-    st.set(c, {s1[c], abs_dev[c], sign[c]}, xq.scale[c], R, state.c, state.eps);
-    const ChannelAffine map = batch_affine(gm, bt, st, c);
-    a[c] = map.a;
-    b[c] = map.b;
+    f.st.set(c, {s1[c], abs_dev[c], sign[c]}, xq.scale[c], R, state.c, state.eps);
+    const ChannelAffine map = batch_affine(gm, bt, f.st, c);
+    f.maps.a[c] = map.a;
+    f.maps.b[c] = map.b;
   }
-  detail::parallel_for(R, grain, [&](std::int64_t r0, std::int64_t r1) {
-    kernels::affine_cols_s8_f32(q + r0 * C, r1 - r0, C, C, a.data(), b.data(), py + r0 * C);
-  });
-  if (input_range) input_range->update(xq.range, /*negative=*/true, /*saturated=*/false);
-  update_running_stats(state, st);
-  const bool need_gamma = gamma.defined() && gamma.requires_grad(), need_beta = beta.defined() && beta.requires_grad();
-  return record("quantized_l1_batch_norm2d", y, {&x, &gamma, &beta},
-                [codes = xq.codes, st, R, C, c = state.c, gamma = gamma.detach(), need_gamma, need_beta, bits,
-                 key = norm_gradient_key(call)](const Tensor& dy) {
-    // Backward: ranges; codes and the two integer sums per block; dx = k_d dq + k_s sgn + k_0.
-    ColumnCodes dq = column_codes(R, C, bits, column_ranges(dy, R, C, "l1_batch_norm2d output gradient"));
-    const ColumnPack pack(dy, dq, bits, Rounding::stochastic, key);
-    const std::int8_t* q = codes.data<std::int8_t>();
-    const std::int8_t* d = dq.codes.data<std::int8_t>();
-    const std::int64_t grain = std::max<std::int64_t>(1, 4096 / C);
-    std::vector<std::int64_t> sum_d(static_cast<std::size_t>(C), 0), sum_dq(sum_d);
-    std::mutex mutex;
-    detail::parallel_for(R, grain, [&](std::int64_t r0, std::int64_t r1) {
-      pack.pack_rows(r0, r1);
-      std::vector<std::int64_t> part_d(static_cast<std::size_t>(C), 0), part_dq(part_d);
-      kernels::l1_col_gradient_sums_s8(d + r0 * C, q + r0 * C, r1 - r0, C, part_d.data(), part_dq.data());
-      add_partial(sum_d, part_d, mutex);
-      add_partial(sum_dq, part_dq, mutex);
-    });
-    const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
-    Tensor dgamma = need_gamma ? Tensor::empty({C}) : Tensor();
-    Tensor dbeta = need_beta ? Tensor::empty({C}) : Tensor();
-    std::vector<float> k_d(static_cast<std::size_t>(C)), k_s(k_d), k_0(k_d);
-    std::vector<std::int32_t> above(static_cast<std::size_t>(C)), below(above);
-    for (std::int64_t g = 0; g < C; ++g) {
-      const ChannelBackward cb = channel_backward(st, g, R, {sum_d[g], sum_dq[g]}, dq.scale[g], gm ? gm[g] : 1.0f, c);
-      if (need_gamma) dgamma.data<float>()[g] = cb.dgamma;
-      if (need_beta) dbeta.data<float>()[g] = cb.dbeta;
-      const kernels::L1SignThresholds t = kernels::l1_sign_thresholds(cb.coef.s1, cb.coef.m);
-      k_d[g] = cb.coef.k_d;
-      k_s[g] = cb.coef.k_s;
-      k_0[g] = cb.coef.k_0;
-      above[g] = t.above;
-      below[g] = t.below;
-    }
-    Tensor dx = Tensor::uninitialized(dy.shape());
-    float* pdx = dx.data<float>();
-    const kernels::L1BatchNormBackwardCols cols{k_d.data(), k_s.data(), k_0.data(), above.data(), below.data()};
-    detail::parallel_for(R, grain, [&](std::int64_t r0, std::int64_t r1) {
-      kernels::l1_bn_backward_cols_s8_f32(cols, q + r0 * C, d + r0 * C, r1 - r0, C, C, pdx + r0 * C);
-    });
-    return std::vector<Tensor>{dx, dgamma, dbeta};
-  });
+  return f;
 }
-}  // namespace
 
-Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, L1BatchNormState& state,
-                                 const QConfig& config, const QuantCall& call, ImageLayout layout) {
+// What the backward keeps of a training forward, and the backward itself.
+struct NormBackward {
+  Tensor codes;  // the input codes, x's layout
+  GroupStats st;
+  Layout l;
+  bool channels_last;
+  float c;
+  Tensor gamma;
+  bool need_gamma, need_beta;
+  int bits;
+  StochasticKey key;
+};
+
+// NCHW: one pass per channel: quantize its gradient, the two integer sums, dx. Short channels
+// (7x7) go by the thread's range (quantize_groups): the sums per channel, the coefficients per
+// column of the range, then one bn_backward_cols call per sample over its contiguous stretch.
+std::vector<Tensor> nchw_backward(const NormBackward& nb, const Tensor& dy) {
+  const Layout& l = nb.l;
+  GroupQuantizer dq(dy, l, nb.bits, Rounding::stochastic, nb.key, "l1_batch_norm2d output gradient");
+  const std::int8_t* q = nb.codes.data<std::int8_t>();
+  const std::int8_t* d = dq.codes.data<std::int8_t>();
+  const float* gm = nb.gamma.defined() ? nb.gamma.data<float>() : nullptr;
+  Tensor dx = Tensor::uninitialized(dy.shape());
+  Tensor dgamma = nb.need_gamma ? Tensor::empty({l.groups}) : Tensor();
+  Tensor dbeta = nb.need_beta ? Tensor::empty({l.groups}) : Tensor();
+  float* pdx = dx.data<float>();
+  const bool ranges = dq.packs_group_ranges();
+  detail::parallel_for(l.groups, 1, [&](std::int64_t g0, std::int64_t g1) {
+    if (ranges && !dq.quantize_groups(g0, g1)) return;
+    const std::int64_t width = ranges ? (g1 - g0) * l.inner : 0;
+    std::vector<float> k_d(width), k_s(width), k_0(width);
+    std::vector<std::int32_t> above(width), below(width);
+    for (std::int64_t g = g0; g < g1; ++g) {
+      if (!ranges && !dq.quantize_group(g)) continue;
+      const kernels::L1GradientSums sums =
+          kernels::l1_gradient_sums_s8(d + g * l.inner, q + g * l.inner, l.outer, l.inner, l.groups * l.inner);
+      const ChannelBackward cb =
+          channel_backward(nb.st, g, l.count(), sums, dq.scales.data<float>()[g], gm ? gm[g] : 1.0f, nb.c);
+      if (nb.need_gamma) dgamma.data<float>()[g] = cb.dgamma;
+      if (nb.need_beta) dbeta.data<float>()[g] = cb.dbeta;
+      const kernels::L1BatchNormBackward& coef = cb.coef;
+      if (!ranges) {
+        kernels::l1_bn_backward_s8_f32(coef, q + g * l.inner, d + g * l.inner, l.outer, l.inner, l.groups * l.inner,
+                                       pdx + g * l.inner);
+        continue;
+      }
+      const kernels::L1SignThresholds t = kernels::l1_sign_thresholds(coef.s1, coef.m);
+      const std::int64_t col = (g - g0) * l.inner;
+      std::fill_n(k_d.begin() + col, l.inner, coef.k_d);
+      std::fill_n(k_s.begin() + col, l.inner, coef.k_s);
+      std::fill_n(k_0.begin() + col, l.inner, coef.k_0);
+      std::fill_n(above.begin() + col, l.inner, t.above);
+      std::fill_n(below.begin() + col, l.inner, t.below);
+    }
+    if (!ranges) return;
+    const kernels::L1BatchNormBackwardCols cols{k_d.data(), k_s.data(), k_0.data(), above.data(), below.data()};
+    const std::int64_t sample = l.groups * l.inner, first = g0 * l.inner;
+    kernels::l1_bn_backward_cols_s8_f32(cols, q + first, d + first, l.outer, width, sample, pdx + first);
+  });
+  dq.throw_if_nonfinite();
+  return {dx, dgamma, dbeta};
+}
+
+// NHWC: ranges (unless the caller took them: dy_ranges); codes and the two integer sums per row
+// block; dx = k_d dq + k_s sgn + k_0.
+std::vector<Tensor> nhwc_backward(const NormBackward& nb, const Tensor& dy, std::vector<float> dy_ranges = {}) {
+  const std::int64_t R = nb.l.outer, C = nb.l.groups, grain = std::max<std::int64_t>(1, 4096 / C);
+  if (dy_ranges.empty()) dy_ranges = column_ranges(dy, R, C, "l1_batch_norm2d output gradient");
+  ColumnCodes dq = column_codes(R, C, nb.bits, std::move(dy_ranges));
+  const ColumnPack pack(dy, dq, nb.bits, Rounding::stochastic, nb.key);
+  const std::int8_t* q = nb.codes.data<std::int8_t>();
+  const std::int8_t* d = dq.codes.data<std::int8_t>();
+  std::vector<std::int64_t> sum_d(static_cast<std::size_t>(C), 0), sum_dq(sum_d);
+  std::mutex mutex;
+  detail::parallel_for(R, grain, [&](std::int64_t r0, std::int64_t r1) {
+    pack.pack_rows(r0, r1);
+    std::vector<std::int64_t> part_d(static_cast<std::size_t>(C), 0), part_dq(part_d);
+    kernels::l1_col_gradient_sums_s8(d + r0 * C, q + r0 * C, r1 - r0, C, part_d.data(), part_dq.data());
+    add_partial(sum_d, part_d, mutex);
+    add_partial(sum_dq, part_dq, mutex);
+  });
+  const float* gm = nb.gamma.defined() ? nb.gamma.data<float>() : nullptr;
+  Tensor dgamma = nb.need_gamma ? Tensor::empty({C}) : Tensor();
+  Tensor dbeta = nb.need_beta ? Tensor::empty({C}) : Tensor();
+  std::vector<float> k_d(static_cast<std::size_t>(C)), k_s(k_d), k_0(k_d);
+  std::vector<std::int32_t> above(static_cast<std::size_t>(C)), below(above);
+  for (std::int64_t g = 0; g < C; ++g) {
+    const ChannelBackward cb = channel_backward(nb.st, g, R, {sum_d[g], sum_dq[g]}, dq.scale[g], gm ? gm[g] : 1.0f, nb.c);
+    if (nb.need_gamma) dgamma.data<float>()[g] = cb.dgamma;
+    if (nb.need_beta) dbeta.data<float>()[g] = cb.dbeta;
+    const kernels::L1SignThresholds t = kernels::l1_sign_thresholds(cb.coef.s1, cb.coef.m);
+    k_d[g] = cb.coef.k_d;
+    k_s[g] = cb.coef.k_s;
+    k_0[g] = cb.coef.k_0;
+    above[g] = t.above;
+    below[g] = t.below;
+  }
+  Tensor dx = Tensor::uninitialized(dy.shape());
+  float* pdx = dx.data<float>();
+  const kernels::L1BatchNormBackwardCols cols{k_d.data(), k_s.data(), k_0.data(), above.data(), below.data()};
+  detail::parallel_for(R, grain, [&](std::int64_t r0, std::int64_t r1) {
+    kernels::l1_bn_backward_cols_s8_f32(cols, q + r0 * C, d + r0 * C, r1 - r0, C, C, pdx + r0 * C);
+  });
+  return {dx, dgamma, dbeta};
+}
+
+std::vector<Tensor> norm_backward(const NormBackward& nb, const Tensor& dy, std::vector<float> dy_ranges = {}) {
+  return nb.channels_last ? nhwc_backward(nb, dy, std::move(dy_ranges)) : nchw_backward(nb, dy);
+}
+
+// The checks shared by both BatchNorm entry points; returns the input's shape as [N, C, P].
+ImageShape checked_batch_norm_shape(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                    const L1BatchNormState& state, const RangeObserver* input_range, ImageLayout layout) {
   check_dtype(x, DType::f32, "quantized_l1_batch_norm2d", "x");
   check_rank(x, 4, "quantized_l1_batch_norm2d", "x");
-  const int bits = norm_bits(config, "quantized_l1_batch_norm2d");
-  RangeObserver* input_range = call.input_range;
   const bool channels_last = layout == ImageLayout::nhwc;
   const std::int64_t C = x.size(channels_last ? 3 : 1);
   for (const Tensor* p : {&gamma, &beta, static_cast<const Tensor*>(&state.running_mean), static_cast<const Tensor*>(&state.running_sigma)})
@@ -526,106 +716,100 @@ Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Ten
   if (input_range)
     SHIFTQ_CHECK(input_range->channels() == C, ShapeError, "quantized_l1_batch_norm2d: the input observer has ",
                  input_range->channels(), " channels, the input ", x.str(), " has ", C);
-  const Layout l{x.size(0), C, x.size(2) * x.size(3)};
+  return {x.size(0), C, x.size(1) * x.size(2) * x.size(3) / C, channels_last};
+}
+
+// Whether eval runs on codes: observed channel ranges and running statistics (else the float map).
+bool eval_on_codes(const RangeObserver* input_range, const L1BatchNormState& state) {
+  return input_range && input_range->observed() && state.running_mean.defined();
+}
+
+// The training forward's bookkeeping: the observed input ranges and the running statistics.
+void record_statistics(const TrainingForward& f, RangeObserver* input_range, L1BatchNormState& state) {
+  if (input_range) input_range->update(f.ranges, /*negative=*/true, /*saturated=*/false);
+  update_running_stats(state, f.st);
+}
+
+NormBackward backward_state(const TrainingForward& f, const ImageShape& s, const L1BatchNormState& state,
+                            const Tensor& gamma, const Tensor& beta, int bits, const QuantCall& call) {
+  return {f.maps.codes, f.st, s.layout(), s.channels_last, state.c, gamma.detach(),
+          gamma.defined() && gamma.requires_grad(), beta.defined() && beta.requires_grad(), bits, norm_gradient_key(call)};
+}
+}  // namespace
+
+Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, L1BatchNormState& state,
+                                 const QConfig& config, const QuantCall& call, ImageLayout layout) {
+  const ImageShape s = checked_batch_norm_shape(x, gamma, beta, state, call.input_range, layout);
+  const int bits = norm_bits(config, "quantized_l1_batch_norm2d");
   if (!call.training) {
     // eval: a per-channel affine map, on codes when the channel ranges are observed
-    if (!input_range || !input_range->observed() || !state.running_mean.defined())
-      return l1_batch_norm2d(x, gamma, beta, state, false, layout);
+    if (!eval_on_codes(call.input_range, state)) return l1_batch_norm2d(x, gamma, beta, state, false, layout);
     SHIFTQ_CHECK(x.numel() > 0, ShapeError, "quantized_l1_batch_norm2d: empty input ", x.str());
-    const Tensor y = channels_last ? l1_batch_norm2d_channels_last(x, gamma, beta, state, bits, call, input_range)
-                                   : l1_batch_norm2d_eval_codes(x, gamma, beta, state, l, bits, *input_range);
+    const Tensor y = affine_output(eval_maps(x, gamma, beta, state, s, bits, *call.input_range), s, x.shape());
     if (!any_requires_grad({&x, &gamma, &beta})) return y;
     // Gradients (a probe through an eval model): straight through the quantizer, those of the float
     // map f; y + (f - f.detach()) has exactly y's values.
     const Tensor f = l1_batch_norm2d(x, gamma, beta, state, false, layout);
     return add(y, sub(f, f.detach()));
   }
-  if (channels_last) return l1_batch_norm2d_channels_last(x, gamma, beta, state, bits, call, input_range);
-  check_layout(l, "quantized_l1_batch_norm2d");
-  GroupQuantizer xq(x, l, bits, Rounding::nearest_even, {}, "l1_batch_norm2d input");
-  // One pass per channel (7x7: per thread's range, see quantize_groups): quantize it, sum its codes,
-  // write y = a_c * q + b_c with
-  // a_c = gamma * s_c / sigma, b_c = beta - a_c * mean_q.
-  Tensor y = Tensor::uninitialized(x.shape());
-  const std::int8_t* q = xq.codes.data<std::int8_t>();
-  const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
-  const float* bt = beta.defined() ? beta.data<float>() : nullptr;
-  float* py = y.data<float>();
-  // Ranges of short channels (7x7): a and b per column of the range, then one affine_cols call per
-  // sample over the range's contiguous stretch (full vector steps) instead of a call per channel.
-  const bool ranges = xq.packs_group_ranges();
-  std::vector<float> coef_a(static_cast<std::size_t>(C)), coef_b(static_cast<std::size_t>(C));
-  const auto per_channel = [&](std::int64_t g, const GroupStats& stats) {
-    const auto [a, b] = batch_affine(gm, bt, stats, g);
-    if (!ranges) {
-      kernels::affine_s8_f32(q + g * l.inner, l.outer, l.inner, C * l.inner, a, b, py + g * l.inner);
-      return;
-    }
-    coef_a[g] = a;
-    coef_b[g] = b;
-  };
-  const auto per_range = [&](std::int64_t g0, std::int64_t g1, const GroupStats&) {
-    if (!ranges) return;
-    const std::int64_t width = (g1 - g0) * l.inner, first = g0 * l.inner;
-    std::vector<float> a(static_cast<std::size_t>(width)), b(static_cast<std::size_t>(width));
-    for (std::int64_t g = g0; g < g1; ++g) {
-      std::fill_n(a.begin() + (g - g0) * l.inner, l.inner, coef_a[g]);
-      std::fill_n(b.begin() + (g - g0) * l.inner, l.inner, coef_b[g]);
-    }
-    kernels::affine_cols_s8_f32(q + first, l.outer, width, C * l.inner, a.data(), b.data(), py + first);
-  };
-  const GroupStats st = statistics(xq, l, state.c, state.eps, per_channel, per_range);
-  if (input_range) input_range->update(xq.group_max, /*negative=*/true, /*saturated=*/false);
-  update_running_stats(state, st);
-  const bool need_gamma = gamma.defined() && gamma.requires_grad(), need_beta = beta.defined() && beta.requires_grad();
+  Tensor y;
+  TrainingForward f;
+  if (s.channels_last) {
+    f = nhwc_training_forward(x, gamma, beta, state, s.layout(), bits);
+    y = affine_output(f.maps, s, x.shape());
+  } else {
+    y = Tensor::uninitialized(x.shape());
+    f = nchw_training_forward(x, gamma, beta, state, s.layout(), bits, y.data<float>());
+  }
+  record_statistics(f, call.input_range, state);
   return record("quantized_l1_batch_norm2d", y, {&x, &gamma, &beta},
-                [codes = xq.codes, st, l, c = state.c, gamma = gamma.detach(), need_gamma, need_beta, bits,
-                 key = norm_gradient_key(call)](const Tensor& dy) {
-    GroupQuantizer dq(dy, l, bits, Rounding::stochastic, key, "l1_batch_norm2d output gradient");
-    const std::int8_t* q = codes.data<std::int8_t>();
-    const std::int8_t* d = dq.codes.data<std::int8_t>();
-    const float* gm = gamma.defined() ? gamma.data<float>() : nullptr;
-    Tensor dx = Tensor::uninitialized(dy.shape());
-    Tensor dgamma = need_gamma ? Tensor::empty({l.groups}) : Tensor();
-    Tensor dbeta = need_beta ? Tensor::empty({l.groups}) : Tensor();
-    float* pdx = dx.data<float>();
-    // One pass per channel: quantize its gradient, the two integer sums, dx. Short channels (7x7)
-    // go by the thread's range (quantize_groups): the sums per channel, the coefficients per column
-    // of the range, then one bn_backward_cols call per sample over its contiguous stretch.
-    const bool ranges = dq.packs_group_ranges();
-    detail::parallel_for(l.groups, 1, [&](std::int64_t g0, std::int64_t g1) {
-      if (ranges && !dq.quantize_groups(g0, g1)) return;
-      const std::int64_t width = ranges ? (g1 - g0) * l.inner : 0;
-      std::vector<float> k_d(width), k_s(width), k_0(width);
-      std::vector<std::int32_t> above(width), below(width);
-      for (std::int64_t g = g0; g < g1; ++g) {
-        if (!ranges && !dq.quantize_group(g)) continue;
-        const kernels::L1GradientSums sums = kernels::l1_gradient_sums_s8(d + g * l.inner, q + g * l.inner, l.outer, l.inner,
-                                                             l.groups * l.inner);
-        const ChannelBackward cb = channel_backward(st, g, l.count(), sums, dq.scales.data<float>()[g], gm ? gm[g] : 1.0f, c);
-        if (need_gamma) dgamma.data<float>()[g] = cb.dgamma;
-        if (need_beta) dbeta.data<float>()[g] = cb.dbeta;
-        const kernels::L1BatchNormBackward& coef = cb.coef;
-        if (!ranges) {
-          kernels::l1_bn_backward_s8_f32(coef, q + g * l.inner, d + g * l.inner, l.outer, l.inner, l.groups * l.inner, pdx + g * l.inner);
-          continue;
-        }
-        const kernels::L1SignThresholds t = kernels::l1_sign_thresholds(coef.s1, coef.m);
-        const std::int64_t col = (g - g0) * l.inner;
-        std::fill_n(k_d.begin() + col, l.inner, coef.k_d);
-        std::fill_n(k_s.begin() + col, l.inner, coef.k_s);
-        std::fill_n(k_0.begin() + col, l.inner, coef.k_0);
-        std::fill_n(above.begin() + col, l.inner, t.above);
-        std::fill_n(below.begin() + col, l.inner, t.below);
-      }
-      if (!ranges) return;
-      const kernels::L1BatchNormBackwardCols cols{k_d.data(), k_s.data(), k_0.data(), above.data(), below.data()};
-      const std::int64_t sample = l.groups * l.inner, first = g0 * l.inner;
-      kernels::l1_bn_backward_cols_s8_f32(cols, q + first, d + first, l.outer, width, sample, pdx + first);
-    });
-    dq.throw_if_nonfinite();
-    return std::vector<Tensor>{dx, dgamma, dbeta};
-  });
+                [nb = backward_state(f, s, state, gamma, beta, bits, call)](const Tensor& dy) { return norm_backward(nb, dy); });
+}
+
+bool writes_conv_input_codes(const QConfig& consumer, const RangeObserver* consumer_range) {
+  const TensorQConfig& a = consumer.activations;
+  return a.kind == QuantizerKind::shiftquant && a.shift_budget > 0 && consumer_range &&
+         consumer_range->channels() == 1 && consumer_range->observed() && consumer_range->range() > 0.0f;
+}
+
+CodedActivation quantized_l1_batch_norm2d_relu(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                               L1BatchNormState& state, const QConfig& config, const QuantCall& call,
+                                               ImageLayout layout, const QConfig& consumer, RangeObserver& consumer_range) {
+  const ImageShape s = checked_batch_norm_shape(x, gamma, beta, state, call.input_range, layout);
+  const int bits = norm_bits(config, "quantized_l1_batch_norm2d_relu");
+  consumer.validate();
+  SHIFTQ_CHECK(writes_conv_input_codes(consumer, &consumer_range), ValueError,
+               "quantized_l1_batch_norm2d_relu: the consumer needs ShiftQuant activations (S > 0) and an observed "
+               "input range > 0 with one channel (delayed scaling after a training call)");
+  SHIFTQ_CHECK(call.training || eval_on_codes(call.input_range, state), ValueError,
+               "quantized_l1_batch_norm2d_relu: eval on codes needs observed input ranges and running statistics");
+  SHIFTQ_CHECK(x.numel() > 0, ShapeError, "quantized_l1_batch_norm2d_relu: empty input ", x.str());
+  // The consumer's quantizer with its observed base: the codes of quantized_conv2d's own input pass.
+  const float base = consumer_range.range();
+  const QuantizeParams params = internal::activation_params(consumer.activations, 0)
+                                    .with_observed_range(base, consumer_range.nonnegative());
+  TrainingForward f;
+  if (!call.training)
+    f.maps = eval_maps(x, gamma, beta, state, s, bits, *call.input_range);
+  else
+    f = s.channels_last ? nhwc_training_forward(x, gamma, beta, state, s.layout(), bits)
+                        : nchw_training_forward(x, gamma, beta, state, s.layout(), bits, nullptr);
+  CodedActivation out;
+  out.q = relu_codes(f.maps, s, params);
+  const std::int64_t H = x.size(s.channels_last ? 1 : 2), W = x.size(s.channels_last ? 2 : 3);
+  out.codes = out.q.codes.view({s.N, H, W, s.C});
+  if (!call.training) return out;
+  record_statistics(f, call.input_range, state);
+  const float own = out.q.input_range;
+  consumer_range.update(std::span<const float>(&own, 1), out.q.input_negative, own > base);
+  if (!any_requires_grad({&x, &gamma, &beta})) return out;
+  out.codes = record("quantized_l1_batch_norm2d_relu", out.codes, {&x, &gamma, &beta},
+                     [nb = backward_state(f, s, state, gamma, beta, bits, call), maps = f.maps, s,
+                      x_shape = x.shape()](const Tensor& g) {
+                       ReluGradient r = relu_gradient(maps, s, g, x_shape);
+                       return norm_backward(nb, r.dy, std::move(r.channel_max));
+                     });
+  return out;
 }
 
 Tensor quantized_l1_layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps, float c,

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 #include "shiftq/quant/qlayers.hpp"
 
@@ -30,6 +31,17 @@ QTensor quantize_checked_input(const Tensor& x, const QuantizeParams& params, co
 // transposed per sample (nearest rounding; stochastic draws are keyed by the channels-last index),
 // and exponents, scale, input_range and input_negative are that call's.
 QTensor quantize_sample_channels(const Tensor& x, std::int64_t samples, const QuantizeParams& params, const char* name);
+// Writes sample n's block of P * C values into `tile`: [P, C], or [C, P] (channels first).
+using SampleProducer = std::function<void(std::int64_t n, float* tile)>;
+// quantize_sample_channels of values that are never stored as a whole tensor: a producer (the
+// quantized L1 BatchNorm writing its consumer's input) hands each sample's block over in a
+// per-thread tile, which is quantized while in cache, [P, C] or, with channels_first_tiles, [C, P]
+// (a channel's values contiguous: row groups, then the codes transposed, so that an NCHW producer
+// moves bytes instead of floats). Needs a known base (params.observed_range > 0: delayed scaling).
+// Codes ([samples * P, C]) and metadata equal quantize_sample_channels' on the tensor of the [P, C]
+// blocks; NumericError (naming `name`) if a block holds NaN or Inf.
+QTensor quantize_produced_sample_channels(std::int64_t samples, std::int64_t P, std::int64_t C, const QuantizeParams& params,
+                                          const SampleProducer& produce, bool channels_first_tiles, const char* name);
 // Measures a gradient's quantization for the monitor (when call.numerics is set).
 void measure_gradient(const Tensor& g2d, const QTensor& gq, const std::shared_ptr<LayerNumerics>& numerics);
 // Adds to the calling thread's saved-activation byte counter (saved_activation_bytes()).

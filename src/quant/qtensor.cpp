@@ -16,6 +16,7 @@
 #include "quant/shiftmm_internal.hpp"
 #include "shiftq/kernels/gemm.hpp"
 #include "shiftq/kernels/quantize.hpp"
+#include "shiftq/kernels/transpose.hpp"
 
 namespace shiftq::quant {
 namespace {
@@ -468,11 +469,17 @@ QTensor quantize(const Tensor& x, const QuantizeParams& p, const char* name) {
 
 namespace {
 // quantize_sample_channels on x: [N * P, C] (see qlayers_internal.hpp). Groups k = n * C + c;
-// each pass runs per sample, on the sample's [P, C] block while it is in cache.
-QTensor quantize_sample_channels_impl(const Tensor& x, std::int64_t samples, const QuantizeParams& p, const char* name) {
-  const std::int64_t C = x.size(1), P = x.size(0) / samples, groups = samples * C;
+// each pass runs per sample, on the sample's [P, C] block while it is in cache. Without x (an
+// undefined tensor), `produce` writes each sample's block into a per-thread tile instead (a known
+// base only: every sample then goes through all passes at once), or, with channels_first_tiles,
+// its [C, P] transpose, quantized with quantize_impl's row-group kernels and the u8/s8 codes
+// transposed.
+QTensor quantize_sample_channels_impl(const Tensor& x, std::int64_t samples, std::int64_t P, std::int64_t C,
+                                      const QuantizeParams& p, const internal::SampleProducer& produce,
+                                      bool channels_first_tiles, const char* name) {
+  const std::int64_t groups = samples * C;
   const int S = p.shift_budget;
-  const float* px = x.data<float>();
+  const float* px = x.defined() ? x.data<float>() : nullptr;
   const bool observed = p.observed_range >= 0.0f;
   const bool sign_applies = p.nonnegative_range && S <= max_shift_budget(p.bits, true);
   QTensor q;
@@ -485,10 +492,11 @@ QTensor quantize_sample_channels_impl(const Tensor& x, std::int64_t samples, con
   std::vector<float> ranges(static_cast<std::size_t>(groups), 0.0f), pow_e(ranges.size(), 1.0f), pack(ranges.size(), 1.0f);
   std::int8_t* e_out = q.exponents.data<std::int8_t>();
   std::atomic<bool> finite{true}, any_negative{false};
-  // 1. The group ranges of sample n: its block's column maxima. False (and remembered) on NaN/Inf.
-  auto sample_ranges = [&](std::int64_t n) {
+  // 1. The group ranges of sample n (its block: `sample`): its column maxima. False (and remembered)
+  // on NaN/Inf.
+  auto sample_ranges = [&](std::int64_t n, const float* sample) {
     bool negative = false;
-    const bool ok = kernels::absmax_cols_f32(px + n * P * C, 0, P, C, nullptr, ranges.data() + n * C,
+    const bool ok = kernels::absmax_cols_f32(sample, 0, P, C, nullptr, ranges.data() + n * C,
                                              sign_applies ? &negative : nullptr);
     if (negative) any_negative = true;
     if (!ok) finite = false;
@@ -513,32 +521,55 @@ QTensor quantize_sample_channels_impl(const Tensor& x, std::int64_t samples, con
   args.stochastic = p.rounding == Rounding::stochastic;
   args.key = p.key.derive();
   args.xor_mask = p.unsigned_codes ? 0x80 : 0x00;
-  auto pack_samples = [&](std::int64_t n0, std::int64_t n1) {
+  auto pack_sample = [&](std::int64_t n, const float* sample) {
     thread_local std::vector<float> clip;  // lanes, keep, halve, a
     if (p.mse_clip) clip.resize(static_cast<std::size_t>(std::max(16 * C, P) + 3 * C));
-    for (std::int64_t n = n0; n < n1; ++n) {
-      const float* sample = px + n * P * C;
-      const std::int64_t k0 = n * C;
-      if (p.mse_clip) {
-        float* keep = clip.data() + std::max(16 * C, P);
-        float* halve = keep + C;
-        float* a = halve + C;
-        for (std::int64_t c = 0; c < C; ++c) a[c] = pow_e[k0 + c] * inv_scale;
-        kernels::shift_clip_errors_cols_f32(sample, P, C, a, lo, qmax, clip.data(), keep, halve);
-        const ShiftClip shift_clip{S, inv_scale, lo, qmax, e_out, pow_e.data(), pack.data()};
-        for (std::int64_t c = 0; c < C; ++c)
-          if (e_out[k0 + c] < S) shift_clip.choose(k0 + c, keep[c], halve[c]);
-      }
-      kernels::QuantizePackArgs sample_args = args;
-      sample_args.x = sample;
-      sample_args.row_mul = row_mul.data();
-      sample_args.col_mul = pow_e.data() + k0;
-      sample_args.col_pack = pack.data() + k0;
-      sample_args.index_base = static_cast<std::uint64_t>(n * P * C);
-      sample_args.out = p.unsigned_codes ? reinterpret_cast<std::int8_t*>(q.codes.data<std::uint8_t>()) + n * P * C
-                                         : q.codes.data<std::int8_t>() + n * P * C;
-      kernels::quantize_pack_f32_s8(sample_args, 0, P);
+    const std::int64_t k0 = n * C;
+    if (p.mse_clip) {
+      float* keep = clip.data() + std::max(16 * C, P);
+      float* halve = keep + C;
+      float* a = halve + C;
+      for (std::int64_t c = 0; c < C; ++c) a[c] = pow_e[k0 + c] * inv_scale;
+      kernels::shift_clip_errors_cols_f32(sample, P, C, a, lo, qmax, clip.data(), keep, halve);
+      const ShiftClip shift_clip{S, inv_scale, lo, qmax, e_out, pow_e.data(), pack.data()};
+      for (std::int64_t c = 0; c < C; ++c)
+        if (e_out[k0 + c] < S) shift_clip.choose(k0 + c, keep[c], halve[c]);
     }
+    kernels::QuantizePackArgs sample_args = args;
+    sample_args.x = sample;
+    sample_args.row_mul = row_mul.data();
+    sample_args.col_mul = pow_e.data() + k0;
+    sample_args.col_pack = pack.data() + k0;
+    sample_args.index_base = static_cast<std::uint64_t>(n * P * C);
+    sample_args.out = p.unsigned_codes ? reinterpret_cast<std::int8_t*>(q.codes.data<std::uint8_t>()) + n * P * C
+                                       : q.codes.data<std::int8_t>() + n * P * C;
+    kernels::quantize_pack_f32_s8(sample_args, 0, P);
+  };
+  // The same for a [C, P] tile (channels_first_tiles): each row one group, as quantize_impl's
+  // tile loop runs groups along rows under a known base; then the codes moved to [P, C].
+  auto pack_sample_rows = [&](std::int64_t n, const float* tile) {
+    thread_local std::vector<float> cols_inv, cols_ones;
+    thread_local std::vector<std::uint8_t> codes_tile;
+    cols_inv.assign(static_cast<std::size_t>(P), inv_scale);
+    cols_ones.assign(static_cast<std::size_t>(P), 1.0f);
+    codes_tile.resize(static_cast<std::size_t>(P * C));
+    const std::int64_t k0 = n * C;
+    if (p.mse_clip) {
+      const ShiftClip shift_clip{S, inv_scale, lo, qmax, e_out + k0, pow_e.data() + k0, pack.data() + k0};
+      shift_clip.rows(tile, P, 0, C);
+    }
+    kernels::QuantizePackArgs tile_args = args;
+    tile_args.x = tile;
+    tile_args.rows = C;
+    tile_args.cols = P;
+    tile_args.row_mul = pow_e.data() + k0;
+    tile_args.col_mul = cols_inv.data();
+    tile_args.row_pack = pack.data() + k0;
+    tile_args.col_pack = cols_ones.data();
+    tile_args.out = reinterpret_cast<std::int8_t*>(codes_tile.data());
+    kernels::quantize_pack_f32_s8(tile_args, 0, C);
+    std::uint8_t* out = p.unsigned_codes ? q.codes.data<std::uint8_t>() : reinterpret_cast<std::uint8_t*>(q.codes.data<std::int8_t>());
+    kernels::transpose_u8(codes_tile.data(), out + n * P * C, C, P);
   };
   auto set_scale = [&](float base, bool nonnegative) {
     q.nonnegative = nonnegative;
@@ -556,19 +587,37 @@ QTensor quantize_sample_channels_impl(const Tensor& x, std::int64_t samples, con
     // Delayed scaling: the base is known, so each sample goes through all passes while in cache.
     set_scale(p.observed_range, sign_applies && p.observed_nonnegative);
     detail::parallel_for(samples, grain, [&](std::int64_t n0, std::int64_t n1) {
+      thread_local std::vector<float> tile;  // the produced sample
+      if (!px) tile.resize(static_cast<std::size_t>(P * C));
       for (std::int64_t n = n0; n < n1; ++n) {
-        if (!sample_ranges(n)) continue;  // reported after the loop; never convert NaN/Inf to integers
+        const float* sample = px ? px + n * P * C : tile.data();
+        if (!px) produce(n, tile.data());
+        if (channels_first_tiles) {
+          bool negative = false;
+          if (!kernels::absmax_rows_f32(sample, 0, C, P, nullptr, ranges.data() + n * C, sign_applies ? &negative : nullptr)) {
+            finite = false;
+            continue;
+          }
+          if (negative) any_negative = true;
+          set_exponents(p.observed_range, n * C, (n + 1) * C);
+          pack_sample_rows(n, sample);
+          continue;
+        }
+        if (!sample_ranges(n, sample)) continue;  // reported after the loop; never convert NaN/Inf to integers
         set_exponents(p.observed_range, n * C, (n + 1) * C);
-        pack_samples(n, n + 1);
+        pack_sample(n, sample);
       }
     });
-    if (!finite) throw_nonfinite(x, name);
+    if (!finite) {
+      if (px) throw_nonfinite(x, name);
+      throw NumericError(std::string("quantize: non-finite input") + name_suffix(name));
+    }
     q.input_range = *std::max_element(ranges.begin(), ranges.end());
     q.input_negative = sign_applies ? any_negative.load() : true;
     return q;
   }
   detail::parallel_for(samples, grain, [&](std::int64_t n0, std::int64_t n1) {
-    for (std::int64_t n = n0; n < n1; ++n) sample_ranges(n);
+    for (std::int64_t n = n0; n < n1; ++n) sample_ranges(n, px + n * P * C);
   });
   if (!finite) throw_nonfinite(x, name);
   const bool negative = sign_applies ? any_negative.load() : true;
@@ -590,7 +639,9 @@ QTensor quantize_sample_channels_impl(const Tensor& x, std::int64_t samples, con
       std::memset(q.codes.data<std::int8_t>(), 0, static_cast<std::size_t>(q.codes.numel()));
     return q;
   }
-  detail::parallel_for(samples, grain, pack_samples);
+  detail::parallel_for(samples, grain, [&](std::int64_t n0, std::int64_t n1) {
+    for (std::int64_t n = n0; n < n1; ++n) pack_sample(n, px + n * P * C);
+  });
   return q;
 }
 }  // namespace
@@ -604,7 +655,19 @@ QTensor quantize_sample_channels(const Tensor& x, std::int64_t samples, const Qu
                    p.observed_group_ranges.empty(),
                ValueError, "quantize: per-(sample, channel) groups need S > 0, inner_axis 0, a per-tensor base "
                "and no observed group ranges", name_suffix(name));
-  return quantize_sample_channels_impl(x, samples, p, name);
+  return quantize_sample_channels_impl(x, samples, x.size(0) / samples, x.size(1), p, {}, false, name);
+}
+
+QTensor quantize_produced_sample_channels(std::int64_t samples, std::int64_t P, std::int64_t C, const QuantizeParams& p,
+                                          const SampleProducer& produce, bool channels_first_tiles, const char* name) {
+  p.validate();
+  SHIFTQ_CHECK(samples >= 1 && P >= 1 && C >= 1, ShapeError, "quantize: ", samples, " samples of [", P, ", ", C,
+               "] values", name_suffix(name));
+  SHIFTQ_CHECK(p.shift_budget > 0 && p.inner_axis == 0 && p.outer == OuterScale::per_tensor &&
+                   p.observed_group_ranges.empty() && p.observed_range > 0.0f,
+               ValueError, "quantize: produced per-(sample, channel) groups need S > 0, inner_axis 0, an observed "
+               "per-tensor base > 0 and no observed group ranges", name_suffix(name));
+  return quantize_sample_channels_impl(Tensor(), samples, P, C, p, produce, channels_first_tiles, name);
 }
 
 QTensor quantize_checked_input(const Tensor& x, const QuantizeParams& p, const char* name) {

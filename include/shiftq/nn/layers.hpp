@@ -126,6 +126,13 @@ class Conv2d : public Module, public QuantizableLayer {
  public:
   Conv2d(const Conv2dOptions& options, Generator& gen);
   Tensor forward(const Tensor& x) override;
+  // Whether a producer may hand this layer its input as codes now (quant::writes_conv_input_codes:
+  // quantized with ShiftQuant activations under delayed scaling, its input range observed) and
+  // the numerics monitor, which measures the f32 input, is off.
+  bool takes_input_codes() const;
+  // The forward on an input that arrives as codes (quant::quantized_conv2d on a CodedActivation):
+  // the same output as forward() on the f32 input those codes quantize. ValueError unless quantized.
+  Tensor forward(const quant::CodedActivation& x);
   const Conv2dOptions& options() const { return options_; }
   Tensor weight;
   Tensor bias;
@@ -205,6 +212,13 @@ class L1BatchNorm2d : public Module, public QuantizableNorm {
  public:
   explicit L1BatchNorm2d(const L1BatchNormOptions& options);
   Tensor forward(const Tensor& x) override;
+  // relu(forward(x)) written as `consumer`'s input codes in the norm's own pass
+  // (quant::quantized_l1_batch_norm2d_relu), when writes_codes_for(consumer); ValueError otherwise.
+  quant::CodedActivation forward_relu_codes(const Tensor& x, Conv2d& consumer);
+  // Whether forward_relu_codes can feed `consumer`: both quantized, consumer.takes_input_codes(),
+  // the same layout and channels, and either training or an eval on codes (observed input ranges)
+  // outside grad mode.
+  bool writes_codes_for(const Conv2d& consumer) const;
   std::int64_t observed_channels() const override { return options_.num_features(); }
   const L1BatchNormOptions& options() const { return options_; }
   // Running statistics back to their initial values (mean 0, sigma 1).
@@ -217,6 +231,13 @@ class L1BatchNorm2d : public Module, public QuantizableNorm {
  private:
   L1BatchNormOptions options_;
 };
+
+// conv(relu(norm(x))): a norm feeding a convolution through a ReLU (a ResNet block's inner chain).
+// With an L1BatchNorm2d that writes_codes_for(conv), the norm writes the convolution's int8 input
+// codes in its own pass (integer data flow: no f32 norm output, no ReLU pass, no quantizer pass over
+// the convolution's input); otherwise the three modules run one after the other. Both give the same
+// bits, forward and backward.
+Tensor norm_relu_conv2d(Module& norm, Conv2d& conv, const Tensor& x);
 
 struct LayerNormOptions {
   explicit LayerNormOptions(std::int64_t normalized_size) : normalized_size_(normalized_size) {}

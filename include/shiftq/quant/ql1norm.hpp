@@ -9,6 +9,7 @@
 #include "shiftq/autograd/ops.hpp"
 #include "shiftq/quant/observer.hpp"
 #include "shiftq/quant/qconfig.hpp"
+#include "shiftq/quant/qlayers.hpp"
 #include "shiftq/quant/qtensor.hpp"
 
 namespace shiftq::quant {
@@ -34,6 +35,25 @@ L1Statistics l1_integer_statistics(const QTensor& x, std::int64_t outer, std::in
 // results bit for bit; the gradient's stochastic draws are keyed by the NHWC element index.
 Tensor quantized_l1_batch_norm2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, L1BatchNormState& state,
                                  const QConfig& config, const QuantCall& call, ImageLayout layout = ImageLayout::nchw);
+// Integer data flow from a BatchNorm into a convolution through a ReLU (a ResNet block's
+// conv -> norm -> relu -> conv): relu(quantized_l1_batch_norm2d(x, ...)) quantized as the input of a
+// quantized convolution whose config is `consumer` and whose input observer is `consumer_range`,
+// in the norm's own pass: each sample's relu(a_c q + b_c) is made from the norm's codes and
+// quantized while in cache, so neither the norm's f32 output nor its ReLU is ever stored. The codes
+// are those quantized_conv2d would make of relu(quantized_l1_batch_norm2d(x, ...)) (bit for bit,
+// either layout); in training the norm's running statistics and observer, and consumer_range, are
+// updated as by those calls. Backward takes the codes' f32 gradient ([N, H, W, C]), applies the
+// ReLU's mask (recomputed from the saved codes) and runs the norm's backward: the same bits as the
+// unfused ops. Needs writes_conv_input_codes(consumer, &consumer_range), and in eval observed
+// norm input ranges and running statistics (ValueError otherwise).
+CodedActivation quantized_l1_batch_norm2d_relu(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                               L1BatchNormState& state, const QConfig& config, const QuantCall& call,
+                                               ImageLayout layout, const QConfig& consumer, RangeObserver& consumer_range);
+// Whether a producer can write the input codes of a quantized convolution with this config and input
+// observer: ShiftQuant activations (S > 0: one group per sample and channel) under a known base, i.e.
+// a one-channel observer that has observed a range > 0 (delayed scaling, after a training call).
+bool writes_conv_input_codes(const QConfig& consumer, const RangeObserver* consumer_range);
+
 Tensor quantized_l1_layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps, float c,
                                const QConfig& config, const QuantCall& call);
 

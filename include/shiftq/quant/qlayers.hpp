@@ -54,6 +54,23 @@ Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bia
 Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& params,
                         PackedWeight& packed, const QConfig& config, const QuantCall& call);
 
+// An activation handed from one quantized layer to the next as int8 codes instead of f32 values:
+// the producer (quantized_l1_batch_norm2d_relu) writes its consumer's input codes in its own pass,
+// and no f32 tensor of the activation exists. `codes` carries the autograd edge: the gradient that
+// flows back through it is f32 of its shape, with respect to the dequantized values (straight
+// through the quantizer).
+struct CodedActivation {
+  Tensor codes;  // u8 [N, H, W, C]: v + 128, channels-last whatever the model's layout
+  QTensor q;     // q.codes = codes viewed as [N*H*W, C]; per-tensor base, shift budget S, and one
+                 // exponent per (sample, channel) group (inner_axis 0, exponents [N*C])
+};
+
+// quantized_conv2d on a coded input: the same products as on the f32 input whose quantization
+// gave these codes (bit for bit). Y has params.layout; the input gradient is f32 [N, H, W, C], the
+// codes' shape, whatever params.layout. ValueError if x.q does not describe x.codes as above.
+Tensor quantized_conv2d(const CodedActivation& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& params,
+                        PackedWeight& packed, const QConfig& config, const QuantCall& call);
+
 // Batched matmul with every GEMM on int8, for attention's Q K^T and P V:
 //   a: [..., M, K], b: [..., K, N] (equal leading dims) -> [..., M, N].
 // Forward: a with ShiftQuant groups over K and a scale per row, b with groups over K and a scale per
