@@ -566,6 +566,7 @@ QTensor quantize_sample_channels_impl(const Tensor& x, std::int64_t samples, std
     tile_args.col_mul = cols_inv.data();
     tile_args.row_pack = pack.data() + k0;
     tile_args.col_pack = cols_ones.data();
+    tile_args.index_base = static_cast<std::uint64_t>(n * P * C);  // stochastic draws keyed as in [N * C, P]
     tile_args.out = reinterpret_cast<std::int8_t*>(codes_tile.data());
     kernels::quantize_pack_f32_s8(tile_args, 0, C);
     std::uint8_t* out = p.unsigned_codes ? q.codes.data<std::uint8_t>() : reinterpret_cast<std::uint8_t*>(q.codes.data<std::int8_t>());

@@ -71,7 +71,7 @@ struct ChainCase {
 // Three training calls (the first has no observed conv input range yet, so it runs unfused in
 // both), their backward passes, then eval: fused against unfused from the same weights.
 TEST(CodedActivation, NormReluConvEqualsTheUnfusedChainBitForBit) {
-  const ChainCase cases[] = {
+  std::vector<ChainCase> cases = {
       {"4-bit default, NCHW 12x12", activations(4, true, true), 16, 12, ImageLayout::nchw},
       {"4-bit default, NHWC 12x12", activations(4, true, true), 16, 12, ImageLayout::nhwc},
       {"4-bit default, NCHW 7x7 (channel ranges)", activations(4, true, true), 12, 7, ImageLayout::nchw},
@@ -80,6 +80,10 @@ TEST(CodedActivation, NormReluConvEqualsTheUnfusedChainBitForBit) {
       {"S=4 symmetric, 5-bit norm, NHWC", activations(4, false, false, 5), 5, 9, ImageLayout::nhwc},
       {"6-bit S=1, NCHW", activations(6, false, true), 8, 6, ImageLayout::nchw},
   };
+  QConfig stochastic = activations(4, true, true);
+  stochastic.activations.rounding = quant::Rounding::stochastic;
+  for (const ImageLayout layout : {ImageLayout::nchw, ImageLayout::nhwc})
+    cases.push_back({"4-bit, stochastic activation rounding", stochastic, 16, 12, layout});
   for (const int threads : {1, 2}) {
     const int before = get_num_threads();
     set_num_threads(threads);
