@@ -54,10 +54,10 @@ class BasicBlock : public nn::Module {
   // x: [N, in, H, W] -> [N, out, H / stride, W / stride] (NHWC: [N, H, W, in] -> [N, H / stride, W / stride, out])
   Tensor forward(const Tensor& x) override {
     // conv2(relu(norm1(.))): with a quantized L1 norm the norm writes conv2's int8 input codes
-    Tensor y = nn::norm_relu_conv2d(*norm1_, *conv2_, (*conv1_)(x));
-    y = (*norm2_)(y);
+    const Tensor y = nn::norm_relu_conv2d(*norm1_, *conv2_, (*conv1_)(x));
     const Tensor shortcut = shortcut_conv_ ? (*shortcut_norm_)((*shortcut_conv_)(x)) : x;
-    return relu(add(y, shortcut));
+    // relu(norm2(y) + shortcut): one pass over norm2's codes with a quantized L1 norm
+    return nn::norm_add_relu(*norm2_, y, shortcut);
   }
 
  private:

@@ -234,6 +234,18 @@ quant::CodedActivation L1BatchNorm2d::forward_relu_codes(const Tensor& x, Conv2d
                                                options_.layout(), *consumer.quantization(), consumer.input_range());
 }
 
+Tensor L1BatchNorm2d::forward_add_relu(const Tensor& x, const Tensor& shortcut) {
+  if (!quant_) return relu(add(forward(x), shortcut));
+  L1BatchNormState state{running_mean, running_sigma, options_.momentum(), options_.eps(), options_.c()};
+  return quant::quantized_l1_batch_norm2d_add_relu(x, weight, bias, state, *quant_, next_call(is_training()),
+                                                   options_.layout(), shortcut);
+}
+
+Tensor norm_add_relu(Module& norm, const Tensor& x, const Tensor& shortcut) {
+  if (auto* l1 = dynamic_cast<L1BatchNorm2d*>(&norm)) return l1->forward_add_relu(x, shortcut);
+  return relu(add(norm(x), shortcut));
+}
+
 Tensor norm_relu_conv2d(Module& norm, Conv2d& conv, const Tensor& x) {
   if (auto* l1 = dynamic_cast<L1BatchNorm2d*>(&norm); l1 && l1->writes_codes_for(conv))
     return conv.forward(l1->forward_relu_codes(x, conv));

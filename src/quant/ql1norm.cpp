@@ -360,39 +360,74 @@ QTensor relu_codes(const ChannelMaps& m, const ImageShape& s, const QuantizePara
       /*channels_first_tiles=*/!s.channels_last, "conv2d input");
 }
 
-// The gradient through relu(a_c q + b_c) from g, the gradient of the codes relu_codes made: g is
-// channels-last [N, P, C]; dy has x's layout (NCHW: transposed per sample). The mask is relu's
-// (y > 0) on the same y. Channels-last also takes each channel's max |dy| while a sample is in
-// cache (empty when dy holds NaN or Inf): the ranges of the norm's gradient quantizer.
+// A ReLU's gradient through the norm's output: dy = mask ? g : 0 in x's layout, with, in
+// channels-last, each channel's max |dy| taken while a sample is in cache (empty when dy holds
+// NaN or Inf): the ranges of the norm's gradient quantizer, so that it needs no pass of its own.
 struct ReluGradient {
   Tensor dy;
   std::vector<float> channel_max;  // [C], channels-last only
 };
-ReluGradient relu_gradient(const ChannelMaps& m, const ImageShape& s, const Tensor& g, const Shape& shape) {
-  ReluGradient out{Tensor::uninitialized(shape), {}};
-  if (s.channels_last) out.channel_max.assign(static_cast<std::size_t>(s.C), 0.0f);
-  const float* pg = g.data<float>();
-  float* pdy = out.dy.data<float>();
-  const std::int64_t block = s.P * s.C;
+
+// Runs fn(n, part) for each sample on the threads, `part` a thread's [C] maxima (channels-last),
+// and merges the parts into r.channel_max.
+template <class F>
+void for_each_masked_sample(ReluGradient& r, const ImageShape& s, F fn) {
+  if (s.channels_last) r.channel_max.assign(static_cast<std::size_t>(s.C), 0.0f);
   std::mutex mutex;
   std::atomic<bool> finite{true};
   detail::parallel_for(s.N, 1, [&](std::int64_t n0, std::int64_t n1) {
+    std::vector<float> part(r.channel_max.size(), 0.0f);
+    for (std::int64_t n = n0; n < n1; ++n) {
+      float* dy = r.dy.data<float>() + n * s.C * s.P;
+      fn(n, dy);
+      if (s.channels_last && !kernels::absmax_cols_f32(dy, 0, s.P, s.C, nullptr, part.data())) finite = false;
+    }
+    const std::lock_guard<std::mutex> lock(mutex);  // max: exact in any order
+    for (std::size_t c = 0; c < part.size(); ++c) r.channel_max[c] = std::max(r.channel_max[c], part[c]);
+  });
+  if (!finite) r.channel_max.clear();  // the norm's own range pass reports it
+}
+
+// The gradient through relu(a_c q + b_c) from g, the gradient of the codes relu_codes made: g is
+// channels-last [N, P, C]; dy has x's layout (NCHW: g transposed per sample). The mask is relu's
+// (y > 0) on the same y, recomputed from the codes.
+ReluGradient relu_gradient(const ChannelMaps& m, const ImageShape& s, const Tensor& g, const Shape& shape) {
+  ReluGradient out{Tensor::uninitialized(shape), {}};
+  const float* pg = g.data<float>();
+  const std::int64_t block = s.P * s.C;
+  for_each_masked_sample(out, s, [&](std::int64_t n, float* dy) {
     float* y = thread_floats<0>(block);
     float* scratch = thread_floats<1>(block);
     thread_local std::vector<std::uint8_t> mask;
     mask.resize(static_cast<std::size_t>(block / 8 + 1));
-    std::vector<float> part(out.channel_max.size(), 0.0f);
+    sample_affine(m, s, n, y);
+    if (!s.channels_last) kernels::transpose_f32(pg + n * block, scratch, s.P, s.C);  // g in [C, P] order
+    kernels::relu_mask_f32(y, y, mask.data(), block);
+    kernels::relu_backward_mask_f32(s.channels_last ? pg + n * block : scratch, mask.data(), dy, block);
+  });
+  return out;
+}
+
+// relu(a_c q + b_c + shortcut) in x's layout, one sample at a time while its codes are in cache,
+// with the bits of add() then relu(). `mask` (when defined: u8 [N, mask_stride]) gets relu's mask,
+// sample n's bits from byte n * mask_stride.
+Tensor add_relu_output(const ChannelMaps& m, const ImageShape& s, const Tensor& shortcut, Tensor mask) {
+  Tensor out = Tensor::uninitialized(shortcut.shape());
+  const std::int64_t block = s.P * s.C;
+  const float* sc = shortcut.data<float>();
+  float* po = out.data<float>();
+  detail::parallel_for(s.N, 1, [&](std::int64_t n0, std::int64_t n1) {
+    float* y = thread_floats<0>(block);
     for (std::int64_t n = n0; n < n1; ++n) {
       sample_affine(m, s, n, y);
-      if (!s.channels_last) kernels::transpose_f32(pg + n * block, scratch, s.P, s.C);  // g in [C, P] order
-      kernels::relu_mask_f32(y, y, mask.data(), block);
-      kernels::relu_backward_mask_f32(s.channels_last ? pg + n * block : scratch, mask.data(), pdy + n * block, block);
-      if (s.channels_last && !kernels::absmax_cols_f32(pdy + n * block, 0, s.P, s.C, nullptr, part.data())) finite = false;
+      const float* sn = sc + n * block;
+      for (std::int64_t i = 0; i < block; ++i) y[i] += sn[i];
+      if (mask.defined())
+        kernels::relu_mask_f32(y, po + n * block, mask.data<std::uint8_t>() + n * mask.size(1), block);
+      else
+        kernels::relu_f32(y, po + n * block, block);
     }
-    const std::lock_guard<std::mutex> lock(mutex);  // max: exact in any order
-    for (std::size_t c = 0; c < part.size(); ++c) out.channel_max[c] = std::max(out.channel_max[c], part[c]);
   });
-  if (!finite) out.channel_max.clear();  // the norm's own range pass reports it
   return out;
 }
 
@@ -810,6 +845,43 @@ CodedActivation quantized_l1_batch_norm2d_relu(const Tensor& x, const Tensor& ga
                        return norm_backward(nb, r.dy, std::move(r.channel_max));
                      });
   return out;
+}
+
+Tensor quantized_l1_batch_norm2d_add_relu(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                          L1BatchNormState& state, const QConfig& config, const QuantCall& call,
+                                          ImageLayout layout, const Tensor& shortcut) {
+  const ImageShape s = checked_batch_norm_shape(x, gamma, beta, state, call.input_range, layout);
+  const int bits = norm_bits(config, "quantized_l1_batch_norm2d_add_relu");
+  check_dtype(shortcut, DType::f32, "quantized_l1_batch_norm2d_add_relu", "shortcut");
+  SHIFTQ_CHECK(shortcut.shape() == x.shape(), ShapeError, "quantized_l1_batch_norm2d_add_relu: shortcut ",
+               shortcut.str(), " must have the input's shape ", x.str());
+  const bool need_grad = any_requires_grad({&x, &gamma, &beta, &shortcut});
+  // Eval without observed ranges (the float map) or under grad mode (the straight-through probe):
+  // the ops one by one.
+  if (!call.training && (!eval_on_codes(call.input_range, state) || need_grad))
+    return relu(add(quantized_l1_batch_norm2d(x, gamma, beta, state, config, call, layout), shortcut));
+  if (!call.training) {
+    SHIFTQ_CHECK(x.numel() > 0, ShapeError, "quantized_l1_batch_norm2d_add_relu: empty input ", x.str());
+    return add_relu_output(eval_maps(x, gamma, beta, state, s, bits, *call.input_range), s, shortcut, Tensor());
+  }
+  TrainingForward f = s.channels_last ? nhwc_training_forward(x, gamma, beta, state, s.layout(), bits)
+                                      : nchw_training_forward(x, gamma, beta, state, s.layout(), bits, nullptr);
+  record_statistics(f, call.input_range, state);
+  const std::int64_t block = s.P * s.C;
+  Tensor mask = need_grad ? Tensor::uninitialized({s.N, (block + 7) / 8}, DType::u8) : Tensor();
+  const Tensor out = add_relu_output(f.maps, s, shortcut, mask);
+  if (!need_grad) return out;
+  return record("quantized_l1_batch_norm2d_add_relu", out, {&x, &gamma, &beta, &shortcut},
+                [nb = backward_state(f, s, state, gamma, beta, bits, call), mask, s](const Tensor& g) {
+    ReluGradient r{Tensor::uninitialized(g.shape()), {}};
+    const std::int64_t block = s.P * s.C;
+    for_each_masked_sample(r, s, [&](std::int64_t n, float* dy) {
+      kernels::relu_backward_mask_f32(g.data<float>() + n * block, mask.data<std::uint8_t>() + n * mask.size(1), dy, block);
+    });
+    std::vector<Tensor> grads = norm_backward(nb, r.dy, std::move(r.channel_max));
+    grads.push_back(r.dy);  // the shortcut's: add() hands the same gradient to both inputs
+    return grads;
+  });
 }
 
 Tensor quantized_l1_layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps, float c,

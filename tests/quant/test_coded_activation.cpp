@@ -140,6 +140,72 @@ TEST(CodedActivation, NormReluConvEqualsTheUnfusedChainBitForBit) {
   }
 }
 
+// The block's output relu(norm2(y) + shortcut) in one pass (nn::norm_add_relu) against the three ops.
+TEST(CodedActivation, NormAddReluEqualsTheUnfusedOpsBitForBit) {
+  for (const int threads : {1, 2}) {
+    const int before = get_num_threads();
+    set_num_threads(threads);
+    for (const ImageLayout layout : {ImageLayout::nchw, ImageLayout::nhwc})
+      for (const std::int64_t side : {12, 7, 5}) {  // 7x7: NCHW channel ranges; 5x5 with 3 channels: 75-bit masks
+        const std::int64_t C = side == 5 ? 3 : 16;
+        SCOPED_TRACE(std::string(layout == ImageLayout::nhwc ? "NHWC " : "NCHW ") + std::to_string(side) + ", threads " +
+                     std::to_string(threads));
+        Generator gen(34);
+        nn::L1BatchNorm2d unfused(nn::L1BatchNormOptions{C}.layout(layout)), fused(nn::L1BatchNormOptions{C}.layout(layout));
+        {
+          NoGradGuard init;
+          unfused.weight.copy_(Tensor::uniform({C}, 0.5f, 1.5f, gen));
+          unfused.bias.copy_(Tensor::uniform({C}, -0.5f, 0.5f, gen));
+          fused.weight.copy_(unfused.weight);
+          fused.bias.copy_(unfused.bias);
+        }
+        unfused.set_quantization(activations(4, true, true), 9, 1);
+        fused.set_quantization(activations(4, true, true), 9, 1);
+        const Shape shape = layout == ImageLayout::nhwc ? Shape{5, side, side, C} : Shape{5, C, side, side};
+        for (int call = 0; call < 3; ++call) {
+          SCOPED_TRACE(call);
+          const Tensor x = add(mul(Tensor::randn(shape, gen), 1.5f), 0.2f), sc = Tensor::randn(shape, gen);
+          const Tensor xa = x.clone().set_requires_grad(true), xb = x.clone().set_requires_grad(true);
+          const Tensor sa = sc.clone().set_requires_grad(true), sb = sc.clone().set_requires_grad(true);
+          const Tensor ya = relu(add(unfused(xa), sa)), yb = nn::norm_add_relu(fused, xb, sb);
+          expect_bitwise_equal(ya, yb, "forward");
+          const Tensor r = Tensor::randn(shape, gen);
+          for (Tensor* t : {&unfused.weight, &unfused.bias, &fused.weight, &fused.bias}) t->zero_grad();
+          sum(mul(ya, r)).backward();
+          sum(mul(yb, r)).backward();
+          expect_bitwise_equal(xa.grad(), xb.grad(), "dx");
+          expect_bitwise_equal(sa.grad(), sb.grad(), "dshortcut");
+          expect_bitwise_equal(unfused.weight.grad(), fused.weight.grad(), "dgamma");
+          expect_bitwise_equal(unfused.bias.grad(), fused.bias.grad(), "dbeta");
+        }
+        expect_bitwise_equal(unfused.running_mean, fused.running_mean, "running mean");
+        expect_bitwise_equal(unfused.running_sigma, fused.running_sigma, "running sigma");
+        unfused.eval();
+        fused.eval();
+        const Tensor x = mul(Tensor::randn(shape, gen), 2.5f), sc = Tensor::randn(shape, gen);
+        {
+          NoGradGuard no_grad;  // eval on codes, fused
+          expect_bitwise_equal(relu(add(unfused(x), sc)), nn::norm_add_relu(fused, x, sc), "eval");
+        }
+        // eval under grad mode (the straight-through probe) runs the ops
+        const Tensor xa = x.clone().set_requires_grad(true), xb = x.clone().set_requires_grad(true);
+        const Tensor ya = relu(add(unfused(xa), sc)), yb = nn::norm_add_relu(fused, xb, sc);
+        expect_bitwise_equal(ya, yb, "eval, grad mode");
+        sum(ya).backward();
+        sum(yb).backward();
+        expect_bitwise_equal(xa.grad(), xb.grad(), "eval dx");
+      }
+    set_num_threads(before);
+  }
+  nn::L1BatchNorm2d norm(nn::L1BatchNormOptions{4});
+  norm.set_quantization(activations(4, true, true), 9, 1);
+  Generator gen(35);
+  EXPECT_THROW(nn::norm_add_relu(norm, Tensor::randn({2, 4, 3, 3}, gen), Tensor::randn({2, 4, 3, 2}, gen)), ShapeError);
+  nn::BatchNorm2d l2(nn::BatchNormOptions{4});  // any other norm: the three ops
+  const Tensor x = Tensor::randn({2, 4, 3, 3}, gen), sc = Tensor::randn({2, 4, 3, 3}, gen);
+  EXPECT_EQ(nn::norm_add_relu(l2, x, sc).shape(), x.shape());
+}
+
 // What keeps the chain unfused: it then runs the three modules, with the same results.
 TEST(CodedActivation, FallsBackWhereCodesCannotBeWritten) {
   Generator gen(32);

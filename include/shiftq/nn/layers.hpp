@@ -215,6 +215,9 @@ class L1BatchNorm2d : public Module, public QuantizableNorm {
   // relu(forward(x)) written as `consumer`'s input codes in the norm's own pass
   // (quant::quantized_l1_batch_norm2d_relu), when writes_codes_for(consumer); ValueError otherwise.
   quant::CodedActivation forward_relu_codes(const Tensor& x, Conv2d& consumer);
+  // relu(forward(x) + shortcut) in one pass over the norm's codes when quantized
+  // (quant::quantized_l1_batch_norm2d_add_relu), else the three ops; the same bits either way.
+  Tensor forward_add_relu(const Tensor& x, const Tensor& shortcut);
   // Whether forward_relu_codes can feed `consumer`: both quantized, consumer.takes_input_codes(),
   // the same layout and channels, and either training or an eval on codes (observed input ranges)
   // outside grad mode.
@@ -238,6 +241,10 @@ class L1BatchNorm2d : public Module, public QuantizableNorm {
 // the convolution's input); otherwise the three modules run one after the other. Both give the same
 // bits, forward and backward.
 Tensor norm_relu_conv2d(Module& norm, Conv2d& conv, const Tensor& x);
+
+// relu(norm(x) + shortcut): a ResNet block's output. An L1BatchNorm2d computes it in one pass over
+// its codes (L1BatchNorm2d::forward_add_relu); any other norm runs the three ops.
+Tensor norm_add_relu(Module& norm, const Tensor& x, const Tensor& shortcut);
 
 struct LayerNormOptions {
   explicit LayerNormOptions(std::int64_t normalized_size) : normalized_size_(normalized_size) {}

@@ -54,6 +54,15 @@ CodedActivation quantized_l1_batch_norm2d_relu(const Tensor& x, const Tensor& ga
 // a one-channel observer that has observed a range > 0 (delayed scaling, after a training call).
 bool writes_conv_input_codes(const QConfig& consumer, const RangeObserver* consumer_range);
 
+// relu(quantized_l1_batch_norm2d(x, ...) + shortcut): a ResNet block's output, in one pass over the
+// norm's codes after its statistics (per sample while in cache), instead of the norm's f32 output,
+// an add pass and a ReLU pass. The same bits as the three ops, forward and backward, in training
+// and in eval on codes; eval without observed ranges, or under grad mode, runs the three ops.
+// shortcut: f32 of x's shape (ShapeError otherwise); as in relu(), a NaN sum gives 0.
+Tensor quantized_l1_batch_norm2d_add_relu(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                          L1BatchNormState& state, const QConfig& config, const QuantCall& call,
+                                          ImageLayout layout, const Tensor& shortcut);
+
 Tensor quantized_l1_layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps, float c,
                                const QConfig& config, const QuantCall& call);
 
