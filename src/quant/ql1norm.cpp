@@ -290,8 +290,9 @@ L1Statistics l1_integer_statistics(const QTensor& x, std::int64_t outer, std::in
 namespace {
 // ---- BatchNorm: the input codes and each channel's affine map of them --------------------------
 // Every forward (training or eval, NCHW or NHWC) first finds the int8 codes q of its input and a
-// per-channel map y = a_c q + b_c; its output is then either that map written as f32 (the norm's
-// output) or relu of it quantized as the next convolution's input codes (integer data flow).
+// per-channel map y = a_c q + b_c; its output is then that map written as f32 (the norm's output),
+// relu of it quantized as the next convolution's input codes, or relu(y + shortcut) (a ResNet
+// block's output), the last two per sample while the codes are in cache.
 
 // x viewed as [N, C, P] (NCHW) or [N, P, C] (NHWC, channels_last).
 struct ImageShape {
