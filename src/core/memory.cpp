@@ -19,25 +19,31 @@ constexpr std::size_t kMinCached = std::size_t{64} << 10;
 constexpr std::size_t kSegmentGranule = std::size_t{16} << 20;
 constexpr std::size_t kLargeBlock = std::size_t{1} << 20;
 
-// Large blocks come from an arena of mapped segments: a request takes the smallest free range that
-// holds it, split if larger (blocks of 1 MiB and more from the range's top, smaller ones from its
-// bottom), and a freed block is merged with the free ranges beside it. Unlike a cache of whole
-// blocks, the memory one stage of a network frees serves the next stage's tensors of any size, so
-// the process holds little more than its peak of live tensors (peak RSS of ResNet-20's 4-bit step
-// 88-101 MiB and fp32 step 194 MiB, where a cache of whole blocks took 110 and 254 MiB). Splitting
-// every request from the bottom interleaved small and large blocks: the channels-last 4-bit step
-// then grew to 119 MiB over its first 60 steps. Steady-state steps reuse mapped pages and make no
-// system calls. A free range is resident (it held a tensor) or cold (never touched, or given back
-// with MADV_DONTNEED under the limit).
+// Large blocks come from an arena of mapped segments: a request takes the smallest resident free
+// range that holds it, else the smallest cold one, split if larger (blocks of 1 MiB and more from
+// the range's top, smaller ones from its bottom), and a freed block is merged with the free ranges
+// beside it. A free range is resident (it held a tensor) or cold (never touched, or given back with
+// MADV_DONTNEED under the limit). Unlike a cache of whole blocks, the memory one stage of a network
+// frees serves the next stage's tensors of any size, so the process holds little more than its
+// peak of live tensors (peak RSS of ResNet-20's 4-bit steps 85-98 MiB and fp32 step 214 MiB, where
+// a cache of whole blocks took 110 and 254 MiB). Two placements made it grow instead: splitting
+// every request from the bottom interleaved small and large blocks, and taking the best-fitting
+// range even when cold touched new pages while resident ones sat free (either let a channels-last
+// 4-bit step reach 119 MiB). Steady-state steps reuse mapped pages and make no system calls.
 class Arena {
  public:
   void* allocate(std::size_t size) {
     const std::lock_guard<std::mutex> lock(mu_);
-    // The smallest free range that holds it (the lowest of equal ones): large ranges stay whole
-    // for large requests (the fp32 convolution's im2col matrices are ~58 MiB).
+    // The smallest resident free range that holds it (the lowest of equal ones), else the smallest
+    // cold one: large ranges stay whole for large requests (the fp32 convolution's im2col matrices
+    // are ~58 MiB), and pages already resident are reused before new ones are touched.
     auto best = free_.end();
-    for (auto f = free_.begin(); f != free_.end(); ++f)
-      if (f->second.size >= size && (best == free_.end() || f->second.size < best->second.size)) best = f;
+    for (auto f = free_.begin(); f != free_.end(); ++f) {
+      if (f->second.size < size) continue;
+      if (best == free_.end() || f->second.resident > best->second.resident ||
+          (f->second.resident == best->second.resident && f->second.size < best->second.size))
+        best = f;
+    }
     if (best != free_.end()) {
       const std::uintptr_t begin = best->first;
       const FreeRange taken = best->second;

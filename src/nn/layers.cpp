@@ -156,7 +156,8 @@ bool Conv2d::takes_input_codes() const {
 }
 
 Tensor Conv2d::forward(const quant::CodedActivation& x) {
-  SHIFTQ_CHECK(quant_, ValueError, "Conv2d: a coded input needs a quantized layer (set_quantization)");
+  SHIFTQ_CHECK(takes_input_codes(), ValueError, "Conv2d: a coded input needs a layer quantized with ShiftQuant ",
+               "activations under delayed scaling, an observed input range and the numerics monitor off");
   const Conv2dParams params{options_.stride(), options_.padding(), options_.layout()};
   return quant::quantized_conv2d(x, weight, bias, params, packed_, *quant_, next_call(is_training()));
 }
@@ -219,8 +220,9 @@ Tensor L1BatchNorm2d::forward(const Tensor& x) {
 }
 
 bool L1BatchNorm2d::writes_codes_for(const Conv2d& consumer) const {
-  if (!quant_ || !consumer.takes_input_codes() || consumer.options().layout() != options_.layout() ||
-      consumer.options().in_channels() != options_.num_features())
+  // The consumer's observer is updated by the norm's call: both must be in the same mode.
+  if (!quant_ || !consumer.takes_input_codes() || consumer.is_training() != is_training() ||
+      consumer.options().layout() != options_.layout() || consumer.options().in_channels() != options_.num_features())
     return false;
   return is_training() || (!grad_mode_enabled() && input_range_ && input_range_->observed());
 }
@@ -228,7 +230,8 @@ bool L1BatchNorm2d::writes_codes_for(const Conv2d& consumer) const {
 quant::CodedActivation L1BatchNorm2d::forward_relu_codes(const Tensor& x, Conv2d& consumer) {
   SHIFTQ_CHECK(writes_codes_for(consumer), ValueError, "L1BatchNorm2d: cannot write this Conv2d's input codes (",
                "both must be quantized with delayed scaling, the convolution with ShiftQuant activations and an ",
-               "observed input range, the same layout and channels; eval needs observed norm input ranges)");
+               "observed input range, in the same train/eval mode, with the same layout and channels; eval needs ",
+               "observed norm input ranges and no grad mode)");
   L1BatchNormState state{running_mean, running_sigma, options_.momentum(), options_.eps(), options_.c()};
   return quant::quantized_l1_batch_norm2d_relu(x, weight, bias, state, *quant_, next_call(is_training()),
                                                options_.layout(), *consumer.quantization(), consumer.input_range());

@@ -270,7 +270,7 @@ Tensor conv_weight_grad(const ConvShape& s, const QTensor& gq, const QTensor& x_
 }  // namespace
 
 namespace {
-// The convolution's checks and shape, from the input's [N, C, H, W] dims as `dims` orders them.
+// The convolution's checks and shape, from x's batch and the input's channels, height and width.
 ConvShape conv_shape(const Tensor& x, std::int64_t in_c, std::int64_t in_h, std::int64_t in_w, const Tensor& weight,
                      const Tensor& bias, const Conv2dParams& params, bool x_channels_last) {
   check_dtype(weight, DType::f32, "quantized_conv2d", "weight");

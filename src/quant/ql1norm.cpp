@@ -376,10 +376,11 @@ void for_each_masked_sample(ReluGradient& r, const ImageShape& s, F fn) {
   if (s.channels_last) r.channel_max.assign(static_cast<std::size_t>(s.C), 0.0f);
   std::mutex mutex;
   std::atomic<bool> finite{true};
+  float* pdy = r.dy.data<float>();
   detail::parallel_for(s.N, 1, [&](std::int64_t n0, std::int64_t n1) {
     std::vector<float> part(r.channel_max.size(), 0.0f);
     for (std::int64_t n = n0; n < n1; ++n) {
-      float* dy = r.dy.data<float>() + n * s.C * s.P;
+      float* dy = pdy + n * s.C * s.P;
       fn(n, dy);
       if (s.channels_last && !kernels::absmax_cols_f32(dy, 0, s.P, s.C, nullptr, part.data())) finite = false;
     }
@@ -417,14 +418,16 @@ Tensor add_relu_output(const ChannelMaps& m, const ImageShape& s, const Tensor& 
   const std::int64_t block = s.P * s.C;
   const float* sc = shortcut.data<float>();
   float* po = out.data<float>();
+  std::uint8_t* bits = mask.defined() ? mask.data<std::uint8_t>() : nullptr;
+  const std::int64_t mask_stride = mask.defined() ? mask.size(1) : 0;
   detail::parallel_for(s.N, 1, [&](std::int64_t n0, std::int64_t n1) {
     float* y = thread_floats<0>(block);
     for (std::int64_t n = n0; n < n1; ++n) {
       sample_affine(m, s, n, y);
       const float* sn = sc + n * block;
       for (std::int64_t i = 0; i < block; ++i) y[i] += sn[i];
-      if (mask.defined())
-        kernels::relu_mask_f32(y, po + n * block, mask.data<std::uint8_t>() + n * mask.size(1), block);
+      if (bits)
+        kernels::relu_mask_f32(y, po + n * block, bits + n * mask_stride, block);
       else
         kernels::relu_f32(y, po + n * block, block);
     }
@@ -745,6 +748,7 @@ ImageShape checked_batch_norm_shape(const Tensor& x, const Tensor& gamma, const 
   check_rank(x, 4, "quantized_l1_batch_norm2d", "x");
   const bool channels_last = layout == ImageLayout::nhwc;
   const std::int64_t C = x.size(channels_last ? 3 : 1);
+  SHIFTQ_CHECK(C > 0, ShapeError, "quantized_l1_batch_norm2d: input ", x.str(), " has no channels");
   for (const Tensor* p : {&gamma, &beta, static_cast<const Tensor*>(&state.running_mean), static_cast<const Tensor*>(&state.running_sigma)})
     if (p->defined())
       SHIFTQ_CHECK(p->dtype() == DType::f32 && p->shape() == Shape{C}, ShapeError, "quantized_l1_batch_norm2d: ",
@@ -752,7 +756,7 @@ ImageShape checked_batch_norm_shape(const Tensor& x, const Tensor& gamma, const 
   if (input_range)
     SHIFTQ_CHECK(input_range->channels() == C, ShapeError, "quantized_l1_batch_norm2d: the input observer has ",
                  input_range->channels(), " channels, the input ", x.str(), " has ", C);
-  return {x.size(0), C, x.size(1) * x.size(2) * x.size(3) / C, channels_last};
+  return {x.size(0), C, channels_last ? x.size(1) * x.size(2) : x.size(2) * x.size(3), channels_last};
 }
 
 // Whether eval runs on codes: observed channel ranges and running statistics (else the float map).
@@ -819,23 +823,27 @@ CodedActivation quantized_l1_batch_norm2d_relu(const Tensor& x, const Tensor& ga
                "input range > 0 with one channel (delayed scaling after a training call)");
   SHIFTQ_CHECK(call.training || eval_on_codes(call.input_range, state), ValueError,
                "quantized_l1_batch_norm2d_relu: eval on codes needs observed input ranges and running statistics");
+  SHIFTQ_CHECK(call.training || !any_requires_grad({&x, &gamma, &beta}), ValueError,
+               "quantized_l1_batch_norm2d_relu: eval codes carry no gradient; under grad mode run the norm, relu and "
+               "convolution one by one (their straight-through gradients)");
   SHIFTQ_CHECK(x.numel() > 0, ShapeError, "quantized_l1_batch_norm2d_relu: empty input ", x.str());
   // The consumer's quantizer with its observed base: the codes of quantized_conv2d's own input pass.
   const float base = consumer_range.range();
   const QuantizeParams params = internal::activation_params(consumer.activations, 0)
                                     .with_observed_range(base, consumer_range.nonnegative());
   TrainingForward f;
-  if (!call.training)
+  if (!call.training) {
     f.maps = eval_maps(x, gamma, beta, state, s, bits, *call.input_range);
-  else
+  } else {
     f = s.channels_last ? nhwc_training_forward(x, gamma, beta, state, s.layout(), bits)
                         : nchw_training_forward(x, gamma, beta, state, s.layout(), bits, nullptr);
+    record_statistics(f, call.input_range, state);  // as the norm's own call: before its consumer's quantizer
+  }
   CodedActivation out;
   out.q = relu_codes(f.maps, s, params);
   const std::int64_t H = x.size(s.channels_last ? 1 : 2), W = x.size(s.channels_last ? 2 : 3);
   out.codes = out.q.codes.view({s.N, H, W, s.C});
   if (!call.training) return out;
-  record_statistics(f, call.input_range, state);
   const float own = out.q.input_range;
   consumer_range.update(std::span<const float>(&own, 1), out.q.input_negative, own > base);
   if (!any_requires_grad({&x, &gamma, &beta})) return out;
@@ -875,9 +883,11 @@ Tensor quantized_l1_batch_norm2d_add_relu(const Tensor& x, const Tensor& gamma, 
   return record("quantized_l1_batch_norm2d_add_relu", out, {&x, &gamma, &beta, &shortcut},
                 [nb = backward_state(f, s, state, gamma, beta, bits, call), mask, s](const Tensor& g) {
     ReluGradient r{Tensor::uninitialized(g.shape()), {}};
-    const std::int64_t block = s.P * s.C;
+    const std::int64_t block = s.P * s.C, mask_stride = mask.size(1);
+    const float* pg = g.data<float>();
+    const std::uint8_t* bits = mask.data<std::uint8_t>();
     for_each_masked_sample(r, s, [&](std::int64_t n, float* dy) {
-      kernels::relu_backward_mask_f32(g.data<float>() + n * block, mask.data<std::uint8_t>() + n * mask.size(1), dy, block);
+      kernels::relu_backward_mask_f32(pg + n * block, bits + n * mask_stride, dy, block);
     });
     std::vector<Tensor> grads = norm_backward(nb, r.dy, std::move(r.channel_max));
     grads.push_back(r.dy);  // the shortcut's: add() hands the same gradient to both inputs

@@ -38,8 +38,11 @@ using SampleProducer = std::function<void(std::int64_t n, float* tile)>;
 // per-thread tile, which is quantized while in cache, [P, C] or, with channels_first_tiles, [C, P]
 // (a channel's values contiguous: row groups, then the codes transposed, so that an NCHW producer
 // moves bytes instead of floats). Needs a known base (params.observed_range > 0: delayed scaling).
-// Codes ([samples * P, C]) and metadata equal quantize_sample_channels' on the tensor of the [P, C]
-// blocks; NumericError (naming `name`) if a block holds NaN or Inf.
+// Codes ([samples * P, C]) and metadata: [P, C] tiles, those of quantize_sample_channels on the
+// tensor of the blocks; [C, P] tiles, those of quantize() on the [samples * C, P] tensor of the
+// tiles (stochastic draws keyed by that index, the MSE sums along its rows), codes transposed per
+// sample, i.e. what the NCHW convolution makes of its input. NumericError (naming `name`) if a
+// block holds NaN or Inf.
 QTensor quantize_produced_sample_channels(std::int64_t samples, std::int64_t P, std::int64_t C, const QuantizeParams& params,
                                           const SampleProducer& produce, bool channels_first_tiles, const char* name);
 // Measures a gradient's quantization for the monitor (when call.numerics is set).

@@ -76,6 +76,26 @@ TEST(MemoryCache, FreedRangesSplitAndMerge) {
 
 // Many live blocks of mixed sizes, freed in a shuffled order: 64-byte aligned, never overlapping
 // (each keeps its own fill), and all idle memory can be given back afterwards.
+// A request takes a free range whose pages are already resident before one never touched, even a
+// better-fitting one: the process's resident memory then grows only when the live tensors do.
+TEST(MemoryCache, ResidentRangesAreReusedBeforeColdOnes) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "the cache is off under AddressSanitizer";
+#endif
+  release_cached_memory();
+  const std::size_t mib = std::size_t{1} << 20;
+  const unsigned char* first = nullptr;
+  {
+    const Tensor a = Tensor::empty({1 << 21});  // 8 MiB at the bottom of a fresh 16 MiB segment
+    first = static_cast<const unsigned char*>(a.raw_bytes());
+    const Tensor b = Tensor::empty({3 << 19});  // 6 MiB from the top: 2 MiB never touched between them
+    EXPECT_EQ(b.raw_bytes(), first + 10 * mib);
+  }
+  EXPECT_GE(cached_memory_bytes(), 14 * mib);
+  const Tensor c = Tensor::empty({3 << 17});  // 1.5 MiB: from the resident 8 MiB range, not the cold 2 MiB one
+  EXPECT_TRUE(c.raw_bytes() < first + 8 * mib || c.raw_bytes() >= first + 10 * mib);
+}
+
 TEST(MemoryCache, MixedSizesNeverOverlap) {
   Generator gen(3);
   std::vector<Tensor> live;

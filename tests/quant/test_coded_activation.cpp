@@ -226,6 +226,10 @@ TEST(CodedActivation, FallsBackWhereCodesCannotBeWritten) {
     EXPECT_TRUE(chain.norm.writes_codes_for(chain.conv));
   }
   chain.train();
+  chain.conv.eval();  // the consumer's observer follows the norm's call: modes must agree
+  EXPECT_FALSE(chain.norm.writes_codes_for(chain.conv));
+  chain.conv.train();
+  EXPECT_TRUE(chain.norm.writes_codes_for(chain.conv));
   QConfig per_tensor = QConfig::bits(4);  // S = 0 activations: quantized by the convolution itself
   per_tensor.norm_bits = 8;
   chain.conv.set_quantization(per_tensor, 9, 2);
@@ -264,11 +268,44 @@ TEST(CodedActivation, ErrorsAreClear) {
   quant::CodedActivation wrong = codes;
   wrong.codes = codes.codes.clone();
   EXPECT_THROW(chain.conv.forward(wrong), ValueError);
+  chain.conv.set_numerics_monitor(true);  // the monitor measures an f32 input
+  EXPECT_THROW(chain.conv.forward(codes), ValueError);
+  chain.conv.set_numerics_monitor(false);
+  // Eval codes carry no gradient: under grad mode the quantized op refuses
+  {
+    chain.eval();
+    L1BatchNormState state{chain.norm.running_mean, chain.norm.running_sigma, 0.1f, 1e-5f, kL1NormC};
+    quant::RangeObserver observed(4, QConfig::bits(4).observer);
+    observed.update(std::vector<float>(4, 3.0f), true, false);
+    const quant::QuantCall call{.step = 0, .training = false, .input_range = &observed};
+    EXPECT_THROW(quant::quantized_l1_batch_norm2d_relu(x, chain.norm.weight, chain.norm.bias, state,
+                                                       activations(4, true, true), call, ImageLayout::nchw,
+                                                       *chain.conv.quantization(), chain.conv.input_range()),
+                 ValueError);
+    NoGradGuard no_grad;
+    EXPECT_EQ(quant::quantized_l1_batch_norm2d_relu(x, chain.norm.weight, chain.norm.bias, state,
+                                                    activations(4, true, true), call, ImageLayout::nchw,
+                                                    *chain.conv.quantization(), chain.conv.input_range())
+                  .codes.shape(),
+              (Shape{2, 5, 5, 4}));
+    chain.train();
+  }
+  // No channels: a clear error, never a division by zero
+  for (const ImageLayout layout : {ImageLayout::nchw, ImageLayout::nhwc}) {
+    const Tensor empty = Tensor::zeros(layout == ImageLayout::nhwc ? Shape{2, 3, 3, 0} : Shape{2, 0, 3, 3});
+    L1BatchNormState state;
+    EXPECT_THROW(quant::quantized_l1_batch_norm2d(empty, Tensor(), Tensor(), state, activations(4, true, true), {}, layout),
+                 ShapeError);
+    EXPECT_THROW(quant::quantized_l1_batch_norm2d_add_relu(empty, Tensor(), Tensor(), state, activations(4, true, true), {},
+                                                           layout, empty),
+                 ShapeError);
+  }
   nn::Conv2d float_conv(nn::Conv2dOptions{4, 3, 3}.padding(1), gen);
   EXPECT_THROW(float_conv.forward(codes), ValueError);
-  nn::Conv2d narrow(nn::Conv2dOptions{3, 3, 3}.padding(1), gen);
-  narrow.set_quantization(activations(4, true, true), 9, 3);
-  EXPECT_THROW(narrow.forward(codes), ShapeError);  // 4 channels of codes, 3 expected
+  quant::PackedWeight packed;  // 4 channels of codes, a weight for 3
+  EXPECT_THROW(quant::quantized_conv2d(codes, Tensor::randn({3, 3, 3, 3}, gen), Tensor(), Conv2dParams{1, 1}, packed,
+                                       activations(4, true, true), {}),
+               ShapeError);
   // A non-finite input is reported, not converted to codes.
   Tensor bad = x.clone();
   bad.data<float>()[17] = std::numeric_limits<float>::infinity();

@@ -130,8 +130,10 @@ class Conv2d : public Module, public QuantizableLayer {
   // quantized with ShiftQuant activations under delayed scaling, its input range observed) and
   // the numerics monitor, which measures the f32 input, is off.
   bool takes_input_codes() const;
-  // The forward on an input that arrives as codes (quant::quantized_conv2d on a CodedActivation):
-  // the same output as forward() on the f32 input those codes quantize. ValueError unless quantized.
+  // The forward on an input that arrives as codes made for this layer
+  // (L1BatchNorm2d::forward_relu_codes(x, *this); quant::quantized_conv2d on a CodedActivation):
+  // the same output as forward() on the f32 input those codes quantize. ValueError unless
+  // takes_input_codes().
   Tensor forward(const quant::CodedActivation& x);
   const Conv2dOptions& options() const { return options_; }
   Tensor weight;
@@ -218,9 +220,9 @@ class L1BatchNorm2d : public Module, public QuantizableNorm {
   // relu(forward(x) + shortcut) in one pass over the norm's codes when quantized
   // (quant::quantized_l1_batch_norm2d_add_relu), else the three ops; the same bits either way.
   Tensor forward_add_relu(const Tensor& x, const Tensor& shortcut);
-  // Whether forward_relu_codes can feed `consumer`: both quantized, consumer.takes_input_codes(),
-  // the same layout and channels, and either training or an eval on codes (observed input ranges)
-  // outside grad mode.
+  // Whether forward_relu_codes can feed `consumer`: both quantized and in the same train/eval mode,
+  // consumer.takes_input_codes(), the same layout and channels, and either training or an eval on
+  // codes (observed input ranges) outside grad mode.
   bool writes_codes_for(const Conv2d& consumer) const;
   std::int64_t observed_channels() const override { return options_.num_features(); }
   const L1BatchNormOptions& options() const { return options_; }
