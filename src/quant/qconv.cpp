@@ -362,6 +362,9 @@ Tensor quantized_conv2d(const CodedActivation& x, const Tensor& weight, const Te
                    x.q.exponents.numel() == N * C,
                ValueError, "quantized_conv2d: a coded input needs q.codes = its codes viewed as [N*H*W, C] (u8), a "
                "per-tensor scale and one exponent per (sample, channel); got codes ", codes.str());
+  SHIFTQ_CHECK(!x.observer || !call.input_range || x.observer == call.input_range, ValueError,
+               "quantized_conv2d: the codes were quantized with another layer's input range (pass each layer "
+               "the codes made for it)");
   const ConvShape s = conv_shape(codes, C, H, W, weight, bias, params, /*x_channels_last=*/true);
   return conv_on_codes(s, x.q, codes, weight, bias, packed, config, call);
 }

@@ -843,6 +843,7 @@ CodedActivation quantized_l1_batch_norm2d_relu(const Tensor& x, const Tensor& ga
   out.q = relu_codes(f.maps, s, params);
   const std::int64_t H = x.size(s.channels_last ? 1 : 2), W = x.size(s.channels_last ? 2 : 3);
   out.codes = out.q.codes.view({s.N, H, W, s.C});
+  out.observer = &consumer_range;
   if (!call.training) return out;
   const float own = out.q.input_range;
   consumer_range.update(std::span<const float>(&own, 1), out.q.input_negative, own > base);

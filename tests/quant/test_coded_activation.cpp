@@ -268,6 +268,11 @@ TEST(CodedActivation, ErrorsAreClear) {
   quant::CodedActivation wrong = codes;
   wrong.codes = codes.codes.clone();
   EXPECT_THROW(chain.conv.forward(wrong), ValueError);
+  Chain other(4, 3, ImageLayout::nchw, gen);  // codes made for another layer
+  other.quantize(activations(4, true, true));
+  nn::norm_relu_conv2d(other.norm, other.conv, x);
+  ASSERT_TRUE(other.conv.takes_input_codes());
+  EXPECT_THROW(other.conv.forward(codes), ValueError);
   chain.conv.set_numerics_monitor(true);  // the monitor measures an f32 input
   EXPECT_THROW(chain.conv.forward(codes), ValueError);
   chain.conv.set_numerics_monitor(false);

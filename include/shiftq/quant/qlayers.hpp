@@ -63,11 +63,15 @@ struct CodedActivation {
   Tensor codes;  // u8 [N, H, W, C]: v + 128, channels-last whatever the model's layout
   QTensor q;     // q.codes = codes viewed as [N*H*W, C]; per-tensor base, shift budget S, and one
                  // exponent per (sample, channel) group (inner_axis 0, exponents [N*C])
+  // The consumer's input observer whose base quantized them (and which the producer updated): a
+  // consumer whose call has another observer refuses the codes.
+  const RangeObserver* observer = nullptr;
 };
 
 // quantized_conv2d on a coded input: the same products as on the f32 input whose quantization
 // gave these codes (bit for bit). Y has params.layout; the input gradient is f32 [N, H, W, C], the
-// codes' shape, whatever params.layout. ValueError if x.q does not describe x.codes as above.
+// codes' shape, whatever params.layout. ValueError if x.q does not describe x.codes as above, or if
+// the codes were made for another observer than call.input_range (codes made for another layer).
 Tensor quantized_conv2d(const CodedActivation& x, const Tensor& weight, const Tensor& bias, const Conv2dParams& params,
                         PackedWeight& packed, const QConfig& config, const QuantCall& call);
 
