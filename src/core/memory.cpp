@@ -23,13 +23,12 @@ constexpr std::size_t kLargeBlock = std::size_t{1} << 20;
 // range that holds it, else the smallest cold one, split if larger (blocks of 1 MiB and more from
 // the range's top, smaller ones from its bottom), and a freed block is merged with the free ranges
 // beside it. A free range is resident (it held a tensor) or cold (never touched, or given back with
-// MADV_DONTNEED under the limit). Unlike a cache of whole blocks, the memory one stage of a network
-// frees serves the next stage's tensors of any size, so the process holds little more than its
-// peak of live tensors (peak RSS of ResNet-20's 4-bit steps 85-98 MiB and fp32 step 214 MiB, where
-// a cache of whole blocks took 110 and 254 MiB). Two placements made it grow instead: splitting
-// every request from the bottom interleaved small and large blocks, and taking the best-fitting
-// range even when cold touched new pages while resident ones sat free (either let a channels-last
-// 4-bit step reach 119 MiB). Steady-state steps reuse mapped pages and make no system calls.
+// MADV_DONTNEED under the limit). The memory one stage of a network frees serves the next stage's
+// tensors of any size, so the process holds little more than its peak of live tensors. Resident
+// ranges go first because taking a better-fitting cold one touches new pages while resident ones
+// sit free; large and small blocks split from opposite ends so that they do not interleave. Both
+// would otherwise let RSS grow with the order of allocations (`docs/benchmarks.md`, memory).
+// Steady-state steps reuse mapped pages and make no system calls.
 class Arena {
  public:
   void* allocate(std::size_t size) {
