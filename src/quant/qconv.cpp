@@ -34,6 +34,7 @@
 namespace shiftq::quant {
 namespace {
 using kernels::Conv2dGeometry;
+using internal::thread_scratch;
 using kernels::Trans;
 
 // Rows per block: the widest int32 block product (rows x max(patch, O)) stays within ~512 KiB, so
@@ -54,15 +55,6 @@ void for_each_sample_part(std::int64_t r0, std::int64_t r1, std::int64_t P, F fn
     fn(n, p0, p1, r - r0);
     r += p1 - p0;
   }
-}
-
-// A per-thread buffer of at least n elements, kept across calls (OpenMP's threads persist) so that
-// no block allocates; `Slot` tells apart the buffers of one thread. Contents are unspecified.
-template <class T, int Slot>
-T* thread_scratch(std::int64_t n) {
-  thread_local std::vector<T> buffer;
-  if (static_cast<std::int64_t>(buffer.size()) < n) buffer.resize(static_cast<std::size_t>(n));
-  return buffer.data();
 }
 
 // The scale of index i along q's scaled axis (or its one per-tensor scale).

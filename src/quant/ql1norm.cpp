@@ -327,15 +327,6 @@ Tensor affine_output(const ChannelMaps& m, const ImageShape& s, const Shape& sha
   return y;
 }
 
-// A per-thread buffer of at least n elements, kept across calls; `Slot` tells apart the buffers of
-// one thread. Contents are unspecified.
-template <int Slot>
-float* thread_floats(std::int64_t n) {
-  thread_local std::vector<float> buffer;
-  if (static_cast<std::int64_t>(buffer.size()) < n) buffer.resize(static_cast<std::size_t>(n));
-  return buffer.data();
-}
-
 // Sample n's y = a_c q + b_c in x's layout ([C, P] or [P, C]), with the kernels of affine_output
 // (the same bits).
 void sample_affine(const ChannelMaps& m, const ImageShape& s, std::int64_t n, float* y) {
@@ -354,7 +345,7 @@ QTensor relu_codes(const ChannelMaps& m, const ImageShape& s, const QuantizePara
   return internal::quantize_produced_sample_channels(
       s.N, s.P, s.C, params,
       [&](std::int64_t n, float* tile) {
-        float* y = thread_floats<0>(s.P * s.C);
+        float* y = internal::thread_scratch<float, 3>(s.P * s.C);
         sample_affine(m, s, n, y);
         kernels::relu_f32(y, tile, s.P * s.C);
       },
@@ -398,14 +389,13 @@ ReluGradient relu_gradient(const ChannelMaps& m, const ImageShape& s, const Tens
   const float* pg = g.data<float>();
   const std::int64_t block = s.P * s.C;
   for_each_masked_sample(out, s, [&](std::int64_t n, float* dy) {
-    float* y = thread_floats<0>(block);
-    float* scratch = thread_floats<1>(block);
-    thread_local std::vector<std::uint8_t> mask;
-    mask.resize(static_cast<std::size_t>(block / 8 + 1));
+    float* y = internal::thread_scratch<float, 3>(block);
+    float* scratch = internal::thread_scratch<float, 4>(block);
+    std::uint8_t* mask = internal::thread_scratch<std::uint8_t, 3>(block / 8 + 1);
     sample_affine(m, s, n, y);
     if (!s.channels_last) kernels::transpose_f32(pg + n * block, scratch, s.P, s.C);  // g in [C, P] order
-    kernels::relu_mask_f32(y, y, mask.data(), block);
-    kernels::relu_backward_mask_f32(s.channels_last ? pg + n * block : scratch, mask.data(), dy, block);
+    kernels::relu_mask_f32(y, y, mask, block);
+    kernels::relu_backward_mask_f32(s.channels_last ? pg + n * block : scratch, mask, dy, block);
   });
   return out;
 }
@@ -421,7 +411,7 @@ Tensor add_relu_output(const ChannelMaps& m, const ImageShape& s, const Tensor& 
   std::uint8_t* bits = mask.defined() ? mask.data<std::uint8_t>() : nullptr;
   const std::int64_t mask_stride = mask.defined() ? mask.size(1) : 0;
   detail::parallel_for(s.N, 1, [&](std::int64_t n0, std::int64_t n1) {
-    float* y = thread_floats<0>(block);
+    float* y = internal::thread_scratch<float, 3>(block);
     for (std::int64_t n = n0; n < n1; ++n) {
       sample_affine(m, s, n, y);
       const float* sn = sc + n * block;

@@ -4,10 +4,22 @@
 
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 #include "shiftq/quant/qlayers.hpp"
 
 namespace shiftq::quant::internal {
+
+// A per-thread buffer of at least n elements, kept across calls (OpenMP's threads persist) so that
+// no block or sample allocates. `Slot` tells apart the buffers of one thread; the quantized ops
+// use distinct slots (qconv.cpp 0-2, ql1norm.cpp 3-4, qtensor.cpp 5-6), so a buffer is never live in
+// two of them at once. Contents are unspecified.
+template <class T, int Slot>
+T* thread_scratch(std::int64_t n) {
+  thread_local std::vector<T> buffer;
+  if (static_cast<std::int64_t>(buffer.size()) < n) buffer.resize(static_cast<std::size_t>(n));
+  return buffer.data();
+}
 
 // Activations [rows, in] (Linear) or [N*C, H*W] (Conv2d): a per-tensor base, groups along
 // `inner_axis`, u8 codes (v + 128).

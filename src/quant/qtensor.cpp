@@ -548,11 +548,11 @@ QTensor quantize_sample_channels_impl(const Tensor& x, std::int64_t samples, std
   // The same for a [C, P] tile (channels_first_tiles): each row one group, as quantize_impl's
   // tile loop runs groups along rows under a known base; then the codes moved to [P, C].
   auto pack_sample_rows = [&](std::int64_t n, const float* tile) {
-    thread_local std::vector<float> cols_inv, cols_ones;
-    thread_local std::vector<std::uint8_t> codes_tile;
-    cols_inv.assign(static_cast<std::size_t>(P), inv_scale);
-    cols_ones.assign(static_cast<std::size_t>(P), 1.0f);
-    codes_tile.resize(static_cast<std::size_t>(P * C));
+    float* cols_inv = internal::thread_scratch<float, 6>(2 * P);  // [P] inv_scale, [P] ones
+    float* cols_ones = cols_inv + P;
+    std::fill_n(cols_inv, P, inv_scale);
+    std::fill_n(cols_ones, P, 1.0f);
+    std::uint8_t* codes_tile = internal::thread_scratch<std::uint8_t, 5>(P * C);
     const std::int64_t k0 = n * C;
     if (p.mse_clip) {
       const ShiftClip shift_clip{S, inv_scale, lo, qmax, e_out + k0, pow_e.data() + k0, pack.data() + k0};
@@ -563,14 +563,14 @@ QTensor quantize_sample_channels_impl(const Tensor& x, std::int64_t samples, std
     tile_args.rows = C;
     tile_args.cols = P;
     tile_args.row_mul = pow_e.data() + k0;
-    tile_args.col_mul = cols_inv.data();
+    tile_args.col_mul = cols_inv;
     tile_args.row_pack = pack.data() + k0;
-    tile_args.col_pack = cols_ones.data();
+    tile_args.col_pack = cols_ones;
     tile_args.index_base = static_cast<std::uint64_t>(n * P * C);  // stochastic draws keyed as in [N * C, P]
-    tile_args.out = reinterpret_cast<std::int8_t*>(codes_tile.data());
+    tile_args.out = reinterpret_cast<std::int8_t*>(codes_tile);
     kernels::quantize_pack_f32_s8(tile_args, 0, C);
     std::uint8_t* out = p.unsigned_codes ? q.codes.data<std::uint8_t>() : reinterpret_cast<std::uint8_t*>(q.codes.data<std::int8_t>());
-    kernels::transpose_u8(codes_tile.data(), out + n * P * C, C, P);
+    kernels::transpose_u8(codes_tile, out + n * P * C, C, P);
   };
   auto set_scale = [&](float base, bool nonnegative) {
     q.nonnegative = nonnegative;
@@ -588,11 +588,10 @@ QTensor quantize_sample_channels_impl(const Tensor& x, std::int64_t samples, std
     // Delayed scaling: the base is known, so each sample goes through all passes while in cache.
     set_scale(p.observed_range, sign_applies && p.observed_nonnegative);
     detail::parallel_for(samples, grain, [&](std::int64_t n0, std::int64_t n1) {
-      thread_local std::vector<float> tile;  // the produced sample
-      if (!px) tile.resize(static_cast<std::size_t>(P * C));
+      float* tile = px ? nullptr : internal::thread_scratch<float, 5>(P * C);  // the produced sample
       for (std::int64_t n = n0; n < n1; ++n) {
-        const float* sample = px ? px + n * P * C : tile.data();
-        if (!px) produce(n, tile.data());
+        const float* sample = px ? px + n * P * C : tile;
+        if (!px) produce(n, tile);
         if (channels_first_tiles) {
           bool negative = false;
           if (!kernels::absmax_rows_f32(sample, 0, C, P, nullptr, ranges.data() + n * C, sign_applies ? &negative : nullptr)) {
