@@ -34,9 +34,11 @@ Tensor mul(const Tensor& a, const Tensor& b) {
   check_f32(b, "mul", "b");
   Tensor out = map_binary(a, b, [](float x, float y) { return x * y; });
   const bool ga = a.requires_grad(), gb = b.requires_grad();
-  return record("mul", out, {&a, &b}, [a = a.detach(), b = b.detach(), ga, gb](const Tensor& g) {
-    return std::vector<Tensor>{ga ? sum_to(mul(g, b), a.shape()) : Tensor(),
-                               gb ? sum_to(mul(g, a), b.shape()) : Tensor()};
+  // Each operand is kept only for the other's gradient (a constant factor costs no saved copy).
+  return record("mul", out, {&a, &b},
+                [a = gb ? a.detach() : Tensor(), b = ga ? b.detach() : Tensor(), a_shape = a.shape(),
+                 b_shape = b.shape(), ga, gb](const Tensor& g) {
+    return std::vector<Tensor>{ga ? sum_to(mul(g, b), a_shape) : Tensor(), gb ? sum_to(mul(g, a), b_shape) : Tensor()};
   });
 }
 
@@ -45,10 +47,12 @@ Tensor div(const Tensor& a, const Tensor& b) {
   check_f32(b, "div", "b");
   Tensor out = map_binary(a, b, [](float x, float y) { return x / y; });
   const bool ga = a.requires_grad(), gb = b.requires_grad();
-  return record("div", out, {&a, &b}, [a = a.detach(), b = b.detach(), ga, gb](const Tensor& g) {
+  // a is kept only for b's gradient.
+  return record("div", out, {&a, &b},
+                [a = gb ? a.detach() : Tensor(), b = b.detach(), a_shape = a.shape(), ga, gb](const Tensor& g) {
     Tensor grad_b;
     if (gb) grad_b = sum_to(neg(div(mul(g, a), mul(b, b))), b.shape());
-    return std::vector<Tensor>{ga ? sum_to(div(g, b), a.shape()) : Tensor(), grad_b};
+    return std::vector<Tensor>{ga ? sum_to(div(g, b), a_shape) : Tensor(), grad_b};
   });
 }
 
