@@ -25,9 +25,10 @@
 // whole PROCESS since it started, so it covers every case run before in the same process: for a
 // per-case figure run each case in its own process (--benchmark_filter='^NAME$', as
 // scripts/bench-train-step.sh does). start_rss_MiB is the resident size when main() began (the
-// libraries loaded, no model yet). shiftq's allocator (shiftq/core/memory.hpp) exposes only the
-// idle bytes its buffer cache holds, no in-use or peak statistics, so no per-step allocator peak
-// is reported; cache_MiB is those idle bytes after the last timed step, for information.
+// libraries loaded, no model yet). peak_tensor_MiB is the most bytes live tensors held during the
+// timed steps (shiftq::peak_allocated_memory_bytes: model, optimizer state, saved activations and
+// temporaries; no idle cache, fragmentation or non-tensor memory). cache_MiB is the idle bytes of the
+// allocator's cache after the last timed step, for information.
 #include <benchmark/benchmark.h>
 #include <sys/resource.h>
 
@@ -216,6 +217,7 @@ void run_case(benchmark::State& state, const std::string& name, const std::funct
   set_num_threads(threads);
   TrainStep& c = prepare(name + "/" + std::to_string(threads), make);
   float loss = 0;
+  reset_peak_allocated_memory();
   for (auto _ : state) {
     loss = c.step();
     benchmark::DoNotOptimize(loss);
@@ -226,6 +228,7 @@ void run_case(benchmark::State& state, const std::string& name, const std::funct
   state.counters["peak_rss_MiB"] = peak_rss_mib();
   state.counters["rss_MiB"] = current_rss_mib();
   state.counters["start_rss_MiB"] = g_start_rss_mib;
+  state.counters["peak_tensor_MiB"] = static_cast<double>(peak_allocated_memory_bytes()) / (1024.0 * 1024.0);
   state.counters["cache_MiB"] = static_cast<double>(cached_memory_bytes()) / (1024.0 * 1024.0);
 }
 
@@ -309,8 +312,8 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("quantize_isa", shiftq::kernels::quantize_isa_name());
   benchmark::AddCustomContext("warmup_steps", std::to_string(kWarmupSteps));
   benchmark::AddCustomContext("memory_note",
-                              "peak_rss_MiB = getrusage ru_maxrss, process high-water mark; shiftq's allocator has "
-                              "no in-use/peak statistics");
+                              "peak_rss_MiB = getrusage ru_maxrss, process high-water mark; peak_tensor_MiB = "
+                              "most bytes held by live tensors during the timed steps");
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

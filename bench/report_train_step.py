@@ -82,12 +82,14 @@ def shiftq_round_row(entries):
     if medians:
         b = medians[0]
         row = {"ms": ms(b), "items_per_second": b.get("items_per_second"), "peak_rss": b.get("peak_rss_MiB"),
-               "start_rss": b.get("start_rss_MiB"), "label": b.get("label", "")}
+               "start_rss": b.get("start_rss_MiB"), "peak_tensor": b.get("peak_tensor_MiB"), "label": b.get("label", "")}
     elif iterations:
         row = {"ms": statistics.median(ms(b) for b in iterations),
                "items_per_second": statistics.median(b.get("items_per_second", 0) for b in iterations),
                "peak_rss": max(b.get("peak_rss_MiB", 0) for b in iterations),
-               "start_rss": iterations[0].get("start_rss_MiB"), "label": iterations[0].get("label", "")}
+               "start_rss": iterations[0].get("start_rss_MiB"),
+               "peak_tensor": max((b.get("peak_tensor_MiB") for b in iterations if "peak_tensor_MiB" in b), default=None),
+               "label": iterations[0].get("label", "")}
     else:
         return None
     row["label"] = next((b.get("label") for b in iterations if b.get("label")), row["label"]) or ""
@@ -103,8 +105,9 @@ def over_rounds(per_round, time_key):
     if all(r.get(rate_key) is not None for r in rows):
         out[rate_key] = statistics.median(r[rate_key] for r in rows)
     peak_key = "peak_rss" if "peak_rss" in out else "peak_rss_mib"
-    if all(r.get(peak_key) is not None for r in rows):
-        out[peak_key] = max(r[peak_key] for r in rows)
+    for key in (peak_key, "peak_tensor"):
+        if all(r.get(key) is not None for r in rows):
+            out[key] = max(r[key] for r in rows)
     out["by_round"] = {k: r[time_key] for k, r in per_round.items()}
     return out
 
@@ -187,9 +190,10 @@ def report(shiftq_path, pytorch_path, made_by=None):
     print("Median ms per optimizer step (forward + loss + backward + update) on a fixed random batch; "
           "peak RSS = getrusage ru_maxrss of a process that ran only that case; "
           "'above start' = peak RSS minus the RSS before the model was built (shiftq: at main(); "
-          "PyTorch: after `import torch`).\n")
-    print("| model | threads | implementation | ms/step | items/s | peak RSS (MiB) | above start (MiB) |")
-    print("|---|---|---|---|---|---|---|")
+          "PyTorch: after `import torch`); peak tensors = the most bytes live shiftq tensors held during the timed "
+          "steps (no idle cache, fragmentation or non-tensor memory).\n")
+    print("| model | threads | implementation | ms/step | items/s | peak RSS (MiB) | above start (MiB) | peak tensors (MiB) |")
+    print("|---|---|---|---|---|---|---|---|")
     ratio_rows = []
     threads_all = sorted({k[2] for k in sq} | {k[1] for k in pt})
     for model_key, (model_name, pt_model, unit) in MODELS.items():
@@ -200,21 +204,21 @@ def report(shiftq_path, pytorch_path, made_by=None):
             rows = []
             if fp32:
                 rows.append(("shiftq fp32, L2 norm", fp32["ms"], fp32["items_per_second"], fp32["peak_rss"],
-                             fp32["start_rss"]))
+                             fp32["start_rss"], fp32.get("peak_tensor")))
             for v in ints:
                 r = sq[(model_key, v, threads)]
                 bits, variant = re.match(r"int(\d+)_l1_?(.*)", v).groups()
                 extra = f", {variant}" if variant else ""  # e.g. actsq_mse: the trainer's best 4-bit options
                 rows.append((f"shiftq int{bits} (W{bits}A{bits}G{bits}, first/last 8-bit{extra}), L1 norm", r["ms"],
-                             r["items_per_second"], r["peak_rss"], r["start_rss"]))
+                             r["items_per_second"], r["peak_rss"], r["start_rss"], r.get("peak_tensor")))
             if torch_run:
                 layout = f", {torch_run['memory_format']}" if pt_model == "resnet20" else ""
                 rows.append((f"PyTorch {pt_ctx.get('torch', '?')} fp32{layout}", torch_run["ms_per_step_median"],
-                             torch_run["items_per_second"], torch_run["peak_rss_mib"], torch_run["start_rss_mib"]))
-            for name, t_ms, ips, peak, start in rows:
+                             torch_run["items_per_second"], torch_run["peak_rss_mib"], torch_run["start_rss_mib"], None))
+            for name, t_ms, ips, peak, start, tensors in rows:
                 above = peak - start if peak is not None and start is not None else None
                 print(f"| {model_name} | {threads} | {name} | {fmt(t_ms)} | {fmt(ips, 0)} {unit}/s | {fmt(peak, 0)} | "
-                      f"{fmt(above, 0)} |")
+                      f"{fmt(above, 0)} | {fmt(tensors, 0)} |")
             for v in ints:
                 r = sq[(model_key, v, threads)]
                 ratio_rows.append((model_name, threads, v, r, fp32, torch_run))

@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <iterator>
@@ -167,6 +168,16 @@ Arena& arena() {
   return *a;
 }
 
+// Bytes of live blocks, and their peak.
+std::atomic<std::size_t> g_allocated{0}, g_peak_allocated{0};
+
+void count_allocated(std::size_t size) {
+  const std::size_t now = g_allocated.fetch_add(size, std::memory_order_relaxed) + size;
+  std::size_t peak = g_peak_allocated.load(std::memory_order_relaxed);
+  while (now > peak && !g_peak_allocated.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
+  }
+}
+
 // AddressSanitizer checks every free: under it large blocks are plain allocations too.
 #if defined(__SANITIZE_ADDRESS__)
 constexpr bool kArena = false;
@@ -183,13 +194,14 @@ std::size_t block_size(std::size_t nbytes) {
 
 void* allocate_block(std::size_t size, std::size_t* allocated) {
   *allocated = size;
-  if (kArena && size >= kMinCached) return arena().allocate(size);
-  void* p = std::aligned_alloc(64, size);
+  void* p = kArena && size >= kMinCached ? arena().allocate(size) : std::aligned_alloc(64, size);
   if (p == nullptr) throw std::bad_alloc();
+  count_allocated(size);
   return p;
 }
 
 void free_block(void* p, std::size_t size) {
+  g_allocated.fetch_sub(size, std::memory_order_relaxed);
   if (kArena && size >= kMinCached) {
     arena().release(p, size);
     return;
@@ -209,5 +221,11 @@ std::size_t cached_memory_bytes() { return kArena ? arena().idle_bytes() : 0; }
 void release_cached_memory() {
   if (kArena) arena().release_all();
 }
+
+std::size_t allocated_memory_bytes() { return g_allocated.load(std::memory_order_relaxed); }
+
+std::size_t peak_allocated_memory_bytes() { return g_peak_allocated.load(std::memory_order_relaxed); }
+
+void reset_peak_allocated_memory() { g_peak_allocated.store(g_allocated.load(std::memory_order_relaxed), std::memory_order_relaxed); }
 
 }  // namespace shiftq

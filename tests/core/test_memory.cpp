@@ -147,5 +147,23 @@ TEST(MemoryCache, ReusedBlocksAreZeroedByEmpty) {
   for (float v : clean.to_vector<float>()) ASSERT_EQ(v, 0.0f);
 }
 
+TEST(MemoryStats, AllocatedBytesFollowLiveTensorsAndTheirPeak) {
+  const std::size_t base = allocated_memory_bytes();
+  reset_peak_allocated_memory();
+  EXPECT_EQ(peak_allocated_memory_bytes(), base);
+  {
+    const Tensor big = Tensor::uninitialized({1 << 20});  // 4 MiB: an arena block
+    const Tensor small = Tensor::uninitialized({100});    // 400 bytes in a 448-byte block
+    EXPECT_EQ(allocated_memory_bytes(), base + (std::size_t{4} << 20) + 448);
+    { const Tensor more = Tensor::uninitialized({1 << 18}); }  // 1 MiB, freed at once
+    EXPECT_EQ(allocated_memory_bytes(), base + (std::size_t{4} << 20) + 448);
+    EXPECT_EQ(peak_allocated_memory_bytes(), base + (std::size_t{5} << 20) + 448);
+  }
+  EXPECT_EQ(allocated_memory_bytes(), base);  // idle cached blocks are not counted
+  EXPECT_EQ(peak_allocated_memory_bytes(), base + (std::size_t{5} << 20) + 448);
+  reset_peak_allocated_memory();
+  EXPECT_EQ(peak_allocated_memory_bytes(), base);
+}
+
 }  // namespace
 }  // namespace shiftq

@@ -19,5 +19,13 @@ std::size_t memory_cache_limit();
 std::size_t cached_memory_bytes();
 // Returns every idle buffer to the system.
 void release_cached_memory();
+// Bytes of the blocks held by live tensor storages (every size; block_size rounding included), now
+// and at most since the process started or the last reset_peak_allocated_memory(). Unlike the
+// process RSS they leave out idle cached memory, fragmentation and everything that is not a tensor,
+// so they show what a model's tensors need (torch.cuda.memory_allocated's counterpart).
+std::size_t allocated_memory_bytes();
+std::size_t peak_allocated_memory_bytes();
+// Starts a new peak at the current allocated bytes.
+void reset_peak_allocated_memory();
 
 }  // namespace shiftq
