@@ -57,12 +57,15 @@ class CausalSelfAttention : public nn::Module {
   // x: [B, T, D] -> [B, T, D]
   Tensor forward(const Tensor& x) override {
     const std::int64_t b = x.size(0), t = x.size(1), d = x.size(2), dh = d / heads_;
-    const Tensor qkv = (*qkv_)(x);  // [B, T, 3D]
-    // [B, T, 3D] -> [3, B, H, T, Dh]
-    const Tensor parts = permute(reshape(qkv, {b, t, 3, heads_, dh}), {2, 0, 3, 1, 4});
-    const Tensor q = reshape(slice(parts, 0, 0, 1), {b, heads_, t, dh});
-    const Tensor k = reshape(slice(parts, 0, 1, 2), {b, heads_, t, dh});
-    const Tensor v = reshape(slice(parts, 0, 2, 3), {b, heads_, t, dh});
+    Tensor q, k, v;  // [B, H, T, Dh] each
+    {  // scoped: the [B, T, 3D] projection and its permuted copy are freed before the attention runs
+      const Tensor qkv = (*qkv_)(x);  // [B, T, 3D]
+      // [B, T, 3D] -> [3, B, H, T, Dh]
+      const Tensor parts = permute(reshape(qkv, {b, t, 3, heads_, dh}), {2, 0, 3, 1, 4});
+      q = reshape(slice(parts, 0, 0, 1), {b, heads_, t, dh});
+      k = reshape(slice(parts, 0, 1, 2), {b, heads_, t, dh});
+      v = reshape(slice(parts, 0, 2, 3), {b, heads_, t, dh});
+    }
     // The qkv layer's call counter (checkpointed) keys the attention's stochastic rounding too.
     const Tensor y = bits_ > 0 ? quant::quantized_attention(q, k, v, /*causal=*/true, bits_, seed_,
                                                             kAttentionKeyBase + static_cast<std::uint64_t>(index_),
@@ -95,7 +98,8 @@ class Block : public nn::Module {
   // x: [B, T, D] -> [B, T, D]
   Tensor forward(const Tensor& x) override {
     const Tensor h = add(x, (*attn_)((*norm1_)(x)));
-    return add(h, (*proj_)(gelu((*fc_)((*norm2_)(h)))));
+    // The fc layer's GELU recomputes its pre-activation in backward instead of saving it.
+    return add(h, (*proj_)(fc_->forward_gelu((*norm2_)(h))));
   }
 
  private:

@@ -8,8 +8,6 @@
 
 namespace shiftq::detail {
 
-constexpr std::int64_t kElementwiseGrain = 1 << 15;
-
 // out[i] = f(x[i]) for an f32 tensor, in parallel.
 template <class F>
 Tensor map_unary(const Tensor& x, F f) {

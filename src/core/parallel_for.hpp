@@ -36,6 +36,9 @@ class FirstError {
   std::exception_ptr error_;
 };
 
+// The grain of elementwise loops (elements per chunk at least).
+constexpr std::int64_t kElementwiseGrain = 1 << 15;
+
 // Calls fn(begin, end) on chunks of [0, n), in parallel when n >= grain. Chunks are static, so the
 // split depends only on n and the thread count. fn must not throw (an exception cannot leave an
 // OpenMP region): the loops it runs report failures through flags checked after the region.

@@ -130,6 +130,11 @@ Tensor Linear::forward(const Tensor& x) {
   return quant::quantized_linear(x, weight, bias, packed_, *quant_, next_call(is_training()));
 }
 
+Tensor Linear::forward_gelu(const Tensor& x) {
+  if (!quant_) return gelu(linear(x, weight, bias));
+  return quant::quantized_linear_gelu(x, weight, bias, packed_, *quant_, next_call(is_training()));
+}
+
 Conv2d::Conv2d(const Conv2dOptions& options, Generator& gen) : Module("Conv2d"), options_(options) {
   check_positive(options.in_channels(), "Conv2d", "in_channels");
   check_positive(options.out_channels(), "Conv2d", "out_channels");

@@ -96,6 +96,10 @@ class Linear : public Module, public QuantizableLayer {
   Linear(const LinearOptions& options, Generator& gen);
   // fp32, or int8 GEMMs forward and backward once set_quantization() / quantize_model() gave it a config.
   Tensor forward(const Tensor& x) override;
+  // gelu(forward(x)), the same bits. Quantized, backward recomputes the pre-activation from the
+  // saved int8 codes instead of keeping it (quant::quantized_linear_gelu): a Transformer MLP's fc
+  // layer saves out_features * 4 bytes less per row, for one more int8 GEMM in backward.
+  Tensor forward_gelu(const Tensor& x);
   const LinearOptions& options() const { return options_; }
   Tensor weight;  // [out, in]
   Tensor bias;    // [out] or undefined

@@ -46,6 +46,14 @@ class PackedWeight {
 Tensor quantized_linear(const Tensor& x, const Tensor& weight, const Tensor& bias, PackedWeight& packed,
                         const QConfig& config, const QuantCall& call);
 
+// gelu(quantized_linear(...)), the same bits forward and backward, without saving the [..., out]
+// pre-activation for GELU's backward: backward recomputes it from the saved input codes and the
+// packed weight (the same int8 product), trading one forward GEMM for out * 4 bytes per row of saved
+// memory (the MLP's widest tensor in a Transformer). AutogradError in backward if the bias was
+// modified in place since the forward.
+Tensor quantized_linear_gelu(const Tensor& x, const Tensor& weight, const Tensor& bias, PackedWeight& packed,
+                             const QConfig& config, const QuantCall& call);
+
 // x: [N, C, H, W], weight: [O, C, KH, KW], bias: [O] or undefined -> [N, O, OH, OW]. The input is
 // quantized once (before im2col) and its codes moved to channels-last; the im2col rows are built
 // from them block by block (patches ordered (ky, kx, c), as in the packed weight [O, KH*KW*C]) and
@@ -104,6 +112,10 @@ Tensor quantized_matmul(const Tensor& a, const Tensor& b, int bits, std::uint64_
 // (MatmulScaling::per_row), and P V is computed as (P diag(s)) (diag(1/s) V) with s the per-position
 // range of V: P diag(s) gets a scale per query row, diag(1/s) V has rows of range 1 and one fixed
 // scale (per_row_a_unit_b). Non-causal attention keeps the ShiftQuant operands.
+// Causal attention runs as one autograd node, one [Tq, Tk] matrix at a time: the batch's scores and
+// probabilities are never materialized, and backward recomputes each P from the saved forward codes
+// of Q and K^T (one extra [Tq, Dh] x [Dh, Tk] int8 product per matrix) instead of keeping P in fp32.
+// Its bits are those of the composition quantized_matmul -> scaled_softmax -> mul -> quantized_matmul.
 Tensor quantized_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, int bits,
                            std::uint64_t seed, std::uint64_t key_id, std::uint64_t step);
 
