@@ -57,6 +57,13 @@ class CausalSelfAttention : public nn::Module {
   // x: [B, T, D] -> [B, T, D]
   Tensor forward(const Tensor& x) override {
     const std::int64_t b = x.size(0), t = x.size(1), d = x.size(2), dh = d / heads_;
+    if (bits_ > 0) {
+      // Int8 attention straight from the [B, T, 3D] projection into the output projection's [B, T, D]
+      // input. The qkv layer's call counter (checkpointed) keys the attention's stochastic rounding too.
+      const Tensor qkv = (*qkv_)(x);  // [B, T, 3D]; before quant_calls(), which it advances
+      return (*proj_)(quant::quantized_causal_self_attention(
+          qkv, heads_, bits_, seed_, kAttentionKeyBase + static_cast<std::uint64_t>(index_), qkv_->quant_calls()));
+    }
     Tensor q, k, v;  // [B, H, T, Dh] each
     {  // scoped: the [B, T, 3D] projection and its permuted copy are freed before the attention runs
       const Tensor qkv = (*qkv_)(x);  // [B, T, 3D]
@@ -66,11 +73,7 @@ class CausalSelfAttention : public nn::Module {
       k = reshape(slice(parts, 0, 1, 2), {b, heads_, t, dh});
       v = reshape(slice(parts, 0, 2, 3), {b, heads_, t, dh});
     }
-    // The qkv layer's call counter (checkpointed) keys the attention's stochastic rounding too.
-    const Tensor y = bits_ > 0 ? quant::quantized_attention(q, k, v, /*causal=*/true, bits_, seed_,
-                                                            kAttentionKeyBase + static_cast<std::uint64_t>(index_),
-                                                            qkv_->quant_calls())
-                               : scaled_dot_product_attention(q, k, v, /*causal=*/true);
+    const Tensor y = scaled_dot_product_attention(q, k, v, /*causal=*/true);
     return (*proj_)(reshape(permute(y, {0, 2, 1, 3}), {b, t, d}));  // [B, H, T, Dh] -> [B, T, D]
   }
 
@@ -96,8 +99,13 @@ class Block : public nn::Module {
   CausalSelfAttention& attention() { return *attn_; }
 
   // x: [B, T, D] -> [B, T, D]
-  Tensor forward(const Tensor& x) override {
+  Tensor forward(const Tensor& x) override { return forward_residual(x); }
+
+  // forward() taking the residual stream by value: a caller that moves it in frees it once the
+  // attention's residual add has used it, before the MLP's widest tensors exist.
+  Tensor forward_residual(Tensor x) {
     const Tensor h = add(x, (*attn_)((*norm1_)(x)));
+    x = Tensor();
     // The fc layer's GELU recomputes its pre-activation in backward instead of saving it.
     return add(h, (*proj_)(fc_->forward_gelu((*norm2_)(h))));
   }
@@ -132,7 +140,10 @@ class GPT : public nn::Module {
     std::vector<std::int32_t> positions(static_cast<std::size_t>(t));
     for (std::int64_t i = 0; i < t; ++i) positions[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i);
     const Tensor pos = (*position_)(Tensor::from_vector(positions, {t}));  // [T, D], broadcast over B
-    const Tensor h = (*norm_)((*blocks_)(add((*token_)(tokens), pos)));
+    Tensor h = add((*token_)(tokens), pos);  // [B, T, D]; the token embeddings are freed here
+    // The blocks in order, each taking the residual stream over (Block::forward_residual).
+    for (const auto& [name, block] : blocks_->named_children()) h = dynamic_cast<Block&>(*block).forward_residual(std::move(h));
+    h = (*norm_)(h);
     return head_ ? (*head_)(h) : linear(h, token_->weight);
   }
 

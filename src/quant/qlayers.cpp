@@ -358,13 +358,12 @@ void matmul_forward_matrix(const MatmulQuantizers& mq, std::int64_t i, const Ten
   if (gb) saved.a_cols[n] = quantize_matrix(ai, i, mq.saved_a());
 }
 
-// Matrix i's gradients from its output gradient gi: da_i = g b^T (into da), db_i = a^T g (into db);
-// a null pointer skips one.
-void matmul_backward_matrix(const MatmulQuantizers& mq, std::int64_t i, const Tensor& gi, const MatmulSaved& saved,
-                            float* da, float* db) {
-  const auto n = static_cast<std::size_t>(i);
-  if (da) internal::shiftmm_into(quantize_matrix(gi, i, mq.gradient_for_a()), Trans::N, saved.b_rows[n], Trans::T, nullptr, da);
-  if (db) internal::shiftmm_into(saved.a_cols[n], Trans::T, quantize_matrix(gi, i, mq.gradient_for_b()), Trans::N, nullptr, db);
+// Matrix i's gradients from its output gradient gi: da_i = g b^T (into da, from b's saved codes
+// b_rows), db_i = a^T g (into db, from a's saved codes a_cols); a null output skips one.
+void matmul_backward_matrix(const MatmulQuantizers& mq, std::int64_t i, const Tensor& gi, const QTensor* b_rows,
+                            const QTensor* a_cols, float* da, float* db) {
+  if (da) internal::shiftmm_into(quantize_matrix(gi, i, mq.gradient_for_a()), Trans::N, *b_rows, Trans::T, nullptr, da);
+  if (db) internal::shiftmm_into(*a_cols, Trans::T, quantize_matrix(gi, i, mq.gradient_for_b()), Trans::N, nullptr, db);
 }
 
 std::int64_t code_bytes(const MatmulSaved& saved) { return code_bytes(saved.a_cols) + code_bytes(saved.b_rows); }
@@ -397,128 +396,270 @@ Tensor quantized_matmul(const Tensor& a, const Tensor& b, int bits, std::uint64_
     Tensor da = ga ? Tensor::uninitialized({batch, M, K}) : Tensor();
     Tensor db = gb ? Tensor::uninitialized({batch, K, N}) : Tensor();
     for_each_matrix(batch, [&](std::int64_t i) {
-      matmul_backward_matrix(mq, i, matrix(g, i), saved, ga ? da.data<float>() + i * M * K : nullptr,
-                             gb ? db.data<float>() + i * K * N : nullptr);
+      const auto n = static_cast<std::size_t>(i);
+      matmul_backward_matrix(mq, i, matrix(g, i), ga ? &saved.b_rows[n] : nullptr, gb ? &saved.a_cols[n] : nullptr,
+                             ga ? da.data<float>() + i * M * K : nullptr, gb ? db.data<float>() + i * K * N : nullptr);
     });
     return std::vector<Tensor>{ga ? da.view(a_shape) : da, gb ? db.view(b_shape) : db};
   });
 }
 
 namespace {
-// s: [B, H, Tk, 1], the range of each position's value row (1 for an all-zero row).
-Tensor value_row_ranges(const Tensor& v) {
-  const std::int64_t rows = v.numel() / v.size(3), dh = v.size(3);
-  Shape s_shape = v.shape();
-  s_shape.back() = 1;
-  Tensor s = Tensor::uninitialized(s_shape);
-  const float* pv = v.data<float>();
-  float* ps = s.data<float>();
-  for (std::int64_t r = 0; r < rows; ++r) {
-    float m = 0.0f;
-    for (std::int64_t d = 0; d < dh; ++d) m = std::max(m, std::fabs(pv[r * dh + d]));
-    ps[r] = m > 0.0f ? m : 1.0f;
+// Matrix i = b * heads + h of an attention operand: rows of dh floats, either its own [B, H, T, Dh]
+// tensor or one part of a [B, T, parts * H * Dh] tensor with the heads side by side (a fused qkv
+// projection, or the [B, T, D] input of the output projection).
+template <class T>
+struct HeadMatrices {
+  T* base;
+  std::int64_t heads, rows, dh, batch_stride, head_stride, row_stride;
+
+  T* row(std::int64_t i, std::int64_t r) const {
+    return base + (i / heads) * batch_stride + (i % heads) * head_stride + r * row_stride;
   }
+  // x: [B, H, rows, dh].
+  static HeadMatrices split(T* x, std::int64_t heads, std::int64_t rows, std::int64_t dh) {
+    return {x, heads, rows, dh, heads * rows * dh, rows * dh, dh};
+  }
+  // Part `part` of x: [B, rows, parts * heads * dh].
+  static HeadMatrices merged(T* x, std::int64_t part, std::int64_t parts, std::int64_t heads, std::int64_t rows,
+                             std::int64_t dh) {
+    const std::int64_t d = heads * dh;
+    return {x + part * d, heads, rows, dh, rows * parts * d, dh, parts * d};
+  }
+  // Matrix i as its own [rows, dh] tensor (a copy).
+  Tensor matrix(std::int64_t i) const {
+    Tensor m = Tensor::uninitialized({rows, dh});
+    for (std::int64_t r = 0; r < rows; ++r) std::copy_n(row(i, r), dh, m.data<float>() + r * dh);
+    return m;
+  }
+  // Matrix i transposed, [dh, rows] (a copy).
+  Tensor transposed(std::int64_t i) const {
+    Tensor m = Tensor::uninitialized({dh, rows});
+    float* pm = m.data<float>();
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const T* src = row(i, r);
+      for (std::int64_t d = 0; d < dh; ++d) pm[d * rows + r] = src[d];
+    }
+    return m;
+  }
+};
+
+using ConstHeads = HeadMatrices<const float>;
+using Heads = HeadMatrices<float>;
+
+// The attention's operands and output, matrix by matrix.
+struct AttentionLayout {
+  ConstHeads q, k, v;
+  std::int64_t batch;  // B * H
+};
+
+// s: [B * H * Tk], the range of each position's value row (1 for an all-zero row).
+Tensor value_row_ranges(const ConstHeads& v, std::int64_t batch) {
+  Tensor s = Tensor::uninitialized({batch * v.rows});
+  float* ps = s.data<float>();
+  for (std::int64_t i = 0; i < batch; ++i)
+    for (std::int64_t r = 0; r < v.rows; ++r) {
+      const float* pv = v.row(i, r);
+      float m = 0.0f;
+      for (std::int64_t d = 0; d < v.dh; ++d) m = std::max(m, std::fabs(pv[d]));
+      ps[i * v.rows + r] = m > 0.0f ? m : 1.0f;
+    }
   return s;
 }
 
 // P: [Tq, Tk] = softmax(causal_mask(scale * Q K^T)) of one matrix from its forward codes (rows as
 // scaled_softmax computes them).
-Tensor causal_probabilities(const QTensor& q_codes, const QTensor& kt_codes, std::int64_t tq, std::int64_t tk,
-                            float scale) {
+Tensor probabilities(const QTensor& q_codes, const QTensor& kt_codes, std::int64_t tq, std::int64_t tk, float scale) {
   Tensor scores = Tensor::uninitialized({tq, tk}), p = Tensor::uninitialized({tq, tk});
   internal::shiftmm_into(q_codes, Trans::N, kt_codes, Trans::N, nullptr, scores.data<float>());
   kernels::softmax_rows_f32(scores.data<float>(), p.data<float>(), 0, tq, tk, scale, tq);
   return p;
 }
 
-// Causal int8 attention as one node, matrix by matrix: the [B, H, Tq, Tk] scores and probabilities
-// are never materialized for the batch, and backward recomputes each matrix's P from the forward
-// codes of Q and K^T (the same int8 product, the same bits) instead of saving it. The arithmetic is
-// that of quantized_matmul -> scaled_softmax -> mul -> quantized_matmul (same quantizers, keys and
-// kernels), so both give the same bits.
-Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, int bits, std::uint64_t seed,
-                        std::uint64_t key_id, std::uint64_t step) {
-  const std::int64_t tq = q.size(2), tk = k.size(2), dh = q.size(3), batch = q.size(0) * q.size(1);
-  SHIFTQ_CHECK(tk >= tq, ShapeError, "quantized_attention: causal attention needs Tk >= Tq, got q ", q.str(), ", k ", k.str());
-  const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
-  const MatmulQuantizers qk{bits, seed, step, 2 * key_id, MatmulScaling::per_row};
-  const MatmulQuantizers pv{bits, seed, step, 2 * key_id + 1, MatmulScaling::per_row_a_unit_b};
-  const bool gq = q.requires_grad(), gk = k.requires_grad(), gv = v.requires_grad();
-  const bool grad = any_requires_grad({&q, &k, &v});
-  const Tensor kt = transpose(k.detach(), -2, -1);  // [B, H, Dh, Tk]
-  const Tensor s = value_row_ranges(v);             // [B, H, Tk, 1]
-  const std::size_t n = grad ? static_cast<std::size_t>(batch) : 0;
-  // Backward needs P's codes for dV and V's for dP, Q's and K's for dK and dQ, and Q's and K's
-  // forward codes to recompute the scores.
-  MatmulSaved qk_saved{std::vector<QTensor>(n), std::vector<QTensor>(n)}, pv_saved{std::vector<QTensor>(n), std::vector<QTensor>(n)};
-  std::vector<QTensor> q_codes(n), kt_codes(n);
-  Tensor out = Tensor::uninitialized({batch, tq, dh});
-  for_each_matrix(batch, [&](std::int64_t i) {
-    const Tensor qi = matrix(q, i), kti = matrix(kt, i);
-    QTensor qf = quantize_matrix(qi, i, qk.forward_a()), kf = quantize_matrix(kti, i, qk.forward_b());
-    Tensor p = causal_probabilities(qf, kf, tq, tk, scale);  // then P diag(s)
-    float* pp = p.data<float>();
-    const float* si = s.data<float>() + i * tk;
-    for (std::int64_t r = 0; r < tq; ++r)
-      for (std::int64_t c = 0; c < tk; ++c) pp[r * tk + c] *= si[c];
-    Tensor vi = matrix(v, i);  // diag(1/s) V
-    float* pvi = vi.data<float>();
-    for (std::int64_t r = 0; r < tk; ++r)
-      for (std::int64_t d = 0; d < dh; ++d) pvi[r * dh + d] /= si[r];
-    matmul_forward_matrix(pv, i, p, vi, grad, grad, pv_saved, out.data<float>() + i * tq * dh);
-    if (!grad) return;
-    const auto m = static_cast<std::size_t>(i);
-    qk_saved.b_rows[m] = quantize_matrix(kti, i, qk.saved_b());
-    qk_saved.a_cols[m] = quantize_matrix(qi, i, qk.saved_a());
-    q_codes[m] = std::move(qf);
-    kt_codes[m] = std::move(kf);
-  });
-  out = out.view(q.shape());
-  if (!grad) return out;
-  internal::count_saved_bytes(code_bytes(qk_saved) + code_bytes(pv_saved) + code_bytes(q_codes) + code_bytes(kt_codes));
-  return record("quantized_causal_attention", out, {&q, &k, &v},
-                [qk_saved = std::move(qk_saved), pv_saved = std::move(pv_saved), q_codes = std::move(q_codes),
-                 kt_codes = std::move(kt_codes), s, qk, pv, gq, gk, gv, batch, tq, tk, dh, scale,
-                 q_shape = q.shape(), k_shape = k.shape()](const Tensor& g) {
-    Tensor dq = gq ? Tensor::uninitialized({batch, tq, dh}) : Tensor();
-    Tensor dk = gk ? Tensor::uninitialized({batch, tk, dh}) : Tensor();
-    Tensor dv = gv ? Tensor::uninitialized({batch, tk, dh}) : Tensor();
+// m: [R, C] <- m diag(s), s: [C].
+void scale_columns(Tensor& m, const float* s) {
+  const std::int64_t rows = m.size(0), cols = m.size(1);
+  float* pm = m.data<float>();
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t c = 0; c < cols; ++c) pm[r * cols + c] *= s[c];
+}
+
+// Copies src: [rows, dh] into matrix i of dst, scaling row r by 1 / s[r] when s is given.
+void store_rows(const Heads& dst, std::int64_t i, const float* src, const float* s = nullptr) {
+  for (std::int64_t r = 0; r < dst.rows; ++r) {
+    float* out = dst.row(i, r);
+    const float* in = src + r * dst.dh;
+    if (s)
+      for (std::int64_t d = 0; d < dst.dh; ++d) out[d] = in[d] / s[r];
+    else
+      std::copy_n(in, dst.dh, out);
+  }
+}
+
+// Which operands need gradients, and where they go.
+struct AttentionGradients {
+  bool q, k, v;
+  Heads dq, dk, dv;  // filled by backward
+};
+
+// What causal attention's forward keeps for backward, per matrix: Q's and K^T's forward codes (to
+// recompute P), and for dQ and dK the codes of V / s (for dP), K^T (for dQ) and Q (for dK).
+struct AttentionSaved {
+  std::vector<QTensor> q_codes, kt_codes, vs_rows, kt_rows, q_cols;
+  Tensor s;
+  std::int64_t bytes() const {
+    return code_bytes(q_codes) + code_bytes(kt_codes) + code_bytes(vs_rows) + code_bytes(kt_rows) + code_bytes(q_cols);
+  }
+};
+
+// Causal int8 attention, matrix by matrix: the [B, H, Tq, Tk] scores and probabilities are never
+// materialized for the batch. Backward recomputes each matrix's P from the forward codes of Q and K^T
+// (the same int8 product, the same bits) instead of saving it, and re-quantizes P diag(s) for dV
+// from it (nearest rounding of the same values: the same codes). The arithmetic is that of
+// quantized_matmul -> scaled_softmax -> mul -> quantized_matmul (same quantizers, keys and kernels),
+// so both give the same bits.
+struct CausalAttention {
+  MatmulQuantizers qk, pv;
+  std::int64_t batch, tq, tk, dh;
+  float scale;
+
+  CausalAttention(int bits, std::uint64_t seed, std::uint64_t key_id, std::uint64_t step, std::int64_t batch_,
+                  std::int64_t tq_, std::int64_t tk_, std::int64_t dh_)
+      : qk{bits, seed, step, 2 * key_id, MatmulScaling::per_row},
+        pv{bits, seed, step, 2 * key_id + 1, MatmulScaling::per_row_a_unit_b},
+        batch(batch_), tq(tq_), tk(tk_), dh(dh_), scale(1.0f / std::sqrt(static_cast<float>(dh_))) {}
+
+  // out: matrix i of the output; saved filled for the gradients `grad_qk` (dQ or dK) and `grad` (any).
+  void forward(const AttentionLayout& in, const Heads& out, bool grad, bool grad_qk, AttentionSaved& saved) const {
+    saved.s = value_row_ranges(in.v, batch);
+    const std::size_t n = grad ? static_cast<std::size_t>(batch) : 0, n_qk = grad_qk ? n : 0;
+    saved.q_codes.resize(n), saved.kt_codes.resize(n);
+    saved.vs_rows.resize(n_qk), saved.kt_rows.resize(n_qk), saved.q_cols.resize(n_qk);
     for_each_matrix(batch, [&](std::int64_t i) {
-      const float* si = s.data<float>() + i * tk;
-      // P V: d(P diag(s)) and d(diag(1/s) V) -> dV = diag(1/s) d(diag(1/s) V).
-      Tensor dp = Tensor::uninitialized({tq, tk});
-      Tensor dvs = gv ? Tensor::uninitialized({tk, dh}) : Tensor();
-      matmul_backward_matrix(pv, i, matrix(g, i), pv_saved, dp.data<float>(), gv ? dvs.data<float>() : nullptr);
-      if (gv) {
-        const float* pdvs = dvs.data<float>();
-        float* pdv = dv.data<float>() + i * tk * dh;
-        for (std::int64_t r = 0; r < tk; ++r)
-          for (std::int64_t d = 0; d < dh; ++d) pdv[r * dh + d] = pdvs[r * dh + d] / si[r];
-      }
-      if (!gq && !gk) return;
-      // P recomputed from the forward codes; dP = d(P diag(s)) diag(s); dScores by softmax's backward.
+      const Tensor qi = in.q.matrix(i), kti = in.k.transposed(i);
+      QTensor qf = quantize_matrix(qi, i, qk.forward_a()), kf = quantize_matrix(kti, i, qk.forward_b());
+      const float* si = saved.s.data<float>() + i * tk;
+      Tensor p = probabilities(qf, kf, tq, tk, scale);
+      scale_columns(p, si);  // P diag(s)
+      Tensor vi = in.v.matrix(i);  // diag(1/s) V
+      float* pvi = vi.data<float>();
+      for (std::int64_t r = 0; r < tk; ++r)
+        for (std::int64_t d = 0; d < dh; ++d) pvi[r * dh + d] /= si[r];
+      Tensor yi = Tensor::uninitialized({tq, dh});
+      internal::shiftmm_into(quantize_matrix(p, i, pv.forward_a()), Trans::N, quantize_matrix(vi, i, pv.forward_b()),
+                             Trans::N, nullptr, yi.data<float>());
+      store_rows(out, i, yi.data<float>());
+      if (!grad) return;
       const auto m = static_cast<std::size_t>(i);
-      const Tensor p = causal_probabilities(q_codes[m], kt_codes[m], tq, tk, scale);
-      float* pdp = dp.data<float>();
-      for (std::int64_t r = 0; r < tq; ++r)
-        for (std::int64_t c = 0; c < tk; ++c) pdp[r * tk + c] *= si[c];
+      saved.q_codes[m] = std::move(qf);
+      saved.kt_codes[m] = std::move(kf);
+      if (!grad_qk) return;
+      saved.vs_rows[m] = quantize_matrix(vi, i, pv.saved_b());
+      saved.kt_rows[m] = quantize_matrix(kti, i, qk.saved_b());
+      saved.q_cols[m] = quantize_matrix(qi, i, qk.saved_a());
+    });
+  }
+
+  // g: the output gradient, laid out as the output was.
+  void backward(const ConstHeads& g, const AttentionSaved& saved, const AttentionGradients& grads) const {
+    for_each_matrix(batch, [&](std::int64_t i) {
+      const auto m = static_cast<std::size_t>(i);
+      const float* si = saved.s.data<float>() + i * tk;
+      const Tensor gi = g.matrix(i);
+      const Tensor p = probabilities(saved.q_codes[m], saved.kt_codes[m], tq, tk, scale);  // recomputed
+      if (grads.v) {  // d(diag(1/s) V) = (P diag(s))^T g; dV = diag(1/s) d(diag(1/s) V)
+        Tensor ps = grads.q || grads.k ? p.clone() : p;
+        scale_columns(ps, si);
+        const QTensor ps_cols = quantize_matrix(ps, i, pv.saved_a());
+        Tensor dvs = Tensor::uninitialized({tk, dh});
+        matmul_backward_matrix(pv, i, gi, nullptr, &ps_cols, nullptr, dvs.data<float>());
+        store_rows(grads.dv, i, dvs.data<float>(), si);
+      }
+      if (!grads.q && !grads.k) return;
+      // dP = d(P diag(s)) diag(s), d(P diag(s)) = g (V / s)^T; dScores by softmax's backward.
+      Tensor dp = Tensor::uninitialized({tq, tk});
+      matmul_backward_matrix(pv, i, gi, &saved.vs_rows[m], nullptr, dp.data<float>(), nullptr);
+      scale_columns(dp, si);
       Tensor ds = Tensor::uninitialized({tq, tk});
-      kernels::softmax_backward_rows_f32(p.data<float>(), pdp, ds.data<float>(), 0, tq, tk, scale, tq);
+      kernels::softmax_backward_rows_f32(p.data<float>(), dp.data<float>(), ds.data<float>(), 0, tq, tk, scale, tq);
       // Q K^T: dQ = dS K, dK = (Q^T dS)^T.
-      Tensor dkt = gk ? Tensor::uninitialized({dh, tk}) : Tensor();
-      matmul_backward_matrix(qk, i, ds, qk_saved, gq ? dq.data<float>() + i * tq * dh : nullptr,
-                             gk ? dkt.data<float>() : nullptr);
-      if (gk) {
+      Tensor dqi = grads.q ? Tensor::uninitialized({tq, dh}) : Tensor();
+      Tensor dkt = grads.k ? Tensor::uninitialized({dh, tk}) : Tensor();
+      matmul_backward_matrix(qk, i, ds, &saved.kt_rows[m], &saved.q_cols[m], grads.q ? dqi.data<float>() : nullptr,
+                             grads.k ? dkt.data<float>() : nullptr);
+      if (grads.q) store_rows(grads.dq, i, dqi.data<float>());
+      if (grads.k) {
         const float* pkt = dkt.data<float>();
-        float* pdk = dk.data<float>() + i * tk * dh;
-        for (std::int64_t d = 0; d < dh; ++d)
-          for (std::int64_t c = 0; c < tk; ++c) pdk[c * dh + d] = pkt[d * tk + c];
+        for (std::int64_t c = 0; c < tk; ++c) {
+          float* out = grads.dk.row(i, c);
+          for (std::int64_t d = 0; d < dh; ++d) out[d] = pkt[d * tk + c];
+        }
       }
     });
-    return std::vector<Tensor>{gq ? dq.view(q_shape) : dq, gk ? dk.view(k_shape) : dk, gv ? dv.view(k_shape) : dv};
+  }
+};
+
+void check_bits(int bits, const char* op) {
+  SHIFTQ_CHECK(bits >= 2 && bits <= 8, ValueError, op, ": bits must be in [2, 8], got ", bits);
+}
+
+// q: [B, H, Tq, Dh], k, v: [B, H, Tk, Dh] -> [B, H, Tq, Dh].
+Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, int bits, std::uint64_t seed,
+                        std::uint64_t key_id, std::uint64_t step) {
+  const std::int64_t heads = q.size(1), tq = q.size(2), tk = k.size(2), dh = q.size(3), batch = q.size(0) * heads;
+  SHIFTQ_CHECK(tk >= tq, ShapeError, "quantized_attention: causal attention needs Tk >= Tq, got q ", q.str(), ", k ", k.str());
+  const CausalAttention attention(bits, seed, key_id, step, batch, tq, tk, dh);
+  const bool gq = q.requires_grad(), gk = k.requires_grad(), gv = v.requires_grad(), grad = gq || gk || gv;
+  const AttentionLayout in{ConstHeads::split(q.data<float>(), heads, tq, dh), ConstHeads::split(k.data<float>(), heads, tk, dh),
+                           ConstHeads::split(v.data<float>(), heads, tk, dh), batch};
+  Tensor out = Tensor::uninitialized(q.shape());
+  AttentionSaved saved;
+  attention.forward(in, Heads::split(out.data<float>(), heads, tq, dh), grad, gq || gk, saved);
+  if (!grad) return out;
+  internal::count_saved_bytes(saved.bytes());
+  return record("quantized_causal_attention", out, {&q, &k, &v},
+                [attention, saved = std::move(saved), gq, gk, gv, heads, q_shape = q.shape(), k_shape = k.shape()](const Tensor& g) {
+    const std::int64_t tq = attention.tq, tk = attention.tk, dh = attention.dh;
+    Tensor dq = gq ? Tensor::uninitialized(q_shape) : Tensor();
+    Tensor dk = gk ? Tensor::uninitialized(k_shape) : Tensor();
+    Tensor dv = gv ? Tensor::uninitialized(k_shape) : Tensor();
+    auto heads_of = [&](Tensor& t, std::int64_t rows) { return t.defined() ? Heads::split(t.data<float>(), heads, rows, dh) : Heads{}; };
+    attention.backward(ConstHeads::split(g.data<float>(), heads, tq, dh), saved,
+                       AttentionGradients{gq, gk, gv, heads_of(dq, tq), heads_of(dk, tk), heads_of(dv, tk)});
+    return std::vector<Tensor>{dq, dk, dv};
   });
 }
 }  // namespace
+
+Tensor quantized_causal_self_attention(const Tensor& qkv, std::int64_t heads, int bits, std::uint64_t seed,
+                                       std::uint64_t key_id, std::uint64_t step) {
+  check_dtype(qkv, DType::f32, "quantized_causal_self_attention", "qkv");
+  check_rank(qkv, 3, "quantized_causal_self_attention", "qkv");
+  SHIFTQ_CHECK(heads >= 1 && qkv.size(2) % (3 * heads) == 0, ShapeError, "quantized_causal_self_attention: qkv ",
+               qkv.str(), " must be [B, T, 3 * D] with D divisible by heads=", heads);
+  check_bits(bits, "quantized_causal_self_attention");
+  const std::int64_t b = qkv.size(0), t = qkv.size(1), d = qkv.size(2) / 3, dh = d / heads;
+  const CausalAttention attention(bits, seed, key_id, step, b * heads, t, t, dh);
+  const float* p = qkv.data<float>();
+  const AttentionLayout in{ConstHeads::merged(p, 0, 3, heads, t, dh), ConstHeads::merged(p, 1, 3, heads, t, dh),
+                           ConstHeads::merged(p, 2, 3, heads, t, dh), b * heads};
+  Tensor out = Tensor::uninitialized({b, t, d});  // [B, T, D], heads side by side
+  const bool grad = any_requires_grad({&qkv});
+  AttentionSaved saved;
+  attention.forward(in, Heads::merged(out.data<float>(), 0, 1, heads, t, dh), grad, grad, saved);
+  if (!grad) return out;
+  internal::count_saved_bytes(saved.bytes());
+  return record("quantized_causal_self_attention", out, {&qkv},
+                [attention, saved = std::move(saved), heads, qkv_shape = qkv.shape()](const Tensor& g) {
+    const std::int64_t t = attention.tq, dh = attention.dh;
+    Tensor dqkv = Tensor::uninitialized(qkv_shape);
+    float* pd = dqkv.data<float>();
+    attention.backward(ConstHeads::merged(g.data<float>(), 0, 1, heads, t, dh), saved,
+                       AttentionGradients{true, true, true, Heads::merged(pd, 0, 3, heads, t, dh),
+                                          Heads::merged(pd, 1, 3, heads, t, dh), Heads::merged(pd, 2, 3, heads, t, dh)});
+    return std::vector<Tensor>{dqkv};
+  });
+}
 
 Tensor quantized_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, int bits,
                            std::uint64_t seed, std::uint64_t key_id, std::uint64_t step) {
@@ -529,7 +670,7 @@ Tensor quantized_attention(const Tensor& q, const Tensor& k, const Tensor& v, bo
   SHIFTQ_CHECK(k.shape() == v.shape() && q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3),
                ShapeError, "quantized_attention: q ", q.str(), ", k ", k.str(), ", v ", v.str(),
                " must be [B, H, Tq, Dh], [B, H, Tk, Dh], [B, H, Tk, Dh]");
-  SHIFTQ_CHECK(bits >= 2 && bits <= 8, ValueError, "quantized_attention: bits must be in [2, 8], got ", bits);
+  check_bits(bits, "quantized_attention");
   if (causal) return causal_attention(q, k, v, bits, seed, key_id, step);
   const float scale = 1.0f / std::sqrt(static_cast<float>(q.size(3)));
   const Tensor scores = quantized_matmul(q, transpose(k, -2, -1), bits, seed, 2 * key_id, step);

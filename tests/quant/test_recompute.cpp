@@ -1,6 +1,7 @@
-// Ops that recompute in backward what the composed ops would save: the quantized Linear + GELU
-// (its pre-activation) and the causal int8 attention (its probabilities). Each must give the bits of
-// the composition it replaces, forward and backward, at any thread count.
+// Ops that recompute in backward what the composed ops would save, or skip their copies: the
+// quantized Linear + GELU (its pre-activation), the causal int8 attention (its probabilities) and
+// the self-attention straight from a fused qkv projection (no head split or merge copies). Each must
+// give the bits of the composition it replaces, forward and backward, at any thread count.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -82,6 +83,45 @@ TEST_P(RecomputeThreads, CausalAttentionEqualsTheComposedOpsBitForBit) {
       }
 }
 
+// The heads of a [B, T, 3D] projection split into [B, H, T, Dh] tensors, attended, and merged back.
+Tensor split_heads_attention(const Tensor& qkv, std::int64_t heads, int bits) {
+  const std::int64_t b = qkv.size(0), t = qkv.size(1), d = qkv.size(2) / 3, dh = d / heads;
+  const Tensor parts = permute(reshape(qkv, {b, t, 3, heads, dh}), {2, 0, 3, 1, 4});
+  const Tensor q = reshape(slice(parts, 0, 0, 1), {b, heads, t, dh});
+  const Tensor k = reshape(slice(parts, 0, 1, 2), {b, heads, t, dh});
+  const Tensor v = reshape(slice(parts, 0, 2, 3), {b, heads, t, dh});
+  return reshape(permute(quant::quantized_attention(q, k, v, true, bits, 5, 3, 11), {0, 2, 1, 3}), {b, t, d});
+}
+
+TEST_P(RecomputeThreads, SelfAttentionFromTheFusedProjectionEqualsTheSplitHeadsBitForBit) {
+  Generator gen(45);
+  for (std::int64_t heads : {1, 2, 4})
+    for (int bits : {4, 6}) {
+      SCOPED_TRACE(testing::Message() << heads << " heads, " << bits << " bits");
+      const Tensor qkv0 = Tensor::randn({3, 11, 3 * 16}, gen), r = Tensor::randn({3, 11, 16}, gen);
+      Tensor y[2], dqkv[2];
+      for (int fused = 0; fused < 2; ++fused) {
+        const Tensor qkv = qkv0.clone().set_requires_grad(true);
+        y[fused] = fused ? quant::quantized_causal_self_attention(qkv, heads, bits, 5, 3, 11)
+                         : split_heads_attention(qkv, heads, bits);
+        sum(mul(y[fused], r)).backward();
+        dqkv[fused] = qkv.grad();
+      }
+      expect_same_bits(y[1], y[0], "output");
+      expect_same_bits(dqkv[1], dqkv[0], "d(qkv)");
+    }
+}
+
+TEST(QuantizedAttention, SelfAttentionRejectsBadShapesAndBits) {
+  Generator gen(46);
+  const Tensor qkv = Tensor::randn({2, 5, 24}, gen);
+  EXPECT_THROW(quant::quantized_causal_self_attention(qkv, 5, 6, 0, 0, 0), ShapeError);  // 8 features, 5 heads
+  EXPECT_THROW(quant::quantized_causal_self_attention(Tensor::randn({2, 5, 25}, gen), 1, 6, 0, 0, 0), ShapeError);
+  EXPECT_THROW(quant::quantized_causal_self_attention(Tensor::randn({10, 24}, gen), 2, 6, 0, 0, 0), ShapeError);
+  EXPECT_THROW(quant::quantized_causal_self_attention(qkv, 2, 1, 0, 0, 0), ValueError);
+  EXPECT_EQ(quant::quantized_causal_self_attention(qkv, 2, 6, 0, 0, 0).shape(), (Shape{2, 5, 8}));
+}
+
 TEST(QuantizedAttention, CausalSavesCodesNotProbabilities) {
   Generator gen(42);
   const std::int64_t b = 2, h = 3, t = 16, dh = 8;
@@ -90,9 +130,12 @@ TEST(QuantizedAttention, CausalSavesCodesNotProbabilities) {
   const Tensor v = Tensor::randn({b, h, t, dh}, gen).set_requires_grad(true);
   quant::reset_saved_activation_bytes();
   (void)quant::quantized_attention(q, k, v, true, 6, 1, 0, 0);
-  // One byte per element: the codes of Q and K^T twice (forward, to recompute P; and for dK, dQ),
-  // V's for dP, P diag(s)'s for dV. The probabilities (4 bytes per element of [B, H, T, T]) are not kept.
-  EXPECT_EQ(quant::saved_activation_bytes(), b * h * (4 * t * dh + t * dh + t * t));
+  // One byte per element: the codes of Q and K^T twice (forward, to recompute P; and for dK, dQ) and
+  // V / s's for dP. Neither P (4 bytes per element of [B, H, T, T]) nor its codes are kept.
+  EXPECT_EQ(quant::saved_activation_bytes(), b * h * 5 * t * dh);
+  quant::reset_saved_activation_bytes();
+  (void)quant::quantized_attention(q.detach(), k.detach(), v, true, 6, 1, 0, 0);  // dV only: Q's and K^T's forward codes
+  EXPECT_EQ(quant::saved_activation_bytes(), b * h * 2 * t * dh);
   quant::reset_saved_activation_bytes();
   (void)quant::quantized_attention(q.detach(), k.detach(), v.detach(), true, 6, 1, 0, 0);
   EXPECT_EQ(quant::saved_activation_bytes(), 0);

@@ -119,6 +119,14 @@ Tensor quantized_matmul(const Tensor& a, const Tensor& b, int bits, std::uint64_
 Tensor quantized_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, int bits,
                            std::uint64_t seed, std::uint64_t key_id, std::uint64_t step);
 
+// Causal self-attention from one fused projection: qkv: [B, T, 3 D] (Q, K and V side by side along
+// the last axis, each with `heads` heads of D / heads features side by side) -> [B, T, D] (the heads
+// side by side: the output projection's input). The bits of quantized_attention(q, k, v, true, ...)
+// on the split heads, forward and backward, without the [B, H, T, Dh] copies of Q, K, V, the output
+// and their gradients.
+Tensor quantized_causal_self_attention(const Tensor& qkv, std::int64_t heads, int bits, std::uint64_t seed,
+                                       std::uint64_t key_id, std::uint64_t step);
+
 // Bytes of the tensors the last quantized_* calls on this thread saved for backward (for the
 // saved-activation measurement); reset by reset_saved_activation_bytes().
 std::int64_t saved_activation_bytes();
