@@ -37,8 +37,9 @@ case "$mode" in
     sanitizers="thread"
     # Every test that runs a parallel_for region, an OpenMP-threaded oneDNN primitive or the shared
     # memory cache from several threads: the kernels, quantizers, layers, autograd ops, modules,
-    # the channels-last layers, the data loader and a short in-process training run.
-    select=(-R '^(Gemm|Hadamard|Quantize|ShiftMM|MemoryCache|ImageLoader|OpsValues|Modules|L1Norm|ChannelsLast|CodedActivation|EndToEnd)')
+    # the channels-last layers, the fused attention and GELU, the data loader and a short in-process
+    # training run.
+    select=(-R '^(Gemm|Hadamard|Quantize|ShiftMM|MemoryCache|ImageLoader|OpsValues|Modules|L1Norm|ChannelsLast|CodedActivation|Threads/RecomputeThreads|QuantizedAttention|EndToEnd)')
     # LLVM's lib directory (Debian: /usr/lib/llvm-14/lib), next to the compiler's bin directory.
     archer="$(dirname "$(readlink -f "$(command -v "$cxx" || echo /nonexistent)")")/../lib/libarcher.so"
     if [[ ! -f "$archer" ]]; then

@@ -447,24 +447,19 @@ struct HeadMatrices {
 using ConstHeads = HeadMatrices<const float>;
 using Heads = HeadMatrices<float>;
 
-// The attention's operands and output, matrix by matrix.
+// The attention's operands, matrix by matrix.
 struct AttentionLayout {
   ConstHeads q, k, v;
-  std::int64_t batch;  // B * H
 };
 
-// s: [B * H * Tk], the range of each position's value row (1 for an all-zero row).
-Tensor value_row_ranges(const ConstHeads& v, std::int64_t batch) {
-  Tensor s = Tensor::uninitialized({batch * v.rows});
-  float* ps = s.data<float>();
-  for (std::int64_t i = 0; i < batch; ++i)
-    for (std::int64_t r = 0; r < v.rows; ++r) {
-      const float* pv = v.row(i, r);
-      float m = 0.0f;
-      for (std::int64_t d = 0; d < v.dh; ++d) m = std::max(m, std::fabs(pv[d]));
-      ps[i * v.rows + r] = m > 0.0f ? m : 1.0f;
-    }
-  return s;
+// s_i: [Tk] <- the range of each position's value row in matrix i (1 for an all-zero row).
+void value_row_ranges(const ConstHeads& v, std::int64_t i, float* s_i) {
+  for (std::int64_t r = 0; r < v.rows; ++r) {
+    const float* pv = v.row(i, r);
+    float m = 0.0f;
+    for (std::int64_t d = 0; d < v.dh; ++d) m = std::max(m, std::fabs(pv[d]));
+    s_i[r] = m > 0.0f ? m : 1.0f;
+  }
 }
 
 // P: [Tq, Tk] = softmax(causal_mask(scale * Q K^T)) of one matrix from its forward codes (rows as
@@ -506,7 +501,7 @@ struct AttentionGradients {
 // recompute P), and for dQ and dK the codes of V / s (for dP), K^T (for dQ) and Q (for dK).
 struct AttentionSaved {
   std::vector<QTensor> q_codes, kt_codes, vs_rows, kt_rows, q_cols;
-  Tensor s;
+  Tensor s;  // [B * H * Tk]: the value rows' ranges
   std::int64_t bytes() const {
     return code_bytes(q_codes) + code_bytes(kt_codes) + code_bytes(vs_rows) + code_bytes(kt_rows) + code_bytes(q_cols);
   }
@@ -531,14 +526,15 @@ struct CausalAttention {
 
   // out: matrix i of the output; saved filled for the gradients `grad_qk` (dQ or dK) and `grad` (any).
   void forward(const AttentionLayout& in, const Heads& out, bool grad, bool grad_qk, AttentionSaved& saved) const {
-    saved.s = value_row_ranges(in.v, batch);
+    saved.s = Tensor::uninitialized({batch * tk});  // [B * H * Tk], filled matrix by matrix
     const std::size_t n = grad ? static_cast<std::size_t>(batch) : 0, n_qk = grad_qk ? n : 0;
     saved.q_codes.resize(n), saved.kt_codes.resize(n);
     saved.vs_rows.resize(n_qk), saved.kt_rows.resize(n_qk), saved.q_cols.resize(n_qk);
     for_each_matrix(batch, [&](std::int64_t i) {
       const Tensor qi = in.q.matrix(i), kti = in.k.transposed(i);
       QTensor qf = quantize_matrix(qi, i, qk.forward_a()), kf = quantize_matrix(kti, i, qk.forward_b());
-      const float* si = saved.s.data<float>() + i * tk;
+      float* si = saved.s.data<float>() + i * tk;
+      value_row_ranges(in.v, i, si);
       Tensor p = probabilities(qf, kf, tq, tk, scale);
       scale_columns(p, si);  // P diag(s)
       Tensor vi = in.v.matrix(i);  // diag(1/s) V
@@ -611,7 +607,7 @@ Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, int b
   const CausalAttention attention(bits, seed, key_id, step, batch, tq, tk, dh);
   const bool gq = q.requires_grad(), gk = k.requires_grad(), gv = v.requires_grad(), grad = gq || gk || gv;
   const AttentionLayout in{ConstHeads::split(q.data<float>(), heads, tq, dh), ConstHeads::split(k.data<float>(), heads, tk, dh),
-                           ConstHeads::split(v.data<float>(), heads, tk, dh), batch};
+                           ConstHeads::split(v.data<float>(), heads, tk, dh)};
   Tensor out = Tensor::uninitialized(q.shape());
   AttentionSaved saved;
   attention.forward(in, Heads::split(out.data<float>(), heads, tq, dh), grad, gq || gk, saved);
@@ -642,7 +638,7 @@ Tensor quantized_causal_self_attention(const Tensor& qkv, std::int64_t heads, in
   const CausalAttention attention(bits, seed, key_id, step, b * heads, t, t, dh);
   const float* p = qkv.data<float>();
   const AttentionLayout in{ConstHeads::merged(p, 0, 3, heads, t, dh), ConstHeads::merged(p, 1, 3, heads, t, dh),
-                           ConstHeads::merged(p, 2, 3, heads, t, dh), b * heads};
+                           ConstHeads::merged(p, 2, 3, heads, t, dh)};
   Tensor out = Tensor::uninitialized({b, t, d});  // [B, T, D], heads side by side
   const bool grad = any_requires_grad({&qkv});
   AttentionSaved saved;
