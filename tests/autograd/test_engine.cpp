@@ -327,5 +327,35 @@ TEST(EngineSeed, ExplicitGradientIsNeverAliasedByALeafGradient) {
   EXPECT_EQ(g.to_vector<float>(), (std::vector<float>{0.5f, -1.0f}));
   EXPECT_EQ(x.grad().to_vector<float>(), (std::vector<float>{1.5f, -3.0f}));
 }
+
+// An operand whose partner needs no gradient is not kept for backward: with a constant factor or
+// divisor, mul and div keep only the constant, so the other input is freed once its last user drops it.
+TEST(SavedTensors, MulAndDivKeepOnlyWhatTheOtherGradientNeeds) {
+  const Tensor x = Tensor::full({1 << 18}, 2.0f).set_requires_grad(true);  // 1 MiB
+  const Tensor c = Tensor::full({1 << 18}, 4.0f);                           // a constant
+  for (int op = 0; op < 2; ++op) {
+    Tensor y;
+    std::size_t with_h = 0;
+    {
+      const Tensor h = add(x, 1.0f);  // an intermediate of 1 MiB that only mul/div reads
+      y = op == 0 ? mul(h, c) : div(h, c);
+      with_h = allocated_memory_bytes();
+    }
+    EXPECT_EQ(allocated_memory_bytes(), with_h - (std::size_t{1} << 20)) << (op == 0 ? "mul" : "div") << " kept h";
+    Tensor(x).zero_grad();
+    sum(y).backward();
+    EXPECT_FLOAT_EQ(x.grad().to_vector<float>()[0], op == 0 ? 4.0f : 0.25f);
+  }
+  // A gradient for both operands keeps both: h is held until backward.
+  const Tensor w = Tensor::full({1 << 18}, 3.0f).set_requires_grad(true);
+  Tensor y;
+  std::size_t with_h = 0;
+  {
+    const Tensor h = add(x, 1.0f);
+    y = mul(h, w);
+    with_h = allocated_memory_bytes();
+  }
+  EXPECT_EQ(allocated_memory_bytes(), with_h);
+}
 }  // namespace
 }  // namespace shiftq
