@@ -18,7 +18,7 @@ namespace shiftq::kernels {
   void shift_clip_errors_f32(const float*, std::int64_t, float, float, float, float*);                  \
   void shift_clip_errors_cols_f32(const float*, std::int64_t, std::int64_t, const float*, float, float, float*,  \
                                   float*, float*);                                                     \
-  float clip_error_f32(const float*, std::int64_t, float, float, float, float);                         \
+  void clip_errors_f32(const float*, std::int64_t, const float*, const float*, int, float, float, float*);  \
   }
 SHIFTQ_DECLARE_ISA(avx512)
 SHIFTQ_DECLARE_ISA(avx2)
@@ -53,8 +53,9 @@ void shift_clip_errors_cols_f32(const float* x, std::int64_t rows, std::int64_t 
   SHIFTQ_KERNEL_DISPATCH(shift_clip_errors_cols_f32, x, rows, cols, a, lo, qmax, lanes, keep, halve)
 }
 
-float clip_error_f32(const float* x, std::int64_t n, float inv, float scale, float lo, float qmax) {
-  SHIFTQ_KERNEL_DISPATCH(clip_error_f32, x, n, inv, scale, lo, qmax)
+void clip_errors_f32(const float* x, std::int64_t n, const float* inv, const float* scale, int candidates, float lo,
+                     float qmax, float* errors) {
+  SHIFTQ_KERNEL_DISPATCH(clip_errors_f32, x, n, inv, scale, candidates, lo, qmax, errors)
 }
 
 const char* quantize_isa_name() {
@@ -104,15 +105,18 @@ void shift_clip_errors_cols_f32_ref(const float* x, std::int64_t rows, std::int6
   }
 }
 
-float clip_error_f32_ref(const float* x, std::int64_t n, float inv, float scale, float lo, float qmax) {
-  float lanes[8] = {};
-  for (std::int64_t i = 0; i < n; ++i) {
-    const float e = std::nearbyint(std::min(qmax, std::max(lo, x[i] * inv))) * scale - x[i];
-    lanes[i % 8] += e * e;
+void clip_errors_f32_ref(const float* x, std::int64_t n, const float* inv, const float* scale, int candidates,
+                         float lo, float qmax, float* errors) {
+  for (int k = 0; k < candidates; ++k) {
+    float lanes[8] = {};
+    for (std::int64_t i = 0; i < n; ++i) {
+      const float e = std::nearbyint(std::min(qmax, std::max(lo, x[i] * inv[k]))) * scale[k] - x[i];
+      lanes[i % 8] += e * e;
+    }
+    float error = 0.0f;
+    for (float v : lanes) error += v;
+    errors[k] = error;
   }
-  float error = 0.0f;
-  for (float v : lanes) error += v;
-  return error;
 }
 
 void code_sums_s8_ref(const std::int8_t* v, std::int64_t r0, std::int64_t r1, std::int64_t cols,

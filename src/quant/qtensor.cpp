@@ -114,21 +114,24 @@ inline float round_half_even(float y) {
 }
 
 // Among alpha = m * 2^(-k/4), k = 0..8, the one with the least squared quantization error over every
-// element of `sample` (ties: the larger alpha); each candidate is one per-ISA pass (clip_error_f32).
+// element of `sample` (ties: the larger alpha); the candidates' errors come from one per-ISA pass
+// (clip_errors_f32).
 float mse_clipped_range_of(std::span<const float> sample, float m, float qmax, bool nonnegative) {
+  constexpr int kCandidates = 9;
+  static_assert(kCandidates <= kernels::kMaxClipCandidates);
   const float lo = nonnegative ? 0.0f : -qmax;
-  float best_alpha = m, best_error = -1.0f;
-  for (int k = 0; k <= 8; ++k) {
-    const float alpha = m * std::exp2(-0.25f * static_cast<float>(k));
-    const float scale = alpha / qmax, inv = 1.0f / scale;
-    const float error =
-        kernels::clip_error_f32(sample.data(), static_cast<std::int64_t>(sample.size()), inv, scale, lo, qmax);
-    if (best_error < 0.0f || error < best_error) {
-      best_error = error;
-      best_alpha = alpha;
-    }
+  float alpha[kCandidates], scale[kCandidates], inv[kCandidates], error[kCandidates];
+  for (int k = 0; k < kCandidates; ++k) {
+    alpha[k] = m * std::exp2(-0.25f * static_cast<float>(k));
+    scale[k] = alpha[k] / qmax;
+    inv[k] = 1.0f / scale[k];
   }
-  return best_alpha;
+  kernels::clip_errors_f32(sample.data(), static_cast<std::int64_t>(sample.size()), inv, scale, kCandidates, lo, qmax,
+                           error);
+  int best = 0;
+  for (int k = 1; k < kCandidates; ++k)
+    if (error[k] < error[best]) best = k;
+  return alpha[best];
 }
 
 // The clipped range of QuantizeParams::mse_clip: mse_clipped_range_of every stride-th element of x,

@@ -559,19 +559,27 @@ TEST(QuantizeKernels, ClipErrorEqualsReference) {
         for (float& e : u) e = std::max(e, 0.0f);
       }
       const float qmax = relu ? 15.0f : 7.0f, lo = relu ? 0.0f : -7.0f;
-      for (const float scale : {0.05f, 0.3f, 1.0f}) {
-        const float inv = 1.0f / scale;
-        const float got = clip_error_f32(u.data(), n, inv, scale, lo, qmax);
-        const float want = clip_error_f32_ref(u.data(), n, inv, scale, lo, qmax);
-        EXPECT_EQ(got, want) << "n " << n << " scale " << scale;
+      const float scales[] = {0.05f, 0.3f, 1.0f};
+      const float invs[] = {1.0f / scales[0], 1.0f / scales[1], 1.0f / scales[2]};
+      float all[3];  // the three candidates in one call
+      clip_errors_f32(u.data(), n, invs, scales, 3, lo, qmax, all);
+      for (int k = 0; k < 3; ++k) {
+        float got, want;
+        clip_errors_f32(u.data(), n, &invs[k], &scales[k], 1, lo, qmax, &got);
+        clip_errors_f32_ref(u.data(), n, &invs[k], &scales[k], 1, lo, qmax, &want);
+        EXPECT_EQ(got, want) << "n " << n << " scale " << scales[k];
+        EXPECT_EQ(all[k], want) << "n " << n << " scale " << scales[k] << " among three candidates";
         double exact = 0.0;
-        for (float e : u) exact += std::pow(std::nearbyint(std::clamp(e * inv, lo, qmax)) * scale - e, 2.0);
+        for (float e : u) exact += std::pow(std::nearbyint(std::clamp(e * invs[k], lo, qmax)) * scales[k] - e, 2.0);
         EXPECT_NEAR(want, exact, 1e-5 * exact + 1e-12) << "n " << n;
       }
     }
   }
   const std::vector<float> on_grid = {0.5f, -1.0f, 1.5f, 3.0f, -3.5f};
-  EXPECT_EQ(clip_error_f32(on_grid.data(), 5, 2.0f, 0.5f, -7.0f, 7.0f), 0.0f);
+  const float inv = 2.0f, scale = 0.5f;
+  float error = -1.0f;
+  clip_errors_f32(on_grid.data(), 5, &inv, &scale, 1, -7.0f, 7.0f, &error);
+  EXPECT_EQ(error, 0.0f);
 }
 
 TEST(QuantizeKernels, AbsmaxRowsEqualsPlainLoopAtEveryTailLength) {

@@ -91,12 +91,17 @@ void shift_clip_errors_cols_f32(const float* x, std::int64_t rows, std::int64_t 
                                 float qmax, float* lanes, float* keep, float* halve);
 void shift_clip_errors_cols_f32_ref(const float* x, std::int64_t rows, std::int64_t cols, const float* a, float lo,
                                     float qmax, float* lanes, float* keep, float* halve);
-// The squared error of quantizing x[0, n) with step `scale` (inv = 1 / scale) to codes clamped to
-// [lo, qmax]: sum (round(clamp(x * inv, lo, qmax)) * scale - x)^2, rounding half to even; one
-// candidate range of the MSE clipping search. Summed like shift_clip_errors_f32 (lane i % 8, then
-// the lanes in order), so every variant returns the same bits. x must be finite.
-float clip_error_f32(const float* x, std::int64_t n, float inv, float scale, float lo, float qmax);
-float clip_error_f32_ref(const float* x, std::int64_t n, float inv, float scale, float lo, float qmax);
+// The candidates of the MSE clipping search, in one pass over x[0, n): errors[k] = the squared error
+// of quantizing x with step scale[k] (inv[k] = 1 / scale[k]) to codes clamped to [lo, qmax],
+// sum (round(clamp(x * inv[k], lo, qmax)) * scale[k] - x)^2, rounding half to even, for k <
+// candidates <= kMaxClipCandidates. Each candidate is summed like shift_clip_errors_f32 (lane i % 8,
+// then the lanes in order), so every variant returns the same bits, whatever the number of
+// candidates. x must be finite.
+inline constexpr int kMaxClipCandidates = 16;
+void clip_errors_f32(const float* x, std::int64_t n, const float* inv, const float* scale, int candidates, float lo,
+                     float qmax, float* errors);
+void clip_errors_f32_ref(const float* x, std::int64_t n, const float* inv, const float* scale, int candidates,
+                         float lo, float qmax, float* errors);
 // The instruction set the dispatched kernels use here: "avx512", "avx2" or "x86-64".
 const char* quantize_isa_name();
 
