@@ -142,7 +142,8 @@ class GPT : public nn::Module {
     const Tensor pos = (*position_)(Tensor::from_vector(positions, {t}));  // [T, D], broadcast over B
     Tensor h = add((*token_)(tokens), pos);  // [B, T, D]; the token embeddings are freed here
     // The blocks in order, each taking the residual stream over (Block::forward_residual).
-    for (const auto& [name, block] : blocks_->named_children()) h = dynamic_cast<Block&>(*block).forward_residual(std::move(h));
+    for (const auto& [name, block] : blocks_->named_children())
+      h = dynamic_cast<Block&>(*block).forward_residual(std::move(h));
     h = (*norm_)(h);
     return head_ ? (*head_)(h) : linear(h, token_->weight);
   }

@@ -226,6 +226,8 @@ std::size_t allocated_memory_bytes() { return g_allocated.load(std::memory_order
 
 std::size_t peak_allocated_memory_bytes() { return g_peak_allocated.load(std::memory_order_relaxed); }
 
-void reset_peak_allocated_memory() { g_peak_allocated.store(g_allocated.load(std::memory_order_relaxed), std::memory_order_relaxed); }
+void reset_peak_allocated_memory() {
+  g_peak_allocated.store(g_allocated.load(std::memory_order_relaxed), std::memory_order_relaxed);
+}
 
 }  // namespace shiftq

@@ -367,6 +367,10 @@ void matmul_backward_matrix(const MatmulQuantizers& mq, std::int64_t i, const Te
 }
 
 std::int64_t code_bytes(const MatmulSaved& saved) { return code_bytes(saved.a_cols) + code_bytes(saved.b_rows); }
+
+void check_bits(int bits, const char* op) {
+  SHIFTQ_CHECK(bits >= 2 && bits <= 8, ValueError, op, ": bits must be in [2, 8], got ", bits);
+}
 }  // namespace
 
 Tensor quantized_matmul(const Tensor& a, const Tensor& b, int bits, std::uint64_t seed, std::uint64_t key_id,
@@ -376,7 +380,7 @@ Tensor quantized_matmul(const Tensor& a, const Tensor& b, int bits, std::uint64_
   SHIFTQ_CHECK(a.dim() >= 2 && a.dim() == b.dim() && std::equal(a.shape().begin(), a.shape().end() - 2, b.shape().begin()),
                ShapeError, "quantized_matmul: operands need rank >= 2 and equal batch dims, got ", a.str(), " and ", b.str());
   SHIFTQ_CHECK(a.size(-1) == b.size(-2), ShapeError, "quantized_matmul: inner dims differ: ", a.str(), " x ", b.str());
-  SHIFTQ_CHECK(bits >= 2 && bits <= 8, ValueError, "quantized_matmul: bits must be in [2, 8], got ", bits);
+  check_bits(bits, "quantized_matmul");
   const std::int64_t M = a.size(-2), K = a.size(-1), N = b.size(-1), batch = a.numel() / std::max<std::int64_t>(M * K, 1);
   Shape out_shape(a.shape().begin(), a.shape().end() - 1);
   out_shape.push_back(N);
@@ -392,7 +396,8 @@ Tensor quantized_matmul(const Tensor& a, const Tensor& b, int bits, std::uint64_
   if (!ga && !gb) return out;
   internal::count_saved_bytes(code_bytes(saved));
   return record("quantized_matmul", out, {&a, &b},
-                [saved = std::move(saved), a_shape = a.shape(), b_shape = b.shape(), ga, gb, batch, M, K, N, mq](const Tensor& g) {
+                [saved = std::move(saved), a_shape = a.shape(), b_shape = b.shape(), ga, gb, batch, M, K, N,
+                 mq](const Tensor& g) {
     Tensor da = ga ? Tensor::uninitialized({batch, M, K}) : Tensor();
     Tensor db = gb ? Tensor::uninitialized({batch, K, N}) : Tensor();
     for_each_matrix(batch, [&](std::int64_t i) {
@@ -595,18 +600,16 @@ struct CausalAttention {
   }
 };
 
-void check_bits(int bits, const char* op) {
-  SHIFTQ_CHECK(bits >= 2 && bits <= 8, ValueError, op, ": bits must be in [2, 8], got ", bits);
-}
-
 // q: [B, H, Tq, Dh], k, v: [B, H, Tk, Dh] -> [B, H, Tq, Dh].
 Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, int bits, std::uint64_t seed,
                         std::uint64_t key_id, std::uint64_t step) {
   const std::int64_t heads = q.size(1), tq = q.size(2), tk = k.size(2), dh = q.size(3), batch = q.size(0) * heads;
-  SHIFTQ_CHECK(tk >= tq, ShapeError, "quantized_attention: causal attention needs Tk >= Tq, got q ", q.str(), ", k ", k.str());
+  SHIFTQ_CHECK(tk >= tq, ShapeError, "quantized_attention: causal attention needs Tk >= Tq, got q ", q.str(), ", k ",
+               k.str());
   const CausalAttention attention(bits, seed, key_id, step, batch, tq, tk, dh);
   const bool gq = q.requires_grad(), gk = k.requires_grad(), gv = v.requires_grad(), grad = gq || gk || gv;
-  const AttentionLayout in{ConstHeads::split(q.data<float>(), heads, tq, dh), ConstHeads::split(k.data<float>(), heads, tk, dh),
+  const AttentionLayout in{ConstHeads::split(q.data<float>(), heads, tq, dh),
+                           ConstHeads::split(k.data<float>(), heads, tk, dh),
                            ConstHeads::split(v.data<float>(), heads, tk, dh)};
   Tensor out = Tensor::uninitialized(q.shape());
   AttentionSaved saved;
@@ -614,12 +617,15 @@ Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v, int b
   if (!grad) return out;
   internal::count_saved_bytes(saved.bytes());
   return record("quantized_causal_attention", out, {&q, &k, &v},
-                [attention, saved = std::move(saved), gq, gk, gv, heads, q_shape = q.shape(), k_shape = k.shape()](const Tensor& g) {
+                [attention, saved = std::move(saved), gq, gk, gv, heads, q_shape = q.shape(),
+                 k_shape = k.shape()](const Tensor& g) {
     const std::int64_t tq = attention.tq, tk = attention.tk, dh = attention.dh;
     Tensor dq = gq ? Tensor::uninitialized(q_shape) : Tensor();
     Tensor dk = gk ? Tensor::uninitialized(k_shape) : Tensor();
     Tensor dv = gv ? Tensor::uninitialized(k_shape) : Tensor();
-    auto heads_of = [&](Tensor& t, std::int64_t rows) { return t.defined() ? Heads::split(t.data<float>(), heads, rows, dh) : Heads{}; };
+    auto heads_of = [&](Tensor& t, std::int64_t rows) {
+      return t.defined() ? Heads::split(t.data<float>(), heads, rows, dh) : Heads{};
+    };
     attention.backward(ConstHeads::split(g.data<float>(), heads, tq, dh), saved,
                        AttentionGradients{gq, gk, gv, heads_of(dq, tq), heads_of(dk, tk), heads_of(dv, tk)});
     return std::vector<Tensor>{dq, dk, dv};
