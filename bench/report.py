@@ -73,7 +73,7 @@ def main():
         if key:
             kind, impl, shape, threads = key
             table[(kind, shape, threads)][impl] = b
-    print(f"Machine: {context.get('host_name', '?')}, {context.get('num_cpus', '?')} CPUs at "
+    print(f"Machine: {context.get('num_cpus', '?')} CPUs at "
           f"{context.get('mhz_per_cpu', '?')} MHz; oneDNN {context.get('onednn', '?')}; "
           f"int8 dot product: {context.get('int8_dot_product', '?')}; integer GEMM: "
           f"{context.get('int_gemm_kernel', '?')}; quantizer ISA: {context.get('quantize_isa', '?')}.")

@@ -43,6 +43,7 @@ def merge(out_path, in_paths):
         with open(path) as f:
             data = json.load(f)
         ctx = data.get("context", {})
+        ctx.pop("host_name", None)  # a machine's name, not its CPU: the flags and clock describe it
         if doc["context"] is None:
             doc["context"] = ctx
         doc["processes"].append({"command": ctx.get("command", "?"), "date": ctx.get("date", "?"),
@@ -254,7 +255,7 @@ def report(shiftq_path, pytorch_path, made_by=None):
     print("\nMachine and libraries:\n")
     if sq_ctx:
         print(f"- shiftq {sq_ctx.get('shiftq', '?')} ({sq_ctx.get('shiftq_build', '?')}): "
-              f"{sq_ctx.get('host_name', '?')}, {sq_ctx.get('num_cpus', '?')} CPUs at {sq_ctx.get('mhz_per_cpu', '?')} MHz; "
+              f"{sq_ctx.get('num_cpus', '?')} CPUs at {sq_ctx.get('mhz_per_cpu', '?')} MHz; "
               f"CPU flags: {sq_ctx.get('cpu_flags', '?')}; oneDNN {sq_ctx.get('onednn', '?')} "
               f"(ISA {sq_ctx.get('onednn_isa', '?')}); int8 dot product: {sq_ctx.get('int8_dot_product', '?')}; "
               f"integer GEMM: {sq_ctx.get('int_gemm_kernel', '?')}; quantizer ISA: {sq_ctx.get('quantize_isa', '?')}; {sq_ctx.get('warmup_steps', '?')} warmup steps per case.")

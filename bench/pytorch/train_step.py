@@ -264,7 +264,6 @@ def run_case(args):
             "python": sys.executable + " " + platform.python_version(),
             "cpu": cpu_model(),
             "num_cpus": os.cpu_count(),
-            "host": platform.node(),
             "mkldnn": torch.backends.mkldnn.is_available(),
             "cpu_capability": capability,
             "aten_cpu_capability_env": os.environ.get("ATEN_CPU_CAPABILITY", ""),
