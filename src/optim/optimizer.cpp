@@ -1,7 +1,9 @@
 #include "shiftq/optim/optimizer.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <set>
+#include <vector>
 
 #include "core/parallel_for.hpp"
 
@@ -143,14 +145,42 @@ void AdamW::update(Param& p, const Tensor& grad, std::int64_t step) {
   });
 }
 
+namespace {
+
+// Elements per partial sum of squares. The partials are added in block order, so the norm does
+// not depend on the thread count.
+constexpr std::int64_t kNormBlock = 1 << 14;
+
+// sum(double(g[i])^2) over g: [n], eight independent accumulators per block so that the adds
+// pipeline (one serial double chain took about 2.5% of the char-GPT step).
+double sum_of_squares(const float* g, std::int64_t n) {
+  const std::int64_t blocks = (n + kNormBlock - 1) / kNormBlock;
+  std::vector<double> partial(static_cast<std::size_t>(blocks));
+  detail::parallel_for(blocks, detail::kElementwiseGrain / kNormBlock, [&](std::int64_t b0, std::int64_t b1) {
+    for (std::int64_t b = b0; b < b1; ++b) {
+      const std::int64_t begin = b * kNormBlock, end = std::min(n, begin + kNormBlock);
+      double acc[8] = {};
+      std::int64_t i = begin;
+      for (; i + 8 <= end; i += 8)
+        for (int k = 0; k < 8; ++k) acc[k] += static_cast<double>(g[i + k]) * g[i + k];
+      for (; i < end; ++i) acc[0] += static_cast<double>(g[i]) * g[i];
+      partial[static_cast<std::size_t>(b)] =
+          ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    }
+  });
+  double total = 0.0;
+  for (const double p : partial) total += p;
+  return total;
+}
+
+}  // namespace
+
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
   SHIFTQ_CHECK(max_norm > 0.0, ValueError, "clip_grad_norm: max_norm must be > 0, got ", max_norm);
   double total = 0.0;
   for (const Tensor& p : params) {
     const Tensor g = p.grad();
-    if (!g.defined()) continue;
-    const float* pg = g.data<float>();
-    for (std::int64_t i = 0; i < g.numel(); ++i) total += static_cast<double>(pg[i]) * pg[i];
+    if (g.defined()) total += sum_of_squares(g.data<float>(), g.numel());
   }
   const double norm = std::sqrt(total);
   if (norm > max_norm) {
@@ -159,7 +189,9 @@ double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
       Tensor g = p.grad();
       if (!g.defined()) continue;
       float* pg = g.data<float>();
-      for (std::int64_t i = 0; i < g.numel(); ++i) pg[i] *= scale;
+      detail::parallel_for(g.numel(), detail::kElementwiseGrain, [&](std::int64_t b, std::int64_t e) {
+        for (std::int64_t i = b; i < e; ++i) pg[i] *= scale;
+      });
     }
   }
   return norm;

@@ -338,6 +338,34 @@ TEST(ClipGradNorm, ScalesToMaxNormAndReturnsThePreClipNorm) {
   EXPECT_EQ(optim::clip_grad_norm({c}, 1.0), 0.0);
 }
 
+// Several blocks of the parallel sum and a ragged tail: the norm is the same bits at 1 and 2
+// threads and within the double rounding of a long double sum (n * 2^-53 relative at most).
+TEST(ClipGradNorm, LargeGradientsDoNotDependOnTheThreadCount) {
+  const std::int64_t n = 3 * (1 << 15) + 37;
+  Generator gen(11);
+  const std::vector<float> grad = Tensor::randn({n}, gen).to_vector<float>();
+  long double reference = 0.0L;
+  for (const float g : grad) reference += static_cast<long double>(g) * g;
+  const double expected = std::sqrt(static_cast<double>(reference));
+
+  const int threads = get_num_threads();
+  std::vector<std::vector<float>> clipped;
+  std::vector<double> norms;
+  for (const int t : {1, 2}) {
+    set_num_threads(t);
+    Tensor p = Tensor::zeros({n}).set_requires_grad(true);
+    p.set_grad(Tensor::from_vector(grad, {n}));
+    norms.push_back(optim::clip_grad_norm({p}, 1.0));
+    clipped.push_back(p.grad().to_vector<float>());
+  }
+  set_num_threads(threads);
+  EXPECT_EQ(norms[0], norms[1]);
+  EXPECT_EQ(clipped[0], clipped[1]);
+  EXPECT_NEAR(norms[0], expected, expected * 1e-12);
+  const float scale = static_cast<float>(1.0 / (norms[0] + 1e-6));
+  for (std::size_t i = 0; i < grad.size(); i += 997) EXPECT_EQ(clipped[0][i], grad[i] * scale) << i;
+}
+
 TEST(Schedules, WarmupCosine) {
   optim::WarmupCosine s(1.0, 10, 110, 0.1);
   EXPECT_NEAR(s.lr_at(0), 0.1, 1e-12);  // base / warmup
