@@ -4,6 +4,7 @@
 //   BM_Conv2d_int_<actsq|actsq_mse>/N/C/HW/threads the same on a post-ReLU input with ShiftQuant
 //                                                 activations (S = 3, unsigned), without and with
 //                                                 MSE-chosen exponents for activations and weights
+//   BM_Conv2d_<f32|int_actsq_mse>_forward/...       the training forward alone (no tape)
 //   BM_BatchNorm2d_<L2_f32|L1_f32|L1_int>/N/C/HW/threads
 //   BM_LayerNorm_<L2_f32|L1_f32|L1_int>/rows/D/threads
 // L1_int: fully quantized L1 normalization (8-bit input and gradient codes, integer statistics)
@@ -30,10 +31,18 @@ quant::QConfig shiftquant_activations(bool mse) {
 // One training step of a layer: forward, backward with a fixed output gradient.
 template <class Layer>
 void run_layer(benchmark::State& state, Layer& layer, const Tensor& x, bool quantized,
-               const quant::QConfig& config = quant::QConfig::bits(4)) {
+               const quant::QConfig& config = quant::QConfig::bits(4), bool backward = true) {
   if (quantized) layer.set_quantization(config.for_layer(false), 1, 0);
   Generator gen(2);
   const Tensor grad = Tensor::randn(layer.forward(x).shape(), gen);
+  if (!backward) {  // the training forward alone (observed input range, weight re-packed), no tape
+    for (auto _ : state) {
+      layer.weight.bump_version();
+      const NoGradGuard no_grad;
+      benchmark::DoNotOptimize(layer.forward(x).template data<float>());
+    }
+    return;
+  }
   for (auto _ : state) {
     layer.weight.bump_version();  // an optimizer step happened: the int path re-packs W
     layer.zero_grad();
@@ -56,7 +65,8 @@ void linear_case(benchmark::State& state, bool quantized) {
 void BM_Linear_f32(benchmark::State& state) { linear_case(state, false); }
 void BM_Linear_int(benchmark::State& state) { linear_case(state, true); }
 
-void conv_case(benchmark::State& state, bool quantized, const quant::QConfig* config = nullptr) {
+void conv_case(benchmark::State& state, bool quantized, const quant::QConfig* config = nullptr,
+               bool backward = true) {
   set_threads(state, 3);
   const std::int64_t N = state.range(0), C = state.range(1), HW = state.range(2);
   Generator gen(1);
@@ -64,9 +74,9 @@ void conv_case(benchmark::State& state, bool quantized, const quant::QConfig* co
   Tensor x = Tensor::randn({N, C, HW, HW}, gen);
   if (config) x = relu(x);  // the unsigned range of ShiftQuant activations needs x >= 0
   x.set_requires_grad(true);
-  run_layer(state, conv, x, quantized, config ? *config : quant::QConfig::bits(4));
+  run_layer(state, conv, x, quantized, config ? *config : quant::QConfig::bits(4), backward);
   state.counters["GOPS"] =
-      benchmark::Counter(6.0 * N * HW * HW * C * C * 9 * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+      benchmark::Counter((backward ? 6.0 : 2.0) * N * HW * HW * C * C * 9 * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 void BM_Conv2d_f32(benchmark::State& state) { conv_case(state, false); }
 void BM_Conv2d_int(benchmark::State& state) { conv_case(state, true); }
@@ -77,6 +87,11 @@ void BM_Conv2d_int_actsq(benchmark::State& state) {
 void BM_Conv2d_int_actsq_mse(benchmark::State& state) {
   const quant::QConfig c = shiftquant_activations(true);
   conv_case(state, true, &c);
+}
+void BM_Conv2d_f32_forward(benchmark::State& state) { conv_case(state, false, nullptr, false); }
+void BM_Conv2d_int_actsq_mse_forward(benchmark::State& state) {
+  const quant::QConfig c = shiftquant_activations(true);
+  conv_case(state, true, &c, false);
 }
 
 template <class Norm>
@@ -158,6 +173,8 @@ BENCHMARK(BM_Conv2d_f32)->Apply(conv_shapes);
 BENCHMARK(BM_Conv2d_int)->Apply(conv_shapes);
 BENCHMARK(BM_Conv2d_int_actsq)->Apply(conv_shapes);
 BENCHMARK(BM_Conv2d_int_actsq_mse)->Apply(conv_shapes);
+BENCHMARK(BM_Conv2d_f32_forward)->Apply(conv_shapes);
+BENCHMARK(BM_Conv2d_int_actsq_mse_forward)->Apply(conv_shapes);
 BENCHMARK(BM_BatchNorm2d_L2_f32)->Apply(bn_shapes);
 BENCHMARK(BM_BatchNorm2d_L1_f32)->Apply(bn_shapes);
 BENCHMARK(BM_BatchNorm2d_L1_int)->Apply(bn_shapes);

@@ -8,9 +8,11 @@
 //   forward  Y[r, o]      = cols[r, :] . W[o, :]
 //   backward dcols[r, j]  = dY[r, :] . W[:, j]          (then col2im into dX)
 //            dW^T[j, o]   = sum_r cols[r, j] dY[r, o]
-// Threads claim chunks of whole samples and walk their rows in blocks of at most block_rows(): a
-// block's im2col rows (forward, dW) are built from the saved int8 codes, multiplied, and scaled
-// while the int32 product is in cache: the forward writes Y (transposed to NCHW, or in place), the
+// Threads claim chunks of whole samples and walk their rows in blocks of at most block_rows(): the
+// forward is one kernels::ConvForwardU8S8 product per block (an implicit GEMM that reads the
+// windows from the codes where the CPU has AVX-512 VNNI, else im2col rows and a GEMM), scaled while
+// the int32 tile is in registers or cache; the dW blocks' im2col rows are built from the saved
+// int8 codes and multiplied. The forward writes Y (transposed to NCHW, or in place), the
 // dX product is scattered (col2im) into the sample's channels-last gradient (then moved to NCHW, or
 // in place), and the dW products are summed exactly in int64 (per chunk, then across chunks).
 // Integer sums are exact, so results do not depend on the blocking, the chunks or the thread count,
@@ -25,6 +27,7 @@
 #include "core/parallel_for.hpp"
 #include "quant/qlayers_internal.hpp"
 #include "quant/shiftmm_internal.hpp"
+#include "shiftq/kernels/conv_int.hpp"
 #include "shiftq/kernels/epilogue.hpp"
 #include "shiftq/kernels/gemm_int.hpp"
 #include "shiftq/kernels/im2col.hpp"
@@ -134,7 +137,8 @@ void im2col_rows(const ConvShape& s, const std::uint8_t* x_nhwc, std::int64_t r0
   });
 }
 
-// Y: [N, O, OH, OW] (channels-last: [N, OH, OW, O]) = cols · W^T (+ bias), x codes [N, HW, C] u8.
+// Y: [N, O, OH, OW] (channels-last: [N, OH, OW, O]) = cols · W^T (+ bias), x codes [N, HW, C] u8:
+// one ConvForwardU8S8 product per block of rows (implicit GEMM where the CPU has AVX-512 VNNI).
 Tensor conv_forward(const ConvShape& s, const QTensor& x_nhwc, const QTensor& wq, const Tensor& bias) {
   Tensor out = s.y_channels_last ? Tensor::uninitialized({s.N, s.g.out_h(), s.g.out_w(), s.O})
                                : Tensor::uninitialized({s.N, s.O, s.g.out_h(), s.g.out_w()});
@@ -143,29 +147,23 @@ Tensor conv_forward(const ConvShape& s, const QTensor& x_nhwc, const QTensor& wq
   const std::int8_t* w = wq.codes.data<std::int8_t>();
   // B = W^T: the packed weight's row sums
   const std::vector<std::int32_t> offsets = internal::u8_compensation(wq.row_sums, w, Trans::T, s.patch, s.O);
+  const kernels::ConvForwardU8S8 product(s.g, s.O, w, offsets.data(), 0x80);  // padding 128 = v 0
   const kernels::ScaleEpilogue epilogue{&x_scale, 0, std::ldexp(1.0f, -(x_nhwc.shift_budget + wq.shift_budget)),
                                         wq.scales.data<float>(), wq.scale_axis() >= 0 ? 1 : 0,
                                         bias.defined() ? bias.data<float>() : nullptr};
   float* y = out.data<float>();
   const std::int64_t rows_per_block = block_rows(s.patch, s.O);
   detail::parallel_for_dynamic(s.N, 1, [&](std::int64_t b, std::int64_t e) {
-    std::uint8_t* cols = thread_scratch<std::uint8_t, 0>(rows_per_block * s.patch);
-    std::int32_t* acc = thread_scratch<std::int32_t, 0>(rows_per_block * s.O);
+    std::uint8_t* workspace = thread_scratch<std::uint8_t, 0>(product.workspace_bytes(rows_per_block));
     float* block = thread_scratch<float, 0>(rows_per_block * s.O);  // the block's Y: [rows, O]
     for (std::int64_t r0 = b * s.P; r0 < e * s.P; r0 += rows_per_block) {
       const std::int64_t r1 = std::min(e * s.P, r0 + rows_per_block);
-      im2col_rows(s, x, r0, r1, cols);
-      kernels::gemm_u8s8s32(Trans::N, Trans::T, r1 - r0, s.O, s.patch, cols, s.patch, w, s.patch, acc,
-                            s.O, offsets.data());
-      // Scaled along the rows (contiguous): straight into channels-last Y, or moved to NCHW by a
-      // blocked transpose per sample part.
-      if (s.y_channels_last) {
-        kernels::scale_s32_f32(acc, s.O, epilogue, 0, r1 - r0, s.O, y + r0 * s.O, s.O);
-        continue;
-      }
-      kernels::scale_s32_f32(acc, s.O, epilogue, 0, r1 - r0, s.O, block, s.O);
+      // Straight into channels-last Y, or moved to NCHW by a blocked transpose per sample part.
       for_each_sample_part(r0, r1, s.P, [&](std::int64_t n, std::int64_t p0, std::int64_t p1, std::int64_t r) {
-        kernels::transpose_f32(block + r * s.O, s.O, y + n * s.O * s.P + p0, s.P, p1 - p0, s.O);
+        float* dst = s.y_channels_last ? y + (n * s.P + p0) * s.O : block + r * s.O;
+        product.run(x + n * s.image, p0, p1, epilogue, dst, s.O, workspace);
+        if (!s.y_channels_last)
+          kernels::transpose_f32(block + r * s.O, s.O, y + n * s.O * s.P + p0, s.P, p1 - p0, s.O);
       });
     }
   });

@@ -1,0 +1,26 @@
+// Internal: the implicit-GEMM build of ConvForwardU8S8 (conv_int_vnni.cpp, compiled with AVX-512
+// VNNI), called by conv_int.cpp on CPUs that have it.
+#pragma once
+
+#include <cstdint>
+
+#include "shiftq/kernels/epilogue.hpp"
+#include "shiftq/kernels/im2col.hpp"
+
+namespace shiftq::kernels::vnni {
+
+// The packed weight and its compensation, as ConvForwardU8S8 holds them.
+struct ImplicitConvWeight {
+  const std::int8_t* packed;    // [KH][run_quads][padded_channels][4]
+  const std::int32_t* offsets;  // [padded_channels]
+  std::int64_t out_channels, padded_channels, run_quads;
+};
+
+// Bytes of the padded input rows that output pixels [p0, p0 + rows) can read.
+std::int64_t implicit_conv_workspace_bytes(const Conv2dGeometry& g, std::int64_t rows);
+
+void implicit_conv_forward(const Conv2dGeometry& g, const ImplicitConvWeight& w, const std::uint8_t* x,
+                           std::uint8_t pad, std::int64_t p0, std::int64_t p1, const ScaleEpilogue& e, float* out,
+                           std::int64_t ldo, std::uint8_t* workspace);
+
+}  // namespace shiftq::kernels::vnni
