@@ -1,5 +1,5 @@
-// ConvForwardU8S8: the choice among its implementations (conv_int.hpp), the weight packing of the
-// implicit GEMM, and the two im2col paths.
+// ConvForwardU8S8 and ConvWeightGradU8S8: the choice among their implementations (conv_int.hpp),
+// the weight packing of the implicit forward, and the im2col paths.
 #include "shiftq/kernels/conv_int.hpp"
 
 #include <algorithm>
@@ -23,26 +23,36 @@ bool cpu_has_avx512_vnni() {
 
 constexpr std::int64_t kAlign = 64;
 std::int64_t aligned(std::int64_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
+
+// The implementation a plan built now runs.
+ConvKernel choose_kernel() {
+  if (kernel_path() == KernelPath::reference) return ConvKernel::reference;
+  return cpu_has_avx512_vnni() ? ConvKernel::implicit_vnni : ConvKernel::im2col_gemm;
+}
+
+void check_geometry(const char* op, const Conv2dGeometry& g, std::int64_t out_channels) {
+  SHIFTQ_CHECK(g.channels > 0 && g.kernel_h > 0 && g.kernel_w > 0 && g.stride_h > 0 && g.stride_w > 0 &&
+                   g.pad_h >= 0 && g.pad_w >= 0 && g.out_h() > 0 && g.out_w() > 0 && out_channels > 0,
+               ShapeError, op, ": invalid geometry (C=", g.channels, ", ", g.height, "x", g.width, ", kernel ",
+               g.kernel_h, "x", g.kernel_w, ", O=", out_channels, ")");
+  SHIFTQ_CHECK(g.patch() <= kMaxGemmKu8s8, ValueError, op, ": C*KH*KW = ", g.patch(), " exceeds ", kMaxGemmKu8s8,
+               ", the longest u8 x s8 contraction whose int32 sum cannot overflow");
+}
 }  // namespace
+
+const char* conv_kernel_name(ConvKernel kernel) {
+  switch (kernel) {
+    case ConvKernel::implicit_vnni: return "implicit_vnni";
+    case ConvKernel::im2col_gemm: return "im2col_gemm";
+    default: return "reference";
+  }
+}
 
 ConvForwardU8S8::ConvForwardU8S8(const Conv2dGeometry& g, std::int64_t out_channels, const std::int8_t* w,
                                  const std::int32_t* col_offset, std::uint8_t pad)
-    : g_(g), out_channels_(out_channels), w_(w), col_offset_(col_offset), pad_(pad) {
-  SHIFTQ_CHECK(g.channels > 0 && g.kernel_h > 0 && g.kernel_w > 0 && g.stride_h > 0 && g.stride_w > 0 &&
-                   g.pad_h >= 0 && g.pad_w >= 0 && g.out_h() > 0 && g.out_w() > 0 && out_channels > 0,
-               ShapeError, "ConvForwardU8S8: invalid geometry (C=", g.channels, ", ", g.height, "x", g.width,
-               ", kernel ", g.kernel_h, "x", g.kernel_w, ", O=", out_channels, ")");
-  SHIFTQ_CHECK(g.patch() <= kMaxGemmKu8s8, ValueError, "ConvForwardU8S8: C*KH*KW = ", g.patch(), " exceeds ",
-               kMaxGemmKu8s8, ", the longest u8 x s8 contraction whose int32 sum cannot overflow");
-  if (kernel_path() == KernelPath::reference) {
-    kernel_ = Kernel::reference;
-    return;
-  }
-  if (!cpu_has_avx512_vnni()) {
-    kernel_ = Kernel::im2col_gemm;
-    return;
-  }
-  kernel_ = Kernel::implicit_vnni;
+    : g_(g), out_channels_(out_channels), w_(w), col_offset_(col_offset), pad_(pad), kernel_(choose_kernel()) {
+  check_geometry("ConvForwardU8S8", g, out_channels);
+  if (kernel_ != ConvKernel::implicit_vnni) return;
   // W: [O, KH, KW*C] -> [KH][run_quads][padded_channels][4]: lane q of kernel row ky holds bytes
   // 4q..4q+3 of the run, zero past KW*C and for the padding channels.
   const std::int64_t run = g.kernel_w * g.channels, patch = g.patch();
@@ -58,16 +68,8 @@ ConvForwardU8S8::ConvForwardU8S8(const Conv2dGeometry& g, std::int64_t out_chann
   if (col_offset) std::copy_n(col_offset, out_channels, offsets_.begin());
 }
 
-const char* ConvForwardU8S8::kernel_name(Kernel kernel) {
-  switch (kernel) {
-    case Kernel::implicit_vnni: return "implicit_vnni";
-    case Kernel::im2col_gemm: return "im2col_gemm";
-    default: return "reference";
-  }
-}
-
 std::int64_t ConvForwardU8S8::workspace_bytes(std::int64_t rows) const {
-  if (kernel_ == Kernel::implicit_vnni) return vnni::implicit_conv_workspace_bytes(g_, rows);
+  if (kernel_ == ConvKernel::implicit_vnni) return vnni::implicit_conv_workspace_bytes(g_, rows);
   // cols: [rows, patch] u8, then acc: [rows, O] int32
   return aligned(rows * g_.patch()) + rows * out_channels_ * static_cast<std::int64_t>(sizeof(std::int32_t));
 }
@@ -76,14 +78,14 @@ void ConvForwardU8S8::run(const std::uint8_t* x, std::int64_t p0, std::int64_t p
                           float* out, std::int64_t ldo, void* workspace) const {
   if (p1 <= p0) return;
   auto* bytes = static_cast<std::uint8_t*>(workspace);
-  if (kernel_ == Kernel::implicit_vnni) {
+  if (kernel_ == ConvKernel::implicit_vnni) {
     const vnni::ImplicitConvWeight w{packed_.data(), offsets_.data(), out_channels_, padded_channels_, run_quads_};
     return vnni::implicit_conv_forward(g_, w, x, pad_, p0, p1, e, out, ldo, bytes);
   }
   const std::int64_t rows = p1 - p0, patch = g_.patch(), O = out_channels_;
   std::uint8_t* cols = bytes;
   auto* acc = reinterpret_cast<std::int32_t*>(bytes + aligned(rows * patch));
-  if (kernel_ == Kernel::reference) {
+  if (kernel_ == ConvKernel::reference) {
     im2col_nhwc_u8_ref(g_, x, cols, pad_, p0, p1);
     gemm_u8s8s32_ref(Trans::N, Trans::T, rows, O, patch, cols, patch, w_, patch, acc, O, col_offset_);
     scale_s32_f32_ref(acc, O, e, 0, rows, O, out, ldo);
@@ -92,6 +94,51 @@ void ConvForwardU8S8::run(const std::uint8_t* x, std::int64_t p0, std::int64_t p
   im2col_nhwc_u8(g_, x, cols, pad_, p0, p1);
   gemm_u8s8s32(Trans::N, Trans::T, rows, O, patch, cols, patch, w_, patch, acc, O, col_offset_);
   scale_s32_f32(acc, O, e, 0, rows, O, out, ldo);
+}
+
+ConvWeightGradU8S8::ConvWeightGradU8S8(const Conv2dGeometry& g, std::int64_t out_channels)
+    : g_(g), out_channels_(out_channels), kernel_(choose_kernel()) {
+  check_geometry("ConvWeightGradU8S8", g, out_channels);
+  SHIFTQ_CHECK(out_channels <= kMaxGemmKu8s8, ValueError, "ConvWeightGradU8S8: O = ", out_channels, " exceeds ",
+               kMaxGemmKu8s8);
+}
+
+std::int64_t ConvWeightGradU8S8::workspace_bytes(std::int64_t rows) const {
+  if (kernel_ == ConvKernel::implicit_vnni) return vnni::implicit_conv_weight_grad_workspace_bytes(g_, out_channels_, rows);
+  // cols: [rows, patch] u8, then the column offsets: [O] int32
+  return aligned(rows * g_.patch()) + out_channels_ * static_cast<std::int64_t>(sizeof(std::int32_t));
+}
+
+void ConvWeightGradU8S8::run(const std::uint8_t* x, std::int64_t image_stride, std::int64_t r0, std::int64_t r1,
+                             const std::int8_t* dy, std::int32_t* dwt, void* workspace) const {
+  const std::int64_t rows = r1 - r0, patch = g_.patch(), O = out_channels_;
+  SHIFTQ_CHECK(rows >= 1 && rows <= kMaxGemmKu8s8, ValueError, "ConvWeightGradU8S8: ", rows,
+               " rows; a block holds 1 to ", kMaxGemmKu8s8, " (the int32 sums stay exact)");
+  auto* bytes = static_cast<std::uint8_t*>(workspace);
+  if (kernel_ == ConvKernel::implicit_vnni)
+    return vnni::implicit_conv_weight_grad(g_, O, x, image_stride, r0, r1, dy, dwt, bytes);
+  // cols: the block's im2col rows, image part by image part; offsets: -128 * the column sums of dY.
+  const std::int64_t P = g_.out_h() * g_.out_w();
+  std::uint8_t* cols = bytes;
+  auto* offsets = reinterpret_cast<std::int32_t*>(bytes + aligned(rows * patch));
+  const bool reference = kernel_ == ConvKernel::reference;
+  for (std::int64_t r = r0; r < r1;) {
+    const std::int64_t n = r / P, p0 = r - n * P, p1 = std::min(P, p0 + (r1 - r));
+    std::uint8_t* dst = cols + (r - r0) * patch;
+    if (reference)
+      im2col_nhwc_u8_ref(g_, x + n * image_stride, dst, 0x80, p0, p1);
+    else
+      im2col_nhwc_u8(g_, x + n * image_stride, dst, 0x80, p0, p1);
+    r += p1 - p0;
+  }
+  std::fill_n(offsets, O, 0);
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t o = 0; o < O; ++o) offsets[o] += dy[r * O + o];
+  for (std::int64_t o = 0; o < O; ++o) offsets[o] *= -128;
+  if (reference)
+    gemm_u8s8s32_ref(Trans::T, Trans::N, patch, O, rows, cols, patch, dy, O, dwt, O, offsets);
+  else
+    gemm_u8s8s32(Trans::T, Trans::N, patch, O, rows, cols, patch, dy, O, dwt, O, offsets);
 }
 
 }  // namespace shiftq::kernels

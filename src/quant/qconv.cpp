@@ -11,8 +11,8 @@
 // Threads claim chunks of whole samples and walk their rows in blocks of at most block_rows(): the
 // forward is one kernels::ConvForwardU8S8 product per block (an implicit GEMM that reads the
 // windows from the codes where the CPU has AVX-512 VNNI, else im2col rows and a GEMM), scaled while
-// the int32 tile is in registers or cache; the dW blocks' im2col rows are built from the saved
-// int8 codes and multiplied. The forward writes Y (transposed to NCHW, or in place), the
+// the int32 tile is in registers or cache, and dW is one kernels::ConvWeightGradU8S8 product per
+// block (the same two implementations) over the saved int8 codes. The forward writes Y (transposed to NCHW, or in place), the
 // dX product is scattered (col2im) into the sample's channels-last gradient (then moved to NCHW, or
 // in place), and the dW products are summed exactly in int64 (per chunk, then across chunks).
 // Integer sums are exact, so results do not depend on the blocking, the chunks or the thread count,
@@ -130,13 +130,6 @@ GradientRows gradient_rows(const Tensor& grad, const ConvShape& s) {
   return g;
 }
 
-// The im2col rows [r0, r1) of the channels-last u8 codes (padding 128 = v 0) into cols.
-void im2col_rows(const ConvShape& s, const std::uint8_t* x_nhwc, std::int64_t r0, std::int64_t r1, std::uint8_t* cols) {
-  for_each_sample_part(r0, r1, s.P, [&](std::int64_t n, std::int64_t p0, std::int64_t p1, std::int64_t row) {
-    kernels::im2col_nhwc_u8(s.g, x_nhwc + n * s.image, cols + row * s.patch, 0x80, p0, p1);
-  });
-}
-
 // Y: [N, O, OH, OW] (channels-last: [N, OH, OW, O]) = cols · W^T (+ bias), x codes [N, HW, C] u8:
 // one ConvForwardU8S8 product per block of rows (implicit GEMM where the CPU has AVX-512 VNNI).
 Tensor conv_forward(const ConvShape& s, const QTensor& x_nhwc, const QTensor& wq, const Tensor& bias) {
@@ -211,10 +204,11 @@ Tensor conv_weight_grad(const ConvShape& s, const QTensor& gq, const QTensor& x_
   std::vector<std::int64_t> total(static_cast<std::size_t>(s.patch * s.O), 0);  // dW^T: [patch, O]
   std::mutex total_mutex;
   const std::int64_t rows_per_block = block_rows(s.patch, s.O);
+  const kernels::ConvWeightGradU8S8 product(s.g, s.O);
   const std::uint8_t* x = x_nhwc.codes.data<std::uint8_t>();
   const std::int8_t* g = gq.codes.data<std::int8_t>();
   detail::parallel_for_dynamic(s.N, 1, [&](std::int64_t b, std::int64_t e) {
-    std::uint8_t* cols = thread_scratch<std::uint8_t, 0>(rows_per_block * s.patch);
+    std::uint8_t* workspace = thread_scratch<std::uint8_t, 0>(product.workspace_bytes(rows_per_block));
     std::int32_t* acc = thread_scratch<std::int32_t, 0>(s.patch * s.O);
     std::int64_t* part = thread_scratch<std::int64_t, 0>(s.patch * s.O);  // this call's dW^T sums
     // The block products are summed in int32 over up to kMaxGemmKu8s8 rows (|sum| <= rows * 128 *
@@ -230,13 +224,8 @@ Tensor conv_weight_grad(const ConvShape& s, const QTensor& gq, const QTensor& x_
     };
     for (std::int64_t r0 = b * s.P; r0 < e * s.P; r0 += rows_per_block) {
       const std::int64_t r1 = std::min(e * s.P, r0 + rows_per_block);
-      im2col_rows(s, x, r0, r1, cols);
-      // B = this block of dY: [r1 - r0, O]
-      const std::vector<std::int32_t> offsets =
-          internal::u8_compensation(Tensor(), g + r0 * s.O, Trans::N, r1 - r0, s.O);
       // [patch, O] = cols^T · dY over this block's rows
-      kernels::gemm_u8s8s32(Trans::T, Trans::N, s.patch, s.O, r1 - r0, cols, s.patch, g + r0 * s.O, s.O,
-                            acc, s.O, offsets.data());
+      product.run(x, s.image, r0, r1, g + r0 * s.O, acc, workspace);
       if (rows_in_part32 + (r1 - r0) > kernels::kMaxGemmKu8s8) flush();
       for (std::int64_t i = 0; i < s.patch * s.O; ++i) part32[i] += acc[i];
       rows_in_part32 += r1 - r0;

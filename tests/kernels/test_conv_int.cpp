@@ -1,8 +1,9 @@
-// ConvForwardU8S8, the forward product of the channels-last int8 convolution: the implementation
-// this CPU runs (implicit GEMM with AVX-512 VNNI, else im2col + GEMM) equals the reference path
-// (scalar im2col, GEMM and epilogue) bit for bit, on geometries around the vector widths, output
-// channel counts around the 16-lane tiles and 64-channel chunks, strides, paddings, pixel ranges
-// and epilogues; it writes nothing outside its rows and columns.
+// ConvForwardU8S8 and ConvWeightGradU8S8, the products of the channels-last int8 convolution that
+// read its input codes: the implementation this CPU runs (implicit GEMM with AVX-512 VNNI, else
+// im2col + GEMM) equals the reference path (scalar im2col, GEMM and epilogue) bit for bit, on
+// geometries around the vector widths, output channel counts around the 16-lane tiles and
+// 64-channel chunks, strides, paddings, pixel ranges, blocks spanning images, and epilogues; the
+// forward writes nothing outside its rows and columns. The references equal the definitions.
 #include <gtest/gtest.h>
 
 #include <bit>
@@ -71,7 +72,7 @@ class KernelPathGuard {
 std::vector<float> run(KernelPath path, const Case& c, const std::vector<std::uint8_t>& x,
                        const std::vector<std::int8_t>& w, const std::vector<std::int32_t>& offsets,
                        const ScaleEpilogue& e, std::int64_t p0, std::int64_t p1, std::int64_t ldo,
-                       ConvForwardU8S8::Kernel* kernel = nullptr) {
+                       ConvKernel* kernel = nullptr) {
   const KernelPathGuard guard;
   set_kernel_path(path);
   const ConvForwardU8S8 product(c.g, c.out_channels, w.data(), offsets.data(), 0x80);
@@ -94,7 +95,7 @@ void expect_same_bits(const std::vector<float>& a, const std::vector<float>& b, 
 
 TEST(ConvForwardU8S8, OptimizedPathEqualsReferenceBitForBit) {
   Generator gen(3);
-  ConvForwardU8S8::Kernel kernel{};
+  ConvKernel kernel{};
   for (const Case& c : cases()) {
     const Conv2dGeometry& g = c.g;
     const std::int64_t P = g.out_h() * g.out_w(), patch = g.patch(), O = c.out_channels;
@@ -128,7 +129,7 @@ TEST(ConvForwardU8S8, OptimizedPathEqualsReferenceBitForBit) {
       }
     }
   }
-  RecordProperty("kernel", ConvForwardU8S8::kernel_name(kernel));
+  RecordProperty("kernel", conv_kernel_name(kernel));
 }
 
 // The reference path itself against the definition, one output element at a time.
@@ -163,12 +164,81 @@ TEST(ConvForwardU8S8, ReferenceEqualsTheDefinition) {
   }
 }
 
+// dW^T over `rows` rows starting at r0 of `images` images, on `path`.
+std::vector<std::int32_t> weight_grad(KernelPath path, const Case& c, const std::vector<std::uint8_t>& x,
+                                      std::int64_t image_stride, std::int64_t r0, std::int64_t r1,
+                                      const std::vector<std::int8_t>& dy, ConvKernel* kernel = nullptr) {
+  const KernelPathGuard guard;
+  set_kernel_path(path);
+  const ConvWeightGradU8S8 product(c.g, c.out_channels);
+  if (kernel) *kernel = product.kernel();
+  std::vector<std::uint8_t> workspace(static_cast<std::size_t>(product.workspace_bytes(r1 - r0)));
+  std::vector<std::int32_t> dwt(static_cast<std::size_t>(c.g.patch() * c.out_channels), -7);
+  product.run(x.data(), image_stride, r0, r1, dy.data(), dwt.data(), workspace.data());
+  return dwt;
+}
+
+TEST(ConvWeightGradU8S8, OptimizedPathEqualsReferenceBitForBit) {
+  Generator gen(7);
+  ConvKernel kernel{};
+  for (const Case& c : cases()) {
+    const Conv2dGeometry& g = c.g;
+    const std::int64_t P = g.out_h() * g.out_w(), O = c.out_channels, images = 3;
+    const std::int64_t image = g.channels * g.height * g.width;
+    const auto x = random_ints<std::uint8_t>(images * image, 0, 255, gen);
+    // Blocks: one image, all images, one starting and ending mid-image, a few rows (not a multiple of 4).
+    for (const auto& [r0, r1] : std::vector<std::pair<std::int64_t, std::int64_t>>{
+             {0, P}, {0, images * P}, {P / 2 + 1, 2 * P + P / 3 + 1}, {P - 1, std::min(images * P, P + 2)}}) {
+      const auto dy = random_ints<std::int8_t>((r1 - r0) * O, -127, 127, gen);
+      const std::string what = describe(c) + " rows " + std::to_string(r0) + ".." + std::to_string(r1);
+      const auto ref = weight_grad(KernelPath::reference, c, x, image, r0, r1, dy);
+      const auto opt = weight_grad(KernelPath::optimized, c, x, image, r0, r1, dy, &kernel);
+      ASSERT_EQ(opt, ref) << what;
+    }
+  }
+  RecordProperty("kernel", conv_kernel_name(kernel));
+}
+
+// The reference path against the definition: (code - 128) * dY summed over the rows of two images.
+TEST(ConvWeightGradU8S8, ReferenceEqualsTheDefinition) {
+  Generator gen(9);
+  const Case c{{3, 5, 6, 3, 3, 2, 1, 1, 1}, 7};
+  const Conv2dGeometry& g = c.g;
+  const std::int64_t P = g.out_h() * g.out_w(), patch = g.patch(), O = c.out_channels;
+  const std::int64_t image = g.channels * g.height * g.width;
+  const auto x = random_ints<std::uint8_t>(2 * image, 0, 255, gen);
+  const std::int64_t r0 = 2, r1 = 2 * P - 1;
+  const auto dy = random_ints<std::int8_t>((r1 - r0) * O, -127, 127, gen);
+  const auto dwt = weight_grad(KernelPath::reference, c, x, image, r0, r1, dy);
+  for (std::int64_t j = 0; j < patch; ++j) {
+    const std::int64_t ky = j / (g.kernel_w * g.channels), kx = j / g.channels % g.kernel_w, ch = j % g.channels;
+    for (std::int64_t o = 0; o < O; ++o) {
+      std::int64_t expected = 0;
+      for (std::int64_t r = r0; r < r1; ++r) {
+        const std::int64_t n = r / P, p = r % P, oy = p / g.out_w(), ox = p % g.out_w();
+        const std::int64_t iy = oy * g.stride_h - g.pad_h + ky, ix = ox * g.stride_w - g.pad_w + kx;
+        const bool in = iy >= 0 && iy < g.height && ix >= 0 && ix < g.width;
+        const std::int64_t v = in ? x[n * image + (iy * g.width + ix) * g.channels + ch] - 128 : 0;
+        expected += v * dy[(r - r0) * O + o];
+      }
+      ASSERT_EQ(dwt[j * O + o], expected) << "j " << j << " o " << o;
+    }
+  }
+}
+
 TEST(ConvForwardU8S8, RejectsInvalidGeometry) {
   const std::vector<std::int8_t> w(9, 1);
   const std::int32_t offset = 0;
   EXPECT_THROW(ConvForwardU8S8({1, 2, 2, 3, 3, 1, 1, 0, 0}, 1, w.data(), &offset, 0x80), ShapeError);
   EXPECT_THROW(ConvForwardU8S8({1, 4, 4, 3, 3, 1, 1, 0, 0}, 0, w.data(), &offset, 0x80), ShapeError);
   EXPECT_THROW(ConvForwardU8S8({8000, 4, 4, 3, 3, 1, 1, 1, 1}, 1, w.data(), &offset, 0x80), ValueError);
+  EXPECT_THROW(ConvWeightGradU8S8({1, 2, 2, 3, 3, 1, 1, 0, 0}, 1), ShapeError);
+  EXPECT_THROW(ConvWeightGradU8S8({8000, 4, 4, 3, 3, 1, 1, 1, 1}, 1), ValueError);
+  const ConvWeightGradU8S8 product({1, 4, 4, 3, 3, 1, 1, 1, 1}, 1);
+  std::vector<std::uint8_t> workspace(static_cast<std::size_t>(product.workspace_bytes(16)));
+  std::vector<std::int32_t> dwt(9);
+  const std::vector<std::uint8_t> x(16, 128);
+  EXPECT_THROW(product.run(x.data(), 16, 3, 3, w.data(), dwt.data(), workspace.data()), ValueError);  // no rows
 }
 
 }  // namespace
