@@ -1,20 +1,20 @@
-// The quantized 2-D convolution: three int8 GEMMs per step over the channels-last im2col matrix,
-// run block by block so that neither the im2col matrix nor a GEMM product is ever materialized for
-// the whole batch.
+// The quantized 2-D convolution: three int8 products per step over the channels-last im2col
+// matrix, run block by block so that neither the im2col matrix nor a product is ever materialized
+// for the whole batch.
 //
 // With x: [N, C, H, W] (or [N, H, W, C]: ImageLayout::nhwc), W: [O, C, KH, KW], P = OH*OW output
-// pixels and patch = KH*KW*C, the three
-// products over the rows r = n*P + p of the im2col matrix cols: [N*P, patch] are
+// pixels and patch = KH*KW*C, the three products over the rows r = n*P + p of the im2col matrix
+// cols: [N*P, patch] are
 //   forward  Y[r, o]      = cols[r, :] . W[o, :]
 //   backward dcols[r, j]  = dY[r, :] . W[:, j]          (then col2im into dX)
 //            dW^T[j, o]   = sum_r cols[r, j] dY[r, o]
-// Threads claim chunks of whole samples and walk their rows in blocks of at most block_rows(): the
-// forward is one kernels::ConvForwardU8S8 product per block (an implicit GEMM that reads the
-// windows from the codes where the CPU has AVX-512 VNNI, else im2col rows and a GEMM), scaled while
-// the int32 tile is in registers or cache, and dW is one kernels::ConvWeightGradU8S8 product per
-// block (the same two implementations) over the saved int8 codes. The forward writes Y (transposed to NCHW, or in place), the
-// dX product is scattered (col2im) into the sample's channels-last gradient (then moved to NCHW, or
-// in place), and the dW products are summed exactly in int64 (per chunk, then across chunks).
+// Threads claim chunks of whole samples and walk their rows in blocks of at most block_rows().
+// Per block: the forward is one kernels::ConvForwardU8S8 product (an implicit GEMM that reads the
+// windows from the codes where the CPU has AVX-512 VNNI, else im2col rows and a GEMM) that writes
+// Y scaled (transposed to NCHW, or in place); the dX product is scaled and scattered (col2im) into
+// the sample's channels-last gradient (then moved to NCHW, or in place); dW is one
+// kernels::ConvWeightGradU8S8 product (the same two implementations) over the saved int8 codes,
+// added exactly in int32 and then int64 (per chunk, then across chunks).
 // Integer sums are exact, so results do not depend on the blocking, the chunks or the thread count,
 // and the two layouts give the same bits (an MSE-clipped per-tensor input range, S = 0, samples
 // the input in memory order, so with C > 1 it can differ between them).
