@@ -105,8 +105,8 @@ ConvWeightGradU8S8::ConvWeightGradU8S8(const Conv2dGeometry& g, std::int64_t out
 
 std::int64_t ConvWeightGradU8S8::workspace_bytes(std::int64_t rows) const {
   if (kernel_ == ConvKernel::implicit_vnni) return vnni::implicit_conv_weight_grad_workspace_bytes(g_, out_channels_, rows);
-  // cols: [rows, patch] u8, then the product: [patch, O] and the column offsets: [O] int32
-  return aligned(rows * g_.patch()) + (g_.patch() + 1) * out_channels_ * static_cast<std::int64_t>(sizeof(std::int32_t));
+  // cols: [rows, patch] u8, then the column offsets: [O] int32
+  return aligned(rows * g_.patch()) + out_channels_ * static_cast<std::int64_t>(sizeof(std::int32_t));
 }
 
 void ConvWeightGradU8S8::run(const std::uint8_t* x, std::int64_t image_stride, std::int64_t r0, std::int64_t r1,
@@ -120,8 +120,7 @@ void ConvWeightGradU8S8::run(const std::uint8_t* x, std::int64_t image_stride, s
   // cols: the block's im2col rows, image part by image part; offsets: -128 * the column sums of dY.
   const std::int64_t P = g_.out_h() * g_.out_w();
   std::uint8_t* cols = bytes;
-  auto* product = reinterpret_cast<std::int32_t*>(bytes + aligned(rows * patch));
-  std::int32_t* offsets = product + patch * O;
+  auto* offsets = reinterpret_cast<std::int32_t*>(bytes + aligned(rows * patch));
   const bool reference = kernel_ == ConvKernel::reference;
   for (std::int64_t r = r0; r < r1;) {
     const std::int64_t n = r / P, p0 = r - n * P, p1 = std::min(P, p0 + (r1 - r));
@@ -137,10 +136,9 @@ void ConvWeightGradU8S8::run(const std::uint8_t* x, std::int64_t image_stride, s
     for (std::int64_t o = 0; o < O; ++o) offsets[o] += dy[r * O + o];
   for (std::int64_t o = 0; o < O; ++o) offsets[o] *= -128;
   if (reference)
-    gemm_u8s8s32_ref(Trans::T, Trans::N, patch, O, rows, cols, patch, dy, O, product, O, offsets);
+    gemm_u8s8s32_ref(Trans::T, Trans::N, patch, O, rows, cols, patch, dy, O, dwt, O, offsets);
   else
-    gemm_u8s8s32(Trans::T, Trans::N, patch, O, rows, cols, patch, dy, O, product, O, offsets);
-  for (std::int64_t i = 0; i < patch * O; ++i) dwt[i] += product[i];
+    gemm_u8s8s32(Trans::T, Trans::N, patch, O, rows, cols, patch, dy, O, dwt, O, offsets);
 }
 
 }  // namespace shiftq::kernels

@@ -220,7 +220,7 @@ constexpr int weight_grad_rows() {
   return NJ == 1 ? 16 : NJ == 2 ? 10 : NJ == 3 ? 7 : 5;
 }
 
-// dwt rows [j0, j0 + rows) x columns [o0, o0 + cols) += the sums over every quad, minus 128 * col_sum;
+// dwt rows [j0, j0 + rows) x columns [o0, o0 + cols) = the sums over every quad, minus 128 * col_sum;
 // rows j0.. lie in one block of 16.
 template <int NJ>
 void weight_grad_tile(const WeightGradOperands& w, std::int64_t j0, int rows, std::int64_t o0, int cols,
@@ -243,11 +243,9 @@ void weight_grad_tile(const WeightGradOperands& w, std::int64_t j0, int rows, st
     const __mmask16 mask = column_mask(cols - 16 * j);
     const __m512i offset = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(mask, w.col_sum + o0 + 16 * j), 7);
     for (int r = 0; r < MR; ++r)
-      if (r < rows) {
-        std::int32_t* dst = dwt + (j0 + r) * w.out_channels + o0 + 16 * j;
-        const __m512i sum = _mm512_add_epi32(_mm512_maskz_loadu_epi32(mask, dst), _mm512_sub_epi32(acc[r][j], offset));
-        _mm512_mask_storeu_epi32(dst, mask, sum);
-      }
+      if (r < rows)
+        _mm512_mask_storeu_epi32(dwt + (j0 + r) * w.out_channels + o0 + 16 * j, mask,
+                                 _mm512_sub_epi32(acc[r][j], offset));
   }
 }
 

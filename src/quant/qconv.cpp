@@ -209,8 +209,9 @@ Tensor conv_weight_grad(const ConvShape& s, const QTensor& gq, const QTensor& x_
   const std::int8_t* g = gq.codes.data<std::int8_t>();
   detail::parallel_for_dynamic(s.N, 1, [&](std::int64_t b, std::int64_t e) {
     std::uint8_t* workspace = thread_scratch<std::uint8_t, 0>(product.workspace_bytes(rows_per_block));
+    std::int32_t* acc = thread_scratch<std::int32_t, 0>(s.patch * s.O);
     std::int64_t* part = thread_scratch<std::int64_t, 0>(s.patch * s.O);  // this call's dW^T sums
-    // The block products are added in int32 over up to kMaxGemmKu8s8 rows (|sum| <= rows * 128 *
+    // The block products are summed in int32 over up to kMaxGemmKu8s8 rows (|sum| <= rows * 128 *
     // 127 < 2^31: exact), then moved into the int64 sums.
     std::int32_t* part32 = thread_scratch<std::int32_t, 1>(s.patch * s.O);
     std::fill_n(part, s.patch * s.O, 0);
@@ -223,9 +224,10 @@ Tensor conv_weight_grad(const ConvShape& s, const QTensor& gq, const QTensor& x_
     };
     for (std::int64_t r0 = b * s.P; r0 < e * s.P; r0 += rows_per_block) {
       const std::int64_t r1 = std::min(e * s.P, r0 + rows_per_block);
+      // [patch, O] = cols^T · dY over this block's rows
+      product.run(x, s.image, r0, r1, g + r0 * s.O, acc, workspace);
       if (rows_in_part32 + (r1 - r0) > kernels::kMaxGemmKu8s8) flush();
-      // [patch, O] += cols^T · dY over this block's rows
-      product.run(x, s.image, r0, r1, g + r0 * s.O, part32, workspace);
+      for (std::int64_t i = 0; i < s.patch * s.O; ++i) part32[i] += acc[i];
       rows_in_part32 += r1 - r0;
     }
     flush();

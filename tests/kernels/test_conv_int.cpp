@@ -164,7 +164,7 @@ TEST(ConvForwardU8S8, ReferenceEqualsTheDefinition) {
   }
 }
 
-// -7 + dW^T over the rows [r0, r1) of the images, on `path`.
+// dW^T over `rows` rows starting at r0 of `images` images, on `path`.
 std::vector<std::int32_t> weight_grad(KernelPath path, const Case& c, const std::vector<std::uint8_t>& x,
                                       std::int64_t image_stride, std::int64_t r0, std::int64_t r1,
                                       const std::vector<std::int8_t>& dy, ConvKernel* kernel = nullptr) {
@@ -199,8 +199,7 @@ TEST(ConvWeightGradU8S8, OptimizedPathEqualsReferenceBitForBit) {
   RecordProperty("kernel", conv_kernel_name(kernel));
 }
 
-// The reference path against the definition: (code - 128) * dY summed over the rows of two images,
-// added to what dwt held.
+// The reference path against the definition: (code - 128) * dY summed over the rows of two images.
 TEST(ConvWeightGradU8S8, ReferenceEqualsTheDefinition) {
   Generator gen(9);
   const Case c{{3, 5, 6, 3, 3, 2, 1, 1, 1}, 7};
@@ -222,7 +221,7 @@ TEST(ConvWeightGradU8S8, ReferenceEqualsTheDefinition) {
         const std::int64_t v = in ? x[n * image + (iy * g.width + ix) * g.channels + ch] - 128 : 0;
         expected += v * dy[(r - r0) * O + o];
       }
-      ASSERT_EQ(dwt[j * O + o], -7 + expected) << "j " << j << " o " << o;  // added to the initial -7
+      ASSERT_EQ(dwt[j * O + o], expected) << "j " << j << " o " << o;
     }
   }
 }

@@ -3,7 +3,7 @@
 // order ky, kx, c):
 //   forward  out[p - p0, o] = float(sum_j cols[p, j] * w[o, j] + col_offset[o])
 //                             * ((row_scale * shift) * col_scale[o]) (+ bias[o])   (ConvForwardU8S8)
-//   dW^T     dwt[j, o] += sum_r (cols[r, j] - 128) * dy[r, o]                       (ConvWeightGradU8S8)
+//   dW^T     dwt[j, o] = sum_r (cols[r, j] - 128) * dy[r, o]                        (ConvWeightGradU8S8)
 // w: [O, KH*KW*C] and dy: [rows, O] hold s8 codes; the forward's scales are a ScaleEpilogue's,
 // its rows counted from p0.
 //
