@@ -1,7 +1,8 @@
-// The implicit-GEMM forward of the channels-last int8 convolution (ConvForwardU8S8 on CPUs with
-// AVX-512 VNNI). Compiled with -mavx512vnni; only called after cpuid says the CPU has it.
+// The implicit-GEMM forward and dW of the channels-last int8 convolution (ConvForwardU8S8 and
+// ConvWeightGradU8S8 on CPUs with AVX-512 VNNI). Compiled with -mavx512vnni; only called after
+// cpuid says the CPU has it.
 //
-// The input rows a block of output pixels reads are first copied into a padded buffer
+// Forward: the input rows a block of output pixels reads are first copied into a padded buffer
 // [rows][W + 2 pad_w][C] (padding = the zero code), so that every window is in bounds: kernel row ky
 // of output pixel (oy, ox) is the run of KW*C bytes at ((oy*stride_h + ky - first row) * Wp +
 // ox*stride_w) * C. A register tile of MR pixels x 16*NJ output channels accumulates, per kernel row

@@ -34,7 +34,6 @@ const char* conv_kernel_name(ConvKernel kernel);  // "implicit_vnni", "im2col_ge
 
 class ConvForwardU8S8 {
  public:
-
   // w: [O, KH*KW*C] s8 and col_offset: [O] must outlive the plan (the im2col paths read them in
   // place). Throws ValueError when KH*KW*C exceeds kMaxGemmKu8s8.
   ConvForwardU8S8(const Conv2dGeometry& g, std::int64_t out_channels, const std::int8_t* w,
