@@ -214,8 +214,8 @@ inline __m512i interleave4(const std::uint8_t* p0, const std::uint8_t* p1, const
   return _mm512_inserti32x4(v, _mm_unpackhi_epi16(hi01, hi23), 3);
 }
 
-// Tile heights of the dW kernel: one register short of the forward's (GCC 12 spills the
-// forward's 6 x 4 tile here).
+// Tile heights of the dW kernel, one row shorter than the forward's: with the forward's 6 x 4
+// tile GCC 12 keeps the dW accumulators in memory (a store after every vpdpbusd).
 template <int NJ>
 constexpr int weight_grad_rows() {
   return NJ == 1 ? 16 : NJ == 2 ? 10 : NJ == 3 ? 7 : 5;
