@@ -3,31 +3,24 @@
 #include "shiftq/kernels/conv_int.hpp"
 
 #include <algorithm>
-#include <cstring>
 
 #include "shiftq/core/error.hpp"
 #include "shiftq/kernels/dispatch.hpp"
 #include "shiftq/kernels/gemm_int.hpp"
+#include "shiftq/kernels/quantize.hpp"
 #include "kernels/conv_int_impl.hpp"
+#include "kernels/conv_rows.hpp"
+#include "isa.hpp"
 
 namespace shiftq::kernels {
 namespace {
-bool cpu_has_avx512_vnni() {
-  static const bool has = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
-  }();
-  return has;
-}
-
 constexpr std::int64_t kAlign = 64;
 std::int64_t aligned(std::int64_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
 // The implementation a plan built now runs.
 ConvKernel choose_kernel() {
   if (kernel_path() == KernelPath::reference) return ConvKernel::reference;
-  return cpu_has_avx512_vnni() ? ConvKernel::implicit_vnni : ConvKernel::im2col_gemm;
+  return dispatch::cpu_has_avx512_vnni() ? ConvKernel::implicit_vnni : ConvKernel::im2col_gemm;
 }
 
 void check_geometry(const char* op, const Conv2dGeometry& g, std::int64_t out_channels) {
@@ -105,8 +98,8 @@ ConvWeightGradU8S8::ConvWeightGradU8S8(const Conv2dGeometry& g, std::int64_t out
 
 std::int64_t ConvWeightGradU8S8::workspace_bytes(std::int64_t rows) const {
   if (kernel_ == ConvKernel::implicit_vnni) return vnni::implicit_conv_weight_grad_workspace_bytes(g_, out_channels_, rows);
-  // cols: [rows, patch] u8, then the column offsets: [O] int32
-  return aligned(rows * g_.patch()) + out_channels_ * static_cast<std::int64_t>(sizeof(std::int32_t));
+  // cols: [rows, patch] u8, then the column offsets: [O] and dY's row sums: [rows] int32
+  return aligned(rows * g_.patch()) + (out_channels_ + rows) * static_cast<std::int64_t>(sizeof(std::int32_t));
 }
 
 void ConvWeightGradU8S8::run(const std::uint8_t* x, std::int64_t image_stride, std::int64_t r0, std::int64_t r1,
@@ -121,19 +114,20 @@ void ConvWeightGradU8S8::run(const std::uint8_t* x, std::int64_t image_stride, s
   const std::int64_t P = g_.out_h() * g_.out_w();
   std::uint8_t* cols = bytes;
   auto* offsets = reinterpret_cast<std::int32_t*>(bytes + aligned(rows * patch));
+  std::int32_t* row_sums = offsets + O;  // [rows]: code_sums_s8 gives them too; not needed here
   const bool reference = kernel_ == ConvKernel::reference;
-  for (std::int64_t r = r0; r < r1;) {
-    const std::int64_t n = r / P, p0 = r - n * P, p1 = std::min(P, p0 + (r1 - r));
-    std::uint8_t* dst = cols + (r - r0) * patch;
+  conv_rows::for_each_image_part(r0, r1, P, [&](std::int64_t n, std::int64_t p0, std::int64_t p1, std::int64_t row) {
+    std::uint8_t* dst = cols + row * patch;
     if (reference)
       im2col_nhwc_u8_ref(g_, x + n * image_stride, dst, 0x80, p0, p1);
     else
       im2col_nhwc_u8(g_, x + n * image_stride, dst, 0x80, p0, p1);
-    r += p1 - p0;
-  }
+  });
   std::fill_n(offsets, O, 0);
-  for (std::int64_t r = 0; r < rows; ++r)
-    for (std::int64_t o = 0; o < O; ++o) offsets[o] += dy[r * O + o];
+  if (reference)
+    code_sums_s8_ref(dy, 0, rows, O, row_sums, offsets);
+  else
+    code_sums_s8(dy, 0, rows, O, row_sums, offsets);
   for (std::int64_t o = 0; o < O; ++o) offsets[o] *= -128;
   if (reference)
     gemm_u8s8s32_ref(Trans::T, Trans::N, patch, O, rows, cols, patch, dy, O, dwt, O, offsets);

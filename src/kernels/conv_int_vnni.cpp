@@ -17,6 +17,7 @@
 #include <cstring>
 
 #include "kernels/conv_int_impl.hpp"
+#include "kernels/conv_rows.hpp"
 
 // GCC 12 reports the _mm512_undefined_*() pass-through operands inside its own intrinsics as
 // (maybe) uninitialized.
@@ -291,16 +292,14 @@ void implicit_conv_weight_grad(const Conv2dGeometry& g, std::int64_t out_channel
 
   // The padded rows of each image part, one after the other, and every row's window.
   std::int64_t cursor = 0;
-  for (std::int64_t r = r0; r < r1;) {
-    const std::int64_t n = r / P, p0 = r - n * P, p1 = std::min(P, p0 + (r1 - r));
+  conv_rows::for_each_image_part(r0, r1, P, [&](std::int64_t n, std::int64_t p0, std::int64_t p1, std::int64_t row) {
     const PaddedRows part = pad_rows(g, x + n * image_stride, 0x80, p0, p1, padded + cursor);
     for (std::int64_t p = p0; p < p1; ++p) {
       const std::int64_t oy = p / ow, ox = p - oy * ow;
-      off[r - r0 + p - p0] = cursor + (oy * g.stride_h - part.first) * row_bytes + ox * g.stride_w * C;
+      off[row + p - p0] = cursor + (oy * g.stride_h - part.first) * row_bytes + ox * g.stride_w * C;
     }
     cursor += part.count * row_bytes;
-    r += p1 - p0;
-  }
+  });
   std::memset(padded + cursor, 0, kSlack);
   for (std::int64_t r = rows; r < rows4; ++r) off[r] = off[rows - 1];  // their dY codes are 0
 

@@ -1,7 +1,9 @@
 // Internal: the kernel-row walk shared by the channels-last im2col (im2col.cpp) and col2im
-// (im2col_impl.inc, compiled per ISA).
+// (im2col_impl.inc, compiled per ISA), and the walk over the images of a block of rows shared by
+// the convolution products (conv_int*.cpp, quant/qconv.cpp).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "shiftq/kernels/im2col.hpp"
@@ -27,6 +29,17 @@ void for_each_kernel_row(const Conv2dGeometry& g, std::int64_t p_begin, std::int
       }
       for (std::int64_t kx = 0; kx < g.kernel_w; ++kx) tap(p - p_begin, j + kx * C, iy, ix0 + kx);
     }
+  }
+}
+
+// Calls fn(n, p_begin, p_end, row) for each image's part of the rows [r0, r1) of a [N*P, *]
+// matrix (row r: output pixel r % P of image r / P), `row` counting from r0.
+template <class F>
+void for_each_image_part(std::int64_t r0, std::int64_t r1, std::int64_t P, F fn) {
+  for (std::int64_t r = r0; r < r1;) {
+    const std::int64_t n = r / P, p0 = r - n * P, p1 = std::min(P, p0 + (r1 - r));
+    fn(n, p0, p1, r - r0);
+    r += p1 - p0;
   }
 }
 

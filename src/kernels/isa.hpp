@@ -21,6 +21,12 @@ inline Isa cpu_isa() {
   return isa;
 }
 
+// AVX-512 with VNNI (vpdpbusd): the implicit-GEMM convolution kernels (conv_int_vnni.cpp).
+inline bool cpu_has_avx512_vnni() {
+  static const bool has = cpu_isa() == Isa::avx512 && __builtin_cpu_supports("avx512vnni");
+  return has;
+}
+
 }  // namespace shiftq::kernels::dispatch
 
 // return avx512::fn(...) / avx2::fn(...) / base::fn(...) by cpu_isa().

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "core/parallel_for.hpp"
+#include "kernels/conv_rows.hpp"
 #include "quant/qlayers_internal.hpp"
 #include "quant/shiftmm_internal.hpp"
 #include "shiftq/kernels/conv_int.hpp"
@@ -47,17 +48,6 @@ std::int64_t block_rows(std::int64_t patch, std::int64_t out_channels) {
   constexpr std::int64_t kBlockBytes = 512 * 1024;
   const std::int64_t width = std::max(patch, out_channels);
   return std::clamp<std::int64_t>(kBlockBytes / (4 * width), 16, kernels::kMaxGemmKu8s8);
-}
-
-// Calls fn(n, p_begin, p_end, row) for each sample's part of the rows [r0, r1) of a [N*P, *]
-// matrix, `row` counting from r0.
-template <class F>
-void for_each_sample_part(std::int64_t r0, std::int64_t r1, std::int64_t P, F fn) {
-  for (std::int64_t r = r0; r < r1;) {
-    const std::int64_t n = r / P, p0 = r - n * P, p1 = std::min(P, p0 + (r1 - r));
-    fn(n, p0, p1, r - r0);
-    r += p1 - p0;
-  }
 }
 
 // The scale of index i along q's scaled axis (or its one per-tensor scale).
@@ -152,7 +142,7 @@ Tensor conv_forward(const ConvShape& s, const QTensor& x_nhwc, const QTensor& wq
     for (std::int64_t r0 = b * s.P; r0 < e * s.P; r0 += rows_per_block) {
       const std::int64_t r1 = std::min(e * s.P, r0 + rows_per_block);
       // Straight into channels-last Y, or moved to NCHW by a blocked transpose per sample part.
-      for_each_sample_part(r0, r1, s.P, [&](std::int64_t n, std::int64_t p0, std::int64_t p1, std::int64_t r) {
+      kernels::conv_rows::for_each_image_part(r0, r1, s.P, [&](std::int64_t n, std::int64_t p0, std::int64_t p1, std::int64_t r) {
         float* dst = s.y_channels_last ? y + (n * s.P + p0) * s.O : block + r * s.O;
         product.run(x + n * s.image, p0, p1, epilogue, dst, s.O, workspace);
         if (!s.y_channels_last)
@@ -185,7 +175,7 @@ Tensor conv_input_grad(const ConvShape& s, const QTensor& gq, const QTensor& wq,
       kernels::gemm_u8s8s32(Trans::N, Trans::N, r1 - r0, s.patch, s.O, g + r0 * s.O, s.O, w, s.patch, acc,
                             s.patch, offsets.data());
       for (std::int64_t r = r0; r < r1; ++r) row_scale[r - r0] = scale_at(gq, r) * shift;
-      for_each_sample_part(r0, r1, s.P, [&](std::int64_t n, std::int64_t p0, std::int64_t p1, std::int64_t r) {
+      kernels::conv_rows::for_each_image_part(r0, r1, s.P, [&](std::int64_t n, std::int64_t p0, std::int64_t p1, std::int64_t r) {
         float* sample = scratch ? scratch : px + n * s.image;
         if (!scratch && p0 == 0) std::fill_n(sample, s.image, 0.0f);
         kernels::col2im_nhwc_s32_f32(s.g, acc + r * s.patch, row_scale + r, wq.scales.data<float>(), 0,
