@@ -57,6 +57,16 @@ std::string describe(const Case& c) {
   return s.str();
 }
 
+// The element of x: [H, W, C] that patch column j = (ky, kx, c) of output pixel p reads, or -1
+// on the padding.
+std::int64_t window_element(const Conv2dGeometry& g, std::int64_t p, std::int64_t j) {
+  const std::int64_t ky = j / (g.kernel_w * g.channels), kx = j / g.channels % g.kernel_w, c = j % g.channels;
+  const std::int64_t iy = (p / g.out_w()) * g.stride_h - g.pad_h + ky;
+  const std::int64_t ix = (p % g.out_w()) * g.stride_w - g.pad_w + kx;
+  const bool inside = iy >= 0 && iy < g.height && ix >= 0 && ix < g.width;
+  return inside ? (iy * g.width + ix) * g.channels + c : -1;
+}
+
 class KernelPathGuard {
  public:
   KernelPathGuard() : saved_(kernel_path()) {}
@@ -147,17 +157,12 @@ TEST(ConvForwardU8S8, ReferenceEqualsTheDefinition) {
   const ScaleEpilogue e{&row, 0, 0.5f, cols.data(), 1, nullptr};
   const auto out = run(KernelPath::reference, c, x, w, offsets, e, 0, P, O);
   for (std::int64_t p = 0; p < P; ++p) {
-    const std::int64_t oy = p / g.out_w(), ox = p % g.out_w();
     for (std::int64_t o = 0; o < O; ++o) {
       std::int64_t acc = offsets[o];
-      for (std::int64_t ky = 0; ky < g.kernel_h; ++ky)
-        for (std::int64_t kx = 0; kx < g.kernel_w; ++kx)
-          for (std::int64_t ch = 0; ch < g.channels; ++ch) {
-            const std::int64_t iy = oy * g.stride_h - g.pad_h + ky, ix = ox * g.stride_w - g.pad_w + kx;
-            const bool in = iy >= 0 && iy < g.height && ix >= 0 && ix < g.width;
-            const std::int64_t code = in ? x[(iy * g.width + ix) * g.channels + ch] : 0x80;
-            acc += code * w[o * patch + (ky * g.kernel_w + kx) * g.channels + ch];
-          }
+      for (std::int64_t j = 0; j < patch; ++j) {
+        const std::int64_t in = window_element(g, p, j);
+        acc += (in >= 0 ? x[in] : 0x80) * w[o * patch + j];
+      }
       const float expected = static_cast<float>(acc) * ((row * 0.5f) * cols[o]);
       ASSERT_EQ(out[p * O + o], expected) << "p " << p << " o " << o;
     }
@@ -211,14 +216,11 @@ TEST(ConvWeightGradU8S8, ReferenceEqualsTheDefinition) {
   const auto dy = random_ints<std::int8_t>((r1 - r0) * O, -127, 127, gen);
   const auto dwt = weight_grad(KernelPath::reference, c, x, image, r0, r1, dy);
   for (std::int64_t j = 0; j < patch; ++j) {
-    const std::int64_t ky = j / (g.kernel_w * g.channels), kx = j / g.channels % g.kernel_w, ch = j % g.channels;
     for (std::int64_t o = 0; o < O; ++o) {
       std::int64_t expected = 0;
       for (std::int64_t r = r0; r < r1; ++r) {
-        const std::int64_t n = r / P, p = r % P, oy = p / g.out_w(), ox = p % g.out_w();
-        const std::int64_t iy = oy * g.stride_h - g.pad_h + ky, ix = ox * g.stride_w - g.pad_w + kx;
-        const bool in = iy >= 0 && iy < g.height && ix >= 0 && ix < g.width;
-        const std::int64_t v = in ? x[n * image + (iy * g.width + ix) * g.channels + ch] - 128 : 0;
+        const std::int64_t in = window_element(g, r % P, j);
+        const std::int64_t v = in >= 0 ? x[(r / P) * image + in] - 128 : 0;
         expected += v * dy[(r - r0) * O + o];
       }
       ASSERT_EQ(dwt[j * O + o], expected) << "j " << j << " o " << o;
