@@ -71,7 +71,7 @@ void quantize_pack_f32_s8_ref(const QuantizePackArgs& a, std::int64_t r0, std::i
     for (std::int64_t c = 0; c < a.cols; ++c) {
       const float y = std::min(a.qmax, std::max(-a.qmax, (a.x[r * a.cols + c] * a.row_mul[r]) * a.col_mul[c]));
       const float q = a.stochastic
-                          ? std::floor(y + stochastic_uniform(a.key, a.index_base + static_cast<std::uint64_t>(r * a.cols + c)))
+                          ? std::min(std::floor(y + stochastic_uniform(a.key, a.element_index(r, c))), a.qmax)
                           : std::nearbyint(y);
       a.out[r * a.cols + c] = static_cast<std::int8_t>(static_cast<std::int32_t>(std::lrint((q * a.row_pack[r]) * a.col_pack[c])) ^ a.xor_mask);
     }

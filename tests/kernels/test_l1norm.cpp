@@ -349,7 +349,8 @@ TEST(QuantizeKernels, RowMaximaEqualTheirDefinition) {
 // anywhere is reported.
 TEST(QuantizeKernels, ColumnMaximaEqualTheirDefinition) {
   Generator gen(12);
-  for (std::int64_t cols : {1, 7, 16, 17, 49, 64, 65, 100}) {
+  for (std::int64_t cols : {1, 7, 16, 17, 32, 33, 48, 49, 64, 65, 100}) {
+    // 23 rows from row 2: 21, which the register path takes in sets of 4, 2 or 1 with a tail.
     const std::int64_t rows = 23;
     const Tensor x = Tensor::randn({rows, cols}, gen);
     std::vector<float> weight(rows);
@@ -451,6 +452,85 @@ TEST(QuantizeKernels, PackOfManyShortRowsEqualsReference) {
                                << " base " << index_base;
         }
       }
+    }
+  }
+}
+
+// Stochastic rounding at the top of the range: with y = qmax, floor(qmax + u) in float is qmax + 1
+// for draws u within an ulp of 1, a code outside the range (it wrapped to -128 in int8: the largest
+// positive value became the most negative). Every y here is qmax, at element indices chosen to hold
+// such draws (found with stochastic_uniform itself), in 8-bit codes (qmax 127) and 4-bit ShiftQuant
+// codes (qmax 7, v = q * 2^4), on 16-lane, 64-code and tail paths: every code must be qmax (times
+// its pack factor), in the dispatched kernel and the reference.
+TEST(QuantizeKernels, StochasticRoundingStaysInTheRange) {
+  constexpr std::uint64_t kKey = 0x5eed5eedULL;
+  for (const float qmax : {127.0f, 7.0f}) {
+    std::vector<std::uint64_t> overflowing;  // indices whose draw takes floor(qmax + u) past qmax
+    for (std::uint64_t i = 0; i < (std::uint64_t{1} << 24) && overflowing.size() < 3; ++i)
+      if (std::floor(qmax + stochastic_uniform(kKey, i)) > qmax) overflowing.push_back(i);
+    ASSERT_EQ(overflowing.size(), 3u) << qmax;
+    const float pack = qmax == 7.0f ? 16.0f : 1.0f;
+    for (std::int64_t cols : {16, 64, 100}) {
+      const std::int64_t rows = static_cast<std::int64_t>(overflowing.back()) / cols + 1;
+      std::vector<float> x(static_cast<std::size_t>(rows * cols), qmax), ones(static_cast<std::size_t>(rows + cols), 1.0f),
+          col_pack(static_cast<std::size_t>(cols), pack);
+      std::vector<std::int8_t> got(x.size()), want(x.size());
+      QuantizePackArgs a{x.data(), rows, cols, ones.data(), ones.data(), ones.data(), col_pack.data(), qmax, true, kKey, 0,
+                         got.data()};
+      quantize_pack_f32_s8(a, 0, rows);
+      a.out = want.data();
+      quantize_pack_f32_s8_ref(a, 0, rows);
+      const auto top = static_cast<std::int8_t>(qmax * pack);
+      for (const std::uint64_t i : overflowing) {
+        EXPECT_EQ(got[i], top) << "qmax " << qmax << " cols " << cols << " index " << i;
+        EXPECT_EQ(want[i], top) << "qmax " << qmax << " cols " << cols << " index " << i << " (reference)";
+      }
+      EXPECT_EQ(std::count(got.begin(), got.end(), top), rows * cols) << "qmax " << qmax << " cols " << cols;
+      EXPECT_EQ(got, want) << "qmax " << qmax << " cols " << cols;
+    }
+  }
+}
+
+// index_plane: a channels-last [N * P, C] pack draws what the channels-first [N, C, P] pack draws
+// for each element, so its codes are the channels-first codes transposed per sample, in the
+// dispatched kernel and the reference, for channel counts around the vector steps, with a base
+// whose channels-first indices cross 2^32 inside a sample (those rows take the scalar path).
+TEST(QuantizeKernels, ChannelsLastPackDrawsTheChannelsFirstIndices) {
+  Generator gen(15);
+  const std::int64_t N = 3, P = 10;
+  for (std::int64_t C : {1, 5, 16, 17, 40, 64, 70}) {
+    const Tensor first = mul(Tensor::randn({N, C, P}, gen), 4.0f);  // [N, C, P]
+    Tensor last = Tensor::empty({N * P, C});                         // [N * P, C]
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t c = 0; c < C; ++c)
+        for (std::int64_t p = 0; p < P; ++p)
+          last.data<float>()[(n * P + p) * C + c] = first.data<float>()[(n * C + c) * P + p];
+    std::vector<float> channel_mul(C), ones(static_cast<std::size_t>(std::max(N * C, N * P) + P + C), 1.0f);
+    std::vector<float> row_mul(N * C);  // channels-first: the channel's factor on each of its rows
+    for (std::int64_t c = 0; c < C; ++c) channel_mul[c] = 0.75f + 0.25f * static_cast<float>(c % 5);
+    for (std::int64_t r = 0; r < N * C; ++r) row_mul[r] = channel_mul[r % C];
+    for (std::uint64_t base : {std::uint64_t{0}, (std::uint64_t{1} << 32) - static_cast<std::uint64_t>(C * P) - 7}) {
+      std::vector<std::int8_t> want(N * C * P), got(N * P * C), got_ref(N * P * C);
+      QuantizePackArgs a{first.data<float>(), N * C, P, row_mul.data(), ones.data(), ones.data(), ones.data(),
+                         31.0f, true, 99, 0, want.data()};
+      a.unit_factors = true;
+      a.index_base = base;
+      quantize_pack_f32_s8_ref(a, 0, N * C);
+      QuantizePackArgs b{last.data<float>(), N * P, C, ones.data(), channel_mul.data(), ones.data(), ones.data(),
+                         31.0f, true, 99, 0, got.data()};
+      b.col_mul_only = true;
+      b.index_base = base;
+      b.index_plane = P;
+      quantize_pack_f32_s8(b, 0, N * P);
+      b.out = got_ref.data();
+      quantize_pack_f32_s8_ref(b, 0, N * P);
+      for (std::int64_t n = 0; n < N; ++n)
+        for (std::int64_t c = 0; c < C; ++c)
+          for (std::int64_t p = 0; p < P; ++p) {
+            const std::int8_t w = want[(n * C + c) * P + p];
+            ASSERT_EQ(got[(n * P + p) * C + c], w) << "C " << C << " base " << base << " at " << n << "," << c << "," << p;
+            ASSERT_EQ(got_ref[(n * P + p) * C + c], w) << "C " << C << " base " << base;
+          }
     }
   }
 }

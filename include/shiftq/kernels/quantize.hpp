@@ -46,7 +46,7 @@ struct QuantizePackArgs {
   const float* row_pack;   // [rows] v = (q * row_pack[r]) * col_pack[c]  (powers of two)
   const float* col_pack;   // [cols]
   float qmax;              // q in [-qmax, qmax]
-  bool stochastic;         // q = floor(y + u) with u = stochastic_uniform(key, index_base + r * cols + c)
+  bool stochastic;         // q = min(floor(y + u), qmax), u = stochastic_uniform(key, element_index(r, c))
   std::uint64_t key;
   std::uint8_t xor_mask;   // 0: store v as s8; 0x80: store v + 128 as u8
   std::int8_t* out;        // [rows, cols] packed values
@@ -60,8 +60,23 @@ struct QuantizePackArgs {
   // tensor (one row's run of channels) gives the piece's first element index in that tensor, so
   // the draws do not depend on how the tensor was cut into calls.
   std::uint64_t index_base = 0;
+  // 0: element (r, c) has index index_base + r * cols + c. P > 0: the rows are the pixels of
+  // channels-last images of P pixels each ([N * P, C]), and element (r, c) takes the index it has
+  // in the channels-first tensor [N, C, P]: index_base + ((r / P) * cols + c) * P + r % P. A
+  // channels-last layer then draws what its channels-first form draws, element for element.
+  std::int64_t index_plane = 0;
+
+  // The stochastic-draw index of element (r, c).
+  std::uint64_t element_index(std::int64_t r, std::int64_t c) const {
+    if (index_plane == 0) return index_base + static_cast<std::uint64_t>(r * cols + c);
+    return index_base + static_cast<std::uint64_t>(((r / index_plane) * cols + c) * index_plane + r % index_plane);
+  }
+  // The index step from one column to the next.
+  std::int64_t column_stride() const { return index_plane == 0 ? 1 : index_plane; }
 };
-// Nearest-even: q = round(clamp(y, -qmax, qmax)); stochastic: q = floor(clamp(y, -qmax, qmax) + u).
+// Nearest-even: q = round(clamp(y, -qmax, qmax)); stochastic: q = min(floor(clamp(y, -qmax, qmax) + u),
+// qmax): the float sum rounds up to qmax + 1 when y is at (or within a few ulps of) qmax and u is
+// within 2^-18 of 1, a code outside the range that wrapped to -128 in int8 (a sign flip).
 // Packs rows r0, r0 + row_step, r0 + 2 row_step, ... below r1 (row_step >= 1: the rows of one
 // BatchNorm channel are C apart).
 void quantize_pack_f32_s8(const QuantizePackArgs& args, std::int64_t r0, std::int64_t r1, std::int64_t row_step = 1);
