@@ -141,6 +141,17 @@ ImageLayout ResNetTrainConfig::image_layout() const {
   return layout == "nhwc" ? ImageLayout::nhwc : ImageLayout::nchw;
 }
 
+namespace {
+// A checkpoint's configuration without the " layout=nhwc" that checkpoints recorded before the
+// layout left the fingerprint (it changes no result of integer training, and only the order of
+// float sums in fp32).
+std::string without_layout(std::string config) {
+  const std::string entry = " layout=nhwc";
+  if (const auto at = config.find(entry); at != std::string::npos) config.erase(at, entry.size());
+  return config;
+}
+}  // namespace
+
 std::string ResNetTrainConfig::fingerprint() const {
   // An fp32 run has no quantizers: it records the quantizer flags' first defaults, so fp32
   // checkpoints resume whatever those flags (and their defaults) say.
@@ -153,7 +164,6 @@ std::string ResNetTrainConfig::fingerprint() const {
     << " batch=" << batch << " lr=" << lr << " momentum=" << momentum << " weight_decay=" << weight_decay
     << " warmup_epochs=" << warmup_epochs << " seed=" << seed;
   if (!fp32 && weight_clip != "none") s << " weight_clip=" << weight_clip;  // absent before the flag existed (and when none)
-  if (image_layout() == ImageLayout::nhwc) s << " layout=nhwc";  // absent before the flag existed (and when nchw)
   if (grad_bits != 0) s << " grad_bits=" << grad_bits;
   s << act_scaling.fingerprint();
   return s.str();
@@ -207,7 +217,7 @@ std::vector<EpochMetrics> train_resnet(const ResNetTrainConfig& c) {
       if (it == ckpt.info.end()) throw IOError("checkpoint " + c.resume + " has no '" + key + "' entry");
       return it->second;
     };
-    if (info("trainer") != "resnet" || info("config") != c.fingerprint())
+    if (info("trainer") != "resnet" || without_layout(info("config")) != c.fingerprint())
       throw ValueError("checkpoint " + c.resume + " was written by a different configuration:\n  checkpoint: " +
                        info("config") + "\n  this run:   " + c.fingerprint());
     note_absent_state(io::restore(ckpt, c.resume, model, &optimizer), c.resume, verbose);

@@ -26,8 +26,10 @@ struct ResNetTrainConfig {
   std::int64_t depth = 20;
   std::int64_t width = 16;
   std::string norm = "l2";  // l2: BatchNorm2d, l1: L1BatchNorm2d
-  // The activations' memory order (ResNetOptions::layout): nchw | nhwc (channels-last: the
-  // quantized convolutions and L1 norms without layout moves; the fp32 convolution permutes).
+  // The activations' memory order (ResNetOptions::layout): nchw | nhwc (channels-last: the quantized
+  // convolutions and L1 norms without layout moves, the same results as nchw bit for bit; the fp32
+  // convolution permutes). Not part of the configuration's fingerprint: a checkpoint resumes in
+  // either layout.
   std::string layout = "nchw";
   // precision: bits 0 = fp32; 2..8 = integer training (weights, activations, gradients)
   std::int64_t bits = 0;

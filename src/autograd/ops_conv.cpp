@@ -170,7 +170,9 @@ Tensor avg_pool2d(const Tensor& x, const Pool2dParams& params) {
 Tensor global_avg_pool2d(const Tensor& x, ImageLayout layout) {
   detail::check_f32(x, "global_avg_pool2d", "x");
   check_rank(x, 4, "global_avg_pool2d", "x");
-  return layout == ImageLayout::nhwc ? mean(x, {1, 2}) : mean(x, {2, 3});
+  // Channels-last input is moved to NCHW first (a small tensor: the last feature map), so that both
+  // layouts sum each channel in the same order and give the same bits.
+  return mean(layout == ImageLayout::nhwc ? permute(x, {0, 3, 1, 2}) : x, {2, 3});
 }
 
 }  // namespace shiftq

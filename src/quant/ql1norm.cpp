@@ -474,7 +474,8 @@ namespace {
 // it wrote; per-block column sums are integers, added in any order.
 
 // Codes of a [R, C] tensor with one scale per column: scale[c] = range[c] / qmax (1 where the range
-// is 0), q = round(x / scale[c]) (stochastic: keyed by the element's index r * C + c).
+// is 0), q = round(x / scale[c]) (stochastic: keyed by the element's index in the NCHW tensor, so
+// the draws are the NCHW layer's).
 struct ColumnCodes {
   Tensor codes;              // s8 [R, C]
   std::vector<float> scale;  // [C]
@@ -508,13 +509,16 @@ ColumnCodes column_codes(std::int64_t R, std::int64_t C, int bits, std::vector<f
   return out;
 }
 
-// The pack arguments of x (viewed as [R, C], the shape of `codes`) into `codes` with
-// y = x * (1 / scale[c]). The kernel reads row_mul[r] and row_pack[r] of every row even when it
-// skips them (col_mul_only): `ones` covers all R rows.
+// The pack arguments of x (viewed as [R, C], the shape of `codes`, R = N * pixels) into `codes`
+// with y = x * (1 / scale[c]). The kernel reads row_mul[r] and row_pack[r] of every row even when
+// it skips them (col_mul_only): `ones` covers all R rows. Stochastic draws take each element's
+// NCHW index ([N, C, pixels]; pixels = 0: the NHWC index), so that the gradient codes are those of
+// the NCHW layer.
 struct ColumnPack {
   std::vector<float> inv, ones;
   kernels::QuantizePackArgs args{};
-  ColumnPack(const Tensor& x, ColumnCodes& codes, int bits, Rounding rounding, const StochasticKey& key)
+  ColumnPack(const Tensor& x, ColumnCodes& codes, int bits, Rounding rounding, const StochasticKey& key,
+             std::int64_t pixels)
       : inv(codes.scale.size()),
         ones(static_cast<std::size_t>(std::max(codes.codes.size(0), codes.codes.size(1))), 1.0f) {
     for (std::size_t c = 0; c < inv.size(); ++c) inv[c] = 1.0f / codes.scale[c];
@@ -530,6 +534,7 @@ struct ColumnPack {
     args.key = rounding == Rounding::stochastic ? key.derive() : 0;
     args.out = codes.codes.data<std::int8_t>();
     args.col_mul_only = true;
+    args.index_plane = pixels;
   }
   void pack_rows(std::int64_t r0, std::int64_t r1) const { kernels::quantize_pack_f32_s8(args, r0, r1); }
 };
@@ -592,7 +597,7 @@ TrainingForward nhwc_training_forward(const Tensor& x, const Tensor& gamma, cons
   check_layout(l, "quantized_l1_batch_norm2d");
   const std::int64_t R = l.outer, C = l.groups, grain = std::max<std::int64_t>(1, 4096 / C);
   ColumnCodes xq = column_codes(R, C, bits, column_ranges(x, R, C, "l1_batch_norm2d input"));
-  const ColumnPack pack(x, xq, bits, Rounding::nearest_even, {});
+  const ColumnPack pack(x, xq, bits, Rounding::nearest_even, {}, /*pixels=*/0);  // no draws
   const std::int8_t* q = xq.codes.data<std::int8_t>();
   std::vector<std::int64_t> s1(static_cast<std::size_t>(C), 0), abs_dev(s1), sign(s1);
   std::mutex mutex;
@@ -627,6 +632,7 @@ struct NormBackward {
   GroupStats st;
   Layout l;
   bool channels_last;
+  std::int64_t pixels;  // P, the pixels of an image
   float c;
   Tensor gamma;
   bool need_gamma, need_beta;
@@ -690,7 +696,7 @@ std::vector<Tensor> nhwc_backward(const NormBackward& nb, const Tensor& dy, std:
   const std::int64_t R = nb.l.outer, C = nb.l.groups, grain = std::max<std::int64_t>(1, 4096 / C);
   if (dy_ranges.empty()) dy_ranges = column_ranges(dy, R, C, "l1_batch_norm2d output gradient");
   ColumnCodes dq = column_codes(R, C, nb.bits, std::move(dy_ranges));
-  const ColumnPack pack(dy, dq, nb.bits, Rounding::stochastic, nb.key);
+  const ColumnPack pack(dy, dq, nb.bits, Rounding::stochastic, nb.key, nb.pixels);
   const std::int8_t* q = nb.codes.data<std::int8_t>();
   const std::int8_t* d = dq.codes.data<std::int8_t>();
   std::vector<std::int64_t> sum_d(static_cast<std::size_t>(C), 0), sum_dq(sum_d);
@@ -762,7 +768,7 @@ void record_statistics(const TrainingForward& f, RangeObserver* input_range, L1B
 
 NormBackward backward_state(const TrainingForward& f, const ImageShape& s, const L1BatchNormState& state,
                             const Tensor& gamma, const Tensor& beta, int bits, const QuantCall& call) {
-  return {f.maps.codes, f.st, s.layout(), s.channels_last, state.c, gamma.detach(),
+  return {f.maps.codes, f.st, s.layout(), s.channels_last, s.P, state.c, gamma.detach(),
           gamma.defined() && gamma.requires_grad(), beta.defined() && beta.requires_grad(), bits, norm_gradient_key(call)};
 }
 }  // namespace
