@@ -20,6 +20,15 @@ void TensorNumerics::merge(const TensorNumerics& o) {
   for (std::size_t e = 0; e < exponent_histogram.size(); ++e) exponent_histogram[e] += o.exponent_histogram[e];
 }
 
+namespace {
+// Exponent k of element (r, c) (see QTensor::exponents).
+std::int64_t exponent_index(const QTensor& q, std::int64_t r, std::int64_t c) {
+  if (q.inner_axis == 1) return c;
+  if (q.sample_groups == 0) return r;
+  return r / (q.rows() / q.sample_groups) * q.cols() + c;
+}
+}  // namespace
+
 TensorNumerics measure_quantization(const Tensor& x, const QTensor& q) {
   check_dtype(x, DType::f32, "measure_quantization", "x");
   SHIFTQ_CHECK(x.dim() == 2 && x.size(0) == q.rows() && x.size(1) == q.cols(), ShapeError, "measure_quantization: x ",
@@ -35,11 +44,16 @@ TensorNumerics measure_quantization(const Tensor& x, const QTensor& q) {
   const float* ph = xh.data<float>();
   const std::int8_t* pv = v.data<std::int8_t>();
   const std::int8_t* e = q.exponents.defined() ? q.exponents.data<std::int8_t>() : nullptr;
+  if (e) {
+    const std::int64_t groups = q.inner_axis == 1 ? C : q.sample_groups == 0 ? R : q.sample_groups * C;
+    SHIFTQ_CHECK(q.exponents.numel() == groups && (q.sample_groups == 0 || R % q.sample_groups == 0), ShapeError,
+                 "measure_quantization: exponents ", q.exponents.str(), " do not match the codes ", q.codes.str());
+  }
   const int qmax = q.qmax();
   for (std::int64_t r = 0; r < R; ++r)
     for (std::int64_t c = 0; c < C; ++c) {
       const std::int64_t i = r * C + c;
-      const int group_e = e ? e[q.inner_axis == 1 ? c : r] : 0;
+      const int group_e = e ? e[exponent_index(q, r, c)] : 0;
       const int top = qmax << (q.shift_budget - group_e);  // the group's largest |v|
       const float xi = px[i];
       const double d = static_cast<double>(ph[i]) - static_cast<double>(xi);
@@ -51,7 +65,7 @@ TensorNumerics measure_quantization(const Tensor& x, const QTensor& q) {
       if (std::abs(static_cast<int>(pv[i])) >= top && std::fabs(xi) > std::fabs(ph[i]) * (1.0f + 1e-6f)) ++out.saturated;
       if (pv[i] == 0 && xi != 0.0f) ++out.zeros;
     }
-  if (e)
+  if (e && q.shift_budget > 0)  // S = 0 has no groups: e = 0 throughout, over a layout-dependent axis
     for (std::int64_t k = 0; k < q.exponents.numel(); ++k) ++out.exponent_histogram[std::clamp<int>(e[k], 0, 8)];
   const float* s = q.scales.data<float>();
   float smax = 0.0f;

@@ -315,7 +315,10 @@ Tensor quantized_conv2d(const Tensor& x, const Tensor& weight, const Tensor& bia
   QTensor x_nhwc = channels_last ? internal::quantize_activation(x.view({s.N * HW, s.C}), x_params, call,
                                                                  "conv2d input", x_params.shift_budget > 0 ? s.N : 0)
                                  : internal::quantize_activation(x.view({s.N * s.C, HW}), x_params, call, "conv2d input");
-  if (!channels_last) x_nhwc.codes = to_channels_last(x_nhwc.codes, s);
+  if (!channels_last) {  // the same codes and exponents, now as channels-last [N*H*W, C]
+    x_nhwc.codes = to_channels_last(x_nhwc.codes, s).view({s.N * HW, s.C});
+    if (x_nhwc.exponents.defined()) x_nhwc.sample_groups = s.N;
+  }
   return conv_on_codes(s, x_nhwc, x, weight, bias, packed, config, call);
 }
 
@@ -328,7 +331,7 @@ Tensor quantized_conv2d(const CodedActivation& x, const Tensor& weight, const Te
   const std::int64_t N = codes.size(0), H = codes.size(1), W = codes.size(2), C = codes.size(3);
   SHIFTQ_CHECK(x.q.codes.defined() && x.q.codes.storage_id() == codes.storage_id() && x.q.rows() == N * H * W &&
                    x.q.cols() == C && x.q.unsigned_codes() && x.q.scale_axis() < 0 && x.q.inner_axis == 0 &&
-                   x.q.exponents.numel() == N * C,
+                   x.q.sample_groups == N && x.q.exponents.numel() == N * C,
                ValueError, "quantized_conv2d: a coded input needs q.codes = its codes viewed as [N*H*W, C] (u8), a "
                "per-tensor scale and one exponent per (sample, channel); got codes ", codes.str());
   SHIFTQ_CHECK(!x.observer || !call.input_range || x.observer == call.input_range, ValueError,

@@ -489,6 +489,7 @@ QTensor quantize_sample_channels_impl(const Tensor& x, std::int64_t samples, std
   q.bits = p.bits;
   q.shift_budget = S;
   q.inner_axis = 0;
+  q.sample_groups = samples;
   q.outer = OuterScale::per_tensor;
   q.exponents = Tensor::empty({groups}, DType::s8);
   q.scales = Tensor::ones({1});

@@ -90,6 +90,69 @@ TEST(ChannelsLast, QuantizedConvEqualsChannelsFirstBitForBit) {
   }
 }
 
+void expect_same_numerics(const quant::TensorNumerics& a, const quant::TensorNumerics& b, const char* what) {
+  SCOPED_TRACE(what);
+  EXPECT_GT(a.elements, 0);
+  EXPECT_EQ(a.elements, b.elements);
+  EXPECT_EQ(a.saturated, b.saturated);
+  EXPECT_EQ(a.zeros, b.zeros);
+  EXPECT_EQ(a.exponent_histogram, b.exponent_histogram);
+  EXPECT_EQ(a.range, b.range);
+  EXPECT_EQ(a.input_absmax, b.input_absmax);
+  // The same terms, summed in another order in double
+  EXPECT_NEAR(a.error_sq, b.error_sq, 1e-12 * a.value_sq);
+  EXPECT_NEAR(a.value_sq, b.value_sq, 1e-12 * a.value_sq);
+}
+
+// The monitor measures the same quantizations in both layouts (they are bit-identical), including
+// channels-last ShiftQuant's per-(sample, channel) exponents when C equals H*W.
+TEST(ChannelsLast, NumericsMonitorReportsWhatChannelsFirstReports) {
+  const ConvCase cases[] = {
+      {"shiftquant S=3 unsigned + mse", shiftquant_activations(4, true, true), true, 16, 1},
+      {"shiftquant S=4, signed input", shiftquant_activations(4, false, false), false, 5, 2},
+      {"per-tensor 4-bit", QConfig::bits(4), false, 5, 1},
+  };
+  for (const ConvCase& c : cases) {
+    for (const std::int64_t side : {4, 9}) {  // 4: C = H*W = 16 in the first case
+      SCOPED_TRACE(testing::Message() << c.name << ", " << side << "x" << side);
+      Generator gen(23);
+      nn::Conv2d nchw(nn::Conv2dOptions{c.in_channels, 6, 3}.stride(c.stride).padding(1), gen);
+      nn::Conv2d nhwc(nn::Conv2dOptions{c.in_channels, 6, 3}.stride(c.stride).padding(1).layout(ImageLayout::nhwc), gen);
+      {
+        NoGradGuard copy;
+        nhwc.weight.copy_(nchw.weight);
+        nhwc.bias.copy_(nchw.bias);
+      }
+      for (nn::Conv2d* conv : {&nchw, &nhwc}) {
+        conv->set_quantization(c.config, 5, 2);
+        conv->set_numerics_monitor(true);
+      }
+      for (int call = 0; call < 2; ++call) {
+        // Channel c at 2^-(c % 4): groups with different exponents
+        std::vector<float> channel_scale;
+        for (std::int64_t k = 0; k < c.in_channels; ++k) channel_scale.push_back(std::ldexp(1.0f + 4.0f * call, -int(k % 4)));
+        Tensor x = mul(Tensor::randn({3, c.in_channels, side, side}, gen),
+                       Tensor::from_vector(channel_scale, {1, c.in_channels, 1, 1}));
+        if (c.relu_input) x = relu(x);
+        const Tensor x_first = x.clone().set_requires_grad(true), x_last = to_nhwc(x).set_requires_grad(true);
+        const Tensor y_first = nchw(x_first), y_last = nhwc(x_last);
+        const Tensor r = Tensor::randn(y_first.shape(), gen);
+        sum(mul(y_first, r)).backward();
+        sum(mul(y_last, to_nhwc(r))).backward();
+      }
+      ASSERT_NE(nchw.numerics(), nullptr);
+      ASSERT_NE(nhwc.numerics(), nullptr);
+      EXPECT_EQ(nchw.numerics()->calls, 2);
+      EXPECT_EQ(nhwc.numerics()->calls, 2);
+      expect_same_numerics(nchw.numerics()->input, nhwc.numerics()->input, "input");
+      if (c.config.activations.shift_budget > 0) {
+        EXPECT_GT(nchw.numerics()->input.exponent_histogram[2], 0);
+      }
+      expect_same_numerics(nchw.numerics()->grad_output, nhwc.numerics()->grad_output, "output gradient");
+    }
+  }
+}
+
 // Training forward and backward (twice: running statistics and observed ranges), then eval on
 // integer codes: bit for bit. The backward's stochastic roundings draw by each element's NCHW index
 // (QuantizePackArgs::index_plane), so the gradient codes, and with them every gradient, are the

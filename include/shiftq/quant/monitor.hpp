@@ -20,7 +20,7 @@ struct TensorNumerics {
   float range = 0.0f;          // the range quantized with: s * qmax (per-tensor scales), else the largest
   float input_absmax = 0.0f;   // max |x|
   int bits = 0, shift_budget = 0;
-  // Groups per exponent e = 0..8 along the inner axis (ShiftQuant's shift budget in use; S = 0: all 0).
+  // ShiftQuant groups per exponent e = 0..8 (the shift budget in use); all 0 when S = 0.
   std::array<std::int64_t, 9> exponent_histogram{};
 
   double saturation_rate() const { return elements ? static_cast<double>(saturated) / static_cast<double>(elements) : 0.0; }

@@ -121,7 +121,9 @@ struct QuantizeParams {
 
 // An int8 matrix with its metadata. codes: [R, C] packed values, s8 = v or u8 = v + 128;
 // scales: f32 outer scales ([R] when inner_axis = 1, [C] when inner_axis = 0, [1] per tensor);
-// exponents: s8 e along the inner axis ([C] or [R]), kept for inspection (folded into v).
+// exponents: s8 e along the inner axis ([C] or [R]), kept for inspection (folded into v); with
+// sample_groups > 0 (inner_axis 0), one per (sample, column) instead: [sample_groups * C], group
+// n * C + c over rows [n * R / sample_groups, (n + 1) * R / sample_groups) of column c.
 // row_sums / col_sums: optional s32 sums of v over each row ([R]) / column ([C]), precomputed by
 // compute_sums() for operands reused across GEMMs (weights): they give the u8 GEMM's compensation.
 struct QTensor {
@@ -133,6 +135,7 @@ struct QTensor {
   int bits = 8;
   int shift_budget = 0;
   int inner_axis = 1;
+  std::int64_t sample_groups = 0;  // samples of the per-(sample, column) exponents; 0: along the inner axis
   OuterScale outer = OuterScale::per_index;
   bool nonnegative = false;  // quantized with the unsigned range: v in [0, qmax()]
   // What the quantizer saw of its input, for an observer (per-tensor outer scales only; -1 otherwise):
