@@ -134,6 +134,7 @@ void BM_PackWeights_shiftquant(benchmark::State& state) {
 void gemm_shapes(benchmark::internal::Benchmark* b) {
   const std::vector<Shape3> shapes = {
       {256, 1024, 1024}, {1024, 1024, 1024}, {256, 4096, 1024},  // Transformer Linear shapes
+      {4096, 1024, 256}, {4096, 256, 1024},                       // char-GPT fc1, fc2 (32 x 128 tokens)
       {100352, 16, 144}, {25088, 32, 288}, {6272, 64, 576},     // ResNet-20 convs as GEMM (batch 128)
   };
   for (const Shape3& s : shapes)

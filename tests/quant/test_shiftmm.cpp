@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <vector>
 
 #include <shiftq/quant/shiftmm.hpp>
 #include <shiftq/shiftq.hpp>
@@ -92,6 +93,36 @@ TEST(ShiftMM, OptimizedAccumulatorBitExactAgainstReferenceAllTranspositions) {
         EXPECT_EQ(fast.acc.to_vector<std::int32_t>(), ref.acc.to_vector<std::int32_t>()) << "K=" << K;
       }
   }
+}
+
+// Outputs above 4 MiB of int32 are computed in row blocks, each GEMM'd and scaled on its own (on
+// the threads): the result must equal one GEMM over all rows (shiftmm_s32) scaled by the reference
+// epilogue, for every transposition, both A code forms, a partial last block and 1 or 2 threads.
+TEST(ShiftMM, RowBlockedLargeOutputsEqualOneGemmBitForBit) {
+  Generator gen(7);
+  const std::int64_t M = 1100, N = 1000, K = 24;  // 4.4 MB of int32: blocks of 262 rows, the last 52
+  const int threads_before = get_num_threads();
+  for (Trans ta : {Trans::N, Trans::T})
+    for (Trans tb : {Trans::N, Trans::T})
+      for (bool u8 : {false, true}) {
+        SCOPED_TRACE(testing::Message() << "ta " << (ta == Trans::N ? "N" : "T") << " tb " << (tb == Trans::N ? "N" : "T")
+                                        << (u8 ? " u8 A" : " s8 A"));
+        const Tensor A = ta == Trans::N ? heavy_tailed(M, K, gen) : heavy_tailed(K, M, gen);
+        const Tensor B = tb == Trans::N ? heavy_tailed(K, N, gen) : heavy_tailed(N, K, gen);
+        QuantizeParams pa = QuantizeParams::shiftquant(4, 4, ta == Trans::N ? 1 : 0);
+        const QTensor qa = quantize(A, u8 ? pa.with_unsigned_codes() : pa);
+        const QTensor qb = quantize(B, QuantizeParams::shiftquant(4, 4, tb == Trans::N ? 0 : 1));
+        const ShiftMMResult acc = shiftmm_s32(qa, ta, qb, tb);
+        std::vector<float> expected(static_cast<std::size_t>(M * N));
+        const kernels::ScaleEpilogue e{acc.row_scale.data<float>(), 1, acc.shift_scale, acc.col_scale.data<float>(), 1,
+                                       nullptr};
+        kernels::scale_s32_f32_ref(acc.acc.data<std::int32_t>(), N, e, 0, M, N, expected.data(), N);
+        for (int threads : {1, 2}) {
+          set_num_threads(threads);
+          EXPECT_EQ(shiftmm(qa, ta, qb, tb).to_vector<float>(), expected) << threads << " threads";
+        }
+      }
+  set_num_threads(threads_before);
 }
 
 TEST(ShiftMM, ShiftQuantProductBeatsPerTensorOnHeavyTailedGradients) {
