@@ -115,6 +115,7 @@ io::TrainingCheckpoint make_checkpoint(const GPTTrainConfig& c, GPT& model, cons
                {"act_quant", c.act_quant},
                {"act_clip", c.act_clip},
                {"weight_clip", c.weight_clip},
+               {"weight_quant", c.weight_quant},
                {"act_rotation", c.act_rotation},
                {"act_scaling", c.act_scaling.mode + ":" + std::to_string(c.act_scaling.history)},
                {"head_bits", std::to_string(c.head_bits)},
@@ -141,6 +142,7 @@ void GPTTrainConfig::validate() const {
           "--act-quant must be per-tensor, shiftquant, shiftquant-tokens or per-token");
   require(act_clip == "none" || act_clip == "mse", "--act-clip must be none or mse");
   require(weight_clip == "none" || weight_clip == "mse", "--weight-clip must be none or mse");
+  require(weight_quant == "shiftquant" || weight_quant == "per-channel", "--weight-quant must be shiftquant or per-channel");
   require(act_rotation == "none" || act_rotation == "hadamard", "--act-rotation must be none or hadamard");
   require(act_rotation == "none" || bits > 0, "--act-rotation needs integer training (--bits)");
   require(head_bits == 0 || (head_bits >= 2 && head_bits <= 8), "--head-bits must be 0 (same as --bits) or 2..8");
@@ -170,6 +172,7 @@ std::string GPTTrainConfig::fingerprint() const {
   if (attn_bits != 0) s << " attn_bits=" << attn_bits;
   if (act_clip != "none") s << " act_clip=" << act_clip;
   if (weight_clip != "none") s << " weight_clip=" << weight_clip;
+  if (weight_quant != "shiftquant") s << " weight_quant=" << weight_quant;
   if (act_rotation != "none") s << " act_rotation=" << act_rotation;
   if (grad_bits != 0) s << " grad_bits=" << grad_bits;
   s << act_scaling.fingerprint();
@@ -192,6 +195,10 @@ quant::QConfig GPTTrainConfig::qconfig() const {
   if (act_quant == "shiftquant-tokens") q.linear_input_groups = quant::LinearInputGroups::rows;
   if (act_quant == "per-token") q.linear_input_groups = quant::LinearInputGroups::row_scales;
   if (act_rotation == "hadamard") q.linear_input_rotation = quant::LinearInputRotation::hadamard;
+  if (weight_quant == "per-channel") {
+    q.weights.kind = quant::QuantizerKind::per_row;
+    q.weights.shift_budget = 0;
+  }
   act_scaling.apply(q);
   return q;
 }
@@ -346,7 +353,8 @@ GPTTrainConfig model_config(const io::TrainingCheckpoint& ckpt, const std::strin
   c.grad_quant = info_entry(ckpt, checkpoint, "grad_quant");
   // Written since the flags existed; older checkpoints hold the defaults.
   for (auto [key, field] : {std::pair{"act_quant", &c.act_quant}, std::pair{"act_clip", &c.act_clip},
-                            std::pair{"weight_clip", &c.weight_clip}, std::pair{"act_rotation", &c.act_rotation}})
+                            std::pair{"weight_clip", &c.weight_clip}, std::pair{"weight_quant", &c.weight_quant},
+                            std::pair{"act_rotation", &c.act_rotation}})
     if (ckpt.info.count(key)) *field = ckpt.info.at(key);
   for (auto [key, field] : {std::pair{"attn_bits", &c.attn_bits}, std::pair{"grad_bits", &c.grad_bits}})
     if (ckpt.info.count(key)) *field = info_int(ckpt, checkpoint, key);

@@ -28,6 +28,7 @@ struct GPTTrainConfig {
   std::string act_quant = "per-tensor";   // per-tensor | shiftquant (power-of-two groups over the input features, S = 8 - bits) | shiftquant-tokens (a group per token) | per-token (a float scale per token)
   std::string act_clip = "none";          // none | mse (QuantizeParams::mse_clip)
   std::string weight_clip = "none";       // none | mse (QuantizeParams::mse_clip)
+  std::string weight_quant = "shiftquant";  // shiftquant (power-of-two exponents per output channel on a per-tensor base) | per-channel (a float scale per output channel)
   std::string act_rotation = "none";      // none | hadamard (QConfig::linear_input_rotation)
   std::int64_t head_bits = 8;             // output head (0 = same as --bits)
   std::int64_t attn_bits = 0;             // attention matmuls Q K^T and P V (0 = the activation bits)

@@ -40,9 +40,9 @@ void QConfig::validate() const {
                "QConfig: first_last_bits must be 0 or in [2, 8], got ", first_last_bits);
   SHIFTQ_CHECK(norm_bits == 0 || (norm_bits >= 2 && norm_bits <= 8), ValueError,
                "QConfig: norm_bits must be 0 or in [2, 8], got ", norm_bits);
-  SHIFTQ_CHECK(weights.kind != QuantizerKind::per_row && activations.kind != QuantizerKind::per_row, ValueError,
-               "QConfig: per-row weights or activations would put float scales on a contraction axis of a "
-               "backward GEMM; use per_tensor or shiftquant");
+  SHIFTQ_CHECK(activations.kind != QuantizerKind::per_row, ValueError,
+               "QConfig: per-row activations would put float scales on a contraction axis of a backward GEMM; "
+               "use per_tensor or shiftquant (or LinearInputGroups::row_scales for Linear inputs)");
   observer.validate();
 }
 
@@ -61,8 +61,9 @@ QConfig QConfig::for_layer(bool first_or_last) const {
 }
 
 std::string QConfig::str() const {
-  auto role = [](const TensorQConfig& t) {
-    return detail::cat(kind_name(t.kind), " ", t.bits, "-bit",
+  auto role = [](const TensorQConfig& t, bool weights = false) {
+    const char* kind = weights && t.kind == QuantizerKind::per_row ? "per-channel" : kind_name(t.kind);
+    return detail::cat(kind, " ", t.bits, "-bit",
                        t.kind == QuantizerKind::shiftquant ? detail::cat(" S=", t.shift_budget) : std::string(),
                        t.rounding == Rounding::stochastic ? " stochastic" : " nearest",
                        t.nonnegative_range && (t.kind == QuantizerKind::per_tensor ||
@@ -81,7 +82,7 @@ std::string QConfig::str() const {
   const std::string linear_inputs =
       *rows || rotated ? detail::cat(" (Linear inputs: ", rows, *rows && rotated ? ", " : "", rotated ? "Hadamard-rotated" : "", ")")
                        : std::string();
-  return detail::cat("weights: ", role(weights), "; activations: ", role(activations), linear_inputs, "; gradients: ",
+  return detail::cat("weights: ", role(weights, true), "; activations: ", role(activations), linear_inputs, "; gradients: ",
                      role(gradients), "; first/last layer: ",
                      first_last_bits ? detail::cat(first_last_bits, "-bit") : std::string("same"),
                      "; L1 norms: ", norm_bits ? detail::cat(norm_bits, "-bit integer") : std::string("float"),

@@ -266,6 +266,9 @@ ConvShape conv_shape(const Tensor& x, std::int64_t in_c, std::int64_t in_h, std:
 // carries the input's autograd edge (x itself, or a coded activation's codes).
 Tensor conv_on_codes(const ConvShape& s, const QTensor& x_nhwc, const Tensor& input, const Tensor& weight,
                      const Tensor& bias, PackedWeight& packed, const QConfig& config, const QuantCall& call) {
+  SHIFTQ_CHECK(config.weights.kind != QuantizerKind::per_row, ValueError,
+               "quantized_conv2d: per-channel weight scales (QuantizerKind::per_row) apply to Linear layers only; "
+               "quantize convolution weights with shiftquant or per_tensor");
   SHIFTQ_CHECK(x_nhwc.unsigned_codes() && x_nhwc.scale_axis() < 0, Error,
                "quantized_conv2d: internal error: activation codes must be u8 with a per-tensor scale");
   // W: [O, C, KH, KW] -> [O, KH, KW, C], the patch order of the channels-last im2col.

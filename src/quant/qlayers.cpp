@@ -30,8 +30,10 @@ QuantizeParams params_for(const TensorQConfig& c, int inner_axis, OuterScale out
 }
 
 // W: [out, in]: groups over the output channels, one per-tensor base (reused as B in Y = X W^T and
-// dX = dY W, where either axis is the contraction axis).
+// dX = dY W, where either axis is the contraction axis); per_row: a float scale per output channel
+// (Linear layers: dX = dY W moves them into dY's columns).
 QuantizeParams weight_params(const TensorQConfig& c) {
+  if (c.kind == QuantizerKind::per_row) return QuantizeParams::per_row(c.bits).with_mse_clip(c.mse_clip);
   return params_for(c, 0, OuterScale::per_tensor).with_mse_clip(c.mse_clip);
 }
 
@@ -224,6 +226,7 @@ Tensor linear_impl(const Tensor& x, const Tensor& weight, const Tensor& bias, Pa
   // features or rows). With the Hadamard rotation both operands are rotated first: Y = (X H)(W H)^T.
   const std::int64_t block = rotation_block(config, in_f);
   const bool row_scales = config.linear_input_groups == LinearInputGroups::row_scales;
+  const bool channel_scales = config.weights.kind == QuantizerKind::per_row;
   const QTensor xq = quantize_linear_input(rotated(x.view({rows, in_f}), block), config, call);
   const QTensor wq = packed.get(
       weight, out_f, in_f, config.weights, [block](const Tensor& w) { return rotated(w, block); }, block);
@@ -234,7 +237,7 @@ Tensor linear_impl(const Tensor& x, const Tensor& weight, const Tensor& bias, Pa
   if (any_requires_grad({&x, &weight, &bias})) internal::count_saved_bytes(static_cast<std::int64_t>(xq.codes.nbytes()));
   const Tensor saved_bias = gelu && bias.defined() ? bias.detach() : Tensor();
   return record(gelu ? "quantized_linear_gelu" : "quantized_linear", y, {&x, &weight, &bias},
-                [xq, wq, gradients = config.gradients, block, row_scales, dx_key = call.gradient_key(0),
+                [xq, wq, gradients = config.gradients, block, row_scales, channel_scales, dx_key = call.gradient_key(0),
                  dw_key = call.gradient_key(1), numerics = call.numerics, gx, gw, gb, rows, out_f,
                  in_shape = x.shape(), gelu, saved_bias, bias_version = saved_bias.defined() ? saved_bias.version() : 0](
                     const Tensor& g) {
@@ -246,9 +249,11 @@ Tensor linear_impl(const Tensor& x, const Tensor& weight, const Tensor& bias, Pa
     }
     Tensor dx, dw, db;
     if (gx) {  // dX: [rows, in] = dY · W (rotated: (dY · (W H)) H)
-      const QTensor gq = quantize(g2, internal::gradient_params(gradients, false, dx_key), "linear output gradient");
-      internal::measure_gradient(g2, gq, numerics);
-      dx = rotate_back(shiftmm(gq, Trans::N, wq, Trans::N), block).view(in_shape);
+      // With channel scales t, W^ = diag(t) V: dX = (dY diag(t)) V, the scales moved into dY's columns.
+      const Tensor g_cols = channel_scales ? mul(g2, wq.scales.view({1, out_f})) : g2;
+      const QTensor gq = quantize(g_cols, internal::gradient_params(gradients, false, dx_key), "linear output gradient");
+      internal::measure_gradient(g_cols, gq, numerics);
+      dx = rotate_back(shiftmm(gq, Trans::N, channel_scales ? unit_scaled_codes(wq) : wq, Trans::N), block).view(in_shape);
     }
     if (gw) {  // dW: [out, in] = dY^T · X (X from its saved int8 codes; rotated: (dY^T · (X H)) H)
       // With row scales s, X^ = diag(s) V: dW = (diag(s) dY)^T V, the scales moved into dY's rows.

@@ -486,6 +486,7 @@ TEST_F(TrainerTest, GptPrecisionFlagsRoundTripThroughTheCheckpoint) {
   c.act_quant = "shiftquant";
   c.act_clip = "mse";
   c.act_rotation = "hadamard";
+  c.weight_quant = "per-channel";
   c.attn_bits = 8;
   c.grad_bits = 6;
   c.act_scaling.history = 8;  // the observers' shape: [8, d_model]
@@ -496,10 +497,13 @@ TEST_F(TrainerTest, GptPrecisionFlagsRoundTripThroughTheCheckpoint) {
   EXPECT_NE(ckpt.info.at("config").find("act_quant=shiftquant"), std::string::npos);
   EXPECT_NE(ckpt.info.at("config").find("act_rotation=hadamard"), std::string::npos);
   EXPECT_EQ(ckpt.info.at("act_rotation"), "hadamard");
+  EXPECT_NE(ckpt.info.at("config").find("weight_quant=per-channel"), std::string::npos);
+  EXPECT_EQ(ckpt.info.at("weight_quant"), "per-channel");
   // The sampler rebuilds the model with the same precision.
   const GPTTrainConfig read = gpt_model_config(path("flags.safetensors"));
   EXPECT_EQ(read.qconfig().str(), c.qconfig().str());
   EXPECT_EQ(read.precision(), c.precision());
+  EXPECT_NE(read.precision().find("weights: per-channel 4-bit"), std::string::npos) << read.precision();
   EXPECT_EQ(read.attn_bits, c.attn_bits);
   SampleOptions s;
   s.prompt = "the ";
@@ -516,6 +520,9 @@ TEST_F(TrainerTest, GptPrecisionFlagsRoundTripThroughTheCheckpoint) {
       << c.precision();
   EXPECT_NE(c.fingerprint().find("act_quant=per-token"), std::string::npos);
   c.act_rotation = "givens";
+  EXPECT_THROW(c.validate(), UsageError);
+  c.act_rotation = "none";
+  c.weight_quant = "per-tensor";
   EXPECT_THROW(c.validate(), UsageError);
 }
 

@@ -172,6 +172,44 @@ TEST(QuantizedLinear, RowScaleGradientsAreUnbiased) {
   expect_gradients_close_to_fp32(fc, x, r);
 }
 
+QConfig with_channel_scales(QConfig c) {
+  c.weights.kind = quant::QuantizerKind::per_row;
+  c.weights.shift_budget = 0;
+  return c;
+}
+
+// Channel scales (a float scale per output channel of W) are on dX = dY W's contraction axis: the
+// backward moves them into dY's columns. The forward is X^ W^^T with W^ quantized per row, and
+// E[dX] = R W^, E[dW] = R^T X^. On channels whose ranges are not powers of two apart they fit W
+// closer than ShiftQuant's power-of-two exponents.
+TEST(QuantizedLinear, ChannelScaleWeightsForwardAndUnbiasedGradients) {
+  Generator gen(4);
+  nn::Linear fc(nn::LinearOptions{32, 16}.bias(false), gen);
+  {
+    NoGradGuard no_grad;
+    for (std::int64_t o = 0; o < 16; ++o)
+      for (std::int64_t i = 0; i < 32; ++i) fc.weight.data<float>()[o * 32 + i] *= 1.0f + 0.37f * static_cast<float>(o);
+  }
+  quantize_alone(fc, with_channel_scales(QConfig::bits(4)));
+  const Tensor x = Tensor::randn({24, 32}, gen).set_requires_grad(true);
+  const Tensor r = Tensor::randn({24, 16}, gen);
+  const DrawnGradients g = draw_gradients(fc, x, r);
+  const quant::QTensor& wq = fc.packed_weight().value();
+  EXPECT_EQ(wq.scales.numel(), 16);
+  const Tensor w_hat = wq.dequantize();
+  EXPECT_EQ(w_hat.to_vector<float>(),
+            quant::quantize(fc.weight.detach(), quant::QuantizeParams::per_row(4)).dequantize().to_vector<float>());
+  const Tensor x_hat = quant::quantize(x.detach(), quant::QuantizeParams::per_tensor(4)).dequantize();
+  EXPECT_LT(rel_error(fc(x.detach()), matmul(x_hat, transpose(w_hat, 0, 1))), 1e-6);
+  expect_unbiased("channel scales unbiased", g, matmul(r, w_hat), matmul(transpose(r, 0, 1), x_hat));
+  const Tensor w_shiftquant =
+      quant::quantize(fc.weight.detach(), quant::QuantizeParams::shiftquant(4, 4, 0, quant::OuterScale::per_tensor))
+          .dequantize();
+  EXPECT_LT(rel_error(w_hat, fc.weight.detach()), 0.8 * rel_error(w_shiftquant, fc.weight.detach()));
+  quantize_alone(fc, with_channel_scales(QConfig::bits(8)));
+  expect_gradients_close_to_fp32(fc, x, r);
+}
+
 // x: [rows, cols] with each row's blocks Hadamard-transformed (a copy).
 Tensor hadamard(const Tensor& x, std::int64_t block) {
   Tensor r = x.detach().clone();
@@ -401,6 +439,9 @@ TEST(QuantizedLayers, QConfigDescribesItself) {
   EXPECT_NE(c.str().find("(Linear inputs: a float scale per row, MSE-clipped, Hadamard-rotated); gradients"),
             std::string::npos)
       << c.str();
+  c.weights = {quant::QuantizerKind::per_row, 4, 0, quant::Rounding::nearest_even};
+  c.weights.mse_clip = true;
+  EXPECT_EQ(c.str().find("weights: per-channel 4-bit nearest (MSE-clipped range); activations"), 0u) << c.str();
 }
 
 TEST(QuantizedLayers, InvalidConfigurationsThrow) {
@@ -408,9 +449,14 @@ TEST(QuantizedLayers, InvalidConfigurationsThrow) {
   nn::Linear fc(nn::LinearOptions{4, 2}, gen);
   nn::L1BatchNorm2d bn(nn::L1BatchNormOptions{3});
   QConfig c = QConfig::bits(4);
-  c.weights.kind = quant::QuantizerKind::per_row;
+  c.weights.kind = quant::QuantizerKind::per_row;  // with S = 4: S is ShiftQuant's alone
   EXPECT_THROW(c.for_layer(false), ValueError);
   EXPECT_THROW(fc.set_quantization(c), ValueError);
+  c.weights.shift_budget = 0;  // per-channel weights: Linear layers only
+  EXPECT_NO_THROW(fc.set_quantization(c));
+  nn::Conv2d conv(nn::Conv2dOptions{2, 3, 3}, gen);
+  conv.set_quantization(c, 7, 0);
+  EXPECT_THROW(conv(Tensor::randn({1, 2, 5, 5}, gen)), ValueError);
   c = QConfig::bits(4);
   c.gradients.shift_budget = 5;  // 4 + 5 > 8
   EXPECT_THROW(c.for_layer(false), ValueError);

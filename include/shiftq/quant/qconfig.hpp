@@ -17,8 +17,11 @@
 
 namespace shiftq::quant {
 
-// per_row applies to gradients only: a float scale per row of a weight or an activation would fall
-// on the contraction axis of a backward GEMM, which one int8 GEMM cannot apply.
+// per_row: for gradients, a float scale per row; for weights, a float scale per output channel
+// (Linear layers only: max |w_o| / qmax, or its MSE-clipped range with mse_clip, S = 0). Those
+// scales fall on the contraction axis of dX = dY W, so that backward multiplies dY's columns by
+// them before quantizing dY (the rows of V = diag(t)^-1 W carry no scale). Not for activations
+// (LinearInputGroups::row_scales gives Linear inputs a float scale per row).
 enum class QuantizerKind : std::uint8_t { per_tensor, per_row, shiftquant };
 
 // Where a per-tensor activation range comes from.
@@ -93,8 +96,8 @@ struct QConfig {
   // three roles' bits in the first and last layer, with ShiftQuant's S = 8 - b; the result has
   // first_last_bits = 0, so resolving it again changes nothing. Validates.
   QConfig for_layer(bool first_or_last) const;
-  // Throws ValueError for bits or S out of range, MSE-clipped gradients, per-row weights or
-  // activations, or invalid observer options.
+  // Throws ValueError for bits or S out of range, MSE-clipped gradients, per-row activations, or
+  // invalid observer options.
   void validate() const;
   std::string str() const;  // "W4A4G4 (gradients: shiftquant S=4, stochastic; first/last 8-bit)"
 };
