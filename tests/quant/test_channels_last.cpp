@@ -47,6 +47,22 @@ struct ConvCase {
   std::int64_t in_channels, stride;
 };
 
+// The case's convolution in both layouts, with the same weights and quantization.
+struct ConvTwins {
+  nn::Conv2d nchw, nhwc;
+  ConvTwins(const ConvCase& c, Generator& gen)
+      : nchw(nn::Conv2dOptions{c.in_channels, 6, 3}.stride(c.stride).padding(1), gen),
+        nhwc(nn::Conv2dOptions{c.in_channels, 6, 3}.stride(c.stride).padding(1).layout(ImageLayout::nhwc), gen) {
+    {
+      NoGradGuard copy;
+      nhwc.weight.copy_(nchw.weight);
+      nhwc.bias.copy_(nchw.bias);
+    }
+    nchw.set_quantization(c.config, 5, 2);
+    nhwc.set_quantization(c.config, 5, 2);
+  }
+};
+
 // Two training calls (the first quantizes the input with its own range, the second with the
 // observed one: delayed scaling) and their backward passes, in both layouts, from the same weights.
 TEST(ChannelsLast, QuantizedConvEqualsChannelsFirstBitForBit) {
@@ -61,15 +77,8 @@ TEST(ChannelsLast, QuantizedConvEqualsChannelsFirstBitForBit) {
   for (const ConvCase& c : cases) {
     SCOPED_TRACE(c.name);
     Generator gen(21);
-    nn::Conv2d nchw(nn::Conv2dOptions{c.in_channels, 6, 3}.stride(c.stride).padding(1), gen);
-    nn::Conv2d nhwc(nn::Conv2dOptions{c.in_channels, 6, 3}.stride(c.stride).padding(1).layout(ImageLayout::nhwc), gen);
-    {
-      NoGradGuard copy;
-      nhwc.weight.copy_(nchw.weight);
-      nhwc.bias.copy_(nchw.bias);
-    }
-    nchw.set_quantization(c.config, 5, 2);
-    nhwc.set_quantization(c.config, 5, 2);
+    ConvTwins twins(c, gen);
+    nn::Conv2d &nchw = twins.nchw, &nhwc = twins.nhwc;
     for (int call = 0; call < 2; ++call) {
       Tensor x = mul(Tensor::randn({3, c.in_channels, 9, 7}, gen), 1.0f + static_cast<float>(call));
       if (c.relu_input) x = relu(x);
@@ -116,17 +125,10 @@ TEST(ChannelsLast, NumericsMonitorReportsWhatChannelsFirstReports) {
     for (const std::int64_t side : {4, 9}) {  // 4: C = H*W = 16 in the first case
       SCOPED_TRACE(testing::Message() << c.name << ", " << side << "x" << side);
       Generator gen(23);
-      nn::Conv2d nchw(nn::Conv2dOptions{c.in_channels, 6, 3}.stride(c.stride).padding(1), gen);
-      nn::Conv2d nhwc(nn::Conv2dOptions{c.in_channels, 6, 3}.stride(c.stride).padding(1).layout(ImageLayout::nhwc), gen);
-      {
-        NoGradGuard copy;
-        nhwc.weight.copy_(nchw.weight);
-        nhwc.bias.copy_(nchw.bias);
-      }
-      for (nn::Conv2d* conv : {&nchw, &nhwc}) {
-        conv->set_quantization(c.config, 5, 2);
-        conv->set_numerics_monitor(true);
-      }
+      ConvTwins twins(c, gen);
+      nn::Conv2d &nchw = twins.nchw, &nhwc = twins.nhwc;
+      nchw.set_numerics_monitor(true);
+      nhwc.set_numerics_monitor(true);
       for (int call = 0; call < 2; ++call) {
         // Channel c at 2^-(c % 4): groups with different exponents
         std::vector<float> channel_scale;
