@@ -83,24 +83,24 @@ GemmShape check_operands(const QTensor& a, Trans ta, const QTensor& b, Trans tb)
 // The operands of one int32 product, in the forms the GEMM kernel takes, prepared once for all
 // row blocks of the output.
 struct IntegerOperands {
-  Tensor va, a_u8, vb;               // A as s8 (s8 path) or u8 (u8 path); B as s8
+  Tensor a, b;                        // A's codes as u8 (u8 path) or s8; B's as s8
   std::vector<std::int32_t> offsets;  // u8 path: -128 * colsum(op(B))
   bool u8_path = false;
 };
 
 IntegerOperands integer_operands(const QTensor& a, const QTensor& b, Trans tb, const GemmShape& s) {
   IntegerOperands o;
-  o.vb = b.signed_codes();
+  o.b = b.signed_codes();
   o.u8_path = s.K <= kernels::kMaxGemmKu8s8 && kernels::int_gemm_prefers_u8(a.unsigned_codes());
   if (!o.u8_path) {
-    o.va = a.signed_codes();
+    o.a = a.signed_codes();
     return o;
   }
   // oneDNN's fastest int8 GEMM takes an unsigned A: A as u8 = v + 128 (quantize it that way to skip
   // the conversion), with 128 * colsum(B) subtracted through the GEMM's column offsets. Exact.
-  o.a_u8 = a.unsigned_codes() ? a.codes : internal::flip_code_form(a.codes, DType::u8);
+  o.a = a.unsigned_codes() ? a.codes : internal::flip_code_form(a.codes, DType::u8);
   // B's precomputed sums when it has them (weights packed once per step).
-  o.offsets = internal::u8_compensation(tb == Trans::N ? b.col_sums : b.row_sums, o.vb.data<std::int8_t>(), tb, s.K,
+  o.offsets = internal::u8_compensation(tb == Trans::N ? b.col_sums : b.row_sums, o.b.data<std::int8_t>(), tb, s.K,
                                         s.N);
   return o;
 }
@@ -109,12 +109,12 @@ IntegerOperands integer_operands(const QTensor& a, const QTensor& b, Trans tb, c
 void integer_product_rows(const IntegerOperands& o, Trans ta, Trans tb, const GemmShape& s, std::int64_t lda,
                           std::int64_t ldb, std::int64_t m0, std::int64_t m1, std::int32_t* c) {
   const std::int64_t a_offset = ta == Trans::N ? m0 * lda : m0;  // row m0 of op(A)
-  const std::int8_t* pb = o.vb.data<std::int8_t>();
+  const std::int8_t* pb = o.b.data<std::int8_t>();
   if (o.u8_path)
-    kernels::gemm_u8s8s32(ta, tb, m1 - m0, s.N, s.K, o.a_u8.data<std::uint8_t>() + a_offset, lda, pb, ldb, c, s.N,
+    kernels::gemm_u8s8s32(ta, tb, m1 - m0, s.N, s.K, o.a.data<std::uint8_t>() + a_offset, lda, pb, ldb, c, s.N,
                           o.offsets.data());
   else
-    kernels::gemm_s8s8s32(ta, tb, m1 - m0, s.N, s.K, o.va.data<std::int8_t>() + a_offset, lda, pb, ldb, c, s.N);
+    kernels::gemm_s8s8s32(ta, tb, m1 - m0, s.N, s.K, o.a.data<std::int8_t>() + a_offset, lda, pb, ldb, c, s.N);
 }
 
 // acc[M, N] = sum_k vA vB into `c` (ldc = N).
