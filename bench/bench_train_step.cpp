@@ -7,13 +7,15 @@
 //       (--act-quant shiftquant --act-clip mse --weight-clip mse: ShiftQuant activations, S = 3
 //       unsigned, and MSE-chosen group exponents). *_nhwc: the same models channels-last
 //       (ResNetOptions::layout = ImageLayout::nhwc, the trainer's --layout nhwc).
-//   BM_TrainStep_GPT/<fp32_l2|int6_l1|int4_l1|int4_l1_rot_pertoken_mse|int6_l1_pertoken_mse>/threads:<1|2>
+//   BM_TrainStep_GPT/<fp32_l2|int6_l1|int4_l1|int4_l1_rot_pertoken_mse|int4_l1_rot_pertokenblocks_mse|
+//                     int6_l1_pertoken_mse>/threads:<1|2>
 //       char-GPT, vocab 65, 4 layers, d 256, 4 heads, context 128, batch 32; AdamW (lr 1e-3, weight decay
 //       0.1) + clip_grad_norm 1.0. int6_l1: QConfig::bits(6) (head 8-bit), L1LayerNorm at 8 bits.
 //       int4_l1: the same at 4 bits. int4_l1_rot_pertoken_mse: the best 4-bit configuration of
 //       docs/results.md (--act-rotation hadamard --act-quant per-token --act-clip mse --weight-clip
 //       mse: Hadamard-rotated Linear inputs with an MSE-clipped float scale per token, MSE-chosen
-//       weight exponents). int6_l1_pertoken_mse: 6 bits with an MSE-clipped float scale per token
+//       weight exponents). int4_l1_rot_pertokenblocks_mse: the same with block multipliers per 16
+//       features under each token's scale (--act-quant per-token-blocks). int6_l1_pertoken_mse: 6 bits with an MSE-clipped float scale per token
 //       for the Linear inputs (--act-quant per-token --act-clip mse).
 // Inputs are a fixed random batch (normal images / uniform tokens): no data loading is timed.
 //
@@ -137,7 +139,7 @@ class ResNetStep final : public TrainStep {
   Tensor images_, labels_;
 };
 
-enum class GPTPrecision { fp32, int6, int4, int4_rot_pertoken_mse, int6_pertoken_mse };
+enum class GPTPrecision { fp32, int6, int4, int4_rot_pertoken_mse, int6_pertoken_mse, int4_rot_pertokenblocks_mse };
 
 class GPTStep final : public TrainStep {
  public:
@@ -161,9 +163,10 @@ class GPTStep final : public TrainStep {
         config_.activations.mse_clip = true;
         config_.linear_input_groups = quant::LinearInputGroups::row_scales;
       }
-      if (precision == GPTPrecision::int4_rot_pertoken_mse) {
+      if (precision == GPTPrecision::int4_rot_pertoken_mse || precision == GPTPrecision::int4_rot_pertokenblocks_mse) {
         config_.activations.mse_clip = config_.weights.mse_clip = true;
-        config_.linear_input_groups = quant::LinearInputGroups::row_scales;
+        config_.linear_input_groups = precision == GPTPrecision::int4_rot_pertoken_mse ? quant::LinearInputGroups::row_scales
+                                                                                      : quant::LinearInputGroups::row_blocks;
         config_.linear_input_rotation = quant::LinearInputRotation::hadamard;
       }
       config_.first_last_bits = 8;
@@ -245,7 +248,7 @@ void BM_TrainStep_ResNet20(benchmark::State& state, ResNetPrecision precision) {
 }
 void BM_TrainStep_GPT(benchmark::State& state, GPTPrecision precision) {
   static const char* const kKeys[] = {"gpt_fp32_l2", "gpt_int6_l1", "gpt_int4_l1", "gpt_int4_l1_rot_pertoken_mse",
-                                      "gpt_int6_l1_pertoken_mse"};
+                                      "gpt_int6_l1_pertoken_mse", "gpt_int4_l1_rot_pertokenblocks_mse"};
   run_case(state, kKeys[static_cast<int>(precision)], [precision] { return std::make_unique<GPTStep>(precision); });
 }
 
@@ -263,6 +266,8 @@ BENCHMARK_CAPTURE(BM_TrainStep_GPT, int6_l1, GPTPrecision::int6)->Apply(threads_
 BENCHMARK_CAPTURE(BM_TrainStep_GPT, int4_l1, GPTPrecision::int4)->Apply(threads_1_2);
 BENCHMARK_CAPTURE(BM_TrainStep_GPT, int4_l1_rot_pertoken_mse, GPTPrecision::int4_rot_pertoken_mse)->Apply(threads_1_2);
 BENCHMARK_CAPTURE(BM_TrainStep_GPT, int6_l1_pertoken_mse, GPTPrecision::int6_pertoken_mse)->Apply(threads_1_2);
+BENCHMARK_CAPTURE(BM_TrainStep_GPT, int4_l1_rot_pertokenblocks_mse, GPTPrecision::int4_rot_pertokenblocks_mse)
+    ->Apply(threads_1_2);
 
 const char* onednn_isa_name(dnnl_cpu_isa_t isa) {
   switch (static_cast<int>(isa)) {

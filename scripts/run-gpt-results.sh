@@ -2,7 +2,8 @@
 # Reproduces the Transformer rows of docs/results.md: the char-GPT (4 layers, d 256, 4 heads,
 # context 128, batch 32) on the King James Bible, same steps and seed: fp32 + LayerNorm vs 6-bit
 # ShiftQuant + fully quantized L1LayerNorm, and ablations (per-tensor gradients; 4-bit with the
-# paper's recipe and with the best 4-bit configuration: rotated Linear inputs, MSE-clipped per-token scales).
+# paper's recipe, with rotated Linear inputs and MSE-clipped per-token scales, and the best 4-bit
+# configuration: the same with block multipliers per 16 features and MSE-chosen weight exponents).
 # Usage: scripts/run-gpt-results.sh [BUILD_DIR] [STEPS] [THREADS] [WHICH]   (logs in docs/results/)
 set -euo pipefail
 build=${1:-build}
@@ -30,4 +31,6 @@ if [[ $which == ablations || $which == all ]]; then
   run w6a6g6-pertensor-l1 --bits 6 --norm l1 --grad-quant per-tensor
   run w4a4g4-l1 --bits 4 --norm l1
   run w4a4g4-l1-rot-pertoken-mse --bits 4 --norm l1 --act-rotation hadamard --act-quant per-token --act-clip mse
+  run w4a4g4-l1-rot-pertokenblocks-mse-wmse --bits 4 --norm l1 --act-rotation hadamard --act-quant per-token-blocks \
+    --act-clip mse --weight-clip mse
 fi

@@ -138,8 +138,8 @@ void GPTTrainConfig::validate() const {
   require(grad_quant == "shiftquant" || grad_quant == "per-tensor" || grad_quant == "per-row",
           "--grad-quant must be shiftquant, per-tensor or per-row");
   require(act_quant == "per-tensor" || act_quant == "shiftquant" || act_quant == "shiftquant-tokens" ||
-              act_quant == "per-token",
-          "--act-quant must be per-tensor, shiftquant, shiftquant-tokens or per-token");
+              act_quant == "per-token" || act_quant == "per-token-blocks",
+          "--act-quant must be per-tensor, shiftquant, shiftquant-tokens, per-token or per-token-blocks");
   require(act_clip == "none" || act_clip == "mse", "--act-clip must be none or mse");
   require(weight_clip == "none" || weight_clip == "mse", "--weight-clip must be none or mse");
   require(weight_quant == "shiftquant" || weight_quant == "per-channel", "--weight-quant must be shiftquant or per-channel");
@@ -194,6 +194,7 @@ quant::QConfig GPTTrainConfig::qconfig() const {
                                   act_clip, shiftquant ? "shiftquant" : "per-tensor", weight_clip, grad_bits);
   if (act_quant == "shiftquant-tokens") q.linear_input_groups = quant::LinearInputGroups::rows;
   if (act_quant == "per-token") q.linear_input_groups = quant::LinearInputGroups::row_scales;
+  if (act_quant == "per-token-blocks") q.linear_input_groups = quant::LinearInputGroups::row_blocks;
   if (act_rotation == "hadamard") q.linear_input_rotation = quant::LinearInputRotation::hadamard;
   if (weight_quant == "per-channel") {
     q.weights.kind = quant::QuantizerKind::per_row;

@@ -25,7 +25,7 @@ struct GPTTrainConfig {
   std::int64_t act_bits = 0;              // activation bits (0 = same as bits)
   std::int64_t grad_bits = 0;             // gradient bits (0 = same as bits)
   std::string grad_quant = "shiftquant";  // shiftquant | per-tensor | per-row
-  std::string act_quant = "per-tensor";   // per-tensor | shiftquant (power-of-two groups over the input features, S = 8 - bits) | shiftquant-tokens (a group per token) | per-token (a float scale per token)
+  std::string act_quant = "per-tensor";   // per-tensor | shiftquant (power-of-two groups over the input features, S = 8 - bits) | shiftquant-tokens (a group per token) | per-token (a float scale per token) | per-token-blocks (and an integer multiplier per 16 features)
   std::string act_clip = "none";          // none | mse (QuantizeParams::mse_clip)
   std::string weight_clip = "none";       // none | mse (QuantizeParams::mse_clip)
   std::string weight_quant = "shiftquant";  // shiftquant (power-of-two exponents per output channel on a per-tensor base) | per-channel (a float scale per output channel)

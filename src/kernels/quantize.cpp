@@ -19,6 +19,8 @@ namespace shiftq::kernels {
   void shift_clip_errors_cols_f32(const float*, std::int64_t, std::int64_t, const float*, float, float, float*,  \
                                   float*, float*);                                                     \
   void clip_errors_f32(const float*, std::int64_t, const float*, const float*, int, float, float, float*);  \
+  void quantize_row_blocks_f32(const float*, std::int64_t, std::int64_t, float, float, int, int, std::uint8_t, \
+                               std::int8_t*, std::uint8_t*);                                           \
   }
 SHIFTQ_DECLARE_ISA(avx512)
 SHIFTQ_DECLARE_ISA(avx2)
@@ -42,6 +44,11 @@ void quantize_pack_f32_s8(const QuantizePackArgs& args, std::int64_t r0, std::in
 void code_sums_s8(const std::int8_t* v, std::int64_t r0, std::int64_t r1, std::int64_t cols, std::int32_t* row_sums,
                   std::int32_t* col_sums) {
   SHIFTQ_KERNEL_DISPATCH(code_sums_s8, v, r0, r1, cols, row_sums, col_sums)
+}
+
+void quantize_row_blocks_f32(const float* x, std::int64_t n, std::int64_t block, float unit, float qmax, int top,
+                             int candidates, std::uint8_t xor_mask, std::int8_t* out, std::uint8_t* m_out) {
+  SHIFTQ_KERNEL_DISPATCH(quantize_row_blocks_f32, x, n, block, unit, qmax, top, candidates, xor_mask, out, m_out)
 }
 
 void shift_clip_errors_f32(const float* x, std::int64_t n, float a, float lo, float qmax, float errors[2]) {
@@ -116,6 +123,39 @@ void clip_errors_f32_ref(const float* x, std::int64_t n, const float* inv, const
     float error = 0.0f;
     for (float v : lanes) error += v;
     errors[k] = error;
+  }
+}
+
+void quantize_row_blocks_f32_ref(const float* x, std::int64_t n, std::int64_t block, float unit, float qmax, int top,
+                                 int candidates, std::uint8_t xor_mask, std::int8_t* out, std::uint8_t* m_out) {
+  auto code = [&](float v, float inv) { return std::nearbyint(std::min(qmax, std::max(-qmax, v * inv))); };
+  for (std::int64_t c0 = 0, j = 0; c0 < n; c0 += block, ++j) {
+    const std::int64_t len = std::min(block, n - c0);
+    const float* b = x + c0;
+    float b_max = 0.0f;
+    for (std::int64_t i = 0; i < len; ++i) b_max = std::max(b_max, std::fabs(b[i]));
+    int m = std::clamp(static_cast<int>(std::ceil(b_max / (unit * qmax))), 1, top);
+    float best_error = 0.0f;
+    int best = m;
+    for (int k = 0; candidates > 1 && k < std::min(candidates, m); ++k) {
+      const float step = unit * static_cast<float>(m - k), inv = 1.0f / step;
+      float lanes[8] = {};
+      for (std::int64_t i = 0; i < len; ++i) {
+        const float e = code(b[i], inv) * step - b[i];
+        lanes[i % 8] += e * e;
+      }
+      float error = 0.0f;
+      for (float v : lanes) error += v;
+      if (k == 0 || error < best_error) {
+        best_error = error;
+        best = m - k;
+      }
+    }
+    m = best;
+    const float inv = 1.0f / (unit * static_cast<float>(m));
+    for (std::int64_t i = 0; i < len; ++i)
+      out[c0 + i] = static_cast<std::int8_t>(static_cast<std::int32_t>(code(b[i], inv) * static_cast<float>(m)) ^ xor_mask);
+    m_out[j] = static_cast<std::uint8_t>(m);
   }
 }
 

@@ -49,12 +49,18 @@ TensorNumerics measure_quantization(const Tensor& x, const QTensor& q) {
     SHIFTQ_CHECK(q.exponents.numel() == groups && (q.sample_groups == 0 || R % q.sample_groups == 0), ShapeError,
                  "measure_quantization: exponents ", q.exponents.str(), " do not match the codes ", q.codes.str());
   }
+  const std::uint8_t* m = q.row_block > 0 ? q.block_multipliers.data<std::uint8_t>() : nullptr;
+  const std::int64_t blocks = m ? (C + q.row_block - 1) / q.row_block : 0;
+  if (m)
+    SHIFTQ_CHECK(q.block_multipliers.numel() == R * blocks, ShapeError, "measure_quantization: block multipliers ",
+                 q.block_multipliers.str(), " do not match the codes ", q.codes.str());
   const int qmax = q.qmax();
   for (std::int64_t r = 0; r < R; ++r)
     for (std::int64_t c = 0; c < C; ++c) {
       const std::int64_t i = r * C + c;
       const int group_e = e ? e[exponent_index(q, r, c)] : 0;
-      const int top = qmax << (q.shift_budget - group_e);  // the group's largest |v|
+      // The group's largest |v|: qmax 2^(S - e), or qmax m for a block multiplier m.
+      const int top = m ? qmax * m[r * blocks + c / q.row_block] : qmax << (q.shift_budget - group_e);
       const float xi = px[i];
       const double d = static_cast<double>(ph[i]) - static_cast<double>(xi);
       out.error_sq += d * d;

@@ -43,6 +43,8 @@ void QConfig::validate() const {
   SHIFTQ_CHECK(activations.kind != QuantizerKind::per_row, ValueError,
                "QConfig: per-row activations would put float scales on a contraction axis of a backward GEMM; "
                "use per_tensor or shiftquant (or LinearInputGroups::row_scales for Linear inputs)");
+  SHIFTQ_CHECK(linear_input_groups != LinearInputGroups::row_blocks || activations.rounding == Rounding::nearest_even,
+               ValueError, "QConfig: Linear input block multipliers (LinearInputGroups::row_blocks) need nearest rounding");
   observer.validate();
 }
 
@@ -75,9 +77,12 @@ std::string QConfig::str() const {
   const bool row_groups = activations.kind == QuantizerKind::shiftquant && activations.shift_budget > 0 &&
                           linear_input_groups == LinearInputGroups::rows;
   const bool row_scales = linear_input_groups == LinearInputGroups::row_scales;
+  const bool row_blocks = linear_input_groups == LinearInputGroups::row_blocks;
   const bool rotated = linear_input_rotation == LinearInputRotation::hadamard;
   const char* rows = row_groups ? "groups per row"
                      : row_scales ? (activations.mse_clip ? "a float scale per row, MSE-clipped" : "a float scale per row")
+                     : row_blocks ? (activations.mse_clip ? "a float scale per row, multipliers per 16 features, MSE-chosen"
+                                                          : "a float scale per row, multipliers per 16 features")
                                   : "";
   const std::string linear_inputs =
       *rows || rotated ? detail::cat(" (Linear inputs: ", rows, *rows && rotated ? ", " : "", rotated ? "Hadamard-rotated" : "", ")")

@@ -164,17 +164,25 @@ Tensor rotate_back(Tensor g, std::int64_t block) {
   return g;
 }
 
+// Whether the Linear input's rows carry float scales (row_scales, row_blocks): dW = dY^T X then moves
+// them into dY's rows.
+bool has_row_scales(LinearInputGroups groups) {
+  return groups == LinearInputGroups::row_scales || groups == LinearInputGroups::row_blocks;
+}
+
 // x2d: [rows, in], the Linear's (rotated) input as the A operand of Y = X W^T: u8 codes with the
-// groups or row scales of config.linear_input_groups.
+// groups, row scales or block multipliers of config.linear_input_groups.
 QTensor quantize_linear_input(const Tensor& x2d, const QConfig& config, const QuantCall& call) {
   const char* name = "linear input";
-  if (config.linear_input_groups != LinearInputGroups::row_scales) {
+  if (!has_row_scales(config.linear_input_groups)) {
     const int group_axis = config.linear_input_groups == LinearInputGroups::rows ? 0 : 1;
     return internal::quantize_activation(x2d, internal::activation_params(config.activations, group_axis), call, name);
   }
   const TensorQConfig& c = config.activations;
-  const QTensor q = quantize(
-      x2d, QuantizeParams::per_row(c.bits).with_rounding(c.rounding).with_unsigned_codes().with_mse_clip(c.mse_clip), name);
+  const bool blocks = config.linear_input_groups == LinearInputGroups::row_blocks && max_shift_budget(c.bits, false) > 0;
+  QuantizeParams params = blocks ? QuantizeParams::row_blocks(c.bits, kLinearInputBlock)
+                                 : QuantizeParams::per_row(c.bits).with_rounding(c.rounding);
+  const QTensor q = quantize(x2d, params.with_unsigned_codes().with_mse_clip(c.mse_clip), name);
   if (call.numerics) {
     call.numerics->input.merge(measure_quantization(x2d, q));
     ++call.numerics->calls;
@@ -225,7 +233,7 @@ Tensor linear_impl(const Tensor& x, const Tensor& weight, const Tensor& bias, Pa
   // Y: [rows, out] = X: [rows, in] · W^T, X as u8 codes (per-tensor, or power-of-two groups over its
   // features or rows). With the Hadamard rotation both operands are rotated first: Y = (X H)(W H)^T.
   const std::int64_t block = rotation_block(config, in_f);
-  const bool row_scales = config.linear_input_groups == LinearInputGroups::row_scales;
+  const bool row_scales = has_row_scales(config.linear_input_groups);
   const bool channel_scales = config.weights.kind == QuantizerKind::per_row;
   const QTensor xq = quantize_linear_input(rotated(x.view({rows, in_f}), block), config, call);
   const QTensor wq = packed.get(

@@ -234,6 +234,12 @@ QuantizeParams QuantizeParams::shiftquant(int bits, int shift_budget, int inner_
   return p;
 }
 
+QuantizeParams QuantizeParams::row_blocks(int bits, std::int64_t block) {
+  QuantizeParams p = shiftquant(bits, max_shift_budget(bits, false), 1, OuterScale::per_index);
+  p.row_block = block;
+  return p;
+}
+
 void QuantizeParams::validate() const {
   SHIFTQ_CHECK(bits >= 2 && bits <= 8, ValueError, "quantize: bits must be in [2, 8], got ", bits);
   SHIFTQ_CHECK(shift_budget >= 0 && shift_budget <= max_shift_budget(bits, false), ValueError, "quantize: shift budget S=", shift_budget,
@@ -248,6 +254,13 @@ void QuantizeParams::validate() const {
                  ValueError, "quantize: observed group ranges must be finite, >= 0 and <= the base range ",
                  observed_range);
   }
+  if (row_block != 0)
+    SHIFTQ_CHECK(row_block > 0 && shift_budget > 0 && inner_axis == 1 && outer == OuterScale::per_index &&
+                     rounding == Rounding::nearest_even && !nonnegative_range && observed_range < 0.0f &&
+                     !observed_nonnegative && observed_group_ranges.empty(),
+                 ValueError, "quantize: block multipliers (row_block = ", row_block,
+                 ") need row_block > 0, S > 0, per-row scales (inner_axis 1, per-index outer), nearest rounding, "
+                 "symmetric codes and no observed range");
   if (observed_range >= 0.0f || observed_nonnegative)
     SHIFTQ_CHECK(std::isfinite(observed_range) && observed_range >= 0.0f && outer == OuterScale::per_tensor, ValueError,
                  "quantize: an observed range must be finite, >= 0 and come with a per-tensor outer scale, got ",
@@ -272,10 +285,48 @@ void check_quantize_input(const Tensor& x, const QuantizeParams& p, const char* 
 
 // Whether quantize() can take the inner ranges from its caller (see qtensor.hpp).
 bool takes_given_ranges(const QuantizeParams& p) {
-  return p.shift_budget > 0 && p.outer == OuterScale::per_index && !p.nonnegative_range;
+  return p.shift_budget > 0 && p.outer == OuterScale::per_index && !p.nonnegative_range && p.row_block == 0;
+}
+
+// QuantizeParams::row_block > 0 (qtensor.hpp): one pass, row by row (its range, then its blocks'
+// multipliers and codes from L1: kernels::quantize_row_blocks_f32).
+QTensor quantize_row_blocks_impl(const Tensor& x, const QuantizeParams& p, const char* name) {
+  const std::int64_t R = x.size(0), C = x.size(1), blocks = (C + p.row_block - 1) / p.row_block;
+  QTensor q;
+  q.bits = p.bits;
+  q.shift_budget = p.shift_budget;
+  q.inner_axis = 1;
+  q.outer = OuterScale::per_index;
+  q.row_block = p.row_block;
+  const float qmax = static_cast<float>(q.qmax()), unit_shift = std::ldexp(1.0f, -p.shift_budget);
+  const int candidates = p.mse_clip ? kernels::kMaxBlockCandidates : 1;
+  q.scales = Tensor::uninitialized({R});
+  q.block_multipliers = Tensor::uninitialized({R, blocks}, DType::u8);
+  q.codes = Tensor::uninitialized({R, C}, p.unsigned_codes ? DType::u8 : DType::s8);
+  const float* px = x.data<float>();
+  float* scales = q.scales.data<float>();
+  std::uint8_t* multipliers = q.block_multipliers.data<std::uint8_t>();
+  std::int8_t* out = p.unsigned_codes ? reinterpret_cast<std::int8_t*>(q.codes.data<std::uint8_t>()) : q.codes.data<std::int8_t>();
+  std::atomic<bool> finite{true};
+  for_row_blocks(R, C, [&](std::int64_t r0, std::int64_t r1) {
+    for (std::int64_t r = r0; r < r1; ++r) {
+      float row_max = 0.0f;  // max |x| over row r (passed as the kernel's row 0)
+      if (!kernels::absmax_rows_f32(px + r * C, 0, 1, C, nullptr, &row_max)) {
+        finite = false;  // reported after the loop; never convert NaN/Inf to integers
+        continue;
+      }
+      const float s = row_max > 0.0f ? row_max / qmax : 1.0f;
+      scales[r] = s;
+      kernels::quantize_row_blocks_f32(px + r * C, C, p.row_block, s * unit_shift, qmax, 1 << p.shift_budget, candidates,
+                                       p.unsigned_codes ? 0x80 : 0x00, out + r * C, multipliers + r * blocks);
+    }
+  });
+  if (!finite) throw_nonfinite(x, name);
+  return q;
 }
 
 QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* given_ranges, const char* name) {
+  if (p.row_block > 0) return quantize_row_blocks_impl(x, p, name);
   // Observed group ranges stand in for the first pass (x's finiteness is checked by the callers).
   if (!p.observed_group_ranges.empty()) given_ranges = p.observed_group_ranges.data();
   const std::int64_t R = x.size(0), C = x.size(1);

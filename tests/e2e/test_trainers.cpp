@@ -519,6 +519,12 @@ TEST_F(TrainerTest, GptPrecisionFlagsRoundTripThroughTheCheckpoint) {
   EXPECT_NE(c.precision().find("(Linear inputs: a float scale per row, MSE-clipped, Hadamard-rotated)"), std::string::npos)
       << c.precision();
   EXPECT_NE(c.fingerprint().find("act_quant=per-token"), std::string::npos);
+  c.act_quant = "per-token-blocks";
+  EXPECT_NO_THROW(c.validate());
+  EXPECT_EQ(c.qconfig().linear_input_groups, quant::LinearInputGroups::row_blocks);
+  EXPECT_NE(c.precision().find("(Linear inputs: a float scale per row, multipliers per 16 features, MSE-chosen, Hadamard-rotated)"),
+            std::string::npos)
+      << c.precision();
   c.act_rotation = "givens";
   EXPECT_THROW(c.validate(), UsageError);
   c.act_rotation = "none";

@@ -333,33 +333,39 @@ TEST(DelayedScaling, LinearRowGroupsKeepEachRowIndependent) {
   }
 }
 
-// Row scales (LinearInputGroups::row_scales): each row is quantized on its own float scale, with no
-// observer, so a row's output depends on that row alone, in training and in eval, at any batch.
+// Row scales (LinearInputGroups::row_scales, and row_blocks with block multipliers): each row is
+// quantized on its own float scale, with no observer, so a row's output depends on that row alone,
+// in training and in eval, at any batch.
 TEST(DelayedScaling, LinearRowScalesKeepEachRowIndependentWithoutAnObserver) {
-  quant::QConfig c = quant::QConfig::bits(4);
-  c.linear_input_groups = quant::LinearInputGroups::row_scales;
-  c.activations.mse_clip = true;
-  Generator gen(9);
-  nn::Linear layer(nn::LinearOptions(16, 6), gen);
-  layer.set_quantization(c, 1, 0);
-  const Tensor x = rows_of_falling_scale();
-  NoGradGuard no_grad;
-  const Tensor first = layer(x);
-  for (bool training : {true, false}) {
-    layer.train(training);
-    const Tensor y = layer(x);
-    EXPECT_TRUE(same(y, first));
-    const quant::QTensor xq = quant::quantize(x, quant::QuantizeParams::per_row(4).with_mse_clip());
-    const quant::QTensor wq = quant::quantize(layer.weight, quant::QuantizeParams::shiftquant(4, 4, 0, quant::OuterScale::per_tensor));
-    const Tensor expected = add(matmul(xq.dequantize(), transpose(wq.dequantize(), 0, 1)), layer.bias);
-    for (std::int64_t i = 0; i < y.numel(); ++i)
-      EXPECT_NEAR(y.data<float>()[i], expected.data<float>()[i], 1e-5f * (1.0f + std::fabs(expected.data<float>()[i]))) << i;
-    Tensor later = x.clone();
-    for (std::int64_t i = 3 * 16; i < 6 * 16; ++i) later.data<float>()[i] *= -7.5f;
-    EXPECT_TRUE(same(slice(layer(later), 0, 0, 3), slice(y, 0, 0, 3)));
-    EXPECT_TRUE(same(layer(slice(x, 0, 4, 5)), slice(y, 0, 4, 5)));
+  for (const bool blocks : {false, true}) {
+    SCOPED_TRACE(blocks ? "row blocks" : "row scales");
+    quant::QConfig c = quant::QConfig::bits(4);
+    c.linear_input_groups = blocks ? quant::LinearInputGroups::row_blocks : quant::LinearInputGroups::row_scales;
+    c.activations.mse_clip = true;
+    Generator gen(9);
+    nn::Linear layer(nn::LinearOptions(16, 6), gen);
+    layer.set_quantization(c, 1, 0);
+    const Tensor x = rows_of_falling_scale();
+    NoGradGuard no_grad;
+    const Tensor first = layer(x);
+    for (bool training : {true, false}) {
+      layer.train(training);
+      const Tensor y = layer(x);
+      EXPECT_TRUE(same(y, first));
+      const quant::QuantizeParams xp = blocks ? quant::QuantizeParams::row_blocks(4, quant::kLinearInputBlock)
+                                              : quant::QuantizeParams::per_row(4);
+      const quant::QTensor xq = quant::quantize(x, quant::QuantizeParams(xp).with_mse_clip());
+      const quant::QTensor wq = quant::quantize(layer.weight, quant::QuantizeParams::shiftquant(4, 4, 0, quant::OuterScale::per_tensor));
+      const Tensor expected = add(matmul(xq.dequantize(), transpose(wq.dequantize(), 0, 1)), layer.bias);
+      for (std::int64_t i = 0; i < y.numel(); ++i)
+        EXPECT_NEAR(y.data<float>()[i], expected.data<float>()[i], 1e-5f * (1.0f + std::fabs(expected.data<float>()[i]))) << i;
+      Tensor later = x.clone();
+      for (std::int64_t i = 3 * 16; i < 6 * 16; ++i) later.data<float>()[i] *= -7.5f;
+      EXPECT_TRUE(same(slice(layer(later), 0, 0, 3), slice(y, 0, 0, 3)));
+      EXPECT_TRUE(same(layer(slice(x, 0, 4, 5)), slice(y, 0, 4, 5)));
+    }
+    EXPECT_FALSE(layer.input_range().observed());
   }
-  EXPECT_FALSE(layer.input_range().observed());
 }
 
 // x = [0, 0.2, 1.25, 3.5, 5, -6] with 4-bit signed codes over the range 3.5: scale 0.5, codes

@@ -172,6 +172,42 @@ TEST(QuantizedLinear, RowScaleGradientsAreUnbiased) {
   expect_gradients_close_to_fp32(fc, x, r);
 }
 
+QConfig with_row_blocks(QConfig c) {
+  c.linear_input_groups = quant::LinearInputGroups::row_blocks;
+  c.activations.mse_clip = true;
+  return c;
+}
+
+// Block multipliers fold into the codes under the row scales: the forward is X^ W^^T with X^ from
+// QuantizeParams::row_blocks, and the backward moves the row scales into dY's rows as with row
+// scales alone (E[dX] = R W^, E[dW] = R^T X^). At 8 bits (S = 0) the layer has row scales.
+TEST(QuantizedLinear, RowBlockInputsForwardAndUnbiasedGradients) {
+  Generator gen(6);
+  nn::Linear fc(nn::LinearOptions{40, 16}.bias(false), gen);  // blocks of 16, 16 and 8 features
+  quantize_alone(fc, with_row_blocks(QConfig::bits(4)));
+  Tensor xv = Tensor::randn({24, 40}, gen);
+  for (std::int64_t c = 0; c < 40; ++c) xv.data<float>()[5 * 40 + c] *= 20.0f;
+  for (std::int64_t r = 0; r < 24; ++r) xv.data<float>()[r * 40 + 20] *= 6.0f;  // one block with an outlier feature
+  const Tensor x = xv.set_requires_grad(true);
+  const Tensor r = Tensor::randn({24, 16}, gen);
+  const DrawnGradients g = draw_gradients(fc, x, r);
+  const Tensor w_hat = fc.packed_weight().value().dequantize();
+  const quant::QTensor xq = quant::quantize(x.detach(), quant::QuantizeParams::row_blocks(4, 16).with_mse_clip());
+  const Tensor x_hat = xq.dequantize();
+  EXPECT_LT(rel_error(fc(x.detach()), matmul(x_hat, transpose(w_hat, 0, 1))), 1e-6);
+  expect_unbiased("row blocks unbiased", g, matmul(r, w_hat), matmul(transpose(r, 0, 1), x_hat));
+  const Tensor x_rows = quant::quantize(x.detach(), quant::QuantizeParams::per_row(4).with_mse_clip()).dequantize();
+  EXPECT_LT(rel_error(x_hat, x.detach()), 0.8 * rel_error(x_rows, x.detach()));
+  quantize_alone(fc, with_row_blocks(QConfig::bits(8)));
+  const Tensor y8 = fc(x.detach());
+  QConfig rows8 = with_row_scales(QConfig::bits(8));
+  rows8.activations.mse_clip = true;
+  quantize_alone(fc, rows8);
+  EXPECT_EQ(y8.to_vector<float>(), fc(x.detach()).to_vector<float>());
+  quantize_alone(fc, with_row_blocks(QConfig::bits(8)));
+  expect_gradients_close_to_fp32(fc, x, r);
+}
+
 QConfig with_channel_scales(QConfig c) {
   c.weights.kind = quant::QuantizerKind::per_row;
   c.weights.shift_budget = 0;

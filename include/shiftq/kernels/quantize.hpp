@@ -117,6 +117,21 @@ void clip_errors_f32(const float* x, std::int64_t n, const float* inv, const flo
                      float qmax, float* errors);
 void clip_errors_f32_ref(const float* x, std::int64_t n, const float* inv, const float* scale, int candidates,
                          float lo, float qmax, float* errors);
+// One row of block-multiplier codes (quant::QuantizeParams::row_block): x[0, n) cut into blocks of
+// `block` values (the last one may be shorter). Block j, with b = max |x| over it, takes
+//   m = clamp(ceil(b / (unit * qmax)), 1, top),
+// or with candidates > 1 the one of m, m - 1, ..., m - candidates + 1 (>= 1) whose squared error
+// sum_i (round_half_even(clamp(x_i * inv, -qmax, qmax)) * step - x_i)^2, step = unit * m',
+// inv = 1 / step, is least (ties: the larger m). Each candidate's sum is clip_errors_f32's (lane
+// i % 8, then the lanes in order). Codes: v = round_half_even(clamp(x_i * inv, -qmax, qmax)) * m,
+// stored as (v ^ xor_mask) in s8 (0x80: u8 = v + 128); m_out[j] = m. x must be finite, unit > 0,
+// top * qmax <= 127, candidates in [1, kMaxBlockCandidates].
+inline constexpr int kMaxBlockCandidates = 4;
+void quantize_row_blocks_f32(const float* x, std::int64_t n, std::int64_t block, float unit, float qmax, int top,
+                             int candidates, std::uint8_t xor_mask, std::int8_t* out, std::uint8_t* m_out);
+void quantize_row_blocks_f32_ref(const float* x, std::int64_t n, std::int64_t block, float unit, float qmax, int top,
+                                 int candidates, std::uint8_t xor_mask, std::int8_t* out, std::uint8_t* m_out);
+
 // The instruction set the dispatched kernels use here: "avx512", "avx2" or "x86-64".
 const char* quantize_isa_name();
 

@@ -43,7 +43,16 @@ enum class LinearInputGroups : std::uint8_t {
   // dW = dY^T X they are on the contraction axis, so the backward moves them into dY's rows (dY
   // diag(s)) before quantizing dY. A row's codes depend on that row alone, with no observer.
   row_scales,
+  // row_scales with block multipliers (QuantizeParams::row_blocks): each row's features cut into
+  // blocks of kLinearInputBlock, each block with an integer multiplier m in [1, 2^S], S = 8 - bits,
+  // folded into its codes (v = q m), chosen from the block's max (with mse_clip: by least squared
+  // error). At 4 bits: 16 step sizes per block under the row's float scale, 4 bits of multiplier
+  // per 16 values (4.25 bits per value). At 8 bits (S = 0) it is row_scales. Needs nearest rounding.
+  row_blocks,
 };
+
+// The block length of LinearInputGroups::row_blocks.
+inline constexpr std::int64_t kLinearInputBlock = 16;
 
 // A rotation of every quantized Linear's input features before quantization. With H orthogonal,
 // X W^T = (X H)(W H)^T: the product is the same in exact arithmetic, but the operands that get

@@ -82,12 +82,24 @@ struct QuantizeParams {
   // One entry per inner index, each finite and <= observed_range; must outlive the quantize() call.
   // Empty = the groups follow this call's input.
   std::span<const float> observed_group_ranges;
+  // Block multipliers (> 0: the block length B): per-row scales (inner_axis 1, per-index outer)
+  // whose rows are cut into blocks of B columns (the last one may be shorter), each with an integer
+  // multiplier m in [1, 2^S] folded into its codes: v = q * m with q in [-qmax, qmax], so
+  // X^ = s * 2^-S * v is one ordinary int8 operand, like ShiftQuant's power-of-two groups, with
+  // 2^S group steps instead of S + 1. The row's scale is s = max |row| / qmax; block j takes
+  // m_j = ceil(2^S max |block| / max |row|) (its largest value at the top code or just below),
+  // or with mse_clip the one of m_j, m_j - 1, ..., m_j - 3 (>= 1) with the least squared error
+  // over the block (ties: the larger m; its largest values may saturate). Symmetric codes,
+  // nearest rounding, no observed range; needs S > 0. A row's codes depend on that row alone.
+  std::int64_t row_block = 0;
 
   // The three quantizers of the spec.
   static QuantizeParams per_tensor(int bits);
   static QuantizeParams per_row(int bits);  // per outer index, inner_axis = 1
   static QuantizeParams shiftquant(int bits, int shift_budget, int inner_axis = 1,
                                    OuterScale outer = OuterScale::per_index);
+  // Per-row scales with block multipliers (row_block = block, S = 8 - bits: 2^S multipliers).
+  static QuantizeParams row_blocks(int bits, std::int64_t block);
   QuantizeParams& with_rounding(Rounding r, StochasticKey k = {}) {
     rounding = r;
     key = k;
@@ -114,8 +126,9 @@ struct QuantizeParams {
     observed_group_ranges = ranges;
     return *this;
   }
-  // Throws ValueError for bits outside [2, 8], S < 0, b + S > 8, inner_axis not 0/1, or an observed
-  // range that is not finite or comes with per-index outer scales.
+  // Throws ValueError for bits outside [2, 8], S < 0, b + S > 8, inner_axis not 0/1, an observed
+  // range that is not finite or comes with per-index outer scales, or block multipliers with
+  // another layout, S = 0, stochastic rounding, the unsigned range or an observed range.
   void validate() const;
 };
 
@@ -126,12 +139,16 @@ struct QuantizeParams {
 // n * C + c over rows [n * R / sample_groups, (n + 1) * R / sample_groups) of column c.
 // row_sums / col_sums: optional s32 sums of v over each row ([R]) / column ([C]), precomputed by
 // compute_sums() for operands reused across GEMMs (weights): they give the u8 GEMM's compensation.
+// block_multipliers: with row_block > 0 (QuantizeParams::row_block), u8 m of each (row, block):
+// [R, ceil(C / row_block)], kept for inspection (folded into v); no exponents then.
 struct QTensor {
   Tensor codes;
   Tensor scales;
   Tensor exponents;
   Tensor row_sums;
   Tensor col_sums;
+  Tensor block_multipliers;
+  std::int64_t row_block = 0;
   int bits = 8;
   int shift_budget = 0;
   int inner_axis = 1;
