@@ -1,8 +1,10 @@
 // Runtime ISA dispatch of the quantization kernels, and the scalar references.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "isa.hpp"
+#include "shiftq/core/error.hpp"
 #include "shiftq/kernels/quantize.hpp"
 
 namespace shiftq::kernels {
@@ -46,8 +48,20 @@ void code_sums_s8(const std::int8_t* v, std::int64_t r0, std::int64_t r1, std::i
   SHIFTQ_KERNEL_DISPATCH(code_sums_s8, v, r0, r1, cols, row_sums, col_sums)
 }
 
+namespace {
+void check_row_blocks(std::int64_t n, std::int64_t block, float unit, float qmax, int top, int candidates) {
+  SHIFTQ_CHECK(n >= 0 && block >= 1 && unit >= std::numeric_limits<float>::min() && std::isfinite(unit) && qmax >= 1.0f &&
+                   top >= 1 && static_cast<float>(top) * qmax <= 127.0f && candidates >= 1 &&
+                   candidates <= kMaxBlockCandidates,
+               ValueError, "quantize_row_blocks_f32: needs n >= 0, block >= 1, a normal finite unit, top * qmax <= 127 "
+               "and 1 <= candidates <= ", kMaxBlockCandidates, "; got n=", n, " block=", block, " unit=", unit,
+               " qmax=", qmax, " top=", top, " candidates=", candidates);
+}
+}  // namespace
+
 void quantize_row_blocks_f32(const float* x, std::int64_t n, std::int64_t block, float unit, float qmax, int top,
                              int candidates, std::uint8_t xor_mask, std::int8_t* out, std::uint8_t* m_out) {
+  check_row_blocks(n, block, unit, qmax, top, candidates);
   SHIFTQ_KERNEL_DISPATCH(quantize_row_blocks_f32, x, n, block, unit, qmax, top, candidates, xor_mask, out, m_out)
 }
 
@@ -128,13 +142,14 @@ void clip_errors_f32_ref(const float* x, std::int64_t n, const float* inv, const
 
 void quantize_row_blocks_f32_ref(const float* x, std::int64_t n, std::int64_t block, float unit, float qmax, int top,
                                  int candidates, std::uint8_t xor_mask, std::int8_t* out, std::uint8_t* m_out) {
+  check_row_blocks(n, block, unit, qmax, top, candidates);
   auto code = [&](float v, float inv) { return std::nearbyint(std::min(qmax, std::max(-qmax, v * inv))); };
   for (std::int64_t c0 = 0, j = 0; c0 < n; c0 += block, ++j) {
     const std::int64_t len = std::min(block, n - c0);
     const float* b = x + c0;
     float b_max = 0.0f;
     for (std::int64_t i = 0; i < len; ++i) b_max = std::max(b_max, std::fabs(b[i]));
-    int m = std::clamp(static_cast<int>(std::ceil(b_max / (unit * qmax))), 1, top);
+    int m = std::clamp(static_cast<int>(std::ceil(std::min(b_max / (unit * qmax), static_cast<float>(top)))), 1, top);
     float best_error = 0.0f;
     int best = m;
     for (int k = 0; candidates > 1 && k < std::min(candidates, m); ++k) {

@@ -50,7 +50,7 @@ TensorNumerics measure_quantization(const Tensor& x, const QTensor& q) {
                  "measure_quantization: exponents ", q.exponents.str(), " do not match the codes ", q.codes.str());
   }
   const std::uint8_t* m = q.row_block > 0 ? q.block_multipliers.data<std::uint8_t>() : nullptr;
-  const std::int64_t blocks = m ? (C + q.row_block - 1) / q.row_block : 0;
+  const std::int64_t blocks = m ? (C - 1) / q.row_block + 1 : 0;
   if (m)
     SHIFTQ_CHECK(q.block_multipliers.numel() == R * blocks, ShapeError, "measure_quantization: block multipliers ",
                  q.block_multipliers.str(), " do not match the codes ", q.codes.str());

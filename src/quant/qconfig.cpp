@@ -76,8 +76,10 @@ std::string QConfig::str() const {
   };
   const bool row_groups = activations.kind == QuantizerKind::shiftquant && activations.shift_budget > 0 &&
                           linear_input_groups == LinearInputGroups::rows;
-  const bool row_scales = linear_input_groups == LinearInputGroups::row_scales;
-  const bool row_blocks = linear_input_groups == LinearInputGroups::row_blocks;
+  // At 8 bits (S = 0) row_blocks falls back to row scales.
+  const bool row_blocks = linear_input_groups == LinearInputGroups::row_blocks && max_shift_budget(activations.bits, false) > 0;
+  const bool row_scales = linear_input_groups == LinearInputGroups::row_scales ||
+                          (linear_input_groups == LinearInputGroups::row_blocks && !row_blocks);
   const bool rotated = linear_input_rotation == LinearInputRotation::hadamard;
   const char* rows = row_groups ? "groups per row"
                      : row_scales ? (activations.mse_clip ? "a float scale per row, MSE-clipped" : "a float scale per row")

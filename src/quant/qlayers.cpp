@@ -242,7 +242,9 @@ Tensor linear_impl(const Tensor& x, const Tensor& weight, const Tensor& bias, Pa
   if (gelu) apply_gelu(y);
   y = y.view(out_shape);
   const bool gx = x.requires_grad(), gw = weight.requires_grad(), gb = bias.defined() && bias.requires_grad();
-  if (any_requires_grad({&x, &weight, &bias})) internal::count_saved_bytes(static_cast<std::int64_t>(xq.codes.nbytes()));
+  if (any_requires_grad({&x, &weight, &bias}))
+    internal::count_saved_bytes(static_cast<std::int64_t>(
+        xq.codes.nbytes() + (xq.block_multipliers.defined() ? xq.block_multipliers.nbytes() : 0)));
   const Tensor saved_bias = gelu && bias.defined() ? bias.detach() : Tensor();
   return record(gelu ? "quantized_linear_gelu" : "quantized_linear", y, {&x, &weight, &bias},
                 [xq, wq, gradients = config.gradients, block, row_scales, channel_scales, dx_key = call.gradient_key(0),

@@ -7,6 +7,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <vector>
@@ -255,11 +256,11 @@ void QuantizeParams::validate() const {
                  observed_range);
   }
   if (row_block != 0)
-    SHIFTQ_CHECK(row_block > 0 && shift_budget > 0 && inner_axis == 1 && outer == OuterScale::per_index &&
+    SHIFTQ_CHECK(row_block > 0 && row_block <= (std::int64_t{1} << 31) && shift_budget > 0 && inner_axis == 1 && outer == OuterScale::per_index &&
                      rounding == Rounding::nearest_even && !nonnegative_range && observed_range < 0.0f &&
                      !observed_nonnegative && observed_group_ranges.empty(),
                  ValueError, "quantize: block multipliers (row_block = ", row_block,
-                 ") need row_block > 0, S > 0, per-row scales (inner_axis 1, per-index outer), nearest rounding, "
+                 ") need 0 < row_block <= 2^31, S > 0, per-row scales (inner_axis 1, per-index outer), nearest rounding, "
                  "symmetric codes and no observed range");
   if (observed_range >= 0.0f || observed_nonnegative)
     SHIFTQ_CHECK(std::isfinite(observed_range) && observed_range >= 0.0f && outer == OuterScale::per_tensor, ValueError,
@@ -291,7 +292,7 @@ bool takes_given_ranges(const QuantizeParams& p) {
 // QuantizeParams::row_block > 0 (qtensor.hpp): one pass, row by row (its range, then its blocks'
 // multipliers and codes from L1: kernels::quantize_row_blocks_f32).
 QTensor quantize_row_blocks_impl(const Tensor& x, const QuantizeParams& p, const char* name) {
-  const std::int64_t R = x.size(0), C = x.size(1), blocks = (C + p.row_block - 1) / p.row_block;
+  const std::int64_t R = x.size(0), C = x.size(1), blocks = (C - 1) / p.row_block + 1;
   QTensor q;
   q.bits = p.bits;
   q.shift_budget = p.shift_budget;
@@ -299,6 +300,7 @@ QTensor quantize_row_blocks_impl(const Tensor& x, const QuantizeParams& p, const
   q.outer = OuterScale::per_index;
   q.row_block = p.row_block;
   const float qmax = static_cast<float>(q.qmax()), unit_shift = std::ldexp(1.0f, -p.shift_budget);
+  const float min_scale = std::ldexp(std::numeric_limits<float>::min(), p.shift_budget);
   const int candidates = p.mse_clip ? kernels::kMaxBlockCandidates : 1;
   q.scales = Tensor::uninitialized({R});
   q.block_multipliers = Tensor::uninitialized({R, blocks}, DType::u8);
@@ -315,7 +317,9 @@ QTensor quantize_row_blocks_impl(const Tensor& x, const QuantizeParams& p, const
         finite = false;  // reported after the loop; never convert NaN/Inf to integers
         continue;
       }
-      const float s = row_max > 0.0f ? row_max / qmax : 1.0f;
+      // At least 2^S FLT_MIN, so that the unit s 2^-S stays a normal float (its reciprocal finite):
+      // only rows of max |x| below ~1e-37 get a coarser scale.
+      const float s = row_max > 0.0f ? std::max(row_max / qmax, min_scale) : 1.0f;
       scales[r] = s;
       kernels::quantize_row_blocks_f32(px + r * C, C, p.row_block, s * unit_shift, qmax, 1 << p.shift_budget, candidates,
                                        p.unsigned_codes ? 0x80 : 0x00, out + r * C, multipliers + r * blocks);

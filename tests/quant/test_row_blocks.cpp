@@ -109,7 +109,7 @@ TEST(RowBlocks, KernelBitExactAgainstReference) {
       float row_max = 0.0f;
       for (float v : x) row_max = std::max(row_max, std::fabs(v));
       const std::int64_t blocks = (n + block - 1) / block;
-      for (const int candidates : {1, 2, 4})
+      for (const int candidates : {1, 2, 3, 4})
         for (const std::uint8_t mask : {std::uint8_t{0}, std::uint8_t{0x80}}) {
           const float unit = row_max / 7.0f / 16.0f;
           std::vector<std::int8_t> ref(x.size()), fast(x.size());
@@ -135,11 +135,32 @@ TEST(RowBlocks, RowsIndependentOfTheBatchAndTheThreads) {
   const QTensor two = quantize(x, p);
   set_num_threads(threads);
   EXPECT_EQ(codes_of(one), codes_of(two));
+  EXPECT_EQ(multipliers_of(one), multipliers_of(two));
   EXPECT_EQ(one.scales.to_vector<float>(), two.scales.to_vector<float>());
   const QTensor alone = quantize(slice(x, 0, 123, 124).clone(), p);
   const std::vector<int> all = codes_of(two);
   EXPECT_EQ(codes_of(alone), std::vector<int>(all.begin() + 123 * 160, all.begin() + 124 * 160));
   EXPECT_EQ(alone.scales.item(), two.scales.data<float>()[123]);
+}
+
+// Rows near the ends of the float range: zeros stay 0, every value dequantizes finite and, where the
+// row's scale is a normal float, close to its value. A row below ~1e-37 gets a scale of at least
+// 2^S FLT_MIN (so that 1 / (s 2^-S) is finite), coarser than its own range would give.
+TEST(RowBlocks, TinyAndHugeRows) {
+  const float tiny = 1e-38f, huge = 3e38f;
+  const Tensor x = Tensor::from_vector(std::vector<float>{0.0f, tiny, -tiny, 0.0f, 0.0f, 2e-37f, 0.0f, -1e-37f,
+                                                          huge, 0.0f, -huge / 3.0f, 1.0f},
+                                       {3, 4});
+  for (const bool mse : {false, true}) {
+    const QTensor q = quantize(x, QuantizeParams::row_blocks(4, 2).with_mse_clip(mse));
+    const std::vector<int> v = codes_of(q);
+    for (const int i : {0, 3, 4, 6, 9}) EXPECT_EQ(v[i], 0) << "element " << i;
+    const Tensor xh = q.dequantize();
+    for (std::int64_t i = 0; i < xh.numel(); ++i) EXPECT_TRUE(std::isfinite(xh.data<float>()[i])) << i;
+    EXPECT_FLOAT_EQ(xh.data<float>()[8], huge);
+    EXPECT_NEAR(xh.data<float>()[10] / huge, -1.0f / 3.0f, 1.0f / 14.0f);
+    EXPECT_NEAR(xh.data<float>()[5], 2e-37f, 2e-37f / 14.0f);
+  }
 }
 
 TEST(RowBlocks, BadParametersAndInputsThrow) {
@@ -156,9 +177,20 @@ TEST(RowBlocks, BadParametersAndInputsThrow) {
   EXPECT_THROW(quantize(x, with([](QuantizeParams& p) { p.outer = OuterScale::per_tensor; })), ValueError);
   EXPECT_THROW(quantize(x, with([](QuantizeParams& p) { p.with_rounding(Rounding::stochastic); })), ValueError);
   EXPECT_THROW(quantize(x, with([](QuantizeParams& p) { p.with_nonnegative_range(); })), ValueError);
-  Tensor bad = x.clone();
-  bad.data<float>()[40] = NAN;
-  EXPECT_THROW(quantize(bad, QuantizeParams::row_blocks(4, 16), "fc.input"), NumericError);
+  for (const float value : {NAN, INFINITY, -INFINITY}) {
+    Tensor bad = x.clone();
+    bad.data<float>()[40] = value;
+    EXPECT_THROW(quantize(bad, QuantizeParams::row_blocks(4, 16), "fc.input"), NumericError);
+  }
+  // The kernel's own preconditions.
+  const std::vector<float> row(16, 1.0f);
+  std::vector<std::int8_t> out(16);
+  std::uint8_t m[1];
+  EXPECT_THROW(kernels::quantize_row_blocks_f32(row.data(), 16, 16, 1.0f / 112, 7.0f, 16, 5, 0, out.data(), m), ValueError);
+  EXPECT_THROW(kernels::quantize_row_blocks_f32(row.data(), 16, 16, 0.0f, 7.0f, 16, 1, 0, out.data(), m), ValueError);
+  EXPECT_THROW(kernels::quantize_row_blocks_f32(row.data(), 16, 16, 1.0f / 112, 7.0f, 32, 1, 0, out.data(), m), ValueError);
+  EXPECT_THROW(kernels::quantize_row_blocks_f32(row.data(), 16, 0, 1.0f / 112, 7.0f, 16, 1, 0, out.data(), m), ValueError);
+  EXPECT_THROW(quantize(x, QuantizeParams::row_blocks(4, std::int64_t{1} << 40)), ValueError);
   QConfig c = QConfig::bits(4);
   c.linear_input_groups = LinearInputGroups::row_blocks;
   c.activations.rounding = Rounding::stochastic;

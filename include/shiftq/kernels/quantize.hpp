@@ -124,8 +124,9 @@ void clip_errors_f32_ref(const float* x, std::int64_t n, const float* inv, const
 // sum_i (round_half_even(clamp(x_i * inv, -qmax, qmax)) * step - x_i)^2, step = unit * m',
 // inv = 1 / step, is least (ties: the larger m). Each candidate's sum is clip_errors_f32's (lane
 // i % 8, then the lanes in order). Codes: v = round_half_even(clamp(x_i * inv, -qmax, qmax)) * m,
-// stored as (v ^ xor_mask) in s8 (0x80: u8 = v + 128); m_out[j] = m. x must be finite, unit > 0,
-// top * qmax <= 127, candidates in [1, kMaxBlockCandidates].
+// stored as (v ^ xor_mask) in s8 (0x80: u8 = v + 128); m_out[j] = m. x must be finite. Throws
+// ValueError unless block >= 1, unit is a normal finite float (>= FLT_MIN: 1 / unit is finite),
+// top * qmax <= 127 and candidates is in [1, kMaxBlockCandidates].
 inline constexpr int kMaxBlockCandidates = 4;
 void quantize_row_blocks_f32(const float* x, std::int64_t n, std::int64_t block, float unit, float qmax, int top,
                              int candidates, std::uint8_t xor_mask, std::int8_t* out, std::uint8_t* m_out);
