@@ -1,5 +1,7 @@
 #include "shiftq/quant/qconfig.hpp"
 
+#include "quant/qlayers_internal.hpp"
+
 namespace shiftq::quant {
 namespace {
 const char* kind_name(QuantizerKind k) {
@@ -48,6 +50,12 @@ void QConfig::validate() const {
   observer.validate();
 }
 
+namespace internal {
+bool linear_input_blocks(const QConfig& c) {
+  return c.linear_input_groups == LinearInputGroups::row_blocks && max_shift_budget(c.activations.bits, false) > 0;
+}
+}  // namespace internal
+
 QConfig QConfig::for_layer(bool first_or_last) const {
   validate();
   QConfig layer = *this;
@@ -76,8 +84,7 @@ std::string QConfig::str() const {
   };
   const bool row_groups = activations.kind == QuantizerKind::shiftquant && activations.shift_budget > 0 &&
                           linear_input_groups == LinearInputGroups::rows;
-  // At 8 bits (S = 0) row_blocks falls back to row scales.
-  const bool row_blocks = linear_input_groups == LinearInputGroups::row_blocks && max_shift_budget(activations.bits, false) > 0;
+  const bool row_blocks = internal::linear_input_blocks(*this);
   const bool row_scales = linear_input_groups == LinearInputGroups::row_scales ||
                           (linear_input_groups == LinearInputGroups::row_blocks && !row_blocks);
   const bool rotated = linear_input_rotation == LinearInputRotation::hadamard;

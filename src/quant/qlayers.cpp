@@ -179,9 +179,8 @@ QTensor quantize_linear_input(const Tensor& x2d, const QConfig& config, const Qu
     return internal::quantize_activation(x2d, internal::activation_params(config.activations, group_axis), call, name);
   }
   const TensorQConfig& c = config.activations;
-  const bool blocks = config.linear_input_groups == LinearInputGroups::row_blocks && max_shift_budget(c.bits, false) > 0;
-  QuantizeParams params = blocks ? QuantizeParams::row_blocks(c.bits, kLinearInputBlock)
-                                 : QuantizeParams::per_row(c.bits).with_rounding(c.rounding);
+  QuantizeParams params = internal::linear_input_blocks(config) ? QuantizeParams::row_blocks(c.bits, kLinearInputBlock)
+                                                                 : QuantizeParams::per_row(c.bits).with_rounding(c.rounding);
   const QTensor q = quantize(x2d, params.with_unsigned_codes().with_mse_clip(c.mse_clip), name);
   if (call.numerics) {
     call.numerics->input.merge(measure_quantization(x2d, q));

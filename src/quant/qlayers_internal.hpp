@@ -24,6 +24,9 @@ T* thread_scratch(std::int64_t n) {
 // Activations [rows, in] (Linear) or [N*C, H*W] (Conv2d): a per-tensor base, groups along
 // `inner_axis`, u8 codes (v + 128).
 QuantizeParams activation_params(const TensorQConfig& c, int inner_axis);
+// Whether a Linear input under `c` gets block multipliers: LinearInputGroups::row_blocks at fewer
+// than 8 activation bits (at 8 bits, S = 0, it falls back to row scales).
+bool linear_input_blocks(const QConfig& c);
 // dY [rows, out] as A of dX = dY W (groups over out, scale per row) or of dW = dY^T X (groups over
 // rows, scale per output channel); stochastic rounding keyed by `key` (QuantCall::gradient_key);
 // u8 codes.
