@@ -15,8 +15,9 @@
 //       docs/results.md (--act-rotation hadamard --act-quant per-token --act-clip mse --weight-clip
 //       mse: Hadamard-rotated Linear inputs with an MSE-clipped float scale per token, MSE-chosen
 //       weight exponents). int4_l1_rot_pertokenblocks_mse: the same with block multipliers per 16
-//       features under each token's scale (--act-quant per-token-blocks). int6_l1_pertoken_mse: 6 bits with an MSE-clipped float scale per token
-//       for the Linear inputs (--act-quant per-token --act-clip mse).
+//       features under each token's scale (--act-quant per-token-blocks). int6_l1_pertoken_mse: 6
+//       bits with an MSE-clipped float scale per token for the Linear inputs (--act-quant per-token
+//       --act-clip mse).
 // Inputs are a fixed random batch (normal images / uniform tokens): no data loading is timed.
 //
 // Each case builds its model once, runs kWarmupSteps untimed steps, then times one step per
