@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <tuple>
+#include <vector>
 
 #include <shiftq/kernels/l1norm.hpp>
 #include <shiftq/kernels/quantize.hpp>
@@ -414,12 +416,14 @@ TEST(QuantizeKernels, ShiftClipErrorsOfColumnsEqualOneGroupAtATime) {
   }
 }
 
-// Many short rows in one call (the constants set up once per call, each row's scales and
-// stochastic indices its own) equal the reference, for the three factor forms, with an index base
-// whose rows cross 2^32 partway (those rows take the scalar path inside the vector loop).
+// Rows of up to 64 columns take the narrow-row loop (AVX-512: column factors in registers, the
+// element index advanced row by row); it must equal the reference in every factor form and
+// rounding mode, from a first row other than 0, with row steps above 1, with channels-last index
+// planes (the index of a row's image and pixel is carried from row to row) and with bases whose
+// indices cross 2^32 inside the rows (those rows take the scalar path).
 TEST(QuantizeKernels, PackOfManyShortRowsEqualsReference) {
   Generator gen(13);
-  for (std::int64_t cols : {16, 32, 48, 64}) {
+  for (std::int64_t cols : {5, 16, 24, 32, 48, 64}) {
     const std::int64_t rows = 37;
     const Tensor x = mul(Tensor::randn({rows, cols}, gen), 5.0f);
     std::vector<float> row_mul(rows), row_pack(rows), col_mul(cols), col_pack(cols), ones(std::max(rows, cols), 1.0f);
@@ -434,22 +438,26 @@ TEST(QuantizeKernels, PackOfManyShortRowsEqualsReference) {
     for (int form = 0; form < 3; ++form) {  // general, unit_factors, col_mul_only
       for (bool stochastic : {false, true}) {
         for (std::uint64_t index_base : {std::uint64_t{0}, (std::uint64_t{1} << 32) - 5 * static_cast<std::uint64_t>(cols) - 3}) {
-          std::vector<std::int8_t> got(rows * cols, 99), want(rows * cols, 99);
-          QuantizePackArgs a{x.data<float>(), rows, cols, row_mul.data(), col_mul.data(), row_pack.data(),
-                             col_pack.data(), 7.0f, stochastic, 4242, 0x80, got.data()};
-          if (form == 1) {
-            a.unit_factors = true;
-            a.col_mul = a.row_pack = a.col_pack = ones.data();
-          } else if (form == 2) {
-            a.col_mul_only = true;
-            a.row_mul = a.row_pack = a.col_pack = ones.data();
+          for (const auto& [plane, r0, step] : std::vector<std::tuple<std::int64_t, std::int64_t, std::int64_t>>{
+                   {0, 0, 1}, {0, 3, 2}, {7, 0, 1}, {7, 5, 1}, {7, 4, 3}, {1, 2, 5}}) {
+            std::vector<std::int8_t> got(rows * cols, 99), want(rows * cols, 99);
+            QuantizePackArgs a{x.data<float>(), rows, cols, row_mul.data(), col_mul.data(), row_pack.data(),
+                               col_pack.data(), 7.0f, stochastic, 4242, 0x80, got.data()};
+            if (form == 1) {
+              a.unit_factors = true;
+              a.col_mul = a.row_pack = a.col_pack = ones.data();
+            } else if (form == 2) {
+              a.col_mul_only = true;
+              a.row_mul = a.row_pack = a.col_pack = ones.data();
+            }
+            a.index_base = index_base;
+            a.index_plane = plane;
+            quantize_pack_f32_s8(a, r0, rows, step);
+            a.out = want.data();
+            quantize_pack_f32_s8_ref(a, r0, rows, step);
+            EXPECT_EQ(got, want) << "cols " << cols << " form " << form << " stochastic " << stochastic << " base "
+                                 << index_base << " plane " << plane << " rows " << r0 << ".." << rows << " step " << step;
           }
-          a.index_base = index_base;
-          quantize_pack_f32_s8(a, 0, rows);
-          a.out = want.data();
-          quantize_pack_f32_s8_ref(a, 0, rows);
-          EXPECT_EQ(got, want) << "cols " << cols << " form " << form << " stochastic " << stochastic
-                               << " base " << index_base;
         }
       }
     }
