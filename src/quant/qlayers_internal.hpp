@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <vector>
 
 #include "shiftq/quant/qlayers.hpp"
@@ -60,6 +61,19 @@ using SampleProducer = std::function<void(std::int64_t n, float* tile)>;
 // block holds NaN or Inf.
 QTensor quantize_produced_sample_channels(std::int64_t samples, std::int64_t P, std::int64_t C, const QuantizeParams& params,
                                           const SampleProducer& produce, bool channels_first_tiles, const char* name);
+// Both codes of an output gradient dy: [R, C] for the two backward products, in two passes over dy
+// where two quantize() calls take three: for_input (dX = dY W: groups over the columns, a scale per
+// row) and for_weight (dW = dY^T X: groups over the rows, a scale per column), given dy's exact
+// column and row maxima (the caller's range pass). The results are those of quantize(dy, for_input,
+// col_max) and quantize(dy, for_weight, row_max), bit for bit; parameters other than per-index
+// ShiftQuant without MSE clipping, the unsigned range or observed ranges (and an all-zero dy) run
+// those two calls. Throws as quantize(), and ValueError for other inner axes.
+struct GradientCodes {
+  QTensor for_input;
+  QTensor for_weight;
+};
+GradientCodes quantize_gradient_pair(const Tensor& dy, const QuantizeParams& for_input, std::span<const float> col_max,
+                                     const QuantizeParams& for_weight, std::span<const float> row_max, const char* name);
 // Measures a gradient's quantization for the monitor (when call.numerics is set).
 void measure_gradient(const Tensor& g2d, const QTensor& gq, const std::shared_ptr<LayerNumerics>& numerics);
 // Adds to the calling thread's saved-activation byte counter (saved_activation_bytes()).

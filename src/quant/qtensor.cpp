@@ -729,6 +729,139 @@ QTensor quantize_produced_sample_channels(std::int64_t samples, std::int64_t P, 
   return quantize_sample_channels_impl(Tensor(), samples, P, C, p, produce, channels_first_tiles, name);
 }
 
+namespace {
+// One operand's per-row and per-column factors in quantize_gradient_pair, kept per thread across
+// calls as QuantizeScratch is (fresh vectors of 10^5 floats fault in new pages every call).
+struct OperandFactors {
+  std::vector<float> pow_e, pack, inv_scale, ones;
+};
+
+// One operand's metadata and factors in quantize_gradient_pair: ShiftQuant groups along inner_axis
+// under the base max(ranges), exponents as quantize_impl's set_exponents.
+struct GradientOperand {
+  QTensor q;
+  std::vector<float>& pow_e;
+  std::vector<float>& pack;
+  std::vector<float>& inv_scale;
+  std::vector<float>& ones;
+
+  GradientOperand(const QuantizeParams& p, std::int64_t R, std::int64_t C, std::span<const float> ranges,
+                  OperandFactors& factors)
+      : pow_e(factors.pow_e), pack(factors.pack), inv_scale(factors.inv_scale), ones(factors.ones) {
+    const std::int64_t inner_len = p.inner_axis == 1 ? C : R, outer_len = p.inner_axis == 1 ? R : C;
+    q.bits = p.bits;
+    q.shift_budget = p.shift_budget;
+    q.inner_axis = p.inner_axis;
+    q.outer = p.outer;
+    q.nonnegative = false;  // as quantize_impl with given ranges: no sign pass
+    q.input_negative = true;
+    q.exponents = Tensor::empty({inner_len}, DType::s8);
+    q.scales = Tensor::ones({outer_len});
+    q.codes = Tensor::uninitialized({R, C}, p.unsigned_codes ? DType::u8 : DType::s8);
+    const float m = *std::max_element(ranges.begin(), ranges.end());
+    pow_e.resize(static_cast<std::size_t>(inner_len));
+    pack.resize(static_cast<std::size_t>(inner_len));
+    std::int8_t* e_out = q.exponents.data<std::int8_t>();
+    detail::parallel_for(inner_len, kParallelElements, [&](std::int64_t k0, std::int64_t k1) {
+      for (std::int64_t k = k0; k < k1; ++k) {
+        const int e = group_exponent(m, ranges[static_cast<std::size_t>(k)], p.shift_budget);
+        e_out[k] = static_cast<std::int8_t>(e);
+        pow_e[static_cast<std::size_t>(k)] = pow2(e);
+        pack[static_cast<std::size_t>(k)] = pow2(p.shift_budget - e);
+      }
+    });
+    inv_scale.assign(static_cast<std::size_t>(outer_len), 1.0f);
+    ones.assign(static_cast<std::size_t>(outer_len), 1.0f);
+  }
+
+  // Outer scales i in [i0, i1) from their maxima (quantize_impl's set_scales).
+  void set_scales(const float* max, std::int64_t i0, std::int64_t i1) {
+    const float qmax = static_cast<float>(q.qmax());
+    float* scales = q.scales.data<float>();
+    for (std::int64_t i = i0; i < i1; ++i) {
+      const float sc = max[i] > 0.0f ? max[i] / qmax : 1.0f;
+      scales[i] = sc;
+      inv_scale[static_cast<std::size_t>(i)] = 1.0f / sc;
+    }
+  }
+
+  kernels::QuantizePackArgs pack_args(const QuantizeParams& p, const float* x) {
+    const bool groups_on_cols = p.inner_axis == 1;
+    kernels::QuantizePackArgs a{};
+    a.x = x;
+    a.rows = q.rows();
+    a.cols = q.cols();
+    a.row_mul = groups_on_cols ? inv_scale.data() : pow_e.data();
+    a.col_mul = groups_on_cols ? pow_e.data() : inv_scale.data();
+    a.row_pack = groups_on_cols ? ones.data() : pack.data();
+    a.col_pack = groups_on_cols ? pack.data() : ones.data();
+    a.qmax = static_cast<float>(q.qmax());
+    a.stochastic = p.rounding == Rounding::stochastic;
+    a.key = p.key.derive();
+    a.xor_mask = p.unsigned_codes ? 0x80 : 0x00;
+    a.out = p.unsigned_codes ? reinterpret_cast<std::int8_t*>(q.codes.data<std::uint8_t>()) : q.codes.data<std::int8_t>();
+    return a;
+  }
+};
+}  // namespace
+
+GradientCodes quantize_gradient_pair(const Tensor& dy, const QuantizeParams& for_input, std::span<const float> col_max,
+                                     const QuantizeParams& for_weight, std::span<const float> row_max, const char* name) {
+  check_quantize_input(dy, for_input, name);
+  check_quantize_input(dy, for_weight, name, /*x_known_finite=*/true);
+  const std::int64_t R = dy.size(0), C = dy.size(1);
+  SHIFTQ_CHECK(for_input.inner_axis == 1 && for_weight.inner_axis == 0, ValueError,
+               "quantize_gradient_pair: the input-gradient codes need groups over the columns (inner_axis 1), the "
+               "weight-gradient codes over the rows (inner_axis 0)", name_suffix(name));
+  SHIFTQ_CHECK(static_cast<std::int64_t>(col_max.size()) == C && static_cast<std::int64_t>(row_max.size()) == R,
+               ShapeError, "quantize_gradient_pair: ", col_max.size(), " column and ", row_max.size(),
+               " row ranges for ", dy.str(), name_suffix(name));
+  const bool fused = takes_given_ranges(for_input) && takes_given_ranges(for_weight) && !for_input.mse_clip &&
+                     !for_weight.mse_clip && for_input.observed_group_ranges.empty() &&
+                     for_weight.observed_group_ranges.empty();
+  const bool all_zero = *std::max_element(col_max.begin(), col_max.end()) == 0.0f;
+  if (!fused || all_zero) return {quantize(dy, for_input, col_max, name), quantize(dy, for_weight, row_max, name)};
+  SHIFTQ_CHECK(std::all_of(col_max.begin(), col_max.end(), [](float r) { return std::isfinite(r) && r >= 0.0f; }) &&
+                   std::all_of(row_max.begin(), row_max.end(), [](float r) { return std::isfinite(r) && r >= 0.0f; }),
+               ValueError, "quantize_gradient_pair: ranges must be finite and >= 0", name_suffix(name));
+
+  const float* px = dy.data<float>();
+  thread_local OperandFactors in_factors, wt_factors;
+  thread_local std::vector<float> in_row_max;
+  GradientOperand in(for_input, R, C, col_max, in_factors);  // dX's operand: scale per row, found tile by tile
+  GradientOperand wt(for_weight, R, C, row_max, wt_factors);  // dW's operand: scale per column, over all rows
+  kernels::QuantizePackArgs in_args = in.pack_args(for_input, px);
+  in_row_max.resize(static_cast<std::size_t>(R));
+  float* const row_max_w = in_row_max.data();  // the caller's buffer (the blocks run on other threads)
+  std::vector<float> wt_col_max(static_cast<std::size_t>(C), 0.0f);
+  std::atomic<bool> finite{true};
+  std::mutex col_mutex;
+  // Pass 1, tiles of ~16 KiB while in L1: each row's scale and dX codes, and the column maxima of
+  // |dY| 2^e_r that dW's scales need.
+  const std::int64_t tile = std::max<std::int64_t>(1, 4096 / C);
+  for_row_blocks(R, C, [&](std::int64_t r0, std::int64_t r1) {
+    std::vector<float> cols(static_cast<std::size_t>(C), 0.0f);
+    for (std::int64_t t0 = r0; t0 < r1; t0 += tile) {
+      const std::int64_t t1 = std::min(r1, t0 + tile);
+      if (!kernels::absmax_rows_f32(px, t0, t1, C, in.pow_e.data(), row_max_w) ||
+          !kernels::absmax_cols_f32(px, t0, t1, C, wt.pow_e.data(), cols.data())) {
+        finite = false;  // reported after the loop; never convert NaN/Inf to integers
+        return;
+      }
+      in.set_scales(row_max_w, t0, t1);
+      kernels::quantize_pack_f32_s8(in_args, t0, t1);
+    }
+    const std::lock_guard<std::mutex> lock(col_mutex);  // max: exact in any order
+    for (std::int64_t c = 0; c < C; ++c) wt_col_max[static_cast<std::size_t>(c)] = std::max(wt_col_max[static_cast<std::size_t>(c)], cols[static_cast<std::size_t>(c)]);
+  });
+  if (!finite) throw_nonfinite(dy, name);
+  // Pass 2: dW's codes.
+  wt.set_scales(wt_col_max.data(), 0, C);
+  const kernels::QuantizePackArgs wt_args = wt.pack_args(for_weight, px);
+  for_row_blocks(R, C, [&](std::int64_t r0, std::int64_t r1) { kernels::quantize_pack_f32_s8(wt_args, r0, r1); });
+  return {std::move(in.q), std::move(wt.q)};
+}
+
 QTensor quantize_checked_input(const Tensor& x, const QuantizeParams& p, const char* name) {
   check_quantize_input(x, p, name, /*x_known_finite=*/true);
   return quantize_impl(x, p, nullptr, name);

@@ -6,10 +6,15 @@
 #include <cmath>
 #include <cstdio>
 #include <span>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include <shiftq/kernels/quantize.hpp>
 #include <shiftq/quant/qtensor.hpp>
 #include <shiftq/shiftq.hpp>
+
+#include "quant/qlayers_internal.hpp"  // quantize_gradient_pair
 
 namespace shiftq::quant {
 namespace {
@@ -426,6 +431,72 @@ TEST(Quantize, GivenInnerRangesGiveTheSameQuantization) {
     y.data<float>()[100] = NAN;
     EXPECT_THROW(quantize(y, QuantizeParams::shiftquant(4, 4, axis), ranges, "g"), NumericError);
   }
+}
+
+// The backward's two gradient operands in two passes (internal::quantize_gradient_pair) equal the
+// two quantize() calls they replace, bit for bit: codes, scales, exponents and flags, on rows as
+// narrow as a 16-channel convolution gradient's and wide ones, with a zero row and a zero column,
+// in both roundings; all-zero input and parameters the pair does not fuse (MSE clipping, per-tensor
+// scales) run the two calls; bad ranges, axes and NaN/Inf give clear errors.
+TEST(Quantize, GradientPairEqualsTwoQuantizeCalls) {
+  Generator gen(21);
+  auto expect_same = [](const QTensor& got, const QTensor& want, const std::string& what) {
+    EXPECT_EQ(got.codes.dtype(), want.codes.dtype()) << what;
+    EXPECT_EQ(got.signed_codes().to_vector<std::int8_t>(), want.signed_codes().to_vector<std::int8_t>()) << what;
+    EXPECT_EQ(got.scales.to_vector<float>(), want.scales.to_vector<float>()) << what;
+    EXPECT_EQ(got.exponents.to_vector<std::int8_t>(), want.exponents.to_vector<std::int8_t>()) << what;
+    EXPECT_EQ(got.inner_axis, want.inner_axis) << what;
+    EXPECT_EQ(got.outer, want.outer) << what;
+    EXPECT_EQ(got.shift_budget, want.shift_budget) << what;
+    EXPECT_EQ(got.nonnegative, want.nonnegative) << what;
+    EXPECT_EQ(got.input_negative, want.input_negative) << what;
+  };
+  const int previous_threads = get_num_threads();
+  for (const auto& [R, C] : std::vector<std::pair<std::int64_t, std::int64_t>>{{30000, 16}, {1200, 48}, {67, 300}, {5, 3}})
+    for (int threads : {1, 2}) {  // blocks of rows on other threads than the caller's
+    set_num_threads(threads);
+    Tensor x = channel_spread(R, C, log_uniform_ranges(C, -8, 2, gen), gen);
+    for (std::int64_t c = 0; c < C; ++c) x.data<float>()[2 * C + c] = 0.0f;  // a zero row
+    for (std::int64_t r = 0; r < R; ++r) x.data<float>()[r * C + C - 1] = 0.0f;  // a zero column
+    for (Rounding rounding : {Rounding::nearest_even, Rounding::stochastic})
+      for (int bits : {4, 6}) {
+        const int S = 8 - bits;
+        const QuantizeParams for_input = QuantizeParams::shiftquant(bits, S, 1).with_rounding(rounding, {1, 2, 3}).with_unsigned_codes();
+        const QuantizeParams for_weight = QuantizeParams::shiftquant(bits, S, 0).with_rounding(rounding, {1, 2, 4});
+        const std::vector<float> col_max = inner_ranges(x, 1), row_max = inner_ranges(x, 0);
+        const internal::GradientCodes got = internal::quantize_gradient_pair(x, for_input, col_max, for_weight, row_max, "g");
+        const std::string what = std::to_string(R) + "x" + std::to_string(C) + " threads " + std::to_string(threads) +
+                                 " bits " + std::to_string(bits) +
+                                 (rounding == Rounding::stochastic ? " stochastic" : " nearest");
+        expect_same(got.for_input, quantize(x, for_input, col_max), what + " (dX operand)");
+        expect_same(got.for_weight, quantize(x, for_weight, row_max), what + " (dW operand)");
+      }
+  }
+  set_num_threads(previous_threads);
+  const Tensor x = channel_spread(40, 20, log_uniform_ranges(20, -4, 0, gen), gen);
+  const std::vector<float> col_max = inner_ranges(x, 1), row_max = inner_ranges(x, 0);
+  const QuantizeParams for_input = QuantizeParams::shiftquant(4, 4, 1), for_weight = QuantizeParams::shiftquant(4, 4, 0);
+  // Parameters the pair does not fuse, and an all-zero gradient: the two calls' results.
+  for (const auto& [a, b] : std::vector<std::pair<QuantizeParams, QuantizeParams>>{
+           {QuantizeParams(for_input).with_mse_clip(true), for_weight},
+           {for_input, QuantizeParams::shiftquant(4, 4, 0, OuterScale::per_tensor)}}) {
+    const internal::GradientCodes got = internal::quantize_gradient_pair(x, a, col_max, b, row_max, "g");
+    expect_same(got.for_input, quantize(x, a, col_max), "unfused dX operand");
+    expect_same(got.for_weight, quantize(x, b, row_max), "unfused dW operand");
+  }
+  const Tensor zeros = Tensor::zeros({40, 20});
+  const internal::GradientCodes zero = internal::quantize_gradient_pair(
+      zeros, for_input, std::vector<float>(20, 0.0f), for_weight, std::vector<float>(40, 0.0f), "g");
+  expect_same(zero.for_weight, quantize(zeros, for_weight), "all-zero dW operand");
+  // Bad input.
+  EXPECT_THROW(internal::quantize_gradient_pair(x, for_weight, row_max, for_input, col_max, "g"), ValueError);
+  EXPECT_THROW(internal::quantize_gradient_pair(x, for_input, row_max, for_weight, row_max, "g"), ShapeError);
+  std::vector<float> bad_range = col_max;
+  bad_range[3] = NAN;
+  EXPECT_THROW(internal::quantize_gradient_pair(x, for_input, bad_range, for_weight, row_max, "g"), ValueError);
+  Tensor nan_x = x.clone();
+  nan_x.data<float>()[77] = INFINITY;
+  EXPECT_THROW(internal::quantize_gradient_pair(nan_x, for_input, col_max, for_weight, row_max, "g"), NumericError);
 }
 
 TEST(Quantize, StochasticRoundingIsUnbiased) {
