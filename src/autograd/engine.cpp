@@ -16,6 +16,7 @@ void accumulate_into(Tensor& acc, const Tensor& g) {
   detail::parallel_for(acc.numel(), 1 << 15, [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t i = begin; i < end; ++i) a[i] += b[i];
   });
+  acc.bump_version();  // what was noted about the first gradient (its ranges) no longer holds
 }
 
 // Metas reachable from `root` through grad_fn edges, in reverse topological order (root first).

@@ -22,6 +22,7 @@
 #include <atomic>
 #include <cmath>
 #include <mutex>
+#include <span>
 #include <vector>
 
 #include "core/parallel_for.hpp"
@@ -80,15 +81,25 @@ Tensor to_channels_last(const Tensor& codes, const ConvShape& s) {
 // maxima are vertical or long-row reductions (the transposed rows are only O = 16..64 wide, one
 // horizontal reduction per pixel), then transposed while in cache.
 struct GradientRows {
-  Tensor rows;                   // [N*P, O]
-  std::vector<float> row_max;    // [N*P]
-  std::vector<float> col_max;    // [O]
+  Tensor rows;                         // [N*P, O]
+  std::span<const float> row_max;      // [N*P]
+  std::span<const float> col_max;      // [O]
+  std::vector<float> own_row_max, own_col_max;  // the spans' storage when taken here
 };
 
-// Channels-last dY is already [N*P, O]: only the ranges, per sample while its rows are in cache.
+// Channels-last dY is already [N*P, O]: its ranges were noted by the op that wrote it (the L1
+// BatchNorm's backward), or are taken here per sample while its rows are in cache.
 GradientRows gradient_rows(const Tensor& grad, const ConvShape& s) {
-  GradientRows g{s.y_channels_last ? grad.view({s.N * s.P, s.O}) : Tensor::uninitialized({s.N * s.P, s.O}),
-                 std::vector<float>(static_cast<std::size_t>(s.N * s.P)), std::vector<float>(static_cast<std::size_t>(s.O), 0.0f)};
+  GradientRows g;
+  g.rows = s.y_channels_last ? grad.view({s.N * s.P, s.O}) : Tensor::uninitialized({s.N * s.P, s.O});
+  if (s.y_channels_last)
+    if (const internal::GradientRanges* noted = internal::find_gradient_ranges(grad, s.N * s.P, s.O)) {
+      g.row_max = noted->row_max;
+      g.col_max = noted->col_max;
+      return g;
+    }
+  g.own_row_max.resize(static_cast<std::size_t>(s.N * s.P));
+  g.own_col_max.assign(static_cast<std::size_t>(s.O), 0.0f);
   const float* src = grad.data<float>();
   float* dst = g.rows.data<float>();
   std::mutex col_mutex;
@@ -100,7 +111,7 @@ GradientRows gradient_rows(const Tensor& grad, const ConvShape& s) {
     bool ok = true;
     for (std::int64_t n = b; n < e; ++n) {
       const float* sample = src + n * s.O * s.P;  // [O, P], or [P, O] channels-last
-      float* pixel_max = g.row_max.data() + n * s.P;
+      float* pixel_max = g.own_row_max.data() + n * s.P;
       if (s.y_channels_last) {
         ok &= kernels::absmax_rows_f32(sample, 0, s.P, s.O, nullptr, pixel_max);
         ok &= kernels::absmax_cols_f32(sample, 0, s.P, s.O, nullptr, col);
@@ -114,9 +125,11 @@ GradientRows gradient_rows(const Tensor& grad, const ConvShape& s) {
     }
     if (!ok) finite = false;
     const std::lock_guard<std::mutex> lock(col_mutex);  // max: exact in any order
-    for (std::int64_t o = 0; o < s.O; ++o) g.col_max[o] = std::max(g.col_max[o], col[o]);
+    for (std::int64_t o = 0; o < s.O; ++o) g.own_col_max[o] = std::max(g.own_col_max[o], col[o]);
   });
   if (!finite) grad.check_finite("quantized_conv2d: output gradient");
+  g.row_max = g.own_row_max;
+  g.col_max = g.own_col_max;
   return g;
 }
 

@@ -724,12 +724,31 @@ std::vector<Tensor> nhwc_backward(const NormBackward& nb, const Tensor& dy, std:
     above[g] = t.above;
     below[g] = t.below;
   }
+  // dx, tile by tile; each tile's row and column maxima are taken while it is in L1 and noted for
+  // the convolution whose output gradient dx is (internal::find_gradient_ranges), which then
+  // needs no range pass over it.
   Tensor dx = Tensor::uninitialized(dy.shape());
   float* pdx = dx.data<float>();
   const kernels::L1BatchNormBackwardCols cols{k_d.data(), k_s.data(), k_0.data(), above.data(), below.data()};
+  internal::GradientRanges& ranges = internal::gradient_ranges_slot(dx, R, C);
+  std::fill(ranges.col_max.begin(), ranges.col_max.end(), 0.0f);
+  float* const row_max = ranges.row_max.data();
+  float* const col_max = ranges.col_max.data();
+  std::atomic<bool> finite{true};
   detail::parallel_for(R, grain, [&](std::int64_t r0, std::int64_t r1) {
-    kernels::l1_bn_backward_cols_s8_f32(cols, q + r0 * C, d + r0 * C, r1 - r0, C, C, pdx + r0 * C);
+    std::vector<float> part(static_cast<std::size_t>(C), 0.0f);
+    bool ok = true;
+    for (std::int64_t t0 = r0; t0 < r1; t0 += grain) {
+      const std::int64_t t1 = std::min(r1, t0 + grain);
+      kernels::l1_bn_backward_cols_s8_f32(cols, q + t0 * C, d + t0 * C, t1 - t0, C, C, pdx + t0 * C);
+      ok &= kernels::absmax_rows_f32(pdx, t0, t1, C, nullptr, row_max);
+      ok &= kernels::absmax_cols_f32(pdx, t0, t1, C, nullptr, part.data());
+    }
+    if (!ok) finite = false;
+    const std::lock_guard<std::mutex> lock(mutex);  // max: exact in any order
+    for (std::int64_t c = 0; c < C; ++c) col_max[c] = std::max(col_max[c], part[static_cast<std::size_t>(c)]);
   });
+  if (finite) internal::note_gradient_ranges_done(dx);  // NaN/Inf: the consumer's own pass reports it
   return {dx, dgamma, dbeta};
 }
 

@@ -74,6 +74,25 @@ struct GradientCodes {
 };
 GradientCodes quantize_gradient_pair(const Tensor& dy, const QuantizeParams& for_input, std::span<const float> col_max,
                                      const QuantizeParams& for_weight, std::span<const float> row_max, const char* name);
+// The exact ranges of a channels-last output gradient dY, viewed as [R, C] (rows: pixels): max |dY|
+// per row and per column. The op that produces dY (the quantized L1 BatchNorm's channels-last
+// backward) takes them while it writes dY and notes them here; the convolution that consumes dY
+// takes them instead of a range pass of its own. A note is found only for the same storage (alive),
+// version and [R, C]: a write through shiftq (the autograd engine adding a second gradient bumps
+// the version) or a freed storage makes it unusable, and the consumer then scans dY itself. Notes
+// are per thread (a backward runs on one thread), the last kGradientRangeNotes of them.
+struct GradientRanges {
+  std::vector<float> row_max;  // [R]
+  std::vector<float> col_max;  // [C]
+};
+inline constexpr int kGradientRangeNotes = 4;
+// An entry to fill for dy: [R, C] (its vectors sized R and C, contents unspecified), replacing the
+// oldest note; it becomes findable by note_gradient_ranges_done(dy).
+GradientRanges& gradient_ranges_slot(const Tensor& dy, std::int64_t R, std::int64_t C);
+void note_gradient_ranges_done(const Tensor& dy);
+// The noted ranges of dy viewed as [R, C], or null; a found note is used up (valid until this
+// thread's next gradient_ranges_slot call).
+const GradientRanges* find_gradient_ranges(const Tensor& dy, std::int64_t R, std::int64_t C);
 // Measures a gradient's quantization for the monitor (when call.numerics is set).
 void measure_gradient(const Tensor& g2d, const QTensor& gq, const std::shared_ptr<LayerNumerics>& numerics);
 // Adds to the calling thread's saved-activation byte counter (saved_activation_bytes()).

@@ -55,6 +55,18 @@ TEST(Backward, ExplicitGradient) {
   EXPECT_EQ(g.to_vector<float>(), (std::vector<float>{1, 10, 100}));  // the seed is not modified
 }
 
+// Adding a second gradient into a first one writes that tensor in place: its storage version moves,
+// so what a cache noted about the first gradient (e.g. its ranges, for a quantized consumer) is
+// seen as stale.
+TEST(Backward, AccumulatingIntoAGradientBumpsItsVersion) {
+  Tensor x = leaf({1, 2, 3}, {3});
+  sum(mul(x, 2.0f)).backward();
+  const std::uint64_t first = x.grad().version();
+  sum(mul(x, 3.0f)).backward();  // accumulates into x's gradient
+  EXPECT_GT(x.grad().version(), first);
+  EXPECT_EQ(grad_of(x), (std::vector<float>{5, 5, 5}));
+}
+
 TEST(Backward, ExplicitGradientOfWrongShapeThrows) {
   Tensor x = leaf({1, 2, 3}, {3});
   Tensor y = mul(x, 2.0f);

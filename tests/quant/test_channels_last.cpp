@@ -3,11 +3,14 @@
 // same float epilogues), the float layers the same values up to summation order.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include <shiftq/shiftq.hpp>
+
+#include "quant/qlayers_internal.hpp"  // the noted gradient ranges
 
 namespace shiftq {
 namespace {
@@ -228,6 +231,47 @@ TEST(ChannelsLast, QuantizedL1BatchNormDoesNotDependOnTheThreadCount) {
     const std::vector<float> one = run(1, x, r);
     for (int threads : {2, 3}) EXPECT_TRUE(run(threads, x, r) == one) << threads << " threads, shape " << x.str();
   }
+}
+
+// The channels-last L1 BatchNorm's backward notes the exact row and column maxima of the gradient it
+// writes (internal::find_gradient_ranges), for the convolution that consumes it. A note is found
+// once, for the same storage at the same version and [R, C] only: after an in-place write through
+// shiftq (the engine's accumulation bumps the version), under another shape, or for another tensor
+// it is not. (That the convolution's results with a noted range equal those without one is the
+// ChannelsLast / TrainerTest comparisons against NCHW, which notes nothing.)
+TEST(ChannelsLast, NormBackwardNotesItsGradientRanges) {
+  Generator gen(31);
+  const std::int64_t N = 6, H = 5, W = 7, C = 24, R = N * H * W;
+  const Tensor x = add(mul(Tensor::randn({N, H, W, C}, gen), 2.0f), 0.3f).set_requires_grad(true);
+  const Tensor gamma = Tensor::full({C}, 0.5f).set_requires_grad(true);
+  L1BatchNormState state;
+  const quant::QuantCall call{.step = 3, .seed = 2, .layer_id = 5};
+  const Tensor y = quant::quantized_l1_batch_norm2d(x, gamma, Tensor(), state, QConfig::bits(8), call, ImageLayout::nhwc);
+  sum(mul(y, Tensor::randn(y.shape(), gen))).backward();
+  const Tensor dx = x.grad();  // the norm's own output tensor (a leaf keeps a gradient no one else holds)
+  std::vector<float> row_max(R, 0.0f), col_max(C, 0.0f);
+  for (std::int64_t r = 0; r < R; ++r)
+    for (std::int64_t c = 0; c < C; ++c) {
+      const float a = std::fabs(dx.data<float>()[r * C + c]);
+      row_max[r] = std::max(row_max[r], a);
+      col_max[c] = std::max(col_max[c], a);
+    }
+  EXPECT_EQ(quant::internal::find_gradient_ranges(dx, R, C + 1), nullptr) << "another shape";
+  EXPECT_EQ(quant::internal::find_gradient_ranges(dx.clone(), R, C), nullptr) << "another tensor";
+  const quant::internal::GradientRanges* noted = quant::internal::find_gradient_ranges(dx.view({R, C}), R, C);
+  ASSERT_NE(noted, nullptr);
+  EXPECT_EQ(noted->row_max, row_max);
+  EXPECT_EQ(noted->col_max, col_max);
+  EXPECT_EQ(quant::internal::find_gradient_ranges(dx, R, C), nullptr) << "a note is used once";
+  // A gradient written again in place (the second backward accumulates into the leaf's gradient):
+  // the note made for the new values is for another storage, and the old storage's version moved.
+  Tensor other = Tensor::randn({N, H, W, C}, gen);
+  quant::internal::GradientRanges& slot = quant::internal::gradient_ranges_slot(other, R, C);
+  std::fill(slot.row_max.begin(), slot.row_max.end(), 1.0f);
+  std::fill(slot.col_max.begin(), slot.col_max.end(), 1.0f);
+  quant::internal::note_gradient_ranges_done(other);
+  other.bump_version();
+  EXPECT_EQ(quant::internal::find_gradient_ranges(other, R, C), nullptr) << "written after the note";
 }
 
 // The float layers in NHWC: the same values as NCHW up to the order of float sums, and gradients.

@@ -113,6 +113,9 @@ class Tensor {
   // Identity and version of the storage (see Storage::version). Code that writes through data()
   // directly must call bump_version() so that caches notice.
   const void* storage_id() const { return storage_.get(); }
+  // A handle on the storage that does not keep it alive: it expires when the storage is freed, so
+  // a cache keyed by it cannot take a new storage at a reused address for this one.
+  std::weak_ptr<const void> storage_token() const { return storage_; }
   // True when this handle is the only one referring to its storage (nothing else can see writes).
   bool storage_is_unique() const { return storage_ && storage_.use_count() == 1; }
   std::uint64_t version() const { return storage_ ? storage_->version() : 0; }
