@@ -26,7 +26,7 @@ int main(int argc, char** argv) {
       .add("depth", &c.depth, "ResNet depth, 6n+2 (20, 32, 56, ...)")
       .add("width", &c.width, "channels of the first stage")
       .add("norm", &c.norm, "l2 (BatchNorm2d) or l1 (L1BatchNorm2d)")
-      .add("layout", &c.layout, "memory order of the activations: nchw, or nhwc (channels-last: the quantized convolutions and L1 norms without layout moves, the same results bit for bit)")
+      .add("layout", &c.layout, "memory order of the activations: auto (nhwc for integer training, nchw for fp32), nchw, or nhwc (channels-last: the quantized convolutions and L1 norms without layout moves, the same results bit for bit)")
       .add("bits", &c.bits, "0 = fp32; 2..8 = integer training with b-bit weights, activations and gradients")
       .add("act-bits", &c.act_bits, "activation bits (0 = same as --bits)")
       .add("grad-bits", &c.grad_bits, "gradient bits (0 = same as --bits; ShiftQuant S = 8 - bits)")

@@ -108,7 +108,7 @@ void ResNetTrainConfig::validate() const {
   require(depth >= 8 && (depth - 2) % 6 == 0, "--depth must be 6n+2 (8, 14, 20, 32, 44, 56, ...)");
   require(width >= 1, "--width must be positive");
   require(norm == "l1" || norm == "l2", "--norm must be l1 or l2");
-  require(layout == "nchw" || layout == "nhwc", "--layout must be nchw or nhwc");
+  require(layout == "auto" || layout == "nchw" || layout == "nhwc", "--layout must be auto, nchw or nhwc");
   require(bits == 0 || (bits >= 2 && bits <= 8), "--bits must be 0 (fp32) or 2..8");
   require(act_bits == 0 || (act_bits >= 2 && act_bits <= 8), "--act-bits must be 0 (same as --bits) or 2..8");
   require(grad_bits == 0 || (grad_bits >= 2 && grad_bits <= 8), "--grad-bits must be 0 (same as --bits) or 2..8");
@@ -138,6 +138,7 @@ void ResNetTrainConfig::validate() const {
 }
 
 ImageLayout ResNetTrainConfig::image_layout() const {
+  if (layout == "auto") return bits > 0 ? ImageLayout::nhwc : ImageLayout::nchw;
   return layout == "nhwc" ? ImageLayout::nhwc : ImageLayout::nchw;
 }
 

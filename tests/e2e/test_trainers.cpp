@@ -108,7 +108,12 @@ TEST_F(TrainerTest, ResNetLearnsFashionMnistIn4BitWithTheDefaultRecipe) {
 // the straight channels-last run.
 TEST_F(TrainerTest, ResNetChannelsLastTrainsExactlyLikeChannelsFirst) {
   if (!have_fashion_mnist()) GTEST_FAIL() << "dataset-fashion-mnist is not installed (scripts/install-deps.sh)";
-  EXPECT_EQ(ResNetTrainConfig().layout, "nchw");
+  // The default layout: channels-last for integer training, channels-first for fp32.
+  ResNetTrainConfig defaults_of_layout;
+  EXPECT_EQ(defaults_of_layout.layout, "auto");
+  EXPECT_EQ(defaults_of_layout.image_layout(), ImageLayout::nchw);
+  defaults_of_layout.bits = 4;
+  EXPECT_EQ(defaults_of_layout.image_layout(), ImageLayout::nhwc);
   ResNetTrainConfig c = small_resnet(4, "l1");
   c.train_subset = 640;
   c.test_subset = 500;
