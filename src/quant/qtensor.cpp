@@ -816,21 +816,21 @@ GradientCodes quantize_gradient_pair(const Tensor& dy, const QuantizeParams& for
   SHIFTQ_CHECK(static_cast<std::int64_t>(col_max.size()) == C && static_cast<std::int64_t>(row_max.size()) == R,
                ShapeError, "quantize_gradient_pair: ", col_max.size(), " column and ", row_max.size(),
                " row ranges for ", dy.str(), name_suffix(name));
+  const auto valid = [](float r) { return std::isfinite(r) && r >= 0.0f; };
+  SHIFTQ_CHECK(std::all_of(col_max.begin(), col_max.end(), valid) && std::all_of(row_max.begin(), row_max.end(), valid),
+               ValueError, "quantize_gradient_pair: ranges must be finite and >= 0", name_suffix(name));
   const bool fused = takes_given_ranges(for_input) && takes_given_ranges(for_weight) && !for_input.mse_clip &&
                      !for_weight.mse_clip && for_input.observed_group_ranges.empty() &&
                      for_weight.observed_group_ranges.empty();
   const bool all_zero = *std::max_element(col_max.begin(), col_max.end()) == 0.0f;
   if (!fused || all_zero) return {quantize(dy, for_input, col_max, name), quantize(dy, for_weight, row_max, name)};
-  SHIFTQ_CHECK(std::all_of(col_max.begin(), col_max.end(), [](float r) { return std::isfinite(r) && r >= 0.0f; }) &&
-                   std::all_of(row_max.begin(), row_max.end(), [](float r) { return std::isfinite(r) && r >= 0.0f; }),
-               ValueError, "quantize_gradient_pair: ranges must be finite and >= 0", name_suffix(name));
 
   const float* px = dy.data<float>();
   thread_local OperandFactors in_factors, wt_factors;
   thread_local std::vector<float> in_row_max;
   GradientOperand in(for_input, R, C, col_max, in_factors);  // dX's operand: scale per row, found tile by tile
   GradientOperand wt(for_weight, R, C, row_max, wt_factors);  // dW's operand: scale per column, over all rows
-  kernels::QuantizePackArgs in_args = in.pack_args(for_input, px);
+  const kernels::QuantizePackArgs in_args = in.pack_args(for_input, px);
   in_row_max.resize(static_cast<std::size_t>(R));
   float* const row_max_w = in_row_max.data();  // the caller's buffer (the blocks run on other threads)
   std::vector<float> wt_col_max(static_cast<std::size_t>(C), 0.0f);
@@ -840,11 +840,12 @@ GradientCodes quantize_gradient_pair(const Tensor& dy, const QuantizeParams& for
   // |dY| 2^e_r that dW's scales need.
   const std::int64_t tile = std::max<std::int64_t>(1, 4096 / C);
   for_row_blocks(R, C, [&](std::int64_t r0, std::int64_t r1) {
-    std::vector<float> cols(static_cast<std::size_t>(C), 0.0f);
+    std::vector<float> block_col_max(static_cast<std::size_t>(C), 0.0f);
+    float* const cols = block_col_max.data();
     for (std::int64_t t0 = r0; t0 < r1; t0 += tile) {
       const std::int64_t t1 = std::min(r1, t0 + tile);
       if (!kernels::absmax_rows_f32(px, t0, t1, C, in.pow_e.data(), row_max_w) ||
-          !kernels::absmax_cols_f32(px, t0, t1, C, wt.pow_e.data(), cols.data())) {
+          !kernels::absmax_cols_f32(px, t0, t1, C, wt.pow_e.data(), cols)) {
         finite = false;  // reported after the loop; never convert NaN/Inf to integers
         return;
       }
@@ -852,7 +853,8 @@ GradientCodes quantize_gradient_pair(const Tensor& dy, const QuantizeParams& for
       kernels::quantize_pack_f32_s8(in_args, t0, t1);
     }
     const std::lock_guard<std::mutex> lock(col_mutex);  // max: exact in any order
-    for (std::int64_t c = 0; c < C; ++c) wt_col_max[static_cast<std::size_t>(c)] = std::max(wt_col_max[static_cast<std::size_t>(c)], cols[static_cast<std::size_t>(c)]);
+    float* const merged = wt_col_max.data();
+    for (std::int64_t c = 0; c < C; ++c) merged[c] = std::max(merged[c], cols[c]);
   });
   if (!finite) throw_nonfinite(dy, name);
   // Pass 2: dW's codes.
