@@ -54,6 +54,43 @@ float pow2(int e) {
   return kPow2[e];
 }
 
+// Groups k in [k0, k1) under the base m: e_k = group_exponent(m, range[k], S) (0 <= e <= S; a
+// range beyond the base gets 0 and saturates), 2^e_k and 2^(S - e_k). For a normal base and
+// normal ranges floor(log2(m / r)) is the exponent fields' difference less a mantissa comparison:
+// a branch-free loop the compiler vectorizes. A zero or subnormal base, and subnormal ranges, take
+// group_exponent itself (the same values).
+void set_group_exponents(float m, const float* range, std::int64_t k0, std::int64_t k1, int S, std::int8_t* e_out,
+                         float* pow_e, float* pack) {
+  auto scalar = [&](std::int64_t k) {
+    const int e = group_exponent(m, range[k], S);
+    e_out[k] = static_cast<std::int8_t>(e);
+    pow_e[k] = pow2(e);
+    pack[k] = pow2(S - e);
+  };
+  constexpr std::uint32_t kMagnitude = 0x7fffffff, kMantissa = 0x7fffff;
+  const std::uint32_t bm = std::bit_cast<std::uint32_t>(m) & kMagnitude;
+  const std::int32_t xm = static_cast<std::int32_t>(bm >> 23);
+  if (xm == 0) {  // zero or subnormal base
+    for (std::int64_t k = k0; k < k1; ++k) scalar(k);
+    return;
+  }
+  const std::uint32_t mm = bm & kMantissa;
+  std::int32_t subnormal = 0;
+  for (std::int64_t k = k0; k < k1; ++k) {
+    const std::uint32_t br = std::bit_cast<std::uint32_t>(range[k]) & kMagnitude;
+    const std::int32_t xr = static_cast<std::int32_t>(br >> 23);
+    std::int32_t e = std::clamp(xm - xr - ((br & kMantissa) > mm ? 1 : 0), 0, S);
+    e = br == 0 ? S : e;
+    subnormal |= (xr == 0) & (br != 0);
+    e_out[k] = static_cast<std::int8_t>(e);
+    pow_e[k] = std::bit_cast<float>(static_cast<std::uint32_t>(127 + e) << 23);
+    pack[k] = std::bit_cast<float>(static_cast<std::uint32_t>(127 + S - e) << 23);
+  }
+  if (subnormal)
+    for (std::int64_t k = k0; k < k1; ++k)
+      if ((std::bit_cast<std::uint32_t>(range[k]) & kMagnitude) >> 23 == 0) scalar(k);
+}
+
 // Calls fn(r0, r1) on row blocks of x, in parallel for large tensors (rows are independent).
 template <class F>
 void for_row_blocks(std::int64_t rows, std::int64_t cols, F fn) {
@@ -402,14 +439,8 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
   pow_e.assign(static_cast<std::size_t>(inner_len), 1.0f);
   pack.assign(static_cast<std::size_t>(inner_len), 1.0f);
   std::int8_t* e_out = q.exponents.data<std::int8_t>();
-  // 0 <= e <= S (r_k > m, beyond an observed range, gets 0: it saturates).
   auto set_exponents = [&](std::int64_t k0, std::int64_t k1) {
-    for (std::int64_t k = k0; k < k1; ++k) {
-      const int e = group_exponent(m, range[k], S);
-      e_out[k] = static_cast<std::int8_t>(e);
-      pow_e[k] = pow2(e);
-      pack[k] = pow2(S - e);
-    }
+    set_group_exponents(m, range, k0, k1, S, e_out, pow_e.data(), pack.data());
   };
   if (S > 0 && !tile_ranges) detail::parallel_for(inner_len, kParallelElements, set_exponents);
   if (m == 0.0f) {  // all zero: v = 0
@@ -563,12 +594,7 @@ QTensor quantize_sample_channels_impl(const Tensor& x, std::int64_t samples, std
   };
   // 2. Exponents against the base m, as quantize_impl's set_exponents.
   auto set_exponents = [&](float m, std::int64_t k0, std::int64_t k1) {
-    for (std::int64_t k = k0; k < k1; ++k) {
-      const int e = group_exponent(m, ranges[k], S);
-      e_out[k] = static_cast<std::int8_t>(e);
-      pow_e[k] = pow2(e);
-      pack[k] = pow2(S - e);
-    }
+    set_group_exponents(m, ranges.data(), k0, k1, S, e_out, pow_e.data(), pack.data());
   };
   // 3. Each sample's MSE-clipped exponents and 4. its codes: y = (x * inv_scale) * 2^e per column.
   float inv_scale = 1.0f, qmax = 0.0f, lo = 0.0f;
@@ -763,12 +789,7 @@ struct GradientOperand {
     pack.resize(static_cast<std::size_t>(inner_len));
     std::int8_t* e_out = q.exponents.data<std::int8_t>();
     detail::parallel_for(inner_len, kParallelElements, [&](std::int64_t k0, std::int64_t k1) {
-      for (std::int64_t k = k0; k < k1; ++k) {
-        const int e = group_exponent(m, ranges[static_cast<std::size_t>(k)], p.shift_budget);
-        e_out[k] = static_cast<std::int8_t>(e);
-        pow_e[static_cast<std::size_t>(k)] = pow2(e);
-        pack[static_cast<std::size_t>(k)] = pow2(p.shift_budget - e);
-      }
+      set_group_exponents(m, ranges.data(), k0, k1, p.shift_budget, e_out, pow_e.data(), pack.data());
     });
     inv_scale.assign(static_cast<std::size_t>(outer_len), 1.0f);
     ones.assign(static_cast<std::size_t>(outer_len), 1.0f);

@@ -114,6 +114,31 @@ TEST(Quantize, InvariantsForEveryBitWidthBudgetAxisAndOuterScale) {
           }
 }
 
+// Group exponents at their edges: ranges at exact powers of two below the base (2^e r = m/2 must
+// take the next exponent, one ulp above must not), at and beyond the cap S, zero groups, subnormal
+// ranges under a normal base, and an all-subnormal tensor (a subnormal base).
+TEST(Quantize, GroupExponentsAtPowerOfTwoEdgesAndSubnormalRanges) {
+  const float m = 1.5f;
+  const std::vector<float> normal_ranges = {m, m / 2, std::nextafter(m / 2, 1.0f), std::nextafter(m / 2, 0.0f), m / 8,
+                                            m / 16, m / 32, 0.0f, 1e-40f, 3e-39f, 0.9f, 1.2e-38f};
+  const std::vector<float> subnormal_ranges = {3e-39f, 1.4e-39f, 1e-40f, 0.0f, 2e-45f};
+  for (const std::vector<float>* ranges : {&normal_ranges, &subnormal_ranges}) {
+    const std::int64_t G = static_cast<std::int64_t>(ranges->size()), L = 5;
+    Tensor x = Tensor::zeros({G, L});  // group g: row g, max |x| = ranges[g] (signs alternate)
+    for (std::int64_t g = 0; g < G; ++g) {
+      x.data<float>()[g * L + 1] = (g % 2 ? -1.0f : 1.0f) * (*ranges)[g];
+      x.data<float>()[g * L + 3] = 0.5f * (*ranges)[g];
+    }
+    for (int S : {1, 4, 6}) {
+      SCOPED_TRACE(testing::Message() << "S=" << S << (ranges == &normal_ranges ? " normal base" : " subnormal base"));
+      for (int axis : {0, 1}) {
+        const Tensor xa = axis == 0 ? x : transpose(x, 0, 1);
+        check_invariants(xa, quantize(xa, QuantizeParams::shiftquant(8 - S, S, axis)));
+      }
+    }
+  }
+}
+
 TEST(Quantize, NearestRoundingErrorIsAtMostHalfAStep) {
   // X^ = s 2^-e q with q = round(X 2^e / s): |X^ - X| <= s 2^-e / 2 per element.
   Generator gen(2);
