@@ -2,18 +2,36 @@
 // and the dispatch of every kernel op's entry point (dispatch.hpp).
 #pragma once
 
+#include <cstdlib>
+#include <string_view>
+
+#include "shiftq/core/error.hpp"
 #include "shiftq/kernels/dispatch.hpp"
 
 namespace shiftq::kernels::dispatch {
 
-enum class Isa { avx512, avx2, base };
+enum class Isa { avx512, avx2, base };  // in decreasing order
+
+// SHIFTQ_MAX_ISA=avx2|x86-64 (the names of kernels::quantize_isa_name()) caps the choice below what
+// the CPU runs, as ONEDNN_MAX_CPU_ISA does for oneDNN's kernels: the AVX2 and baseline builds then
+// run (and are tested) on an AVX-512 CPU.
+inline Isa max_isa_from_env() {
+  const char* env = std::getenv("SHIFTQ_MAX_ISA");
+  if (env == nullptr || std::string_view(env).empty() || std::string_view(env) == "avx512") return Isa::avx512;
+  if (std::string_view(env) == "avx2") return Isa::avx2;
+  if (std::string_view(env) == "x86-64") return Isa::base;
+  throw ValueError(detail::cat("SHIFTQ_MAX_ISA='", env, "': expected avx512, avx2 or x86-64"));
+}
 
 inline Isa detect_isa() {
   __builtin_cpu_init();
+  Isa isa = Isa::base;
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
-    return Isa::avx512;
-  if (__builtin_cpu_supports("avx2")) return Isa::avx2;
-  return Isa::base;
+    isa = Isa::avx512;
+  else if (__builtin_cpu_supports("avx2"))
+    isa = Isa::avx2;
+  const Isa cap = max_isa_from_env();
+  return static_cast<int>(isa) < static_cast<int>(cap) ? cap : isa;
 }
 
 inline Isa cpu_isa() {
