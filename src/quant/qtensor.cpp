@@ -91,6 +91,39 @@ void set_group_exponents(float m, const float* range, std::int64_t k0, std::int6
       if ((std::bit_cast<std::uint32_t>(range[k]) & kMagnitude) >> 23 == 0) scalar(k);
 }
 
+// Outer scales i in [i0, i1) from their maxima: scales[i] = max[i] / qmax (1 where max[i] = 0) and
+// inv[i] = 1 / scales[i], in a loop that vectorizes (the same IEEE divisions as one by one).
+void set_outer_scales(const float* __restrict max, std::int64_t i0, std::int64_t i1, float qmax,
+                      float* __restrict scales, float* __restrict inv) {
+  for (std::int64_t i = i0; i < i1; ++i) {
+    const float sc = max[i] > 0.0f ? max[i] / qmax : 1.0f;
+    scales[i] = sc;
+    inv[i] = 1.0f / sc;
+  }
+}
+
+// The pack kernel's arguments for x: [R, C] into q's codes: groups along p.inner_axis with factors
+// 2^e (pow_e) and 2^(S - e) (pack) per inner index, one reciprocal scale (inv_scale) per outer
+// index, and `ones` (at least the outer length) for the factors that are 1.
+kernels::QuantizePackArgs pack_args(const QuantizeParams& p, const float* x, QTensor& q, const float* pow_e,
+                                    const float* pack, const float* inv_scale, const float* ones) {
+  const bool groups_on_cols = p.inner_axis == 1;
+  kernels::QuantizePackArgs a{};
+  a.x = x;
+  a.rows = q.rows();
+  a.cols = q.cols();
+  a.row_mul = groups_on_cols ? inv_scale : pow_e;
+  a.col_mul = groups_on_cols ? pow_e : inv_scale;
+  a.row_pack = groups_on_cols ? ones : pack;
+  a.col_pack = groups_on_cols ? pack : ones;
+  a.qmax = static_cast<float>(q.qmax());
+  a.stochastic = p.rounding == Rounding::stochastic;
+  a.key = p.key.derive();
+  a.xor_mask = p.unsigned_codes ? 0x80 : 0x00;
+  a.out = p.unsigned_codes ? reinterpret_cast<std::int8_t*>(q.codes.data<std::uint8_t>()) : q.codes.data<std::int8_t>();
+  return a;
+}
+
 // Calls fn(r0, r1) on row blocks of x, in parallel for large tensors (rows are independent).
 template <class F>
 void for_row_blocks(std::int64_t rows, std::int64_t cols, F fn) {
@@ -455,17 +488,8 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
   float* scales = q.scales.data<float>();
   std::vector<float>& inv_scale = scratch.inv_scale;
   inv_scale.assign(static_cast<std::size_t>(outer_len), 1.0f);
-  // scales[i] = max[i] / qmax (1 where max[i] = 0) and their reciprocals, for i in [i0, i1): a loop
-  // that vectorizes (the same IEEE divisions as one by one).
   auto set_scales = [&](const float* max, std::int64_t i0, std::int64_t i1) {
-    float* __restrict s_out = scales;
-    float* __restrict inv_out = inv_scale.data();
-    const float* __restrict m = max;
-    for (std::int64_t i = i0; i < i1; ++i) {
-      const float sc = m[i] > 0.0f ? m[i] / qmax : 1.0f;
-      s_out[i] = sc;
-      inv_out[i] = 1.0f / sc;
-    }
+    set_outer_scales(max, i0, i1, qmax, scales, inv_scale.data());
   };
   std::optional<ShiftClip> shift_clip;  // QuantizeParams::mse_clip's group exponents (S > 0)
   if (per_tensor) {
@@ -488,20 +512,8 @@ QTensor quantize_impl(const Tensor& x, const QuantizeParams& p, const float* giv
   }
   std::vector<float>& ones_outer = scratch.ones_outer;
   ones_outer.assign(static_cast<std::size_t>(outer_len), 1.0f);
-  kernels::QuantizePackArgs args{};
-  args.x = px;
-  args.rows = R;
-  args.cols = C;
-  args.row_mul = groups_on_cols ? inv_scale.data() : pow_e.data();
-  args.col_mul = groups_on_cols ? pow_e.data() : inv_scale.data();
-  args.row_pack = groups_on_cols ? ones_outer.data() : pack.data();
-  args.col_pack = groups_on_cols ? pack.data() : ones_outer.data();
-  args.qmax = qmax;
-  args.stochastic = p.rounding == Rounding::stochastic;
-  args.key = p.key.derive();
-  args.xor_mask = p.unsigned_codes ? 0x80 : 0x00;
+  kernels::QuantizePackArgs args = pack_args(p, px, q, pow_e.data(), pack.data(), inv_scale.data(), ones_outer.data());
   args.unit_factors = S == 0 && groups_on_cols;  // every 2^e and 2^(S-e) is 1 and col_mul = pow_e
-  args.out = p.unsigned_codes ? reinterpret_cast<std::int8_t*>(q.codes.data<std::uint8_t>()) : q.codes.data<std::int8_t>();
   std::vector<float>& row_max = scratch.row_max;
   row_max.resize(static_cast<std::size_t>(fused_row_scales ? R : 0));
   std::atomic<bool> rows_finite{true};
@@ -795,33 +807,12 @@ struct GradientOperand {
     ones.assign(static_cast<std::size_t>(outer_len), 1.0f);
   }
 
-  // Outer scales i in [i0, i1) from their maxima (quantize_impl's set_scales).
   void set_scales(const float* max, std::int64_t i0, std::int64_t i1) {
-    const float qmax = static_cast<float>(q.qmax());
-    float* scales = q.scales.data<float>();
-    for (std::int64_t i = i0; i < i1; ++i) {
-      const float sc = max[i] > 0.0f ? max[i] / qmax : 1.0f;
-      scales[i] = sc;
-      inv_scale[static_cast<std::size_t>(i)] = 1.0f / sc;
-    }
+    set_outer_scales(max, i0, i1, static_cast<float>(q.qmax()), q.scales.data<float>(), inv_scale.data());
   }
 
-  kernels::QuantizePackArgs pack_args(const QuantizeParams& p, const float* x) {
-    const bool groups_on_cols = p.inner_axis == 1;
-    kernels::QuantizePackArgs a{};
-    a.x = x;
-    a.rows = q.rows();
-    a.cols = q.cols();
-    a.row_mul = groups_on_cols ? inv_scale.data() : pow_e.data();
-    a.col_mul = groups_on_cols ? pow_e.data() : inv_scale.data();
-    a.row_pack = groups_on_cols ? ones.data() : pack.data();
-    a.col_pack = groups_on_cols ? pack.data() : ones.data();
-    a.qmax = static_cast<float>(q.qmax());
-    a.stochastic = p.rounding == Rounding::stochastic;
-    a.key = p.key.derive();
-    a.xor_mask = p.unsigned_codes ? 0x80 : 0x00;
-    a.out = p.unsigned_codes ? reinterpret_cast<std::int8_t*>(q.codes.data<std::uint8_t>()) : q.codes.data<std::int8_t>();
-    return a;
+  kernels::QuantizePackArgs args(const QuantizeParams& p, const float* x) {
+    return pack_args(p, x, q, pow_e.data(), pack.data(), inv_scale.data(), ones.data());
   }
 };
 }  // namespace
@@ -851,7 +842,7 @@ GradientCodes quantize_gradient_pair(const Tensor& dy, const QuantizeParams& for
   thread_local std::vector<float> in_row_max;
   GradientOperand in(for_input, R, C, col_max, in_factors);  // dX's operand: scale per row, found tile by tile
   GradientOperand wt(for_weight, R, C, row_max, wt_factors);  // dW's operand: scale per column, over all rows
-  const kernels::QuantizePackArgs in_args = in.pack_args(for_input, px);
+  const kernels::QuantizePackArgs in_args = in.args(for_input, px);
   in_row_max.resize(static_cast<std::size_t>(R));
   float* const row_max_w = in_row_max.data();  // the caller's buffer (the blocks run on other threads)
   std::vector<float> wt_col_max(static_cast<std::size_t>(C), 0.0f);
@@ -880,7 +871,7 @@ GradientCodes quantize_gradient_pair(const Tensor& dy, const QuantizeParams& for
   if (!finite) throw_nonfinite(dy, name);
   // Pass 2: dW's codes.
   wt.set_scales(wt_col_max.data(), 0, C);
-  const kernels::QuantizePackArgs wt_args = wt.pack_args(for_weight, px);
+  const kernels::QuantizePackArgs wt_args = wt.args(for_weight, px);
   for_row_blocks(R, C, [&](std::int64_t r0, std::int64_t r1) { kernels::quantize_pack_f32_s8(wt_args, r0, r1); });
   return {std::move(in.q), std::move(wt.q)};
 }
