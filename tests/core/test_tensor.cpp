@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -185,6 +186,21 @@ TEST(TensorCopies, ViewSharesStorageWithNewShape) {
   EXPECT_EQ(a.data<float>()[4], 40.0f);
   EXPECT_THROW(a.view({4, 2}), ShapeError);
   EXPECT_THROW(a.view({7}), ShapeError);
+}
+
+// The storage token names the storage without keeping it alive: views share it, a copy does not,
+// holding it does not make a handle look shared, and it expires with the last handle.
+TEST(TensorCopies, StorageTokenExpiresWithTheStorage) {
+  Tensor a = Tensor::arange(6);
+  const std::weak_ptr<const void> token = a.storage_token();
+  EXPECT_EQ(token.lock().get(), a.storage_id());
+  EXPECT_EQ(a.view({2, 3}).storage_token().lock().get(), a.storage_id());
+  EXPECT_NE(a.clone().storage_token().lock().get(), a.storage_id());
+  EXPECT_TRUE(a.storage_is_unique());
+  EXPECT_FALSE(token.expired());
+  a = Tensor();
+  EXPECT_TRUE(token.expired());
+  EXPECT_TRUE(Tensor().storage_token().expired());
 }
 
 TEST(TensorCopies, FillAndCopy) {
